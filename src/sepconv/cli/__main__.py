@@ -1,0 +1,3 @@
+from sepconv.cli import entry
+
+entry()

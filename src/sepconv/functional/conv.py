@@ -1,0 +1,189 @@
+"""One implementation of depthwise, pointwise and separable convolution for 1d/2d/3d.
+
+The public functions (``depthwise_conv2d`` ...) validate their arguments, resolve
+the padding spec and call the ``*_forward`` functions below; the layers resolve
+their padding once in ``__init__`` and call the same ``*_forward`` functions, so
+there is a single code path. ``separable_forward`` offers each call to the fast
+CPU kernels first (:mod:`sepconv.kernels.dispatch`) and runs PyTorch otherwise.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from sepconv import _validation as check
+from sepconv.functional.padding import PaddingPlan, PaddingSpec, pad_input, resolve_padding
+from sepconv.kernels import dispatch
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def conv_forward(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+    groups: int,
+    plan: PaddingPlan,
+    padding_mode: str,
+) -> Tensor:
+    """``F.convNd`` with a resolved padding plan; ``x`` is ``(N, C, *spatial)``."""
+    conv = _CONV[weight.dim() - 2]
+    if plan.symmetric is not None and padding_mode == "zeros":
+        return conv(x, weight, bias, stride, plan.symmetric, dilation, groups)
+    return conv(pad_input(x, plan, padding_mode), weight, bias, stride, 0, dilation, groups)
+
+
+def depthwise_forward(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+    plan: PaddingPlan,
+    padding_mode: str,
+) -> Tensor:
+    """Depthwise conv of ``x`` ``(N, C, *spatial)`` with ``weight`` ``(C*M, 1, *kernel)``."""
+    out = dispatch.depthwise(x, weight, bias, stride, dilation, plan, padding_mode)
+    if out is not None:
+        return out
+    return conv_forward(x, weight, bias, stride, dilation, x.shape[1], plan, padding_mode)
+
+
+def separable_forward(
+    x: Tensor,
+    depthwise_weight: Tensor,
+    pointwise_weight: Tensor,
+    depthwise_bias: Tensor | None,
+    pointwise_bias: Tensor | None,
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+    plan: PaddingPlan,
+    padding_mode: str,
+) -> Tensor:
+    """Depthwise then pointwise conv; ``x`` is ``(N, C, *spatial)``.
+
+    ``depthwise_weight`` is ``(C*M, 1, *kernel)``; ``pointwise_weight`` is
+    ``(O, C*M/G, 1, ..., 1)`` for a pointwise stage with ``G`` groups.
+    """
+    out = dispatch.separable(
+        x, depthwise_weight, pointwise_weight, depthwise_bias, pointwise_bias,
+        stride, dilation, plan, padding_mode,
+    )
+    if out is not None:
+        return out
+    mid = conv_forward(x, depthwise_weight, depthwise_bias, stride, dilation, x.shape[1], plan, padding_mode)
+    groups = depthwise_weight.shape[0] // pointwise_weight.shape[1]
+    return _CONV[x.dim() - 2](mid, pointwise_weight, pointwise_bias, 1, 0, 1, groups)
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def depthwise_conv(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: int | tuple[int, ...] = 1,
+    padding: PaddingSpec = 0,
+    dilation: int | tuple[int, ...] = 1,
+    padding_mode: str = "zeros",
+    *,
+    rank: int,
+) -> Tensor:
+    """Rank-generic depthwise convolution; see :func:`depthwise_conv2d`."""
+    batched = _check_rank(x, rank)
+    channels = x.shape[1]
+    kernel = _check_depthwise_weight(weight, channels, rank, "weight")
+    _check_bias(bias, weight.shape[0], "bias")
+    stride_t, dilation_t, plan, mode = _resolve(kernel, stride, padding, dilation, padding_mode)
+    out = depthwise_forward(batched, weight, bias, stride_t, dilation_t, plan, mode)
+    return out if x.dim() == rank + 2 else out.squeeze(0)
+
+
+def separable_conv(
+    x: Tensor,
+    depthwise_weight: Tensor,
+    pointwise_weight: Tensor,
+    depthwise_bias: Tensor | None = None,
+    pointwise_bias: Tensor | None = None,
+    stride: int | tuple[int, ...] = 1,
+    padding: PaddingSpec = 0,
+    dilation: int | tuple[int, ...] = 1,
+    padding_mode: str = "zeros",
+    *,
+    rank: int,
+) -> Tensor:
+    """Rank-generic depthwise-separable convolution; see :func:`separable_conv2d`."""
+    batched = _check_rank(x, rank)
+    channels = x.shape[1]
+    kernel = _check_depthwise_weight(depthwise_weight, channels, rank, "depthwise_weight")
+    _check_bias(depthwise_bias, depthwise_weight.shape[0], "depthwise_bias")
+    pointwise_weight = _check_pointwise_weight(pointwise_weight, depthwise_weight.shape[0], rank)
+    _check_bias(pointwise_bias, pointwise_weight.shape[0], "pointwise_bias")
+    stride_t, dilation_t, plan, mode = _resolve(kernel, stride, padding, dilation, padding_mode)
+    out = separable_forward(
+        batched, depthwise_weight, pointwise_weight, depthwise_bias, pointwise_bias,
+        stride_t, dilation_t, plan, mode,
+    )
+    return out if x.dim() == rank + 2 else out.squeeze(0)
+
+
+def _resolve(kernel, stride, padding, dilation, padding_mode):
+    rank = len(kernel)
+    stride_t = check.int_tuple(stride, rank, "stride")
+    dilation_t = check.int_tuple(dilation, rank, "dilation")
+    mode = check.padding_mode(padding_mode)
+    return stride_t, dilation_t, resolve_padding(padding, kernel, stride_t, dilation_t), mode
+
+
+def _check_rank(x: object, rank: int) -> Tensor:
+    """Return ``x`` batched, ``(N, C, *spatial)``, after checking its rank."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() not in (rank + 1, rank + 2):
+        raise ValueError(
+            f"input of a {rank}d convolution must be {rank + 2}-d (N, C, *spatial) or "
+            f"{rank + 1}-d (C, *spatial), got shape {tuple(x.shape)}"
+        )
+    return x if x.dim() == rank + 2 else x.unsqueeze(0)
+
+
+def _check_depthwise_weight(weight: object, channels: int, rank: int, name: str) -> tuple[int, ...]:
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(weight).__name__}")
+    shape = tuple(weight.shape)
+    if weight.dim() != rank + 2 or shape[1] != 1 or shape[0] % channels != 0 or shape[0] == 0:
+        raise ValueError(
+            f"{name} must have shape (C*M, 1, *kernel) = ({channels}*M, 1, {rank} kernel sizes) for "
+            f"an input with C={channels} channels, got {shape}"
+        )
+    return shape[2:]
+
+
+def _check_pointwise_weight(weight: object, mid_channels: int, rank: int) -> Tensor:
+    """Accept ``(O, C*M/G, 1, ..., 1)`` or the flat ``(O, C*M/G)``; return the conv-shaped weight."""
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"pointwise_weight must be a torch.Tensor, got {type(weight).__name__}")
+    if weight.dim() == 2:
+        weight = weight.reshape(*weight.shape, *([1] * rank))
+    shape = tuple(weight.shape)
+    ok = weight.dim() == rank + 2 and all(s == 1 for s in shape[2:]) and shape[1] > 0
+    if not ok or mid_channels % shape[1] != 0 or shape[0] % (mid_channels // shape[1]) != 0:
+        raise ValueError(
+            f"pointwise_weight must have shape (O, {mid_channels}/G{', 1' * rank}) with G dividing both "
+            f"{mid_channels} and O, got {shape}"
+        )
+    return weight
+
+
+def _check_bias(bias: object, channels: int, name: str) -> None:
+    if bias is None:
+        return
+    if not isinstance(bias, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(bias).__name__}")
+    if tuple(bias.shape) != (channels,):
+        raise ValueError(f"{name} must have shape ({channels},), got {tuple(bias.shape)}")

@@ -1,0 +1,143 @@
+"""Padding specifications: ints, tuples, ``"valid"``, ``"same"`` (TensorFlow rules) and ``"causal"``.
+
+A padding spec is resolved once, at construction or call time, into a
+:class:`PaddingPlan`. The plan is either *static* (known amounts on each side,
+independent of the input size) or *dynamic* (TensorFlow ``"same"`` with
+stride > 1, where the amounts depend on the input size and are computed per call).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.fx
+import torch.nn.functional as F
+
+from sepconv import _validation as check
+
+PaddingSpec = int | tuple[int, ...] | str
+
+
+@dataclass(frozen=True)
+class PaddingPlan:
+    """How to pad the input of a convolution of rank ``len(kernel_size)``.
+
+    Attributes:
+        symmetric: per-dim amount when both sides get the same padding (passed
+            straight to ``F.convNd``), else ``None``.
+        pad: amounts in ``F.pad`` order ``(last_lo, last_hi, ..., first_lo, first_hi)``
+            when static, else ``None``.
+        dynamic: True for TensorFlow ``"same"`` whose amounts depend on the input.
+        kernel_size, stride, dilation: what ``dynamic`` padding needs per call.
+    """
+
+    symmetric: tuple[int, ...] | None
+    pad: tuple[int, ...] | None
+    dynamic: bool
+    kernel_size: tuple[int, ...]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+
+    def amounts(self, spatial: tuple[int, ...] | torch.Size) -> tuple[int, ...]:
+        """Padding in ``F.pad`` order for an input whose spatial size is ``spatial``."""
+        if self.pad is not None:
+            return self.pad
+        return same_pad_amounts(tuple(spatial), self.kernel_size, self.stride, self.dilation)
+
+
+def resolve_padding(
+    padding: PaddingSpec,
+    kernel_size: tuple[int, ...],
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+) -> PaddingPlan:
+    """Turn a user padding spec into a :class:`PaddingPlan`.
+
+    Args:
+        padding: int, tuple of ints (one per spatial dim), ``"valid"``, ``"same"``
+            (output size ``ceil(input / stride)``, extra padding on the high side as in
+            TensorFlow) or ``"causal"`` (1d only: all padding on the left).
+        kernel_size, stride, dilation: tuples of length ``rank``.
+    """
+    rank = len(kernel_size)
+    span = tuple(d * (k - 1) for k, d in zip(kernel_size, dilation))
+    if isinstance(padding, str):
+        if padding == "valid":
+            return _static((0,) * (2 * rank), kernel_size, stride, dilation)
+        if padding == "causal":
+            if rank != 1:
+                raise ValueError(f"padding='causal' is only defined for 1d convolutions, got a {rank}d one")
+            return _static((span[0], 0), kernel_size, stride, dilation)
+        if padding == "same":
+            if all(s == 1 for s in stride):
+                # With stride 1 the total is span, whatever the input size.
+                pad: list[int] = []
+                for total in reversed(span):
+                    pad += [total // 2, total - total // 2]
+                return _static(tuple(pad), kernel_size, stride, dilation)
+            return PaddingPlan(None, None, True, kernel_size, stride, dilation)
+        raise ValueError(
+            f"padding must be an int, a tuple of {rank} ints, 'valid', 'same' or 'causal', got {padding!r}"
+        )
+    amounts = check.int_tuple(padding, rank, "padding", minimum=0)
+    pad = []
+    for p in reversed(amounts):
+        pad += [p, p]
+    return _static(tuple(pad), kernel_size, stride, dilation)
+
+
+def _static(pad, kernel_size, stride, dilation) -> PaddingPlan:
+    lo, hi = pad[0::2], pad[1::2]
+    symmetric = tuple(reversed(lo)) if lo == hi else None
+    return PaddingPlan(symmetric, tuple(pad), False, kernel_size, stride, dilation)
+
+
+def same_pad_amounts(
+    spatial: tuple[int, ...],
+    kernel_size: tuple[int, ...],
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+) -> tuple[int, ...]:
+    """TensorFlow ``"same"`` padding, in ``F.pad`` order, for an input of spatial size ``spatial``.
+
+    Output size is ``ceil(n / s)``; the total padding is
+    ``max((out - 1) * s + d * (k - 1) + 1 - n, 0)``, split with the extra element on the high side.
+    """
+    pad: list[int] = []
+    for n, k, s, d in reversed(list(zip(spatial, kernel_size, stride, dilation))):
+        out = (n + s - 1) // s
+        total = max((out - 1) * s + d * (k - 1) + 1 - n, 0)
+        pad += [total // 2, total - total // 2]
+    return tuple(pad)
+
+
+@torch.fx.wrap
+def pad_input(x: torch.Tensor, plan: PaddingPlan, mode: str) -> torch.Tensor:
+    """Pad ``x`` (shape ``(N, C, *spatial)``) explicitly as ``plan`` says; a no-op for zero padding.
+
+    Wrapped for ``torch.fx`` so that dynamic padding, which reads the input size,
+    shows as one call in a symbolic trace.
+    """
+    rank = len(plan.kernel_size)
+    amounts = plan.amounts(x.shape[-rank:])
+    if not any(amounts):
+        return x
+    if mode == "zeros":
+        return F.pad(x, amounts)
+    return F.pad(x, amounts, mode=mode)
+
+
+def check_mode_fits(plan: PaddingPlan, mode: str, spatial: tuple[int, ...] | torch.Size) -> None:
+    """Reflect padding needs each side's amount to be smaller than the input size there."""
+    if mode != "reflect":
+        return
+    amounts = plan.amounts(tuple(spatial))
+    rank = len(spatial)
+    for axis in range(rank):
+        lo, hi = amounts[2 * (rank - 1 - axis)], amounts[2 * (rank - 1 - axis) + 1]
+        if max(lo, hi) >= spatial[axis]:
+            raise ValueError(
+                f"padding_mode='reflect' needs padding smaller than the input size, got padding "
+                f"({lo}, {hi}) on spatial dim {axis} of size {spatial[axis]}"
+            )

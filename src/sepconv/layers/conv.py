@@ -1,0 +1,203 @@
+"""Convolution layers that are ``torch.nn.ConvNd`` subclasses: padded, depthwise, pointwise.
+
+One rank-generic mixin per family holds all argument handling; the 1d/2d/3d
+classes only pick the ``nn.ConvNd`` they extend. Because each layer *is* an
+``nn.Conv1d/2d/3d``, tools that understand those (ONNX export, quantization,
+FLOP counters, pruning) understand these.
+
+Weight layout of a depthwise layer with ``C`` input channels and depth multiplier ``M``
+(2d shown)::
+
+    weight: (C*M, 1, kH, kW)
+    output channel  c*M + m  =  filter m of input channel c
+    e.g. C=3, M=2:  filters 0,1 read channel 0;  2,3 read channel 1;  4,5 read channel 2
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from sepconv import _validation as check
+from sepconv.functional.conv import conv_forward, depthwise_forward
+from sepconv.functional.padding import PaddingPlan, PaddingSpec, resolve_padding
+from sepconv.layers.init import conv_fan_in, variance_preserving_
+
+
+class _PaddedConvMixin:
+    """Adds TensorFlow-style padding specs, input checks and stage-wise init to ``nn.ConvNd``.
+
+    ``padding`` may be an int, a tuple, ``"valid"``, ``"same"`` (any stride) or
+    ``"causal"`` (1d). When the padding is symmetric it is stored in ``self.padding``
+    exactly as ``nn.ConvNd`` would; otherwise ``self.padding`` is 0 and the layer pads
+    explicitly (``self.padding_spec`` keeps what the user asked for).
+    """
+
+    _rank: int
+    weight: nn.Parameter
+    bias: nn.Parameter | None
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, ...],
+        stride: int | tuple[int, ...] = 1,
+        padding: PaddingSpec = 0,
+        dilation: int | tuple[int, ...] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        rank = self._rank
+        check.positive_int(in_channels, "in_channels")
+        check.positive_int(out_channels, "out_channels")
+        check.positive_int(groups, "groups")
+        check.divisible(in_channels, groups, f"in_channels={in_channels} must be divisible by groups={groups}")
+        check.divisible(out_channels, groups, f"out_channels={out_channels} must be divisible by groups={groups}")
+        kernel_t = check.int_tuple(kernel_size, rank, "kernel_size")
+        stride_t = check.int_tuple(stride, rank, "stride")
+        dilation_t = check.int_tuple(dilation, rank, "dilation")
+        check.padding_mode(padding_mode)
+        if not isinstance(bias, bool):
+            raise TypeError(f"bias must be a bool, got {bias!r}")
+        plan = resolve_padding(padding, kernel_t, stride_t, dilation_t)
+        super().__init__(  # type: ignore[call-arg]
+            in_channels, out_channels, kernel_t, stride_t, plan.symmetric or 0, dilation_t, groups,
+            bias, padding_mode, device=device, dtype=dtype,
+        )
+        self.padding_spec = padding
+        self._plan: PaddingPlan = plan
+
+    def reset_parameters(self) -> None:
+        """Variance-preserving init with this stage's own fan-in (see :mod:`sepconv.layers.init`)."""
+        fan_in = conv_fan_in(self.weight.shape[1], tuple(self.weight.shape[2:]))
+        variance_preserving_(self.weight, self.bias, fan_in)
+
+    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return conv_forward(
+            input, weight, bias, self.stride, self.dilation, self.groups, self._plan, self.padding_mode
+        )
+
+    def forward(self, input: Tensor) -> Tensor:
+        """``(N, C_in, *spatial) -> (N, C_out, *spatial_out)``; unbatched ``(C_in, *spatial)`` too."""
+        batched = self._batched(input)
+        out = self._conv_forward(batched, self.weight, self.bias)
+        return out if batched is input else out.squeeze(0)
+
+    def _batched(self, input: Tensor) -> Tensor:
+        """Check ``input`` and return it with a batch dim."""
+        if not check.is_fx_tracing():
+            check.check_input(input, self._rank, self.in_channels)
+        return input if input.dim() == self._rank + 2 else input.unsqueeze(0)
+
+    def extra_repr(self) -> str:
+        text = super().extra_repr()  # type: ignore[misc]
+        if self._plan.symmetric is None:
+            text += f", padding={self.padding_spec!r}"
+        return text
+
+
+class PaddedConv1d(_PaddedConvMixin, nn.Conv1d):
+    """``nn.Conv1d`` with ``"same"`` (any stride) and ``"causal"`` padding. Input ``(N, C, L)``."""
+
+    _rank = 1
+
+
+class PaddedConv2d(_PaddedConvMixin, nn.Conv2d):
+    """``nn.Conv2d`` with TensorFlow ``"same"`` padding for any stride. Input ``(N, C, H, W)``."""
+
+    _rank = 2
+
+
+class PaddedConv3d(_PaddedConvMixin, nn.Conv3d):
+    """``nn.Conv3d`` with TensorFlow ``"same"`` padding for any stride. Input ``(N, C, D, H, W)``."""
+
+    _rank = 3
+
+
+class _DepthwiseMixin:
+    """Depthwise conv: ``groups = in_channels``, ``out_channels = in_channels * depth_multiplier``.
+
+    Args:
+        in_channels: ``C``, channels of the input.
+        kernel_size, stride, padding, dilation, bias, padding_mode: as ``nn.ConvNd``;
+            ``padding`` also takes ``"valid"``, ``"same"`` and (1d) ``"causal"``.
+        depth_multiplier: ``M``, filters per input channel. Output channel ``c*M + m`` is
+            filter ``m`` applied to input channel ``c``; ``weight`` is ``(C*M, 1, *kernel)``.
+
+    Shapes: ``(N, C, *spatial) -> (N, C*M, *spatial_out)``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        kernel_size: int | tuple[int, ...],
+        stride: int | tuple[int, ...] = 1,
+        padding: PaddingSpec = 0,
+        dilation: int | tuple[int, ...] = 1,
+        depth_multiplier: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        check.positive_int(in_channels, "in_channels")
+        check.positive_int(depth_multiplier, "depth_multiplier")
+        super().__init__(  # type: ignore[call-arg]
+            in_channels, in_channels * depth_multiplier, kernel_size, stride, padding, dilation,
+            in_channels, bias, padding_mode, device=device, dtype=dtype,
+        )
+        self.depth_multiplier = depth_multiplier
+
+    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return depthwise_forward(
+            input, weight, bias, self.stride, self.dilation, self._plan, self.padding_mode  # type: ignore[attr-defined]
+        )
+
+
+class DepthwiseConv1d(_DepthwiseMixin, PaddedConv1d):
+    __doc__ = _DepthwiseMixin.__doc__
+
+
+class DepthwiseConv2d(_DepthwiseMixin, PaddedConv2d):
+    __doc__ = _DepthwiseMixin.__doc__
+
+
+class DepthwiseConv3d(_DepthwiseMixin, PaddedConv3d):
+    __doc__ = _DepthwiseMixin.__doc__
+
+
+class _PointwiseMixin:
+    """Pointwise (1x1) conv mixing channels at each position.
+
+    Shapes: ``(N, in_channels, *spatial) -> (N, out_channels, *spatial)``;
+    ``weight`` is ``(out_channels, in_channels/groups, 1, ..., 1)``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        bias: bool = True,
+        groups: int = 1,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(  # type: ignore[call-arg]
+            in_channels, out_channels, 1, 1, 0, 1, groups, bias, "zeros", device=device, dtype=dtype
+        )
+
+
+class PointwiseConv1d(_PointwiseMixin, PaddedConv1d):
+    __doc__ = _PointwiseMixin.__doc__
+
+
+class PointwiseConv2d(_PointwiseMixin, PaddedConv2d):
+    __doc__ = _PointwiseMixin.__doc__
+
+
+class PointwiseConv3d(_PointwiseMixin, PaddedConv3d):
+    __doc__ = _PointwiseMixin.__doc__

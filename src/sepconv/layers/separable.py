@@ -1,0 +1,275 @@
+"""Depthwise-separable layers: a depthwise stage, then a pointwise stage.
+
+``SeparableConv1d/2d/3d`` (Xception style by default: nothing between the stages;
+MobileNet style with ``mid_norm_layer``/``mid_act_layer``) and
+``SeparableConvTranspose1d/2d/3d`` (a depthwise *transposed* stage, for decoders).
+Norm and activation after the pointwise stage come from ``norm_layer``/``act_layer``.
+
+Shapes (2d): ``(N, C, H, W) -> depthwise (N, C*M, H', W') -> pointwise (N, O, H', W')``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from sepconv import _validation as check
+from sepconv.functional.conv import separable_forward
+from sepconv.functional.padding import PaddingSpec
+from sepconv.functional.weights import separable_to_dense
+from sepconv.layers import conv as convs
+from sepconv.layers import transpose
+from sepconv.layers.norm_act import LayerSpec, create_act, create_norm
+
+
+class _SeparableBase(nn.Module):
+    """Holds the stages ``depthwise, mid_norm, mid_act, pointwise, norm, act`` and runs them."""
+
+    _rank: int
+    _pointwise_cls: type[nn.Module]
+
+    def _build_stages(
+        self,
+        depthwise: nn.Module,
+        out_channels: int,
+        bias: bool,
+        norm_layer: LayerSpec,
+        act_layer: LayerSpec,
+        mid_norm_layer: LayerSpec,
+        mid_act_layer: LayerSpec,
+        pointwise_groups: int,
+        device: torch.device | str | None,
+        dtype: torch.dtype | None,
+    ) -> None:
+        mid = depthwise.out_channels
+        self.depthwise = depthwise
+        self.mid_norm = create_norm(mid_norm_layer, mid, self._rank, device=device, dtype=dtype, name="mid_norm_layer")
+        self.mid_act = create_act(mid_act_layer, name="mid_act_layer")
+        check.positive_int(pointwise_groups, "pointwise_groups")
+        check.divisible(mid, pointwise_groups, f"depthwise channels {mid} must be divisible by pointwise_groups")
+        check.divisible(out_channels, pointwise_groups, f"out_channels {out_channels} must be divisible by pointwise_groups")
+        self.pointwise = self._pointwise_cls(
+            mid, out_channels, bias=bias and norm_layer is None, groups=pointwise_groups, device=device, dtype=dtype
+        )
+        self.norm = create_norm(norm_layer, out_channels, self._rank, device=device, dtype=dtype)
+        self.act = create_act(act_layer)
+
+    # Attributes users look for on a conv layer, read from the stages.
+    in_channels = property(lambda self: self.depthwise.in_channels)
+    out_channels = property(lambda self: self.pointwise.out_channels)
+    kernel_size = property(lambda self: self.depthwise.kernel_size)
+    stride = property(lambda self: self.depthwise.stride)
+    padding = property(lambda self: self.depthwise.padding)
+    dilation = property(lambda self: self.depthwise.dilation)
+    depth_multiplier = property(lambda self: self.depthwise.depth_multiplier)
+
+    @property
+    def has_mid_layers(self) -> bool:
+        """True when a norm or activation sits between the depthwise and pointwise stages."""
+        return not (isinstance(self.mid_norm, nn.Identity) and isinstance(self.mid_act, nn.Identity))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(N, C, *spatial) -> (N, O, *spatial_out)``; unbatched ``(C, *spatial)`` too."""
+        batched = self.depthwise._batched(x)
+        out = self._conv_stages(batched)
+        out = self.act(self.norm(out))
+        return out if batched is x else out.squeeze(0)
+
+    def _conv_stages(self, x: Tensor) -> Tensor:
+        return self.pointwise(self.mid_act(self.mid_norm(self.depthwise(x))))
+
+    def reset_parameters(self) -> None:
+        """Re-initialise every stage with its own fan-in, and any norm layers."""
+        for module in (self.depthwise, self.mid_norm, self.pointwise, self.norm):
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+
+    def _dense_or_sequential(self, dense: nn.Module) -> nn.Module:
+        if isinstance(self.norm, nn.Identity) and isinstance(self.act, nn.Identity):
+            return dense
+        import copy
+
+        return nn.Sequential(dense, copy.deepcopy(self.norm), copy.deepcopy(self.act))
+
+    def _check_dense_possible(self) -> None:
+        if self.has_mid_layers:
+            raise ValueError(
+                f"{type(self).__name__}.to_dense() is exact only with nothing between the stages, but this "
+                f"layer has mid_norm={self.mid_norm!r}, mid_act={self.mid_act!r}"
+            )
+
+
+class _SeparableConvNd(_SeparableBase):
+    """Depthwise-separable convolution: depthwise ``k``-conv then pointwise 1x1 conv.
+
+    Args:
+        in_channels: ``C``. out_channels: ``O``.
+        kernel_size, stride, padding, dilation, padding_mode: of the depthwise stage
+            (``padding`` also ``"valid"``, ``"same"``, and ``"causal"`` in 1d).
+        depth_multiplier: ``M``; the depthwise stage has ``C*M`` outputs, ``c*M + m``
+            being filter ``m`` of input channel ``c``.
+        bias: a bias on each conv stage that no norm follows (as two ``nn.ConvNd`` would),
+            so ``SeparableConv2d(10, 32, 3)`` has ``10*9+10 + 10*32+32 = 452`` parameters.
+        norm_layer, act_layer: after the pointwise stage (class, string, callable or None).
+        mid_norm_layer, mid_act_layer: between the stages (MobileNet style).
+        pointwise_groups: groups of the pointwise stage (default 1).
+
+    Submodules: ``depthwise`` (:class:`DepthwiseConvNd`), ``mid_norm``, ``mid_act``,
+    ``pointwise`` (:class:`PointwiseConvNd`), ``norm``, ``act``.
+    Shapes: ``(N, C, *spatial) -> (N, O, *spatial_out)``.
+    """
+
+    _depthwise_cls: type[nn.Module]
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, ...],
+        stride: int | tuple[int, ...] = 1,
+        padding: PaddingSpec = 0,
+        dilation: int | tuple[int, ...] = 1,
+        depth_multiplier: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        norm_layer: LayerSpec = None,
+        act_layer: LayerSpec = None,
+        mid_norm_layer: LayerSpec = None,
+        mid_act_layer: LayerSpec = None,
+        pointwise_groups: int = 1,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(bias, bool):
+            raise TypeError(f"bias must be a bool, got {bias!r}")
+        check.positive_int(out_channels, "out_channels")
+        depthwise = self._depthwise_cls(
+            in_channels, kernel_size, stride, padding, dilation, depth_multiplier,
+            bias=bias and mid_norm_layer is None, padding_mode=padding_mode, device=device, dtype=dtype,
+        )
+        self._build_stages(
+            depthwise, out_channels, bias, norm_layer, act_layer, mid_norm_layer, mid_act_layer,
+            pointwise_groups, device, dtype,
+        )
+
+    padding_mode = property(lambda self: self.depthwise.padding_mode)
+
+    def _conv_stages(self, x: Tensor) -> Tensor:
+        if self.has_mid_layers:
+            return super()._conv_stages(x)
+        dw, pw = self.depthwise, self.pointwise
+        return separable_forward(
+            x, dw.weight, pw.weight, dw.bias, pw.bias, dw.stride, dw.dilation, dw._plan, dw.padding_mode
+        )
+
+    def to_dense(self) -> nn.Module:
+        """One equivalent dense conv (exact), when nothing sits between the stages.
+
+        Returns an ``nn.ConvNd`` (a :class:`PaddedConvNd` when the padding is asymmetric or
+        depends on the input size), followed by copies of ``norm``/``act`` in an
+        ``nn.Sequential`` if the layer has them. Raises ValueError if it has mid layers.
+        """
+        self._check_dense_possible()
+        dw, pw = self.depthwise, self.pointwise
+        weight, bias, groups = separable_to_dense(
+            dw.weight.detach(), pw.weight.detach(),
+            None if dw.bias is None else dw.bias.detach(), None if pw.bias is None else pw.bias.detach(),
+            in_channels=dw.in_channels,
+        )
+        dense = _dense_conv_like(dw, self.out_channels, groups, bias is not None, self._rank)
+        with torch.no_grad():
+            dense.weight.copy_(weight)
+            if bias is not None:
+                dense.bias.copy_(bias)
+        return self._dense_or_sequential(dense)
+
+
+def _dense_conv_like(dw: nn.Module, out_channels: int, groups: int, bias: bool, rank: int) -> nn.Module:
+    """A dense conv with ``dw``'s geometry: plain ``nn.ConvNd`` when it can express the padding."""
+    kwargs = dict(
+        stride=dw.stride, dilation=dw.dilation, groups=groups, bias=bias,
+        padding_mode=dw.padding_mode, device=dw.weight.device, dtype=dw.weight.dtype,
+    )
+    if dw._plan.symmetric is not None:
+        plain = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[rank]
+        return plain(dw.in_channels, out_channels, dw.kernel_size, padding=dw._plan.symmetric, **kwargs)
+    padded = {1: convs.PaddedConv1d, 2: convs.PaddedConv2d, 3: convs.PaddedConv3d}[rank]
+    return padded(dw.in_channels, out_channels, dw.kernel_size, padding=dw.padding_spec, **kwargs)
+
+
+class SeparableConv1d(_SeparableConvNd):
+    __doc__ = _SeparableConvNd.__doc__
+    _rank, _depthwise_cls, _pointwise_cls = 1, convs.DepthwiseConv1d, convs.PointwiseConv1d
+
+
+class SeparableConv2d(_SeparableConvNd):
+    __doc__ = _SeparableConvNd.__doc__
+    _rank, _depthwise_cls, _pointwise_cls = 2, convs.DepthwiseConv2d, convs.PointwiseConv2d
+
+
+class SeparableConv3d(_SeparableConvNd):
+    __doc__ = _SeparableConvNd.__doc__
+    _rank, _depthwise_cls, _pointwise_cls = 3, convs.DepthwiseConv3d, convs.PointwiseConv3d
+
+
+class _SeparableConvTransposeNd(_SeparableBase):
+    """Depthwise *transposed* conv then pointwise conv, for decoders and up-sampling.
+
+    Args as :class:`SeparableConv2d`, but the depthwise stage is a transposed conv with
+    ``stride``, ``padding`` (int or tuple), ``output_padding`` and ``dilation`` as in
+    ``nn.ConvTransposeNd``. Submodules ``depthwise`` (:class:`DepthwiseConvTransposeNd`,
+    weight ``(C, M, *kernel)``) and ``pointwise``.
+    Shapes: ``(N, C, *spatial) -> (N, O, *((spatial-1)*stride - 2*padding + dilation*(k-1) + output_padding + 1))``.
+    """
+
+    _depthwise_cls: type[nn.Module]
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, ...],
+        stride: int | tuple[int, ...] = 1,
+        padding: int | tuple[int, ...] = 0,
+        output_padding: int | tuple[int, ...] = 0,
+        dilation: int | tuple[int, ...] = 1,
+        depth_multiplier: int = 1,
+        bias: bool = True,
+        norm_layer: LayerSpec = None,
+        act_layer: LayerSpec = None,
+        mid_norm_layer: LayerSpec = None,
+        mid_act_layer: LayerSpec = None,
+        pointwise_groups: int = 1,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(bias, bool):
+            raise TypeError(f"bias must be a bool, got {bias!r}")
+        check.positive_int(out_channels, "out_channels")
+        depthwise = self._depthwise_cls(
+            in_channels, kernel_size, stride, padding, output_padding, dilation, depth_multiplier,
+            bias=bias and mid_norm_layer is None, device=device, dtype=dtype,
+        )
+        self._build_stages(
+            depthwise, out_channels, bias, norm_layer, act_layer, mid_norm_layer, mid_act_layer,
+            pointwise_groups, device, dtype,
+        )
+
+    output_padding = property(lambda self: self.depthwise.output_padding)
+
+
+class SeparableConvTranspose1d(_SeparableConvTransposeNd):
+    __doc__ = _SeparableConvTransposeNd.__doc__
+    _rank, _depthwise_cls, _pointwise_cls = 1, transpose.DepthwiseConvTranspose1d, convs.PointwiseConv1d
+
+
+class SeparableConvTranspose2d(_SeparableConvTransposeNd):
+    __doc__ = _SeparableConvTransposeNd.__doc__
+    _rank, _depthwise_cls, _pointwise_cls = 2, transpose.DepthwiseConvTranspose2d, convs.PointwiseConv2d
+
+
+class SeparableConvTranspose3d(_SeparableConvTransposeNd):
+    __doc__ = _SeparableConvTransposeNd.__doc__
+    _rank, _depthwise_cls, _pointwise_cls = 3, transpose.DepthwiseConvTranspose3d, convs.PointwiseConv3d

@@ -1,0 +1,30 @@
+"""Shared test settings: hypothesis profiles and small helpers."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "default", deadline=None, max_examples=40, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("thorough", deadline=None, max_examples=400)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    np.random.seed(0)
+
+
+def assert_close_to_reference(actual: torch.Tensor, expected: np.ndarray, rtol: float = 1e-10) -> None:
+    """``actual`` equals the NumPy ``expected`` within ``rtol`` of its largest magnitude."""
+    actual_np = actual.detach().double().numpy()
+    assert actual_np.shape == expected.shape, (actual_np.shape, expected.shape)
+    scale = max(1.0, float(np.abs(expected).max(initial=0.0)))
+    np.testing.assert_allclose(actual_np, expected, rtol=0, atol=rtol * scale)
