@@ -20,6 +20,7 @@ from torch import Tensor
 from sepconv.functional.conv import depthwise_conv, separable_conv
 from sepconv.functional.padding import PaddingPlan, resolve_padding, same_pad_amounts
 
+
 def _ranked(fn: Callable[..., Tensor], rank: int) -> Callable[..., Tensor]:
     """Make ``fn`` with ``rank`` bound a named public function with its own docstring."""
     kind = fn.__name__.split("_")[0]
@@ -33,8 +34,8 @@ def _ranked(fn: Callable[..., Tensor], rank: int) -> Callable[..., Tensor]:
     ranked.__name__ = ranked.__qualname__ = f"{fn.__name__}{rank}d"
     ranked.__module__ = __name__
     ranked.__doc__ = (
-        f"{kind.capitalize()} {rank}d convolution of ``x`` ``(N, C, {dims})`` or ``(C, {dims})``.\n\n"
-        f"Returns ``(N, {'C*M' if kind == 'depthwise' else 'O'}, {dims}')``.\n"
+        f"{kind.capitalize()} {rank}d convolution: ``x`` ``(N, C, {dims})`` -> "
+        f"``(N, {'C*M' if kind == 'depthwise' else 'O'}, {dims} out)``.\n"
         + (fn.__doc__ or "").split("\n", 1)[-1]
     )
     return ranked

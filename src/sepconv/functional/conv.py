@@ -10,6 +10,7 @@ CPU kernels first (:mod:`sepconv.kernels.dispatch`) and runs PyTorch otherwise.
 from __future__ import annotations
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -18,6 +19,10 @@ from sepconv.functional.padding import PaddingPlan, PaddingSpec, pad_input, reso
 from sepconv.kernels import dispatch
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+# Padding may read the input size (TensorFlow "same" with stride > 1), which an fx Proxy
+# cannot give: record the call as one graph node instead of tracing into it.
+torch.fx.wrap("pad_input")
 
 
 def conv_forward(
@@ -31,7 +36,7 @@ def conv_forward(
     padding_mode: str,
 ) -> Tensor:
     """``F.convNd`` with a resolved padding plan; ``x`` is ``(N, C, *spatial)``."""
-    conv = _CONV[weight.dim() - 2]
+    conv = _CONV[len(stride)]  # not weight.dim(): under torch.fx the weight is a Proxy
     if plan.symmetric is not None and padding_mode == "zeros":
         return conv(x, weight, bias, stride, plan.symmetric, dilation, groups)
     return conv(pad_input(x, plan, padding_mode), weight, bias, stride, 0, dilation, groups)
@@ -77,7 +82,7 @@ def separable_forward(
         return out
     mid = conv_forward(x, depthwise_weight, depthwise_bias, stride, dilation, x.shape[1], plan, padding_mode)
     groups = depthwise_weight.shape[0] // pointwise_weight.shape[1]
-    return _CONV[x.dim() - 2](mid, pointwise_weight, pointwise_bias, 1, 0, 1, groups)
+    return _CONV[len(stride)](mid, pointwise_weight, pointwise_bias, 1, 0, 1, groups)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -94,7 +99,21 @@ def depthwise_conv(
     *,
     rank: int,
 ) -> Tensor:
-    """Rank-generic depthwise convolution; see :func:`depthwise_conv2d`."""
+    """Rank-generic depthwise convolution (``depthwise_conv1d/2d/3d`` bind ``rank``).
+
+    Args:
+        x: ``(N, C, *spatial)`` or unbatched ``(C, *spatial)``.
+        weight: ``(C*M, 1, *kernel)``; output channel ``c*M + m`` is filter ``m`` of input
+            channel ``c`` (``M``, the depth multiplier, is inferred).
+        bias: ``(C*M,)`` or None.
+        stride, dilation: int or one per spatial dim.
+        padding: int, tuple, ``"valid"``, ``"same"`` (TensorFlow rules, any stride) or
+            ``"causal"`` (1d).
+        padding_mode: ``"zeros"``, ``"reflect"``, ``"replicate"`` or ``"circular"``.
+
+    Returns:
+        ``(N, C*M, *spatial_out)`` (unbatched if ``x`` was).
+    """
     batched = _check_rank(x, rank)
     channels = x.shape[1]
     kernel = _check_depthwise_weight(weight, channels, rank, "weight")
@@ -117,7 +136,21 @@ def separable_conv(
     *,
     rank: int,
 ) -> Tensor:
-    """Rank-generic depthwise-separable convolution; see :func:`separable_conv2d`."""
+    """Rank-generic depthwise-separable convolution (``separable_conv1d/2d/3d`` bind ``rank``).
+
+    For weights computed or rescaled on every call (e.g. a StyleGAN generator).
+
+    Args:
+        x: ``(N, C, *spatial)`` or unbatched ``(C, *spatial)``.
+        depthwise_weight: ``(C*M, 1, *kernel)``; ``M`` is inferred.
+        pointwise_weight: ``(O, C*M/G, 1, ..., 1)`` or flat ``(O, C*M/G)``; ``G`` is inferred.
+        depthwise_bias: ``(C*M,)`` or None. pointwise_bias: ``(O,)`` or None.
+        stride, padding, dilation, padding_mode: of the depthwise stage, as in
+            :func:`depthwise_conv`.
+
+    Returns:
+        ``(N, O, *spatial_out)`` (unbatched if ``x`` was).
+    """
     batched = _check_rank(x, rank)
     channels = x.shape[1]
     kernel = _check_depthwise_weight(depthwise_weight, channels, rank, "depthwise_weight")

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.fx
 import torch.nn.functional as F
 
 from sepconv import _validation as check
@@ -112,12 +111,11 @@ def same_pad_amounts(
     return tuple(pad)
 
 
-@torch.fx.wrap
 def pad_input(x: torch.Tensor, plan: PaddingPlan, mode: str) -> torch.Tensor:
     """Pad ``x`` (shape ``(N, C, *spatial)``) explicitly as ``plan`` says; a no-op for zero padding.
 
-    Wrapped for ``torch.fx`` so that dynamic padding, which reads the input size,
-    shows as one call in a symbolic trace.
+    :mod:`sepconv.functional.conv` registers it with ``torch.fx.wrap`` so that dynamic
+    padding, which reads the input size, shows as one call in a symbolic trace.
     """
     rank = len(plan.kernel_size)
     amounts = plan.amounts(x.shape[-rank:])

@@ -88,9 +88,14 @@ class _PaddedConvMixin:
         return out if batched is input else out.squeeze(0)
 
     def _batched(self, input: Tensor) -> Tensor:
-        """Check ``input`` and return it with a batch dim."""
-        if not check.is_fx_tracing():
-            check.check_input(input, self._rank, self.in_channels)
+        """Check ``input`` and return it with a batch dim.
+
+        While ``torch.fx`` traces, ``input`` is a Proxy whose rank cannot be branched on:
+        it is taken to be batched, as ``nn.ConvNd`` users trace it.
+        """
+        if check.is_fx_tracing():
+            return input
+        check.check_input(input, self._rank, self.in_channels)
         return input if input.dim() == self._rank + 2 else input.unsqueeze(0)
 
     def extra_repr(self) -> str:

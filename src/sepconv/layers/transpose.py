@@ -72,8 +72,10 @@ class _DepthwiseTransposeMixin:
         return super().forward(input, output_size)  # type: ignore[misc]
 
     def _batched(self, input: Tensor) -> Tensor:
-        if not check.is_fx_tracing():
-            check.check_input(input, self._rank, self.in_channels)  # type: ignore[attr-defined]
+        """Check ``input`` and return it with a batch dim (taken as batched under ``torch.fx``)."""
+        if check.is_fx_tracing():
+            return input
+        check.check_input(input, self._rank, self.in_channels)  # type: ignore[attr-defined]
         return input if input.dim() == self._rank + 2 else input.unsqueeze(0)
 
 

@@ -84,9 +84,7 @@ def conv(
         x_g = padded[:, g * in_per_group : (g + 1) * in_per_group]
         w_g = weight[g * out_per_group : (g + 1) * out_per_group]
         for tap in itertools.product(*(range(k) for k in kernel)):
-            window = x_g[(slice(None), slice(None)) + tuple(
-                slice(t * d, t * d + s * (o - 1) + 1, s) for t, d, s, o in zip(tap, dilation, stride, out_size)
-            )]
+            window = x_g[(slice(None), slice(None), *tuple(slice(t * d, t * d + s * (o - 1) + 1, s) for t, d, s, o in zip(tap, dilation, stride, out_size)))]
             out[:, g * out_per_group : (g + 1) * out_per_group] += np.einsum(
                 "nc...,oc->no...", window, w_g[(slice(None), slice(None), *tap)]
             )
@@ -125,13 +123,9 @@ def conv_transpose(
         x_g = x[:, g * in_per_group : (g + 1) * in_per_group]
         w_g = weight[g * in_per_group : (g + 1) * in_per_group]
         for tap in itertools.product(*(range(k) for k in kernel)):
-            target = (slice(None), slice(g * out_per_group, (g + 1) * out_per_group)) + tuple(
-                slice(t * d, t * d + s * (n - 1) + 1, s) for t, d, s, n in zip(tap, dilation, stride, spatial)
-            )
+            target = (slice(None), slice(g * out_per_group, (g + 1) * out_per_group), *tuple(slice(t * d, t * d + s * (n - 1) + 1, s) for t, d, s, n in zip(tap, dilation, stride, spatial)))
             full[target] += np.einsum("nc...,co->no...", x_g, w_g[(slice(None), slice(None), *tap)])
-    crop = (slice(None), slice(None)) + tuple(
-        slice(p, size - p) for p, size in zip(padding, full_size)
-    )
+    crop = (slice(None), slice(None), *tuple(slice(p, size - p) for p, size in zip(padding, full_size)))
     out = full[crop]
     if bias is not None:
         out = out + np.asarray(bias, np.float64).reshape(1, -1, *([1] * rank))
