@@ -68,8 +68,11 @@ def test_functional_rejects_bad_weights():
 
 def test_reflect_padding_too_large_for_input_is_an_error_not_garbage():
     layer = sepconv.DepthwiseConv1d(2, 5, padding=4, padding_mode="reflect")
-    with pytest.raises((ValueError, RuntimeError)):
+    with pytest.raises(ValueError, match=r"padding_mode='reflect'.*\(4, 4\).*size 3"):
         layer(torch.randn(1, 2, 3))
+    layer = sepconv.DepthwiseConv2d(2, (1, 7), padding=(0, 6), padding_mode="circular")
+    with pytest.raises(ValueError, match=r"circular.*\(6, 6\) on spatial dim 1 of size 5"):
+        layer(torch.randn(1, 2, 3, 5))
 
 
 def test_transposed_rejects_string_padding_and_big_output_padding():

@@ -118,24 +118,24 @@ def pad_input(x: torch.Tensor, plan: PaddingPlan, mode: str) -> torch.Tensor:
     padding, which reads the input size, shows as one call in a symbolic trace.
     """
     rank = len(plan.kernel_size)
-    amounts = plan.amounts(x.shape[-rank:])
+    spatial = tuple(x.shape[-rank:])
+    amounts = plan.amounts(spatial)
     if not any(amounts):
         return x
     if mode == "zeros":
         return F.pad(x, amounts)
+    _check_mode_fits(amounts, mode, spatial)
     return F.pad(x, amounts, mode=mode)
 
 
-def check_mode_fits(plan: PaddingPlan, mode: str, spatial: tuple[int, ...] | torch.Size) -> None:
-    """Reflect padding needs each side's amount to be smaller than the input size there."""
-    if mode != "reflect":
-        return
-    amounts = plan.amounts(tuple(spatial))
+def _check_mode_fits(amounts: tuple[int, ...], mode: str, spatial: tuple[int, ...]) -> None:
+    """Reflect padding must be smaller than the input, circular padding at most its size."""
     rank = len(spatial)
     for axis in range(rank):
         lo, hi = amounts[2 * (rank - 1 - axis)], amounts[2 * (rank - 1 - axis) + 1]
-        if max(lo, hi) >= spatial[axis]:
+        too_big = max(lo, hi) >= spatial[axis] if mode == "reflect" else max(lo, hi) > spatial[axis]
+        if too_big:
             raise ValueError(
-                f"padding_mode='reflect' needs padding smaller than the input size, got padding "
-                f"({lo}, {hi}) on spatial dim {axis} of size {spatial[axis]}"
+                f"padding_mode={mode!r} needs padding {'smaller than' if mode == 'reflect' else 'at most'} "
+                f"the input size, got padding ({lo}, {hi}) on spatial dim {axis} of size {spatial[axis]}"
             )
