@@ -87,6 +87,8 @@ def _torch_load(path: str, *, trust: bool):
     file = Path(path)
     if not file.is_file():
         raise CLIError(f"no such file: {path}")
+    if not _looks_like_torch_file(file):
+        raise CLIError(f"{path} is not a PyTorch file (torch.save writes a zip archive or a pickle)")
     try:
         return torch.load(file, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as error:
@@ -98,6 +100,13 @@ def _torch_load(path: str, *, trust: bool):
         raise CLIError(f"{path} is not a PyTorch file: {error}") from None
     except Exception as error:
         raise CLIError(f"{path} is not a PyTorch file: {type(error).__name__}: {str(error).splitlines()[0]}") from None
+
+
+def _looks_like_torch_file(file: Path) -> bool:
+    """``torch.save`` writes a zip archive (``PK``) or, in the legacy format, a pickle (``0x80``)."""
+    with open(file, "rb") as handle:
+        head = handle.read(2)
+    return head == b"PK" or head[:1] == b"\x80"
 
 
 def _from_file(path: str, *, trust: bool) -> nn.Module:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from torch import Tensor
 
 from sepconv.functional.conv import depthwise_conv, separable_conv
+from sepconv.functional.modulated import modulated_separable_conv2d
 from sepconv.functional.padding import PaddingPlan, resolve_padding, same_pad_amounts
 
 
@@ -54,6 +55,7 @@ __all__ = [
     "depthwise_conv1d",
     "depthwise_conv2d",
     "depthwise_conv3d",
+    "modulated_separable_conv2d",
     "resolve_padding",
     "same_pad_amounts",
     "separable_conv",

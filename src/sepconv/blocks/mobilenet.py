@@ -1,0 +1,170 @@
+"""MobileNet blocks: ``DepthwiseSeparableBlock`` (V1) and ``InvertedResidual`` (V2)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from sepconv import _validation as check
+from sepconv.blocks.common import ConvNormAct, SqueezeExcite
+from sepconv.layers.norm_act import LayerSpec, create_norm
+
+
+class DepthwiseSeparableBlock(nn.Module):
+    """MobileNetV1 block: depthwise 3x3 conv-norm-act, then pointwise 1x1 conv-norm-act.
+
+    Args:
+        in_channels: ``C``. out_channels: ``O``.
+        kernel_size, stride, dilation: of the depthwise conv (padding keeps "same" size at stride 1).
+        depth_multiplier: ``M``, depthwise filters per input channel (default 1).
+        norm_layer, act_layer: class, string, callable, instance or ``None``
+            (default ``"batchnorm"``, ``"relu"``).
+        pw_act: activation after the pointwise conv too (default True, as MobileNetV1).
+        se_ratio: > 0 adds :class:`SqueezeExcite` between the stages, squeezing ``C*M``
+            channels by this ratio.
+        residual: add the input to the output where shapes allow (stride 1 and ``C == O``).
+            Off by default: MobileNetV1 has no shortcuts.
+        device, dtype: passed to every submodule.
+
+    Submodules ``conv_dw`` and ``conv_pw`` (:class:`ConvNormAct`), ``se``.
+    ``has_residual`` says whether the shortcut is used.
+    Shapes: ``(N, C, H, W) -> (N, O, ceil(H/stride), ceil(W/stride))`` for odd kernels.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        dilation: int = 1,
+        depth_multiplier: int = 1,
+        norm_layer: LayerSpec = "batchnorm",
+        act_layer: LayerSpec = "relu",
+        pw_act: bool = True,
+        se_ratio: float = 0.0,
+        residual: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        check.positive_int(in_channels, "in_channels")
+        check.positive_int(out_channels, "out_channels")
+        check.positive_int(stride, "stride")
+        mid = in_channels * check.positive_int(depth_multiplier, "depth_multiplier")
+        factory = dict(device=device, dtype=dtype)
+        self.conv_dw = ConvNormAct(
+            in_channels,
+            mid,
+            kernel_size,
+            stride,
+            dilation=dilation,
+            groups=in_channels,
+            norm_layer=norm_layer,
+            act_layer=act_layer,
+            **factory,
+        )
+        self.se = (
+            SqueezeExcite(mid, rd_ratio=se_ratio, **factory) if se_ratio > 0 else nn.Identity()
+        )
+        self.conv_pw = ConvNormAct(
+            mid,
+            out_channels,
+            1,
+            norm_layer=norm_layer,
+            act_layer=act_layer if pw_act else None,
+            **factory,
+        )
+        self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
+        self.has_residual = bool(residual) and stride == 1 and in_channels == out_channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(N, C, H, W) -> (N, O, H', W')``."""
+        out = self.conv_pw(self.se(self.conv_dw(x)))
+        return x + out if self.has_residual else out
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: expand 1x1 conv-norm-act, depthwise conv-norm-act, linear 1x1 conv-norm.
+
+    Args:
+        in_channels: ``C``. out_channels: ``O``.
+        stride: of the depthwise conv (1 or 2 in MobileNetV2).
+        expand_ratio: ``t``; hidden channels ``round(C * t)``. With ``t == 1`` there is no
+            expansion conv (the first MobileNetV2 block).
+        kernel_size, dilation: of the depthwise conv.
+        norm_layer, act_layer: class, string, callable, instance or ``None``
+            (default ``"batchnorm"``, ``"relu6"``). The last (projection) conv has no activation:
+            the linear bottleneck.
+        se_ratio: > 0 adds :class:`SqueezeExcite` on the hidden channels after the depthwise conv.
+        residual: allow the shortcut (default True). It is used only when ``stride == 1`` and
+            ``C == O`` (``use_res_connect``, as torchvision).
+        device, dtype: passed to every submodule.
+
+    Layout as torchvision (its state dicts load): ``conv = Sequential(expand ConvNormAct
+    (if t != 1), depthwise ConvNormAct, [SqueezeExcite,] Conv2d 1x1, norm)``.
+    Shapes: ``(N, C, H, W) -> (N, O, ceil(H/stride), ceil(W/stride))`` for odd kernels.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        expand_ratio: float = 6,
+        kernel_size: int = 3,
+        dilation: int = 1,
+        norm_layer: LayerSpec = "batchnorm",
+        act_layer: LayerSpec = "relu6",
+        se_ratio: float = 0.0,
+        residual: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        check.positive_int(in_channels, "in_channels")
+        check.positive_int(out_channels, "out_channels")
+        check.positive_int(stride, "stride")
+        if not expand_ratio > 0:
+            raise ValueError(f"expand_ratio must be > 0, got {expand_ratio!r}")
+        hidden = round(in_channels * expand_ratio)
+        factory = dict(device=device, dtype=dtype)
+        layers: list[nn.Module] = []
+        if expand_ratio != 1:
+            layers.append(
+                ConvNormAct(
+                    in_channels, hidden, 1, norm_layer=norm_layer, act_layer=act_layer, **factory
+                )
+            )
+        layers.append(
+            ConvNormAct(
+                hidden,
+                hidden,
+                kernel_size,
+                stride,
+                dilation=dilation,
+                groups=hidden,
+                norm_layer=norm_layer,
+                act_layer=act_layer,
+                **factory,
+            )
+        )
+        if se_ratio > 0:
+            layers.append(SqueezeExcite(hidden, rd_ratio=se_ratio, **factory))
+        layers.append(nn.Conv2d(hidden, out_channels, 1, 1, 0, bias=norm_layer is None, **factory))
+        norm = create_norm(norm_layer, out_channels, 2, **factory)
+        if not isinstance(norm, nn.Identity):
+            layers.append(norm)
+        self.conv = nn.Sequential(*layers)
+        self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
+        self.hidden_channels = hidden
+        self.use_res_connect = bool(residual) and stride == 1 and in_channels == out_channels
+
+    @property
+    def has_residual(self) -> bool:
+        """Whether the shortcut is used (same as ``use_res_connect``)."""
+        return self.use_res_connect
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(N, C, H, W) -> (N, O, H', W')``; ``x + conv(x)`` when ``use_res_connect``."""
+        return x + self.conv(x) if self.use_res_connect else self.conv(x)
