@@ -67,13 +67,22 @@ def vgg16px() -> nn.Module:
         return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
 
     return nn.Sequential(
-        *block(1, 32), *block(32, 32), nn.MaxPool2d(2),
-        *block(32, 64), *block(64, 64), nn.MaxPool2d(2),
-        *block(64, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 10),
+        *block(1, 32),
+        *block(32, 32),
+        nn.MaxPool2d(2),
+        *block(32, 64),
+        *block(64, 64),
+        nn.MaxPool2d(2),
+        *block(64, 128),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(128, 10),
     )
 
 
-def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float = 3e-3) -> None:
+def train(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float = 3e-3
+) -> None:
     """AdamW, one-cycle schedule, batches of 64, random 1-pixel shifts."""
     g = torch.Generator().manual_seed(0)
     steps = len(x) // 64
@@ -83,8 +92,10 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: f
     for _ in range(epochs):
         order = torch.randperm(len(x), generator=g)
         for i in range(steps):
-            idx = order[i * 64:(i + 1) * 64]
-            xb = torch.roll(x[idx], shifts=tuple(torch.randint(-1, 2, (2,), generator=g).tolist()), dims=(2, 3))
+            idx = order[i * 64 : (i + 1) * 64]
+            xb = torch.roll(
+                x[idx], shifts=tuple(torch.randint(-1, 2, (2,), generator=g).tolist()), dims=(2, 3)
+            )
             loss = F.cross_entropy(model(xb), y[idx])
             opt.zero_grad()
             loss.backward()
@@ -114,27 +125,66 @@ def sweep(name: str, model: nn.Module, data, input_size, exclude=None) -> list[d
     reference = dense(x_te).detach()
     calibration = list(torch.split(x_tr[:512], 128))
     distill_data = list(torch.split(x_tr, 64))
-    rows = [{"model": name, "setting": "dense", "method": "dense", "macs_kept": 1.0, "params_kept": 1.0,
-             "accuracy": accuracy(dense, x_te, y_te), "output_error": 0.0}]
-    settings = [({"rank": r}, f"rank={r}") for r in RANKS] + [({"budget": b}, f"budget={b}") for b in BUDGETS]
+    rows = [
+        {
+            "model": name,
+            "setting": "dense",
+            "method": "dense",
+            "macs_kept": 1.0,
+            "params_kept": 1.0,
+            "accuracy": accuracy(dense, x_te, y_te),
+            "output_error": 0.0,
+        }
+    ]
+    settings = [({"rank": r}, f"rank={r}") for r in RANKS] + [
+        ({"budget": b}, f"budget={b}") for b in BUDGETS
+    ]
     for options, label in settings:
         common = {"input_size": input_size, "exclude": exclude, **options}
         plan = sepconv.plan_separable(dense, **common)
-        base = {"model": name, "setting": label, "macs_kept": plan.macs_ratio, "params_kept": plan.params_ratio}
+        base = {
+            "model": name,
+            "setting": label,
+            "macs_kept": plan.macs_ratio,
+            "params_kept": plan.params_ratio,
+        }
         svd = sepconv.to_separable(dense, plan)
-        rows.append({**base, "method": "svd", "accuracy": accuracy(svd, x_te, y_te),
-                     "output_error": output_error(svd, reference, x_te)})
+        rows.append(
+            {
+                **base,
+                "method": "svd",
+                "accuracy": accuracy(svd, x_te, y_te),
+                "output_error": output_error(svd, reference, x_te),
+            }
+        )
         cal_plan = sepconv.plan_separable(dense, calibration=calibration, **common)
         calibrated = sepconv.to_separable(dense, cal_plan)
-        rows.append({**base, "method": "calibrated", "accuracy": accuracy(calibrated, x_te, y_te),
-                     "output_error": output_error(calibrated, reference, x_te)})
+        rows.append(
+            {
+                **base,
+                "method": "calibrated",
+                "accuracy": accuracy(calibrated, x_te, y_te),
+                "output_error": output_error(calibrated, reference, x_te),
+            }
+        )
         student = copy.deepcopy(calibrated)
         sepconv.distill(student, dense, distill_data, epochs=4, lr=1e-3, temperature=4.0)
-        rows.append({**base, "method": "distilled", "accuracy": accuracy(student, x_te, y_te),
-                     "output_error": output_error(student, reference, x_te)})
-        print(f"  {name} {label}: MACs kept {plan.macs_ratio:.3f}  "
-              + "  ".join(f"{r['method']} acc {r['accuracy']:.3f} err {r['output_error']:.3f}" for r in rows[-3:]),
-              flush=True)
+        rows.append(
+            {
+                **base,
+                "method": "distilled",
+                "accuracy": accuracy(student, x_te, y_te),
+                "output_error": output_error(student, reference, x_te),
+            }
+        )
+        print(
+            f"  {name} {label}: MACs kept {plan.macs_ratio:.3f}  "
+            + "  ".join(
+                f"{r['method']} acc {r['accuracy']:.3f} err {r['output_error']:.3f}"
+                for r in rows[-3:]
+            ),
+            flush=True,
+        )
     return rows
 
 
@@ -150,7 +200,9 @@ class Bottleneck(nn.Module):
         self.conv3, self.bn3 = nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout)
         self.downsample = None
         if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            self.downsample = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
@@ -160,8 +212,12 @@ class Bottleneck(nn.Module):
 
 
 def resnet50_like() -> nn.Module:
-    layers: list[nn.Module] = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
-                               nn.MaxPool2d(3, 2, 1)]
+    layers: list[nn.Module] = [
+        nn.Conv2d(3, 64, 7, 2, 3, bias=False),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2, 1),
+    ]
     cin = 64
     for mid, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
         for i in range(blocks):
@@ -179,8 +235,11 @@ def time_resnet50() -> dict:
         params = sum(p.numel() for p in model.parameters())
         convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
         timings = {}
-        for label, options in (("exact", {}), ("rank=2", {"rank": 2}),
-                               ("budget=0.5", {"budget": 0.5, "input_size": (1, 3, 224, 224)})):
+        for label, options in (
+            ("exact", {}),
+            ("rank=2", {"rank": 2}),
+            ("budget=0.5", {"budget": 0.5, "input_size": (1, 3, 224, 224)}),
+        ):
             best = float("inf")
             for _ in range(2):
                 start = time.perf_counter()
@@ -188,8 +247,11 @@ def time_resnet50() -> dict:
                 best = min(best, time.perf_counter() - start)
             kept = sum(p.numel() for p in converted.parameters()) / params
             timings[label] = {"seconds": best, "params_kept": kept}
-            print(f"  ResNet-50-like ({params / 1e6:.1f}M params, {convs} convs), {label}: "
-                  f"{best:.2f} s on 2 threads, params kept {kept:.2f}", flush=True)
+            print(
+                f"  ResNet-50-like ({params / 1e6:.1f}M params, {convs} convs), {label}: "
+                f"{best:.2f} s on 2 threads, params kept {kept:.2f}",
+                flush=True,
+            )
         return {"params": params, "convs": convs, "threads": 2, "timings": timings}
     finally:
         torch.set_num_threads(threads)
@@ -199,11 +261,15 @@ def time_resnet50() -> dict:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| model | setting | MACs kept | params kept | method | test acc | output err |",
-             "|---|---|---:|---:|---|---:|---:|"]
+    lines = [
+        "| model | setting | MACs kept | params kept | method | test acc | output err |",
+        "|---|---|---:|---:|---|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['setting']} | {r['macs_kept']:.3f} | {r['params_kept']:.3f} | "
-                     f"{r['method']} | {100 * r['accuracy']:.1f}% | {r['output_error']:.3f} |")
+        lines.append(
+            f"| {r['model']} | {r['setting']} | {r['macs_kept']:.3f} | {r['params_kept']:.3f} | "
+            f"{r['method']} | {100 * r['accuracy']:.1f}% | {r['output_error']:.3f} |"
+        )
     return "\n".join(lines)
 
 
@@ -220,7 +286,11 @@ def plot(rows: list[dict], path: Path) -> None:
     for ax, name in zip(axes[0], models):
         dense = next(r for r in rows if r["model"] == name and r["method"] == "dense")
         for method, marker in (("svd", "o"), ("calibrated", "s"), ("distilled", "^")):
-            pts = sorted((r["macs_kept"], r["accuracy"]) for r in rows if r["model"] == name and r["method"] == method)
+            pts = sorted(
+                (r["macs_kept"], r["accuracy"])
+                for r in rows
+                if r["model"] == name and r["method"] == method
+            )
             ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker=marker, label=method)
         ax.axhline(100 * dense["accuracy"], color="gray", linestyle="--", label="dense")
         ax.set(title=name, xlabel="share of conv MACs kept", ylabel="test accuracy (%)")

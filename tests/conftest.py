@@ -22,7 +22,9 @@ def _seed():
     np.random.seed(0)
 
 
-def assert_close_to_reference(actual: torch.Tensor, expected: np.ndarray, rtol: float = 1e-10) -> None:
+def assert_close_to_reference(
+    actual: torch.Tensor, expected: np.ndarray, rtol: float = 1e-10
+) -> None:
     """``actual`` equals the NumPy ``expected`` within ``rtol`` of its largest magnitude."""
     actual_np = actual.detach().double().numpy()
     assert actual_np.shape == expected.shape, (actual_np.shape, expected.shape)

@@ -32,15 +32,24 @@ class ConvCase:
 
 
 @st.composite
-def conv_cases(draw, ranks=(1, 2, 3), max_channels: int = 4, modes=("zeros", "reflect", "replicate", "circular")):
+def conv_cases(
+    draw,
+    ranks=(1, 2, 3),
+    max_channels: int = 4,
+    modes=("zeros", "reflect", "replicate", "circular"),
+):
     """Random but valid conv configurations, small enough for the NumPy reference."""
     rank = draw(st.sampled_from(ranks))
     max_kernel = {1: 5, 2: 4, 3: 3}[rank]
     kernel = tuple(draw(st.lists(st.integers(1, max_kernel), min_size=rank, max_size=rank)))
     stride = tuple(draw(st.lists(st.integers(1, 3), min_size=rank, max_size=rank)))
     dilation = tuple(draw(st.lists(st.integers(1, 2), min_size=rank, max_size=rank)))
-    paddings = [st.integers(0, 2), st.just("same"), st.just("valid"),
-                st.lists(st.integers(0, 2), min_size=rank, max_size=rank).map(tuple)]
+    paddings = [
+        st.integers(0, 2),
+        st.just("same"),
+        st.just("valid"),
+        st.lists(st.integers(0, 2), min_size=rank, max_size=rank).map(tuple),
+    ]
     if rank == 1:
         paddings.append(st.just("causal"))
     padding = draw(st.one_of(*paddings))

@@ -25,5 +25,7 @@ def test_readme_python_blocks_run():
 
 def test_readme_gives_exactly_two_setup_commands():
     setup = README.read_text().split("## Set-up", 1)[1].split("##", 1)[0]
-    commands = [line.split("#")[0].strip() for line in setup.splitlines() if line.startswith("make ")]
+    commands = [
+        line.split("#")[0].strip() for line in setup.splitlines() if line.startswith("make ")
+    ]
     assert commands == ["make demo", "make test"]

@@ -19,7 +19,9 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator
     """
     target = Path(path)
     if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} already exists (use --force / overwrite=True to replace it)")
+        raise FileExistsError(
+            f"{target} already exists (use --force / overwrite=True to replace it)"
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
@@ -31,10 +33,18 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator
             os.unlink(tmp)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], *, binary: bool = False,
-                 overwrite: bool = True) -> Path:
+def atomic_write(
+    path: str | os.PathLike,
+    write: Callable[[IO], None],
+    *,
+    binary: bool = False,
+    overwrite: bool = True,
+) -> Path:
     """Call ``write(file)`` on a temporary file, then rename it onto ``path``."""
-    with atomic_path(path, overwrite=overwrite) as tmp, open(tmp, "wb" if binary else "w") as handle:
+    with (
+        atomic_path(path, overwrite=overwrite) as tmp,
+        open(tmp, "wb" if binary else "w") as handle,
+    ):
         write(handle)
     return Path(path)
 

@@ -32,25 +32,37 @@ def _rank(*sizes: Size) -> int:
 
 
 def conv_output_size(
-    input_size: Size, kernel_size: Size, stride: Size = 1, padding: Size | str = 0, dilation: Size = 1
+    input_size: Size,
+    kernel_size: Size,
+    stride: Size = 1,
+    padding: Size | str = 0,
+    dilation: Size = 1,
 ) -> tuple[int, ...]:
     """Spatial output size of a conv: ``floor((n + 2p - d(k-1) - 1) / s) + 1`` per dim.
 
     ``padding="same"`` gives ``ceil(n / s)`` (TensorFlow), ``"valid"`` means 0.
     """
-    rank = _rank(input_size, kernel_size, stride, dilation, padding if not isinstance(padding, str) else 0)
+    rank = _rank(
+        input_size, kernel_size, stride, dilation, padding if not isinstance(padding, str) else 0
+    )
     n, k = _tuple(input_size, rank, "input_size"), _tuple(kernel_size, rank, "kernel_size")
     s, d = _tuple(stride, rank, "stride"), _tuple(dilation, rank, "dilation")
     if padding == "same":
         return tuple(-(-ni // si) for ni, si in zip(n, s))
     p = (0,) * rank if padding == "valid" else _tuple(padding, rank, "padding", minimum=0)  # type: ignore[arg-type]
-    out = tuple((ni + 2 * pi - di * (ki - 1) - 1) // si + 1 for ni, ki, si, pi, di in zip(n, k, s, p, d))
+    out = tuple(
+        (ni + 2 * pi - di * (ki - 1) - 1) // si + 1 for ni, ki, si, pi, di in zip(n, k, s, p, d)
+    )
     if min(out) < 1:
-        raise ValueError(f"input_size {input_size!r} is too small for kernel_size {kernel_size!r}: output {out}")
+        raise ValueError(
+            f"input_size {input_size!r} is too small for kernel_size {kernel_size!r}: output {out}"
+        )
     return out
 
 
-def conv_params(in_channels: int, out_channels: int, kernel_size: Size, groups: int = 1, bias: bool = True) -> int:
+def conv_params(
+    in_channels: int, out_channels: int, kernel_size: Size, groups: int = 1, bias: bool = True
+) -> int:
     """``O * (C/G) * prod(K) (+ O)``: weights (and biases) of a (grouped) conv."""
     _check_channels(in_channels, out_channels, groups)
     k = _tuple(kernel_size, _rank(kernel_size), "kernel_size")
@@ -58,66 +70,111 @@ def conv_params(in_channels: int, out_channels: int, kernel_size: Size, groups: 
 
 
 def conv_macs(
-    in_channels: int, out_channels: int, kernel_size: Size, output_size: Size, groups: int = 1, batch: int = 1
+    in_channels: int,
+    out_channels: int,
+    kernel_size: Size,
+    output_size: Size,
+    groups: int = 1,
+    batch: int = 1,
 ) -> int:
     """``N * prod(out) * O * (C/G) * prod(K)``: MACs of a (grouped) conv (bias adds excluded)."""
     _check_channels(in_channels, out_channels, groups)
     rank = _rank(kernel_size, output_size)
     k, out = _tuple(kernel_size, rank, "kernel_size"), _tuple(output_size, rank, "output_size")
-    return check.positive_int(batch, "batch") * math.prod(out) * out_channels * (in_channels // groups) * math.prod(k)
+    return (
+        check.positive_int(batch, "batch")
+        * math.prod(out)
+        * out_channels
+        * (in_channels // groups)
+        * math.prod(k)
+    )
 
 
 def conv_transpose_macs(
-    in_channels: int, out_channels: int, kernel_size: Size, input_size: Size, groups: int = 1, batch: int = 1
+    in_channels: int,
+    out_channels: int,
+    kernel_size: Size,
+    input_size: Size,
+    groups: int = 1,
+    batch: int = 1,
 ) -> int:
     """``N * prod(in) * C * (O/G) * prod(K)``: every input element meets every kernel tap once."""
     _check_channels(in_channels, out_channels, groups)
     rank = _rank(kernel_size, input_size)
     k, n = _tuple(kernel_size, rank, "kernel_size"), _tuple(input_size, rank, "input_size")
-    return check.positive_int(batch, "batch") * math.prod(n) * in_channels * (out_channels // groups) * math.prod(k)
+    return (
+        check.positive_int(batch, "batch")
+        * math.prod(n)
+        * in_channels
+        * (out_channels // groups)
+        * math.prod(k)
+    )
 
 
-def depthwise_params(in_channels: int, kernel_size: Size, depth_multiplier: int = 1, bias: bool = True) -> int:
+def depthwise_params(
+    in_channels: int, kernel_size: Size, depth_multiplier: int = 1, bias: bool = True
+) -> int:
     """``C*M * prod(K) (+ C*M)``."""
     mid = in_channels * check.positive_int(depth_multiplier, "depth_multiplier")
     return conv_params(in_channels, mid, kernel_size, groups=in_channels, bias=bias)
 
 
 def depthwise_macs(
-    in_channels: int, kernel_size: Size, output_size: Size, depth_multiplier: int = 1, batch: int = 1
+    in_channels: int,
+    kernel_size: Size,
+    output_size: Size,
+    depth_multiplier: int = 1,
+    batch: int = 1,
 ) -> int:
     """``N * prod(out) * C*M * prod(K)``."""
     mid = in_channels * check.positive_int(depth_multiplier, "depth_multiplier")
     return conv_macs(in_channels, mid, kernel_size, output_size, groups=in_channels, batch=batch)
 
 
-def pointwise_params(in_channels: int, out_channels: int, groups: int = 1, bias: bool = True) -> int:
+def pointwise_params(
+    in_channels: int, out_channels: int, groups: int = 1, bias: bool = True
+) -> int:
     """``O * C/G (+ O)``."""
     return conv_params(in_channels, out_channels, 1, groups=groups, bias=bias)
 
 
-def pointwise_macs(in_channels: int, out_channels: int, output_size: Size, groups: int = 1, batch: int = 1) -> int:
+def pointwise_macs(
+    in_channels: int, out_channels: int, output_size: Size, groups: int = 1, batch: int = 1
+) -> int:
     """``N * prod(out) * O * C/G``."""
     rank = _rank(output_size)
-    return conv_macs(in_channels, out_channels, (1,) * rank, output_size, groups=groups, batch=batch)
+    return conv_macs(
+        in_channels, out_channels, (1,) * rank, output_size, groups=groups, batch=batch
+    )
 
 
 def separable_params(
-    in_channels: int, out_channels: int, kernel_size: Size, depth_multiplier: int = 1, bias: bool = True
+    in_channels: int,
+    out_channels: int,
+    kernel_size: Size,
+    depth_multiplier: int = 1,
+    bias: bool = True,
 ) -> int:
     """``C*M*prod(K) + C*M*O`` (+ ``C*M + O`` biases): ``C*(K*K + O)`` for M=1 without bias."""
     mid = in_channels * depth_multiplier
-    return depthwise_params(in_channels, kernel_size, depth_multiplier, bias) + pointwise_params(mid, out_channels, bias=bias)
+    return depthwise_params(in_channels, kernel_size, depth_multiplier, bias) + pointwise_params(
+        mid, out_channels, bias=bias
+    )
 
 
 def separable_macs(
-    in_channels: int, out_channels: int, kernel_size: Size, output_size: Size, depth_multiplier: int = 1, batch: int = 1
+    in_channels: int,
+    out_channels: int,
+    kernel_size: Size,
+    output_size: Size,
+    depth_multiplier: int = 1,
+    batch: int = 1,
 ) -> int:
     """``N * prod(out) * C*M * (prod(K) + O)``: ``W*H*C*(K*K + O)`` for M=1, N=1."""
     mid = in_channels * depth_multiplier
-    return depthwise_macs(in_channels, kernel_size, output_size, depth_multiplier, batch) + pointwise_macs(
-        mid, out_channels, output_size, batch=batch
-    )
+    return depthwise_macs(
+        in_channels, kernel_size, output_size, depth_multiplier, batch
+    ) + pointwise_macs(mid, out_channels, output_size, batch=batch)
 
 
 @dataclass(frozen=True)
@@ -174,7 +231,10 @@ def compare(
         depthwise_params(in_channels, kernel_size, depth_multiplier, bias),
         depthwise_macs(in_channels, kernel_size, out, depth_multiplier, batch),
     )
-    pointwise = Cost(pointwise_params(mid, out_channels, bias=bias), pointwise_macs(mid, out_channels, out, batch=batch))
+    pointwise = Cost(
+        pointwise_params(mid, out_channels, bias=bias),
+        pointwise_macs(mid, out_channels, out, batch=batch),
+    )
     return Comparison(
         output_size=out,
         standard=Cost(
@@ -191,5 +251,9 @@ def _check_channels(in_channels: int, out_channels: int, groups: int) -> None:
     check.positive_int(in_channels, "in_channels")
     check.positive_int(out_channels, "out_channels")
     check.positive_int(groups, "groups")
-    check.divisible(in_channels, groups, f"in_channels={in_channels} must be divisible by groups={groups}")
-    check.divisible(out_channels, groups, f"out_channels={out_channels} must be divisible by groups={groups}")
+    check.divisible(
+        in_channels, groups, f"in_channels={in_channels} must be divisible by groups={groups}"
+    )
+    check.divisible(
+        out_channels, groups, f"out_channels={out_channels} must be divisible by groups={groups}"
+    )

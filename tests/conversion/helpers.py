@@ -17,7 +17,9 @@ def state_snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def same_state(model: nn.Module, snapshot: dict[str, torch.Tensor]) -> bool:
     state = model.state_dict()
-    return state.keys() == snapshot.keys() and all(torch.equal(state[k], snapshot[k]) for k in state)
+    return state.keys() == snapshot.keys() and all(
+        torch.equal(state[k], snapshot[k]) for k in state
+    )
 
 
 class SmallCNN(nn.Module):
@@ -26,7 +28,9 @@ class SmallCNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
-        self.blocks = nn.ModuleList([nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.Conv2d(16, 16, 3, padding=1)])
+        self.blocks = nn.ModuleList(
+            [nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.Conv2d(16, 16, 3, padding=1)]
+        )
         self.heads = nn.ModuleDict({"proj": nn.Conv2d(16, 16, 1)})
         self.shared = nn.Conv2d(16, 16, 3, padding=1, bias=False)
         self.fc = nn.Linear(16, 5)
@@ -41,8 +45,12 @@ class SmallCNN(nn.Module):
         return self.fc(x.mean(dim=(2, 3)))
 
 
-def smooth_images(n: int, channels: int = 3, size: int = 16, seed: int = 0, dtype=torch.float64) -> torch.Tensor:
+def smooth_images(
+    n: int, channels: int = 3, size: int = 16, seed: int = 0, dtype=torch.float64
+) -> torch.Tensor:
     """Random but spatially correlated images (low-pass noise): more like real inputs than white noise."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, channels, size // 4, size // 4, generator=g, dtype=dtype)
-    return torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return torch.nn.functional.interpolate(
+        x, size=(size, size), mode="bilinear", align_corners=False
+    )

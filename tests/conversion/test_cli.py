@@ -11,7 +11,7 @@ from torch import nn
 from sepconv.cli import main
 from sepconv.layers.separable import _SeparableConvNd
 
-FACTORY = '''
+FACTORY = """
 import torch
 from torch import nn
 
@@ -22,7 +22,7 @@ def net():
 
 def broken():
     raise RuntimeError("boom")
-'''
+"""
 
 
 @pytest.fixture
@@ -54,7 +54,20 @@ def test_convert_exact(factory, tmp_path, capsys):
 
 def test_convert_budget_with_calibration(factory, tmp_path, capsys):
     out = tmp_path / "small.pt"
-    code = main(["convert", factory, "--budget", "0.4", "--calibrate", "2", "--input", "4x3x8x8", "-o", str(out)])
+    code = main(
+        [
+            "convert",
+            factory,
+            "--budget",
+            "0.4",
+            "--calibrate",
+            "2",
+            "--input",
+            "4x3x8x8",
+            "-o",
+            str(out),
+        ]
+    )
     assert code == 0
     text = capsys.readouterr().out
     assert "budget=0.4" in text and "svd→fit" in text and "per sample of (1, 3, 8, 8)" in text
@@ -66,9 +79,27 @@ def test_convert_rank_from_module_factory_and_refuses_overwrite(tmp_path, capsys
     out.write_bytes(b"keep")
     code = main(["convert", "tests.conversion.helpers:SmallCNN", "--rank", "2", "-o", str(out)])
     err = capsys.readouterr().err
-    assert code != 0 and "already exists" in err and "--force" in err and len(err.strip().splitlines()) == 1
+    assert (
+        code != 0
+        and "already exists" in err
+        and "--force" in err
+        and len(err.strip().splitlines()) == 1
+    )
     assert out.read_bytes() == b"keep"
-    assert main(["convert", "tests.conversion.helpers:SmallCNN", "--rank", "2", "-o", str(out), "--force"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                "tests.conversion.helpers:SmallCNN",
+                "--rank",
+                "2",
+                "-o",
+                str(out),
+                "--force",
+            ]
+        )
+        == 0
+    )
     assert isinstance(load(out).blocks[0], _SeparableConvNd)
 
 
@@ -90,6 +121,7 @@ def test_convert_saved_module_needs_trust(factory, tmp_path, capsys):
         (["--energy", "1.5"], "(0, 1]"),
         (["--rank", "0"], "positive integer"),
         (["--calibrate", "2"], "--calibrate needs --input"),
+        (["--budget", "0.5"], "--budget needs --input"),
         (["--input", "1x3xfoo"], "1x3x32x32"),
     ],
 )
@@ -137,3 +169,37 @@ def test_convert_nan_weights(tmp_path, capsys):
     code = main(["convert", str(path), "--trust", "-o", str(tmp_path / "o.pt")])
     err = capsys.readouterr().err
     assert code == 1 and "layer '0'" in err and "NaN" in err
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda state: state.pop("0.bias"), "missing keys 0.bias"),
+        (
+            lambda state: state.__setitem__("extra.weight", torch.zeros(1)),
+            "unexpected keys extra.weight",
+        ),
+        (lambda state: state.__setitem__("5.bias", torch.zeros(7)), "size mismatch for 5.bias"),
+    ],
+)
+def test_convert_weights_that_do_not_fit_name_the_keys(factory, tmp_path, capsys, edit, message):
+    module_path = factory.rsplit(":", 1)[0]
+    spec = __import__("importlib").util.spec_from_file_location("m2", module_path)
+    module = __import__("importlib").util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    state = module.net().state_dict()
+    edit(state)
+    weights = tmp_path / "w.pt"
+    torch.save(state, weights)
+    out = tmp_path / "o.pt"
+    assert main(["convert", factory, "--weights", str(weights), "-o", str(out)]) != 0
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_convert_output_in_a_missing_folder_fails_before_work(factory, tmp_path, capsys):
+    out = tmp_path / "junk.txt" / "x.pt"
+    (tmp_path / "junk.txt").write_text("mine")
+    assert main(["convert", factory, "-o", str(out)]) != 0
+    assert "not a directory" in capsys.readouterr().err
+    assert (tmp_path / "junk.txt").read_text() == "mine"

@@ -17,9 +17,11 @@ class ConvBNReLU(nn.Sequential):
     def __init__(self, in_planes, out_planes, kernel_size, stride=1, groups=1):
         padding = (kernel_size - 1) // 2
         super(ConvBNReLU, self).__init__(  # noqa: UP008
-            nn.Conv2d(in_planes, out_planes, kernel_size, stride, padding, groups=groups, bias=False),
+            nn.Conv2d(
+                in_planes, out_planes, kernel_size, stride, padding, groups=groups, bias=False
+            ),
             nn.BatchNorm2d(out_planes),
-            nn.ReLU6(inplace=True)
+            nn.ReLU6(inplace=True),
         )
 
 
@@ -34,13 +36,17 @@ class InvertedResidual(nn.Module):
         if expand_ratio != 1:
             # pw
             layers.append(ConvBNReLU(inp, hidden_dim, kernel_size=1))
-        layers.extend([
-            # depth-wise
-            ConvBNReLU(hidden_dim, hidden_dim, kernel_size=kernel, stride=stride, groups=hidden_dim),
-            # pw-linear
-            nn.Conv2d(hidden_dim, oup, 1, 1, 0, bias=False),
-            nn.BatchNorm2d(oup),
-        ])
+        layers.extend(
+            [
+                # depth-wise
+                ConvBNReLU(
+                    hidden_dim, hidden_dim, kernel_size=kernel, stride=stride, groups=hidden_dim
+                ),
+                # pw-linear
+                nn.Conv2d(hidden_dim, oup, 1, 1, 0, bias=False),
+                nn.BatchNorm2d(oup),
+            ]
+        )
         self.conv = nn.Sequential(*layers)
 
     def forward(self, x):
@@ -48,6 +54,7 @@ class InvertedResidual(nn.Module):
             return x + self.conv(x)
         else:
             return self.conv(x)
+
 
 # ---------------------------------------------------------------------------------------------
 
@@ -71,7 +78,11 @@ def mobilenet_blocks() -> nn.Module:
 
 
 def grouped_convs(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules() if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d) and m.groups > 1]
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d) and m.groups > 1
+    ]
 
 
 def test_seed_mobilenetv2_to_dense():
@@ -105,20 +116,42 @@ def test_seed_mobilenetv2_fold_then_dense():
 
 def test_separable_layers_to_dense():
     torch.manual_seed(0)
-    model = nn.Sequential(
-        sepconv.SeparableConv2d(4, 6, 3, padding=1, depth_multiplier=2),
-        sepconv.SeparableConv2d(6, 8, 3, stride=2, padding="same", pointwise_groups=2, norm_layer="batchnorm",
-                                act_layer="relu"),
-        sepconv.SeparableConv2d(8, 8, 3, mid_norm_layer="batchnorm", mid_act_layer="relu"),  # left alone
-        sepconv.DepthwiseConv2d(8, 3, padding=1),
-    ).double().eval()
+    model = (
+        nn.Sequential(
+            sepconv.SeparableConv2d(4, 6, 3, padding=1, depth_multiplier=2),
+            sepconv.SeparableConv2d(
+                6,
+                8,
+                3,
+                stride=2,
+                padding="same",
+                pointwise_groups=2,
+                norm_layer="batchnorm",
+                act_layer="relu",
+            ),
+            sepconv.SeparableConv2d(
+                8, 8, 3, mid_norm_layer="batchnorm", mid_act_layer="relu", act_layer="relu"
+            ),
+            sepconv.DepthwiseConv2d(8, 3, padding=1),
+        )
+        .double()
+        .eval()
+    )
     x = torch.randn(2, 4, 16, 16, dtype=torch.float64)
     dense = sepconv.to_dense(model)
     assert not isinstance(dense[0], _SeparableConvNd) and isinstance(dense[0], nn.Conv2d)
     assert isinstance(dense[1], nn.Sequential) and dense[1][0].groups == 1
-    assert isinstance(dense[2], _SeparableConvNd)
+    assert isinstance(dense[2], nn.Sequential) and list(dense[2]._modules) == [
+        "depthwise",
+        "mid_norm",
+        "mid_act",
+        "pointwise",
+        "act",
+    ]
+    assert dense[2].depthwise.groups == 1 and not dense[2].training
     assert isinstance(dense[3], nn.Conv2d) and dense[3].groups == 1
     assert rel_error(dense(x), model(x)) < 1e-12
+    assert not any(isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 for m in dense.modules())
 
 
 def test_grouped_1d_3d_and_shared():
@@ -135,9 +168,17 @@ def test_grouped_1d_3d_and_shared():
 
 def test_fold_batchnorm_in_separable_layers():
     torch.manual_seed(0)
-    layer = sepconv.SeparableConv2d(4, 6, 3, padding=1, norm_layer="batchnorm", mid_norm_layer="batchnorm").double()
-    model = nn.Sequential(layer, nn.ReLU(), nn.Conv2d(6, 6, 3, bias=False), nn.BatchNorm2d(6, affine=False),
-                          sepconv.SeparableConv2d(6, 5, 3), nn.BatchNorm2d(5)).double()
+    layer = sepconv.SeparableConv2d(
+        4, 6, 3, padding=1, norm_layer="batchnorm", mid_norm_layer="batchnorm"
+    ).double()
+    model = nn.Sequential(
+        layer,
+        nn.ReLU(),
+        nn.Conv2d(6, 6, 3, bias=False),
+        nn.BatchNorm2d(6, affine=False),
+        sepconv.SeparableConv2d(6, 5, 3),
+        nn.BatchNorm2d(5),
+    ).double()
     with torch.no_grad():  # train BN statistics a little
         model.train()
         for _ in range(3):
@@ -152,14 +193,39 @@ def test_fold_batchnorm_in_separable_layers():
     assert rel_error(dense(x), model(x)) < 1e-12
 
 
+def test_fold_batchnorm_after_a_separable_layer_with_its_own_norm():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        sepconv.SeparableConv2d(3, 4, 3, norm_layer="batchnorm"),
+        nn.BatchNorm2d(4),
+    ).double()
+    with torch.no_grad():
+        model.train()
+        model(torch.randn(4, 3, 8, 8, dtype=torch.float64) * 3 - 1)
+    model.eval()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    folded = sepconv.fold_batchnorm(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert rel_error(folded(x), model(x)) < 1e-12
+
+
 def test_fold_batchnorm_leaves_what_it_cannot_fold():
     shared = nn.Conv2d(3, 3, 3, padding=1)
-    model = nn.Sequential(
-        nn.Sequential(shared, nn.BatchNorm2d(3)),  # shared conv: folding would change its other use
-        shared,
-        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False),  # batch statistics even in eval
-        nn.Conv2d(4, 4, 3), nn.ReLU(), nn.BatchNorm2d(4),  # not directly after the conv
-    ).double().eval()
+    model = (
+        nn.Sequential(
+            nn.Sequential(
+                shared, nn.BatchNorm2d(3)
+            ),  # shared conv: folding would change its other use
+            shared,
+            nn.Conv2d(3, 4, 3),
+            nn.BatchNorm2d(4, track_running_stats=False),  # batch statistics even in eval
+            nn.Conv2d(4, 4, 3),
+            nn.ReLU(),
+            nn.BatchNorm2d(4),  # not directly after the conv
+        )
+        .double()
+        .eval()
+    )
     x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
     folded = sepconv.fold_batchnorm(model)
     assert sum(isinstance(m, nn.BatchNorm2d) for m in folded.modules()) == 3

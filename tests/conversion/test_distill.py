@@ -18,8 +18,15 @@ from sepconv.conversion import kd_loss
 
 def teacher_net() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5))
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 5),
+    )
 
 
 def mean_kl(student, teacher, data) -> float:
@@ -47,10 +54,24 @@ def test_distill_with_features_labels_and_max_steps():
     teacher = teacher_net()
     student = sepconv.to_separable(teacher, rank=2)
     g = torch.Generator().manual_seed(2)
-    data = [(torch.randn(8, 3, 8, 8, generator=g), torch.randint(0, 5, (8,), generator=g)) for _ in range(6)]
+    data = [
+        (torch.randn(8, 3, 8, 8, generator=g), torch.randint(0, 5, (8,), generator=g))
+        for _ in range(6)
+    ]
     lines = []
-    result = sepconv.distill(student, teacher, data, epochs=3, lr=1e-3, features=["2"], feature_weight=0.5,
-                             label_weight=0.1, optimizer="sgd", max_steps=10, log=lines.append)
+    result = sepconv.distill(
+        student,
+        teacher,
+        data,
+        epochs=3,
+        lr=1e-3,
+        features=["2"],
+        feature_weight=0.5,
+        label_weight=0.1,
+        optimizer="sgd",
+        max_steps=10,
+        log=lines.append,
+    )
     assert result.steps == 10 and len(result.losses) == 2
     assert lines and lines[0].startswith("distill epoch 1/3")
     assert teacher.training and student.training  # modes restored
@@ -71,26 +92,48 @@ def test_distill_bad_arguments(kwargs, match):
     teacher = teacher_net()
     student = sepconv.to_separable(teacher, rank=1)
     with pytest.raises(ValueError, match=match):
-        sepconv.distill(student, teacher, [torch.randn(2, 3, 8, 8)], **{"epochs": 1, "lr": 1e-3, **kwargs})
+        sepconv.distill(
+            student, teacher, [torch.randn(2, 3, 8, 8)], **{"epochs": 1, "lr": 1e-3, **kwargs}
+        )
 
 
 def test_distill_under_torchrun_two_processes(tmp_path: Path):
     script = Path(__file__).with_name("ddp_distill_script.py")
     root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(root), str(root / "src")])}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(root), str(root / "src")]),
+    }
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
-         str(tmp_path)],
-        env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(script),
+            str(tmp_path),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     for result in results:
         assert result["world"] == 2
-        assert result["steps"] == 9  # 7 batches over 2 ranks: 3 steps per epoch (the 7th is dropped)
+        assert (
+            result["steps"] == 9
+        )  # 7 batches over 2 ranks: 3 steps per epoch (the 7th is dropped)
         assert result["losses"][-1] < result["losses"][0]
-        assert result["initialized_after"] is False  # the process group made by distill is cleaned up
+        assert (
+            result["initialized_after"] is False
+        )  # the process group made by distill is cleaned up
     assert results[0]["losses"] == results[1]["losses"]  # all-reduced
-    assert abs(results[0]["checksum"] - results[1]["checksum"]) < 1e-9  # DDP kept the replicas in sync
+    assert (
+        abs(results[0]["checksum"] - results[1]["checksum"]) < 1e-9
+    )  # DDP kept the replicas in sync

@@ -31,15 +31,20 @@ def dense_convs(draw):
         kernel = (2, *kernel[1:])
     stride = tuple(draw(st.lists(st.integers(1, 2), min_size=rank, max_size=rank)))
     dilation = tuple(draw(st.lists(st.integers(1, 2), min_size=rank, max_size=rank)))
-    options = [st.integers(0, 2), st.lists(st.integers(0, 2), min_size=rank, max_size=rank).map(tuple),
-               st.just("valid")]
+    options = [
+        st.integers(0, 2),
+        st.lists(st.integers(0, 2), min_size=rank, max_size=rank).map(tuple),
+        st.just("valid"),
+    ]
     if all(s == 1 for s in stride):
         options.append(st.just("same"))
     padding = draw(st.one_of(*options))
     mode = draw(st.sampled_from(["zeros", "reflect", "replicate", "circular"]))
     bias = draw(st.booleans())
     spatial = tuple(d * (k - 1) + draw(st.integers(3, 6)) for k, d in zip(kernel, dilation))
-    conv = CONVS[rank](in_channels, out_channels, kernel, stride, padding, dilation, groups, bias, mode)
+    conv = CONVS[rank](
+        in_channels, out_channels, kernel, stride, padding, dilation, groups, bias, mode
+    )
     batch = draw(st.integers(1, 2))
     return conv, (batch, in_channels, *spatial)
 
@@ -52,7 +57,9 @@ def test_exact_conversion_float64(case, seed):
     x = torch.randn(shape, dtype=torch.float64)
     separable = sepconv.to_separable(conv)
     assert isinstance(separable, _SeparableConvNd)
-    assert separable.depth_multiplier == min(conv.out_channels // conv.groups, math.prod(conv.kernel_size))
+    assert separable.depth_multiplier == min(
+        conv.out_channels // conv.groups, math.prod(conv.kernel_size)
+    )
     assert separable.pointwise.groups == conv.groups
     assert separable.depthwise.bias is None
     assert separable.padding_mode == conv.padding_mode
@@ -72,8 +79,12 @@ def test_exact_conversion_float32(case, seed):
 
 
 @settings(max_examples=10)
-@given(st.sampled_from([(1, "causal", 1), (2, "same", 2), (1, "same", 3), (3, "same", 2), (2, (1, 0), 1)]),
-       st.booleans())
+@given(
+    st.sampled_from(
+        [(1, "causal", 1), (2, "same", 2), (1, "same", 3), (3, "same", 2), (2, (1, 0), 1)]
+    ),
+    st.booleans(),
+)
 def test_exact_conversion_of_sepconv_padded_convs(spec, bias):
     """sepconv's PaddedConvNd (TensorFlow 'same' for any stride, 'causal') keeps its padding spec."""
     rank, padding, stride = spec
@@ -86,8 +97,11 @@ def test_exact_conversion_of_sepconv_padded_convs(spec, bias):
 def test_exact_conversion_of_a_network_with_channel_ordering():
     """A stack (channel ordering c*R + r matters in both stages) stays exact end to end."""
     net = nn.Sequential(
-        nn.Conv2d(4, 6, 3, padding=1), nn.Tanh(), nn.Conv2d(6, 6, (3, 2), stride=2, groups=2, padding=(1, 0)),
-        nn.Tanh(), nn.Conv2d(6, 3, 5, padding="same", padding_mode="circular"),
+        nn.Conv2d(4, 6, 3, padding=1),
+        nn.Tanh(),
+        nn.Conv2d(6, 6, (3, 2), stride=2, groups=2, padding=(1, 0)),
+        nn.Tanh(),
+        nn.Conv2d(6, 3, 5, padding="same", padding_mode="circular"),
     ).double()
     x = torch.randn(2, 4, 12, 12, dtype=torch.float64)
     converted = sepconv.to_separable(net)

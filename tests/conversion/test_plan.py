@@ -16,21 +16,21 @@ from tests.conversion.helpers import SmallCNN, rel_error, same_state, smooth_ima
 
 
 def separable_macs(model: nn.Module, x: torch.Tensor) -> int:
-    """MACs per sample of every conv and separable layer in ``model``, counted from the shapes that run."""
+    """MACs per sample of every conv in ``model`` (separable stages included: a hook on a stage
+    makes the layer call it), counted from the shapes that run."""
     total = 0
 
     def hook(module, inputs, output):
         nonlocal total
-        positions = math.prod(output.shape[2:])
-        if isinstance(module, _SeparableConvNd):
-            dw, pw = module.depthwise, module.pointwise
-            total += positions * (dw.out_channels * math.prod(dw.kernel_size)
-                                  + pw.out_channels * pw.in_channels // pw.groups)
-        else:
-            k = math.prod(module.kernel_size)
-            total += positions * module.out_channels * (module.in_channels // module.groups) * k
+        k = math.prod(module.kernel_size)
+        total += (
+            math.prod(output.shape[2:])
+            * module.out_channels
+            * (module.in_channels // module.groups)
+            * k
+        )
 
-    kinds = (nn.Conv1d, nn.Conv2d, nn.Conv3d, _SeparableConvNd)
+    kinds = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, kinds)]
     with torch.no_grad():
         model(x[:1])
@@ -68,12 +68,16 @@ def test_monotone_error_in_rank(cnn):
     expected = cnn(x)
     errors, macs = [], []
     for rank in range(1, 10):
-        plan = sepconv.plan_separable(cnn, rank=rank, input_size=(1, 3, 16, 16), skip_costlier=False)
+        plan = sepconv.plan_separable(
+            cnn, rank=rank, input_size=(1, 3, 16, 16), skip_costlier=False
+        )
         converted = sepconv.to_separable(cnn, plan)
         errors.append(rel_error(converted(x), expected))
         macs.append(plan.macs_after)
         assert separable_macs(converted, x) == plan.macs_after
-    weight_errors = [sepconv.plan_separable(cnn, rank=r)["blocks.1"].weight_error for r in range(1, 10)]
+    weight_errors = [
+        sepconv.plan_separable(cnn, rank=r)["blocks.1"].weight_error for r in range(1, 10)
+    ]
     assert all(a >= b - 1e-12 for a, b in itertools.pairwise(weight_errors))
     assert all(a < b for a, b in itertools.pairwise(macs))
     assert errors[-1] < 1e-10
@@ -100,8 +104,10 @@ def test_energy_picks_the_smallest_rank(cnn):
             if layer.rank > 1:
                 lower = float(layer.factors.lost_energy()[layer.rank - 1])
                 assert 1 - lower < energy
-    assert all(layer.rank == layer.max_rank for layer in sepconv.plan_separable(cnn, energy=1.0,
-                                                                                skip_costlier=False).converted)
+    assert all(
+        layer.rank == layer.max_rank
+        for layer in sepconv.plan_separable(cnn, energy=1.0, skip_costlier=False).converted
+    )
 
 
 @pytest.mark.parametrize("budget", [0.25, 0.35, 0.5, 0.8])
@@ -116,8 +122,10 @@ def test_budget_is_respected(cnn, budget):
 
 def test_budget_error_decreases_as_budget_grows(cnn):
     x = smooth_images(4)
-    errors = [rel_error(sepconv.to_separable(cnn, budget=b, input_size=(1, 3, 16, 16))(x), cnn(x))
-              for b in (0.2, 0.4, 0.7)]
+    errors = [
+        rel_error(sepconv.to_separable(cnn, budget=b, input_size=(1, 3, 16, 16))(x), cnn(x))
+        for b in (0.2, 0.4, 0.7)
+    ]
     assert errors[0] >= errors[1] >= errors[2]
 
 
@@ -127,10 +135,16 @@ def test_unreachable_budget_is_noted(cnn):
     assert all(layer.rank == 1 for layer in plan.converted)
 
 
-def test_budget_without_input_size_counts_per_position(cnn):
-    plan = sepconv.plan_separable(cnn, budget=0.5)
+def test_budget_needs_an_input_to_count_macs(cnn):
+    with pytest.raises(ValueError, match=r"budget=0.5 needs input_size.*or calibration"):
+        sepconv.plan_separable(cnn, budget=0.5)
+    plan = sepconv.plan_separable(cnn, budget=0.5, calibration=[smooth_images(2)])
+    assert plan.summary()["macs_per"] == "sample" and plan.macs_after <= 0.5 * plan.macs_before
+
+
+def test_rank_without_input_size_counts_per_position(cnn):
+    plan = sepconv.plan_separable(cnn, rank=2)
     assert plan.input_size is None and plan.summary()["macs_per"] == "output position"
-    assert plan.macs_after <= 0.5 * plan.macs_before
 
 
 def test_editing_the_plan(cnn):
@@ -187,7 +201,9 @@ def test_shared_conv_converted_once_and_stays_shared():
 
 
 def test_depthwise_and_pointwise_are_not_eligible():
-    model = nn.Sequential(nn.Conv2d(8, 8, 3, groups=8), nn.Conv2d(8, 16, 1), sepconv.SeparableConv2d(16, 4, 3))
+    model = nn.Sequential(
+        nn.Conv2d(8, 8, 3, groups=8), nn.Conv2d(8, 16, 1), sepconv.SeparableConv2d(16, 4, 3)
+    )
     plan = sepconv.plan_separable(model, rank=1)
     assert not plan.converted
     assert plan["0"].skipped.startswith("already depthwise")
@@ -312,3 +328,18 @@ def test_1d_and_3d_and_custom_subclass():
     assert isinstance(converted[0], sepconv.SeparableConv3d)
     plan = sepconv.plan_separable(nn.Sequential(Scaled(2, 4, 3)), rank=1)
     assert "own behaviour" in plan["0"].skipped
+
+
+def _conv_params(model: nn.Module) -> int:
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d)]
+    return sum(p.numel() for conv in convs for p in conv.parameters(recurse=False))
+
+
+@pytest.mark.parametrize("calibrated", [False, True])
+@pytest.mark.parametrize("rank", [1, 2, None])
+def test_plan_params_match_the_converted_model(cnn, rank, calibrated):
+    calibration = [smooth_images(2)] if calibrated else None
+    plan = sepconv.plan_separable(cnn, rank=rank, calibration=calibration)
+    converted = sepconv.to_separable(cnn, plan)
+    assert plan.params_before == _conv_params(cnn)
+    assert plan.params_after == _conv_params(converted)

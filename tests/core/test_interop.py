@@ -23,12 +23,23 @@ LAYERS = {
         4, 8, 3, stride=2, padding="same", norm_layer="batchnorm", act_layer="relu"
     ),
     "separable2d_reflect_mobilenet": lambda: sepconv.SeparableConv2d(
-        4, 8, 3, padding=1, padding_mode="reflect", mid_norm_layer="bn", mid_act_layer="relu6", depth_multiplier=2
+        4,
+        8,
+        3,
+        padding=1,
+        padding_mode="reflect",
+        mid_norm_layer="bn",
+        mid_act_layer="relu6",
+        depth_multiplier=2,
     ),
     "separable1d_causal": lambda: sepconv.SeparableConv1d(4, 6, 4, padding="causal", dilation=2),
     "separable3d_same": lambda: sepconv.SeparableConv3d(4, 5, 3, padding="same"),
-    "depthwise2d_same_even_kernel": lambda: sepconv.DepthwiseConv2d(4, 4, padding="same", depth_multiplier=2),
-    "transpose2d": lambda: sepconv.SeparableConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1),
+    "depthwise2d_same_even_kernel": lambda: sepconv.DepthwiseConv2d(
+        4, 4, padding="same", depth_multiplier=2
+    ),
+    "transpose2d": lambda: sepconv.SeparableConvTranspose2d(
+        4, 6, 3, stride=2, padding=1, output_padding=1
+    ),
     "spatial2d": lambda: sepconv.SpatiallySeparableConv2d(4, 6, 3, padding="same"),
 }
 SPATIAL = {"separable1d_causal": (11,), "separable3d_same": (5, 6, 7)}
@@ -86,7 +97,9 @@ def test_channels_last_input_gives_same_result():
     torch.testing.assert_close(layer_cl(x.contiguous(memory_format=torch.channels_last)), layer(x))
 
 
-@pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-12), (torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+@pytest.mark.parametrize(
+    ("dtype", "tol"), [(torch.float64, 1e-12), (torch.float32, 1e-5), (torch.bfloat16, 3e-2)]
+)
 def test_dtypes(dtype, tol):
     layer = sepconv.SeparableConv2d(4, 8, 3, padding=1, dtype=dtype)
     assert all(p.dtype == dtype for p in layer.parameters())
@@ -98,8 +111,11 @@ def test_dtypes(dtype, tol):
 
 
 @given(
-    rank=st.integers(1, 3), stride=st.integers(1, 2), padding=st.sampled_from([0, 1, "same"]),
-    mode=st.sampled_from(["zeros", "replicate", "circular"]), mult=st.integers(1, 2),
+    rank=st.integers(1, 3),
+    stride=st.integers(1, 2),
+    padding=st.sampled_from([0, 1, "same"]),
+    mode=st.sampled_from(["zeros", "replicate", "circular"]),
+    mult=st.integers(1, 2),
 )
 def test_gradcheck_float64(rank, stride, padding, mode, mult):
     fn = getattr(SF, f"separable_conv{rank}d")
@@ -114,12 +130,21 @@ def test_gradcheck_float64(rank, stride, padding, mode, mult):
 
 
 def test_state_dict_deepcopy_and_pickle_round_trip():
-    layer = sepconv.SeparableConv2d(4, 8, 3, stride=2, padding="same", norm_layer="bn", act_layer="silu").eval()
+    layer = sepconv.SeparableConv2d(
+        4, 8, 3, stride=2, padding="same", norm_layer="bn", act_layer="silu"
+    ).eval()
     x = torch.randn(2, 4, 9, 9)
-    fresh = sepconv.SeparableConv2d(4, 8, 3, stride=2, padding="same", norm_layer="bn", act_layer="silu").eval()
+    fresh = sepconv.SeparableConv2d(
+        4, 8, 3, stride=2, padding="same", norm_layer="bn", act_layer="silu"
+    ).eval()
     fresh.load_state_dict(layer.state_dict())
     torch.testing.assert_close(fresh(x), layer(x))
-    assert set(layer.state_dict()) >= {"depthwise.weight", "depthwise.bias", "pointwise.weight", "norm.weight"}
+    assert set(layer.state_dict()) >= {
+        "depthwise.weight",
+        "depthwise.bias",
+        "pointwise.weight",
+        "norm.weight",
+    }
     torch.testing.assert_close(copy.deepcopy(layer)(x), layer(x))
     torch.testing.assert_close(pickle.loads(pickle.dumps(layer))(x), layer(x))
     buffer = io.BytesIO()
@@ -167,7 +192,14 @@ def test_activation_given_as_class_string_partial_function_or_instance(spec):
 
 @pytest.mark.parametrize(
     "spec",
-    ["batchnorm", "groupnorm", "layernorm", "instancenorm", nn.BatchNorm2d, functools.partial(nn.GroupNorm, 1)],
+    [
+        "batchnorm",
+        "groupnorm",
+        "layernorm",
+        "instancenorm",
+        nn.BatchNorm2d,
+        functools.partial(nn.GroupNorm, 1),
+    ],
 )
 def test_norm_given_as_string_class_or_partial(spec):
     layer = sepconv.SeparableConv2d(2, 4, 3, norm_layer=spec, mid_norm_layer=spec)
@@ -176,6 +208,8 @@ def test_norm_given_as_string_class_or_partial(spec):
 
 
 def test_device_and_dtype_reach_every_submodule():
-    layer = sepconv.SeparableConv2d(4, 8, 3, norm_layer="bn", mid_norm_layer="bn", dtype=torch.float64)
+    layer = sepconv.SeparableConv2d(
+        4, 8, 3, norm_layer="bn", mid_norm_layer="bn", dtype=torch.float64
+    )
     assert {p.dtype for p in layer.parameters()} == {torch.float64}
     assert {b.dtype for b in layer.buffers() if b.is_floating_point()} == {torch.float64}

@@ -23,11 +23,20 @@ def test_grouped_conv_matches_torch(case, groups):
     x = torch.randn(case.batch, channels, *case.spatial, dtype=torch.float64)
     w = torch.randn(out_channels, case.in_channels, *case.kernel_size, dtype=torch.float64)
     b = torch.randn(out_channels, dtype=torch.float64) if case.bias else None
-    pairs = reference.padding_pairs(case.padding, case.spatial, case.kernel_size, case.stride, case.dilation)
+    pairs = reference.padding_pairs(
+        case.padding, case.spatial, case.kernel_size, case.stride, case.dilation
+    )
     pad = [amount for lo_hi in reversed(pairs) for amount in lo_hi]
     expected = CONV[case.rank](F.pad(x, pad), w, b, case.stride, 0, case.dilation, groups)
-    actual = reference.conv(x.numpy(), w.numpy(), None if b is None else b.numpy(), case.stride,
-                            case.padding, case.dilation, groups)
+    actual = reference.conv(
+        x.numpy(),
+        w.numpy(),
+        None if b is None else b.numpy(),
+        case.stride,
+        case.padding,
+        case.dilation,
+        groups,
+    )
     assert_close_to_reference(expected, actual)
 
 
@@ -35,22 +44,41 @@ def test_grouped_conv_matches_torch(case, groups):
 def test_padding_modes_match_torch(case):
     x = torch.randn(case.batch, case.in_channels, *case.spatial, dtype=torch.float64)
     w = torch.randn(case.out_channels, case.in_channels, *case.kernel_size, dtype=torch.float64)
-    pairs = reference.padding_pairs(case.padding, case.spatial, case.kernel_size, case.stride, case.dilation)
+    pairs = reference.padding_pairs(
+        case.padding, case.spatial, case.kernel_size, case.stride, case.dilation
+    )
     pad = [amount for lo_hi in reversed(pairs) for amount in lo_hi]
-    padded = F.pad(x, pad) if case.padding_mode == "zeros" else F.pad(x, pad, mode=case.padding_mode)
+    padded = (
+        F.pad(x, pad) if case.padding_mode == "zeros" else F.pad(x, pad, mode=case.padding_mode)
+    )
     expected = CONV[case.rank](padded, w, None, case.stride, 0, case.dilation)
-    actual = reference.conv(x.numpy(), w.numpy(), None, case.stride, case.padding, case.dilation,
-                            padding_mode=case.padding_mode)
+    actual = reference.conv(
+        x.numpy(),
+        w.numpy(),
+        None,
+        case.stride,
+        case.padding,
+        case.dilation,
+        padding_mode=case.padding_mode,
+    )
     assert_close_to_reference(expected, actual)
 
 
 @given(
-    rank=st.integers(1, 3), groups=st.integers(1, 3), channels_per_group=st.integers(1, 2),
-    out_per_group=st.integers(1, 3), kernel=st.integers(1, 3), stride=st.integers(1, 3),
-    dilation=st.integers(1, 2), padding=st.integers(0, 2), size=st.integers(1, 5), data=st.data(),
+    rank=st.integers(1, 3),
+    groups=st.integers(1, 3),
+    channels_per_group=st.integers(1, 2),
+    out_per_group=st.integers(1, 3),
+    kernel=st.integers(1, 3),
+    stride=st.integers(1, 3),
+    dilation=st.integers(1, 2),
+    padding=st.integers(0, 2),
+    size=st.integers(1, 5),
+    data=st.data(),
 )
-def test_conv_transpose_matches_torch(rank, groups, channels_per_group, out_per_group, kernel, stride,
-                                      dilation, padding, size, data):
+def test_conv_transpose_matches_torch(
+    rank, groups, channels_per_group, out_per_group, kernel, stride, dilation, padding, size, data
+):
     output_padding = data.draw(st.integers(0, max(stride, dilation) - 1))
     full = (size - 1) * stride + dilation * (kernel - 1) + output_padding + 1
     if full - 2 * padding < 1:
@@ -60,13 +88,16 @@ def test_conv_transpose_matches_torch(rank, groups, channels_per_group, out_per_
     w = torch.randn(channels, out_per_group, *([kernel] * rank), dtype=torch.float64)
     b = torch.randn(out_per_group * groups, dtype=torch.float64)
     expected = CONV_T[rank](x, w, b, stride, padding, output_padding, groups, dilation)
-    actual = reference.conv_transpose(x.numpy(), w.numpy(), b.numpy(), stride, padding, output_padding,
-                                      dilation, groups)
+    actual = reference.conv_transpose(
+        x.numpy(), w.numpy(), b.numpy(), stride, padding, output_padding, dilation, groups
+    )
     assert_close_to_reference(expected, actual)
 
 
-@pytest.mark.parametrize(("n", "k", "s", "expected"), [(7, 3, 2, (1, 1)), (8, 3, 2, (0, 1)), (5, 4, 1, (1, 2)),
-                                                       (6, 1, 3, (0, 0)), (2, 5, 3, (1, 2))])
+@pytest.mark.parametrize(
+    ("n", "k", "s", "expected"),
+    [(7, 3, 2, (1, 1)), (8, 3, 2, (0, 1)), (5, 4, 1, (1, 2)), (6, 1, 3, (0, 0)), (2, 5, 3, (1, 2))],
+)
 def test_same_padding_follows_tensorflow(n, k, s, expected):
     # TensorFlow: out = ceil(n/s); total = max((out-1)*s + k - n, 0); the odd extra goes high.
     assert reference.padding_pairs("same", [n], [k], [s], [1]) == [expected]

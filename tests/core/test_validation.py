@@ -75,6 +75,18 @@ def test_reflect_padding_too_large_for_input_is_an_error_not_garbage():
         layer(torch.randn(1, 2, 3, 5))
 
 
+def test_replicate_padding_has_no_size_bound_like_torch():
+    layer = sepconv.DepthwiseConv2d(2, 1, padding=3, padding_mode="replicate")
+    x = torch.randn(1, 2, 1, 2)
+    expected = torch.nn.functional.conv2d(
+        torch.nn.functional.pad(x, (3, 3, 3, 3), mode="replicate"),
+        layer.weight,
+        layer.bias,
+        groups=2,
+    )
+    torch.testing.assert_close(layer(x), expected)
+
+
 def test_transposed_rejects_string_padding_and_big_output_padding():
     with pytest.raises(ValueError, match="padding.*'same'"):
         sepconv.SeparableConvTranspose2d(4, 8, 3, padding="same")

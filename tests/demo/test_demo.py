@@ -67,6 +67,13 @@ def test_bad_options_fail_cleanly(tmp_path, capsys):
     assert "rank" in capsys.readouterr().err
     with pytest.raises(ValueError):
         DemoConfig(epochs=0).resolved()
+    mine = tmp_path / "notes.txt"
+    mine.write_text("mine")
+    for out in (mine, mine / "sub"):
+        assert main(["demo", "--fast", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "is a file" in err and len(err.strip().splitlines()) == 1
+    assert mine.read_text() == "mine"
 
 
 def test_mac_counter_counts_separable_stages_and_linear():

@@ -7,8 +7,9 @@ How it works:
    the report when no hooked call happened inside it (it is an effective leaf) and it does
    work (identity, flatten and dropout in eval are left out).
 2. :class:`~sepconv.SeparableConv2d` (1d, 3d) runs its depthwise and pointwise stages as one
-   fused functional call, so hooks on its ``depthwise``/``pointwise`` children never fire.
-   The profiler wraps the layer's conv stages (``_conv_stages``) in the same pre/post hooks:
+   fused functional call when nothing hooks its ``depthwise``/``pointwise`` children (a hook
+   there makes it call them one by one), so the profiler leaves those children unhooked and
+   wraps the layer's conv stages (``_conv_stages``) in the same pre/post hooks:
    the layer's conv work becomes one row of kind ``separable`` named after the layer, with the
    MACs and parameters of both stages; its ``norm``/``act`` (if any) are rows of their own.
    With a norm or activation between the stages (MobileNet style) the stages run one by one
@@ -76,8 +77,13 @@ class _Tracer:
         self.handles: list = []
         self.wrapped: list[nn.Module] = []
         root = type(model).__name__
+        fused_stages: set[int] = set()
         for name, module in model.named_modules():
+            if id(module) in fused_stages:
+                continue  # a hook here would make its parent run the stages one by one
             label = name or root
+            if isinstance(module, counting.SEPARABLE_TYPES) and module._can_fuse_stages():
+                fused_stages.update(id(stage) for stage in counting.separable_modules(module))
             self.handles.append(
                 module.register_forward_pre_hook(self._pre(label, module), with_kwargs=True)
             )

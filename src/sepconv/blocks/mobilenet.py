@@ -89,7 +89,7 @@ class InvertedResidual(nn.Module):
 
     Args:
         in_channels: ``C``. out_channels: ``O``.
-        stride: of the depthwise conv (1 or 2 in MobileNetV2).
+        stride: of the depthwise conv, any positive int (MobileNetV2 uses 1 and 2).
         expand_ratio: ``t``; hidden channels ``round(C * t)``. With ``t == 1`` there is no
             expansion conv (the first MobileNetV2 block).
         kernel_size, dilation: of the depthwise conv.

@@ -54,7 +54,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CLIError as error:
         print(f"sepconv {args.command}: error: {error}", file=sys.stderr)
         return error.code
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, PermissionError, RuntimeError) as error:
+    except (
+        ValueError,
+        TypeError,
+        FileNotFoundError,
+        FileExistsError,
+        PermissionError,
+        RuntimeError,
+    ) as error:
         print(f"sepconv {args.command}: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -24,7 +24,9 @@ def _shape(text: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(part) for part in text.lower().replace(",", "x").split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"input shape must look like 1x3x32x32, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"input shape must look like 1x3x32x32, got {text!r}"
+        ) from None
     if not shape or any(n < 1 for n in shape):
         raise argparse.ArgumentTypeError(f"input shape must hold positive sizes, got {text!r}")
     return shape
@@ -60,26 +62,56 @@ def register(subparsers) -> None:
             "converted module (a full pickle: load it with torch.load(OUT, weights_only=False))."
         ),
     )
-    parser.add_argument("model", metavar="MODEL",
-                        help="package.module:factory, path/to/file.py:factory, or a saved .pt file")
+    parser.add_argument(
+        "model",
+        metavar="MODEL",
+        help="package.module:factory, path/to/file.py:factory, or a saved .pt file",
+    )
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--rank", type=_positive, help="depth multiplier of every converted layer")
-    group.add_argument("--energy", type=_fraction, help="keep this share of squared singular values per layer")
-    group.add_argument("--budget", type=_fraction, help="target share of the model's convolution MACs")
-    parser.add_argument("--calibrate", type=_positive, metavar="N",
-                        help="refit pointwise stages on N random batches of --input (a weak stand-in for real "
-                             "data; use sepconv.to_separable(calibration=...) for that)")
-    parser.add_argument("--input", type=_shape, metavar="SHAPE",
-                        help="model input shape, batch included, e.g. 1x3x32x32 (MACs per sample; "
-                             "calibration batches)")
+    group.add_argument(
+        "--energy", type=_fraction, help="keep this share of squared singular values per layer"
+    )
+    group.add_argument(
+        "--budget",
+        type=_fraction,
+        help="target share of the model's convolution MACs (needs --input)",
+    )
+    parser.add_argument(
+        "--calibrate",
+        type=_positive,
+        metavar="N",
+        help="refit pointwise stages on N random batches of --input (a weak stand-in for real "
+        "data; use sepconv.to_separable(calibration=...) for that)",
+    )
+    parser.add_argument(
+        "--input",
+        type=_shape,
+        metavar="SHAPE",
+        help="model input shape, batch included, e.g. 1x3x32x32 (MACs per sample; "
+        "calibration batches)",
+    )
     parser.add_argument("--weights", help="state dict to load into a factory-built MODEL")
-    parser.add_argument("--include", action="append", help="convert only layers matching this name/glob (repeatable)")
-    parser.add_argument("--exclude", action="append", help="leave layers matching this name/glob dense (repeatable)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random calibration batches")
-    parser.add_argument("-o", "--output", required=True, metavar="OUT", help="file for the converted model")
+    parser.add_argument(
+        "--include",
+        action="append",
+        help="convert only layers matching this name/glob (repeatable)",
+    )
+    parser.add_argument(
+        "--exclude", action="append", help="leave layers matching this name/glob dense (repeatable)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the random calibration batches"
+    )
+    parser.add_argument(
+        "-o", "--output", required=True, metavar="OUT", help="file for the converted model"
+    )
     parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
-    parser.add_argument("--trust", action="store_true",
-                        help="allow MODEL to be a pickled module (unpickling can run code from the file)")
+    parser.add_argument(
+        "--trust",
+        action="store_true",
+        help="allow MODEL to be a pickled module (unpickling can run code from the file)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -93,18 +125,34 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"{out} already exists (use --force to replace it)")
     if out.is_dir():
         raise CLIError(f"{out} is a directory")
+    if not out.parent.is_dir():
+        raise CLIError(f"cannot write {out}: {out.parent} is not a directory")
     if args.calibrate and args.input is None:
-        raise CLIError("--calibrate needs --input SHAPE for the calibration batches (e.g. --input 8x3x32x32)")
+        raise CLIError(
+            "--calibrate needs --input SHAPE for the calibration batches (e.g. --input 8x3x32x32)"
+        )
+    if args.budget is not None and args.input is None:
+        raise CLIError(
+            "--budget needs --input SHAPE to count each layer's MACs (e.g. --input 1x3x224x224)"
+        )
     model = load_model(args.model, trust=args.trust, weights=args.weights)
     calibration = None
     if args.calibrate:
         generator = torch.Generator().manual_seed(args.seed)
         param = next(iter(model.parameters()), None)
         dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-        calibration = [torch.randn(args.input, generator=generator).to(dtype) for _ in range(args.calibrate)]
+        calibration = [
+            torch.randn(args.input, generator=generator).to(dtype) for _ in range(args.calibrate)
+        ]
     plan = plan_separable(
-        model, rank=args.rank, energy=args.energy, budget=args.budget, include=args.include,
-        exclude=args.exclude, calibration=calibration, input_size=None if calibration else args.input,
+        model,
+        rank=args.rank,
+        energy=args.energy,
+        budget=args.budget,
+        include=args.include,
+        exclude=args.exclude,
+        calibration=calibration,
+        input_size=None if calibration else args.input,
     )
     converted = to_separable(model, plan, inplace=True)
     print(plan)
@@ -112,8 +160,12 @@ def run(args: argparse.Namespace) -> int:
         with atomic_path(out, overwrite=args.force) as tmp:
             torch.save(converted, tmp)
     except (pickle.PicklingError, AttributeError, TypeError) as error:
-        raise CLIError(f"cannot save the converted model: {type(error).__name__}: {error}") from None
+        raise CLIError(
+            f"cannot save the converted model: {type(error).__name__}: {error}"
+        ) from None
     s = plan.summary()
-    print(f"wrote {out}: {s['converted']} of {s['convs']} convs separable, MACs x{s['macs_ratio']:.3f}, "
-          f"params x{s['params_ratio']:.3f} (load with torch.load(..., weights_only=False))")
+    print(
+        f"wrote {out}: {s['converted']} of {s['convs']} convs separable, MACs x{s['macs_ratio']:.3f}, "
+        f"params x{s['params_ratio']:.3f} (load with torch.load(..., weights_only=False))"
+    )
     return 0

@@ -35,11 +35,31 @@ def load_model(spec: str, *, trust: bool = False, weights: str | None = None) ->
         state = _torch_load(weights, trust=False)
         if not isinstance(state, dict):
             raise CLIError(f"{weights} does not hold a state dict")
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as error:
-            raise CLIError(f"{weights} does not fit the model: {str(error).splitlines()[0]}") from None
+        _load_weights(model, state, weights)
     return model
+
+
+def _load_weights(model: nn.Module, state: dict, weights: str) -> None:
+    """``load_state_dict`` with a one-line error that names the keys that do not fit."""
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # shape mismatches; torch's first line only names the model
+        details = "; ".join(line.strip() for line in str(error).splitlines()[1:] if line.strip())
+        raise CLIError(f"{weights} does not fit the model: {_shorten(details)}") from None
+    problems = [
+        f"{label} {_shorten(', '.join(keys))}"
+        for label, keys in (
+            ("missing keys", result.missing_keys),
+            ("unexpected keys", result.unexpected_keys),
+        )
+        if keys
+    ]
+    if problems:
+        raise CLIError(f"{weights} does not fit the model: {'; '.join(problems)}")
+
+
+def _shorten(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _from_factory(spec: str) -> nn.Module:
@@ -88,7 +108,9 @@ def _torch_load(path: str, *, trust: bool):
     if not file.is_file():
         raise CLIError(f"no such file: {path}")
     if not _looks_like_torch_file(file):
-        raise CLIError(f"{path} is not a PyTorch file (torch.save writes a zip archive or a pickle)")
+        raise CLIError(
+            f"{path} is not a PyTorch file (torch.save writes a zip archive or a pickle)"
+        )
     try:
         return torch.load(file, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as error:
@@ -99,7 +121,9 @@ def _torch_load(path: str, *, trust: bool):
             ) from None
         raise CLIError(f"{path} is not a PyTorch file: {error}") from None
     except Exception as error:
-        raise CLIError(f"{path} is not a PyTorch file: {type(error).__name__}: {str(error).splitlines()[0]}") from None
+        raise CLIError(
+            f"{path} is not a PyTorch file: {type(error).__name__}: {str(error).splitlines()[0]}"
+        ) from None
 
 
 def _looks_like_torch_file(file: Path) -> bool:
@@ -113,7 +137,11 @@ def _from_file(path: str, *, trust: bool) -> nn.Module:
     obj = _torch_load(path, trust=trust)
     if isinstance(obj, nn.Module):
         return obj
-    if isinstance(obj, dict) and isinstance(obj.get("model"), str) and isinstance(obj.get("state_dict"), dict):
+    if (
+        isinstance(obj, dict)
+        and isinstance(obj.get("model"), str)
+        and isinstance(obj.get("state_dict"), dict)
+    ):
         model = _from_factory(obj["model"])
         model.load_state_dict(obj["state_dict"])
         return model

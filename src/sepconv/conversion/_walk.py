@@ -18,7 +18,11 @@ from sepconv.layers import conv as sep_convs
 from sepconv.layers.separable import _SeparableBase
 
 DENSE_TYPES: dict[type, int] = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
-PADDED_TYPES: dict[type, int] = {sep_convs.PaddedConv1d: 1, sep_convs.PaddedConv2d: 2, sep_convs.PaddedConv3d: 3}
+PADDED_TYPES: dict[type, int] = {
+    sep_convs.PaddedConv1d: 1,
+    sep_convs.PaddedConv2d: 2,
+    sep_convs.PaddedConv3d: 3,
+}
 
 
 @dataclass
@@ -41,7 +45,9 @@ def walk(model: nn.Module, *, into_separable: bool = False) -> list[Site]:
     """
     sites: dict[int, Site] = {}
 
-    def visit(module: nn.Module, parent: nn.Module | None, attr: str, name: str, depth: int) -> None:
+    def visit(
+        module: nn.Module, parent: nn.Module | None, attr: str, name: str, depth: int
+    ) -> None:
         site = sites.get(id(module))
         first = site is None
         if site is None:
@@ -54,7 +60,13 @@ def walk(model: nn.Module, *, into_separable: bool = False) -> list[Site]:
             return
         for child_attr, child in module._modules.items():
             if child is not None:
-                visit(child, module, child_attr, f"{name}.{child_attr}" if name else child_attr, depth + 1)
+                visit(
+                    child,
+                    module,
+                    child_attr,
+                    f"{name}.{child_attr}" if name else child_attr,
+                    depth + 1,
+                )
 
     visit(model, None, "", "", 0)
     return list(sites.values())
@@ -116,7 +128,9 @@ def check_finite(conv: nn.Module, name: str) -> None:
             continue
         if not bool(torch.isfinite(tensor.detach()).all()):
             bad = int((~torch.isfinite(tensor.detach())).sum())
-            raise ValueError(f"layer {display_name(name)!r} has {bad} NaN/Inf value(s) in its {what}")
+            raise ValueError(
+                f"layer {display_name(name)!r} has {bad} NaN/Inf value(s) in its {what}"
+            )
 
 
 def prod(values) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import itertools
 import warnings
+from collections import OrderedDict
 
 import torch
 from torch import nn
@@ -27,8 +28,12 @@ def to_dense(model: nn.Module, *, inplace: bool = False) -> nn.Module:
       becomes an ungrouped conv whose weight is block diagonal (zeros off the blocks), so
       that afterwards all its weights can train.
 
-    Separable layers with a norm or activation between the stages, transposed convs and
-    subclasses of ``nn.ConvNd`` with their own forward are left as they are. Shared modules
+    - every ``SeparableConvNd`` with a norm or activation between its stages becomes
+      ``nn.Sequential(depthwise, mid_norm, mid_act, pointwise, norm, act)`` (identities left
+      out) with the depthwise stage ungrouped as above.
+
+    Transposed convs and subclasses of ``nn.ConvNd`` with their own forward are left as
+    they are. Shared modules
     stay shared. ``inplace=False`` (default) returns a converted deep copy.
     """
     if not isinstance(model, nn.Module):
@@ -39,6 +44,8 @@ def to_dense(model: nn.Module, *, inplace: bool = False) -> nn.Module:
         new: nn.Module | None = None
         if isinstance(module, _SeparableConvNd):
             if module.has_mid_layers:
+                new = _stages_to_dense(module)
+                work = _walk.replace(site, new, work)
                 continue
             new = module.to_dense()
             conv = new[0] if isinstance(new, nn.Sequential) else new
@@ -58,14 +65,42 @@ def to_dense(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     return work
 
 
+def _stages_to_dense(module: _SeparableConvNd) -> nn.Sequential:
+    """A separable layer with mid layers as ``Sequential(depthwise, mid_norm, ...)``, its
+    depthwise stage ungrouped (the norm between the stages rules out one merged conv)."""
+    stages = {
+        "depthwise": _ungroup(module.depthwise),
+        "mid_norm": module.mid_norm,
+        "mid_act": module.mid_act,
+        "pointwise": _ungroup(module.pointwise)
+        if module.pointwise.groups > 1
+        else module.pointwise,
+        "norm": module.norm,
+        "act": module.act,
+    }
+    kept = OrderedDict(
+        (name, stage) for name, stage in stages.items() if not isinstance(stage, nn.Identity)
+    )
+    return nn.Sequential(kept).train(module.training)
+
+
 def _ungroup(conv: nn.Module) -> nn.Module:
     """An ungrouped conv equal to the grouped ``conv``, with a block-diagonal weight."""
     weight = conv.weight.detach()
     bias = conv.bias is not None
     if type(conv) in _walk.DENSE_TYPES:
         new = type(conv)(
-            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-            groups=1, bias=bias, padding_mode=conv.padding_mode, device=weight.device, dtype=weight.dtype,
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            groups=1,
+            bias=bias,
+            padding_mode=conv.padding_mode,
+            device=weight.device,
+            dtype=weight.dtype,
         )
     else:  # sepconv's padded / depthwise / pointwise convs
         new = _dense_conv_like(conv, conv.out_channels, 1, bias, weight.dim() - 2)
@@ -104,14 +139,22 @@ def fold_batchnorm(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     for site in sites:
         uses[id(site.module)] = len(site.names)
     folded = 0
-    for site in sites:
+    # Children before parents: a separable layer's own norm must fold first, so that a
+    # BatchNorm after the layer in a Sequential finds its pointwise stage free.
+    for site in reversed(sites):
         module = site.module
         if isinstance(module, _SeparableConvNd):
-            if _foldable(module.norm, module.pointwise.out_channels) and uses[id(module.pointwise)] == 1:
+            if (
+                _foldable(module.norm, module.pointwise.out_channels)
+                and uses[id(module.pointwise)] == 1
+            ):
                 _fold_into(module.pointwise, module.norm)
                 module.norm = nn.Identity()
                 folded += 1
-            if _foldable(module.mid_norm, module.depthwise.out_channels) and uses[id(module.depthwise)] == 1:
+            if (
+                _foldable(module.mid_norm, module.depthwise.out_channels)
+                and uses[id(module.depthwise)] == 1
+            ):
                 _fold_into(module.depthwise, module.mid_norm)
                 module.mid_norm = nn.Identity()
                 folded += 1
@@ -122,7 +165,11 @@ def fold_batchnorm(model: nn.Module, *, inplace: bool = False) -> nn.Module:
                 target = _fold_target(conv)
                 if target is None or not _foldable(bn, target.out_channels):
                     continue
-                if uses.get(id(conv), 1) > 1 or uses.get(id(bn), 1) > 1 or uses.get(id(target), 1) > 1:
+                if (
+                    uses.get(id(conv), 1) > 1
+                    or uses.get(id(bn), 1) > 1
+                    or uses.get(id(target), 1) > 1
+                ):
                     continue
                 _fold_into(target, bn)
                 module._modules[second] = nn.Identity()
@@ -130,17 +177,23 @@ def fold_batchnorm(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     if folded and model.training:
         warnings.warn(
             "fold_batchnorm: the model is in training mode; the folded model equals the original in eval mode "
-            "(BatchNorm with running statistics)", stacklevel=2,
+            "(BatchNorm with running statistics)",
+            stacklevel=2,
         )
     return work
 
 
 def _fold_target(module: nn.Module) -> nn.Module | None:
     """The conv whose output ``module`` returns unchanged (so a following BN can fold into it)."""
-    if isinstance(module, CONV_TYPES) and (type(module) in _walk.DENSE_TYPES or hasattr(module, "_plan")):
+    if isinstance(module, CONV_TYPES) and (
+        type(module) in _walk.DENSE_TYPES or hasattr(module, "_plan")
+    ):
         return module
-    if (isinstance(module, _SeparableConvNd) and isinstance(module.norm, nn.Identity)
-            and isinstance(module.act, nn.Identity)):
+    if (
+        isinstance(module, _SeparableConvNd)
+        and isinstance(module.norm, nn.Identity)
+        and isinstance(module.act, nn.Identity)
+    ):
         return module.pointwise
     return None
 
@@ -169,7 +222,8 @@ def _fold_into(conv: nn.Module, bn: nn.Module) -> None:
     with torch.no_grad():
         weight.copy_(new_weight.to(dtype))
         if conv.bias is None:
-            conv.bias = nn.Parameter(new_bias.to(device=weight.device, dtype=dtype),
-                                     requires_grad=weight.requires_grad)
+            conv.bias = nn.Parameter(
+                new_bias.to(device=weight.device, dtype=dtype), requires_grad=weight.requires_grad
+            )
         else:
             conv.bias.copy_(new_bias.to(dtype))

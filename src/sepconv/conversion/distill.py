@@ -40,8 +40,10 @@ class DistillResult:
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
     """``T^2 * KL(softmax(t/T) || softmax(s/T))``, averaged over samples (class dim 1)."""
     if student_logits.shape != teacher_logits.shape:
-        raise ValueError(f"student and teacher outputs differ in shape: {tuple(student_logits.shape)} "
-                         f"vs {tuple(teacher_logits.shape)}")
+        raise ValueError(
+            f"student and teacher outputs differ in shape: {tuple(student_logits.shape)} "
+            f"vs {tuple(teacher_logits.shape)}"
+        )
     s = student_logits.float()
     t = teacher_logits.float()
     if s.dim() > 2:  # (N, K, *rest): every position is a sample
@@ -70,7 +72,9 @@ def _to(x: Any, device: torch.device) -> Any:
 
 
 @contextlib.contextmanager
-def _capture(pairs: Mapping[str, str], student: nn.Module, teacher: nn.Module) -> Iterator[dict[str, list]]:
+def _capture(
+    pairs: Mapping[str, str], student: nn.Module, teacher: nn.Module
+) -> Iterator[dict[str, list]]:
     """Record the outputs of the named student/teacher modules while models run."""
     store: dict[str, list] = {"student": [], "teacher": []}
     handles = []
@@ -81,13 +85,16 @@ def _capture(pairs: Mapping[str, str], student: nn.Module, teacher: nn.Module) -
         if t_name not in t_modules:
             raise ValueError(f"features: the teacher has no module named {t_name!r}")
     for index, (s_name, t_name) in enumerate(pairs.items()):
+
         def grab(side: str, i: int) -> Callable:
             def hook(module, inputs, output):
                 buf = store[side]
                 while len(buf) <= i:
                     buf.append(None)
                 buf[i] = output
+
             return hook
+
         handles.append(s_modules[s_name].register_forward_hook(grab("student", index)))
         handles.append(t_modules[t_name].register_forward_hook(grab("teacher", index)))
     try:
@@ -120,15 +127,31 @@ def _shard(data: Iterable, world: int, rank: int, epoch: int, seed: int) -> Iter
 
     if world == 1:
         return data
-    if isinstance(data, DataLoader) and not isinstance(data.dataset, IterableDataset) and data.batch_size is not None:
+    if (
+        isinstance(data, DataLoader)
+        and not isinstance(data.dataset, IterableDataset)
+        and data.batch_size is not None
+    ):
         sampler = data.sampler
         if not isinstance(sampler, DistributedSampler):
-            sampler = DistributedSampler(data.dataset, num_replicas=world, rank=rank,
-                                         shuffle=isinstance(data.sampler, RandomSampler), seed=seed,
-                                         drop_last=data.drop_last)
+            sampler = DistributedSampler(
+                data.dataset,
+                num_replicas=world,
+                rank=rank,
+                shuffle=isinstance(data.sampler, RandomSampler),
+                seed=seed,
+                drop_last=data.drop_last,
+            )
         sampler.set_epoch(epoch)
-        return DataLoader(data.dataset, batch_size=data.batch_size, sampler=sampler, num_workers=data.num_workers,
-                          collate_fn=data.collate_fn, pin_memory=data.pin_memory, drop_last=data.drop_last)
+        return DataLoader(
+            data.dataset,
+            batch_size=data.batch_size,
+            sampler=sampler,
+            num_workers=data.num_workers,
+            collate_fn=data.collate_fn,
+            pin_memory=data.pin_memory,
+            drop_last=data.drop_last,
+        )
     return (item for index, item in enumerate(data) if index % world == rank)
 
 
@@ -189,11 +212,17 @@ def distill(
     for name, value in (("lr", lr), ("temperature", temperature)):
         if not isinstance(value, int | float) or not value > 0 or math.isinf(value):
             raise ValueError(f"{name} must be a positive number, got {value!r}")
-    for name, value in (("kl_weight", kl_weight), ("label_weight", label_weight), ("feature_weight", feature_weight),
-                        ("weight_decay", weight_decay)):
+    for name, value in (
+        ("kl_weight", kl_weight),
+        ("label_weight", label_weight),
+        ("feature_weight", feature_weight),
+        ("weight_decay", weight_decay),
+    ):
         if not isinstance(value, int | float) or not value >= 0:
             raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
+    if max_steps is not None and (
+        isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1
+    ):
         raise ValueError(f"max_steps must be a positive int, got {max_steps!r}")
     if features is None:
         pairs: dict[str, str] = {}
@@ -224,7 +253,9 @@ def distill(
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        model = DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
+        model = DistributedDataParallel(
+            student, device_ids=[device.index] if device.type == "cuda" else None
+        )
     params = [p for p in model.parameters() if p.requires_grad]
     if callable(optimizer):
         opt = optimizer(params)
@@ -262,14 +293,20 @@ def distill(
                     loss = kl_weight * kl
                     if pairs and feature_weight > 0:
                         for s_out, t_out in zip(store["student"], store["teacher"]):
-                            loss = loss + feature_weight * F.mse_loss(s_out.float(), t_out.detach().float())
+                            loss = loss + feature_weight * F.mse_loss(
+                                s_out.float(), t_out.detach().float()
+                            )
                     if label_weight > 0 and labels is not None:
-                        loss = loss + label_weight * F.cross_entropy(output.float(), labels.to(device))
+                        loss = loss + label_weight * F.cross_entropy(
+                            output.float(), labels.to(device)
+                        )
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
                     result.steps += 1
-                    totals += torch.tensor([float(loss.detach()), float(kl.detach()), 1.0], dtype=torch.float64)
+                    totals += torch.tensor(
+                        [float(loss.detach()), float(kl.detach()), 1.0], dtype=torch.float64
+                    )
                 if world > 1:
                     reduced = totals.to(device) if device.type == "cuda" else totals
                     dist.all_reduce(reduced)
@@ -278,7 +315,9 @@ def distill(
                 result.losses.append(float(totals[0]) / batches)
                 result.kl.append(float(totals[1]) / batches)
                 if log is not None and rank == 0:
-                    log(f"distill epoch {epoch + 1}/{epochs}: loss {result.losses[-1]:.4f}, kl {result.kl[-1]:.4f}")
+                    log(
+                        f"distill epoch {epoch + 1}/{epochs}: loss {result.losses[-1]:.4f}, kl {result.kl[-1]:.4f}"
+                    )
                 if max_steps is not None and result.steps >= max_steps:
                     break
     finally:

@@ -46,6 +46,7 @@ class LayerPlan:
     eligible: bool
     skipped: str | None = None
     positions: int = 1
+    refit_bias: bool = False  # the calibration refit gives the pointwise stage a bias
     _rank: int | None = None
     _module: nn.Module | None = field(default=None, repr=False)
     _factors: Factors | None = field(default=None, repr=False)
@@ -69,7 +70,9 @@ class LayerPlan:
     @rank.setter
     def rank(self, value: int | None) -> None:
         if not self.eligible:
-            raise ValueError(f"layer {_walk.display_name(self.name)!r} cannot become separable: {self.skipped}")
+            raise ValueError(
+                f"layer {_walk.display_name(self.name)!r} cannot become separable: {self.skipped}"
+            )
         if value is None:
             value = self.max_rank
         if isinstance(value, bool) or not isinstance(value, int):
@@ -114,7 +117,9 @@ class LayerPlan:
     def params_after(self) -> int:
         if not self.converted:
             return self.params_before
-        return self.separable_cost(self._rank) + (self.out_channels if self.has_bias else 0)
+        return self.separable_cost(self._rank) + (
+            self.out_channels if self.has_bias or self.refit_bias else 0
+        )
 
     @property
     def macs_before(self) -> int:
@@ -122,7 +127,9 @@ class LayerPlan:
 
     @property
     def macs_after(self) -> int:
-        return self.separable_cost(self._rank) * self.positions if self.converted else self.macs_before
+        return (
+            self.separable_cost(self._rank) * self.positions if self.converted else self.macs_before
+        )
 
     @property
     def weight_error(self) -> float:
@@ -147,12 +154,20 @@ class LayerPlan:
     def as_dict(self) -> dict[str, Any]:
         """The row as plain data (for JSON)."""
         return {
-            "name": self.name, "aliases": self.aliases[1:], "kind": self.kind, "shape": self.geometry,
-            "rank": self.rank, "max_rank": self.max_rank if self.eligible else None,
-            "params_before": self.params_before, "params_after": self.params_after,
-            "macs_before": self.macs_before, "macs_after": self.macs_after,
-            "weight_error": self.weight_error, "output_error": self.output_error,
-            "calibrated_error": self.calibrated_error, "skipped": self.skipped,
+            "name": self.name,
+            "aliases": self.aliases[1:],
+            "kind": self.kind,
+            "shape": self.geometry,
+            "rank": self.rank,
+            "max_rank": self.max_rank if self.eligible else None,
+            "params_before": self.params_before,
+            "params_after": self.params_after,
+            "macs_before": self.macs_before,
+            "macs_after": self.macs_after,
+            "weight_error": self.weight_error,
+            "output_error": self.output_error,
+            "calibrated_error": self.calibrated_error,
+            "skipped": self.skipped,
         }
 
 
@@ -172,9 +187,16 @@ class Plan:
         notes: remarks (nothing eligible, budget not reachable, ...).
     """
 
-    def __init__(self, layers: list[LayerPlan], *, mode: str, calibration: list | None = None,
-                 ridge: float = 1e-3, input_size: tuple[int, ...] | None = None,
-                 notes: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        layers: list[LayerPlan],
+        *,
+        mode: str,
+        calibration: list | None = None,
+        ridge: float = 1e-3,
+        input_size: tuple[int, ...] | None = None,
+        notes: list[str] | None = None,
+    ) -> None:
         self.layers = layers
         self.mode = mode
         self.calibration = calibration
@@ -183,6 +205,7 @@ class Plan:
         self.notes = list(notes or [])
         self._by_name: dict[str, LayerPlan] = {}
         for layer in layers:
+            layer.refit_bias = calibration is not None
             for alias in layer.aliases:
                 self._by_name.setdefault(alias, layer)
 
@@ -242,12 +265,18 @@ class Plan:
     def summary(self) -> dict[str, Any]:
         """Totals and notes as plain data."""
         return {
-            "mode": self.mode, "convs": len(self.layers), "converted": len(self.converted),
-            "params_before": self.params_before, "params_after": self.params_after,
-            "macs_before": self.macs_before, "macs_after": self.macs_after,
-            "macs_ratio": self.macs_ratio, "params_ratio": self.params_ratio,
+            "mode": self.mode,
+            "convs": len(self.layers),
+            "converted": len(self.converted),
+            "params_before": self.params_before,
+            "params_after": self.params_after,
+            "macs_before": self.macs_before,
+            "macs_after": self.macs_after,
+            "macs_ratio": self.macs_ratio,
+            "params_ratio": self.params_ratio,
             "macs_per": "sample" if self.input_size is not None else "output position",
-            "input_size": self.input_size, "calibrated": self.calibration is not None,
+            "input_size": self.input_size,
+            "calibrated": self.calibration is not None,
             "notes": list(self.notes),
         }
 
@@ -259,11 +288,23 @@ class Plan:
         """The plan as a ``rich.table.Table``."""
         from rich.table import Table
 
-        per = f"per sample of {tuple(self.input_size)}" if self.input_size is not None else "per output position"
-        table = Table(title=f"sepconv conversion plan ({self.mode}; MACs {per})", title_justify="left")
+        per = (
+            f"per sample of {tuple(self.input_size)}"
+            if self.input_size is not None
+            else "per output position"
+        )
+        table = Table(
+            title=f"sepconv conversion plan ({self.mode}; MACs {per})", title_justify="left"
+        )
         show_out = any(layer.output_error is not None for layer in self.layers)
-        for header, justify in [("layer", "left"), ("conv", "left"), ("rank", "right"),
-                                ("params", "right"), ("MACs", "right"), ("weight err", "right")]:
+        for header, justify in [
+            ("layer", "left"),
+            ("conv", "left"),
+            ("rank", "right"),
+            ("params", "right"),
+            ("MACs", "right"),
+            ("weight err", "right"),
+        ]:
             table.add_column(header, justify=justify)
         if show_out:
             table.add_column("output err svd→fit", justify="right")
@@ -273,8 +314,11 @@ class Plan:
                 continue
             rank = f"{layer.rank}/{layer.max_rank}" if layer.converted else "—"
             row = [
-                _walk.display_name(layer.name), f"{layer.kind} {layer.geometry}", rank,
-                _arrow(layer.params_before, layer.params_after), _arrow(layer.macs_before, layer.macs_after),
+                _walk.display_name(layer.name),
+                f"{layer.kind} {layer.geometry}",
+                rank,
+                _arrow(layer.params_before, layer.params_after),
+                _arrow(layer.macs_before, layer.macs_after),
                 f"{layer.weight_error:.2e}" if layer.converted else "",
             ]
             if show_out:
@@ -287,9 +331,14 @@ class Plan:
             row.append(layer.note)
             table.add_row(*row)
         table.add_section()
-        total = ["total", f"{len(self.converted)} of {len(self.layers)} convs", "",
-                 _arrow(self.params_before, self.params_after) + f" ({self.params_ratio:.2f}x)",
-                 _arrow(self.macs_before, self.macs_after) + f" ({self.macs_ratio:.2f}x)", ""]
+        total = [
+            "total",
+            f"{len(self.converted)} of {len(self.layers)} convs",
+            "",
+            _arrow(self.params_before, self.params_after) + f" ({self.params_ratio:.2f}x)",
+            _arrow(self.macs_before, self.macs_after) + f" ({self.macs_ratio:.2f}x)",
+            "",
+        ]
         if show_out:
             total.append("")
         total.append("")
@@ -332,7 +381,11 @@ def _arrow(before: int, after: int) -> str:
 
 def check_options(rank: Any, energy: Any, budget: Any) -> str:
     """Validate the rank options; returns the mode text."""
-    given = [name for name, value in (("rank", rank), ("energy", energy), ("budget", budget)) if value is not None]
+    given = [
+        name
+        for name, value in (("rank", rank), ("energy", energy), ("budget", budget))
+        if value is not None
+    ]
     if len(given) > 1:
         raise ValueError(f"give at most one of rank, energy and budget, got {' and '.join(given)}")
     if rank is not None:
@@ -369,7 +422,11 @@ def _patterns(value: Any, what: str) -> list[str] | None:
 def _matches(names: list[str], patterns: list[str]) -> bool:
     for name in names:
         for pattern in patterns:
-            if name == pattern or fnmatch.fnmatchcase(name, pattern) or name.startswith(pattern + "."):
+            if (
+                name == pattern
+                or fnmatch.fnmatchcase(name, pattern)
+                or name.startswith(pattern + ".")
+            ):
                 return True
     return False
 
@@ -379,12 +436,16 @@ def example_inputs(calibration: Any) -> list:
     if calibration is None:
         return None
     if isinstance(calibration, torch.Tensor):
-        raise TypeError("calibration must be an iterable of example inputs (e.g. a list of batches or a DataLoader), "
-                        "not a single tensor; wrap it in a list")
+        raise TypeError(
+            "calibration must be an iterable of example inputs (e.g. a list of batches or a DataLoader), "
+            "not a single tensor; wrap it in a list"
+        )
     try:
         batches = list(calibration)
     except TypeError:
-        raise TypeError(f"calibration must be an iterable of example inputs, got {type(calibration).__name__}") from None
+        raise TypeError(
+            f"calibration must be an iterable of example inputs, got {type(calibration).__name__}"
+        ) from None
     if not batches:
         raise ValueError("calibration is empty: give at least one example input")
     return batches
@@ -399,7 +460,9 @@ def run_model(model: nn.Module, item: Any) -> Any:
         return model(item[0])
     if isinstance(item, dict):
         return model(**item)
-    raise TypeError(f"an example input must be a tensor, an (input, target) pair or a dict, got {type(item).__name__}")
+    raise TypeError(
+        f"an example input must be a tensor, an (input, target) pair or a dict, got {type(item).__name__}"
+    )
 
 
 class eval_mode:
@@ -440,9 +503,13 @@ def _probe_positions(model: nn.Module, convs: list[nn.Module], example: Any) -> 
         with eval_mode(model):
             run_model(model, example)
     except Exception as error:
-        shape = tuple(example.shape) if isinstance(example, torch.Tensor) else type(example).__name__
-        raise ValueError(f"running the model on the example input {shape} failed: "
-                         f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from error
+        shape = (
+            tuple(example.shape) if isinstance(example, torch.Tensor) else type(example).__name__
+        )
+        raise ValueError(
+            f"running the model on the example input {shape} failed: "
+            f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        ) from error
     finally:
         for handle in handles:
             handle.remove()
@@ -485,7 +552,8 @@ def plan_separable(
         energy: per layer, the smallest ``R`` that keeps this share (0..1] of the squared
             singular values of all its input channels.
         budget: target share (0..1] of the MACs of all the model's convolutions; ranks are
-            spread over layers greedily by weight error added per MAC saved.
+            spread over layers greedily by weight error added per MAC saved. Needs
+            ``input_size`` or ``calibration``, since MACs depend on each layer's input size.
         include, exclude: layer names or glob patterns (``"features.*"``; a name also matches
             its submodules) to restrict the conversion.
         calibration: an iterable of example inputs (tensors, ``(input, target)`` pairs or
@@ -511,13 +579,14 @@ def plan_separable(
     if skip_costlier is None:
         skip_costlier = mode != "exact"
     batches = example_inputs(calibration)
-    if input_size is not None:
-        if isinstance(input_size, torch.Size):
-            input_size = tuple(input_size)
-        if (not isinstance(input_size, tuple | list) or not input_size
-                or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in input_size)):
-            raise ValueError(f"input_size must be a tuple of positive ints such as (1, 3, 32, 32), got {input_size!r}")
-        input_size = tuple(input_size)
+    input_size = _check_input_size(input_size)
+    if budget is not None and batches is None and input_size is None:
+        # Without an input a budget would weigh a 7x7 layer on a 224x224 map the same as
+        # one on a 7x7 map: MACs per output position say nothing about the model's cost.
+        raise ValueError(
+            f"budget={budget!r} needs input_size (e.g. (1, 3, 224, 224)) or calibration, to count each "
+            "layer's MACs on the model's input"
+        )
 
     sites = [site for site in _walk.walk(model) if isinstance(site.module, CONV_TYPES)]
     layers: list[LayerPlan] = []
@@ -525,10 +594,18 @@ def plan_separable(
         conv = site.module
         reason = _eligibility(conv)
         layer = LayerPlan(
-            name=site.name, aliases=list(dict.fromkeys(site.names)), kind=type(conv).__name__,
-            geometry=_walk.geometry_text(conv), in_channels=conv.in_channels, out_channels=conv.out_channels,
-            kernel_size=tuple(conv.kernel_size), groups=conv.groups, has_bias=conv.bias is not None,
-            eligible=reason is None, skipped=reason, _module=conv,
+            name=site.name,
+            aliases=list(dict.fromkeys(site.names)),
+            kind=type(conv).__name__,
+            geometry=_walk.geometry_text(conv),
+            in_channels=conv.in_channels,
+            out_channels=conv.out_channels,
+            kernel_size=tuple(conv.kernel_size),
+            groups=conv.groups,
+            has_bias=conv.bias is not None,
+            eligible=reason is None,
+            skipped=reason,
+            _module=conv,
         )
         if reason is None:
             if includes is not None and not _matches(layer.aliases, includes):
@@ -547,15 +624,24 @@ def plan_separable(
         for layer, site in zip(layers, sites):
             layer.positions = positions[id(site.module)]
         if input_size is None:
-            first = example if isinstance(example, torch.Tensor) else (
-                example[0] if isinstance(example, tuple | list) else None)
-            input_size = (1, *first.shape[1:]) if isinstance(first, torch.Tensor) and first.dim() > 1 else ("example",)
+            first = (
+                example
+                if isinstance(example, torch.Tensor)
+                else (example[0] if isinstance(example, tuple | list) else None)
+            )
+            input_size = (
+                (1, *first.shape[1:])
+                if isinstance(first, torch.Tensor) and first.dim() > 1
+                else ("example",)
+            )
     per_sample = example is not None
 
     notes: list[str] = []
     candidates = [layer for layer in layers if layer.eligible and layer.skipped is None]
     if not any(layer.eligible for layer in layers):
-        notes.append("no eligible convolution (a dense nn.Conv1d/2d/3d with a kernel larger than 1): nothing to convert")
+        notes.append(
+            "no eligible convolution (a dense nn.Conv1d/2d/3d with a kernel larger than 1): nothing to convert"
+        )
     elif not candidates:
         notes.append("include/exclude left no convolution to convert")
 
@@ -574,14 +660,40 @@ def plan_separable(
         for layer in candidates:
             if layer.converted and layer.separable_cost(layer._rank) >= layer.dense_cost:
                 ratio = layer.separable_cost(layer._rank) / layer.dense_cost
-                layer.skipped = f"rank-{layer._rank} separable form costs {ratio:.2f}x the dense MACs"
+                layer.skipped = (
+                    f"rank-{layer._rank} separable form costs {ratio:.2f}x the dense MACs"
+                )
     if per_sample and any(layer.eligible and layer.positions == 0 for layer in layers):
         notes.append("some convolutions did not run on the example input; they count 0 MACs")
-    return Plan(layers, mode=mode, calibration=batches, ridge=float(ridge),
-                input_size=input_size if per_sample else None, notes=notes)
+    return Plan(
+        layers,
+        mode=mode,
+        calibration=batches,
+        ridge=float(ridge),
+        input_size=input_size if per_sample else None,
+        notes=notes,
+    )
 
 
-def _allocate_budget(layers: list[LayerPlan], candidates: list[LayerPlan], budget: float, notes: list[str]) -> None:
+def _check_input_size(input_size: Any) -> tuple[int, ...] | None:
+    if input_size is None:
+        return None
+    if isinstance(input_size, torch.Size):
+        input_size = tuple(input_size)
+    if (
+        not isinstance(input_size, tuple | list)
+        or not input_size
+        or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in input_size)
+    ):
+        raise ValueError(
+            f"input_size must be a tuple of positive ints such as (1, 3, 32, 32), got {input_size!r}"
+        )
+    return tuple(input_size)
+
+
+def _allocate_budget(
+    layers: list[LayerPlan], candidates: list[LayerPlan], budget: float, notes: list[str]
+) -> None:
     """Greedy ranks: start dense, then repeatedly take the cheaper form of any layer that adds the
     least relative squared weight error per MAC saved, until the MACs fit ``budget``."""
     total = sum(layer.macs_before for layer in layers)
@@ -610,7 +722,9 @@ def _allocate_budget(layers: list[LayerPlan], candidates: list[LayerPlan], budge
             top = layer.max_rank if state[i] is None else state[i] - 1
             for rank in range(top, 0, -1):
                 saving = now_cost - cost(i, rank)
-                if saving <= 0 or (state[i] is None and layer.separable_cost(rank) >= layer.dense_cost):
+                if saving <= 0 or (
+                    state[i] is None and layer.separable_cost(rank) >= layer.dense_cost
+                ):
                     continue
                 score = (error(i, rank) - now_err) / saving
                 key = (score, -saving, i, rank)
@@ -644,10 +758,16 @@ def _allocate_budget(layers: list[LayerPlan], candidates: list[LayerPlan], budge
         current += extra
     if current > target + 1e-9 * max(total, 1):
         share = current / total if total else 1.0
-        notes.append(f"budget {budget:g} not reachable: the cheapest plan keeps {share:.3f} of the conv MACs")
+        notes.append(
+            f"budget {budget:g} not reachable: the cheapest plan keeps {share:.3f} of the conv MACs"
+        )
     for i, layer in enumerate(candidates):
         if state[i] is None:
             cheaper = layer.separable_cost(1) < layer.dense_cost
-            layer.skipped = "kept dense by the budget allocation" if cheaper else "no separable rank is cheaper than dense"
+            layer.skipped = (
+                "kept dense by the budget allocation"
+                if cheaper
+                else "no separable rank is cheaper than dense"
+            )
         else:
             layer._rank = state[i]

@@ -23,7 +23,9 @@ from sepconv.layers.separable import SeparableConv1d, SeparableConv2d, Separable
 SEPARABLE_TYPES = {1: SeparableConv1d, 2: SeparableConv2d, 3: SeparableConv3d}
 
 
-def to_separable(model: nn.Module, plan: Plan | None = None, *, inplace: bool = False, **options: Any) -> nn.Module:
+def to_separable(
+    model: nn.Module, plan: Plan | None = None, *, inplace: bool = False, **options: Any
+) -> nn.Module:
     """Replace the model's dense convolutions by ``SeparableConvNd`` layers, as ``plan`` says.
 
     Args:
@@ -55,9 +57,13 @@ def to_separable(model: nn.Module, plan: Plan | None = None, *, inplace: bool = 
     if plan is None:
         plan = plan_separable(model, **options)
     elif options:
-        raise ValueError(f"give either a plan or planning options, not both (got {', '.join(sorted(options))})")
+        raise ValueError(
+            f"give either a plan or planning options, not both (got {', '.join(sorted(options))})"
+        )
     elif not isinstance(plan, Plan):
-        raise TypeError(f"plan must be a sepconv.Plan from plan_separable(), got {type(plan).__name__}")
+        raise TypeError(
+            f"plan must be a sepconv.Plan from plan_separable(), got {type(plan).__name__}"
+        )
 
     work = model if inplace else copy.deepcopy(model)
     if not plan.converted:
@@ -73,16 +79,23 @@ def to_separable(model: nn.Module, plan: Plan | None = None, *, inplace: bool = 
     for layer in plan.converted:
         site = next((sites[name] for name in layer.aliases if name in sites), None)
         if site is None:
-            raise ValueError(f"the plan does not fit this model: it has no convolution named "
-                             f"{_walk.display_name(layer.name)!r}")
+            raise ValueError(
+                f"the plan does not fit this model: it has no convolution named "
+                f"{_walk.display_name(layer.name)!r}"
+            )
         if id(site.module) in done:
             continue
         conv = site.module
         if (conv.in_channels, conv.out_channels, tuple(conv.kernel_size), conv.groups) != (
-            layer.in_channels, layer.out_channels, layer.kernel_size, layer.groups
+            layer.in_channels,
+            layer.out_channels,
+            layer.kernel_size,
+            layer.groups,
         ):
-            raise ValueError(f"the plan does not fit this model: {_walk.display_name(layer.name)!r} is "
-                             f"{_walk.geometry_text(conv)}, the plan says {layer.geometry}")
+            raise ValueError(
+                f"the plan does not fit this model: {_walk.display_name(layer.name)!r} is "
+                f"{_walk.geometry_text(conv)}, the plan says {layer.geometry}"
+            )
         _walk.check_finite(conv, layer.name)
         factors = _factors_for(layer, conv)
         new = build_separable(conv, factors, layer._rank, keep_bias=plan.calibration is not None)
@@ -90,7 +103,12 @@ def to_separable(model: nn.Module, plan: Plan | None = None, *, inplace: bool = 
         done.add(id(conv))
 
     if plan.calibration is not None:
-        refit(work, [(site.module, layer, new) for site, layer, new in jobs], plan.calibration, plan.ridge)
+        refit(
+            work,
+            [(site.module, layer, new) for site, layer, new in jobs],
+            plan.calibration,
+            plan.ridge,
+        )
     for site, _, new in jobs:
         work = _walk.replace(site, new, work)
     return work
@@ -101,20 +119,34 @@ def _factors_for(layer: LayerPlan, conv: nn.Module) -> Factors:
     source = layer._module
     if source is not None and (
         source is conv
-        or (source.weight.shape == conv.weight.shape and torch.equal(source.weight.detach(), conv.weight.detach()))
+        or (
+            source.weight.shape == conv.weight.shape
+            and torch.equal(source.weight.detach(), conv.weight.detach())
+        )
     ):
         return layer.factors
     return factorize(conv.weight, conv.groups)
 
 
-def build_separable(conv: nn.Module, factors: Factors, rank: int, *, keep_bias: bool = False) -> nn.Module:
+def build_separable(
+    conv: nn.Module, factors: Factors, rank: int, *, keep_bias: bool = False
+) -> nn.Module:
     """The ``SeparableConvNd`` of rank ``rank`` for a dense ``conv`` with SVD ``factors``."""
     weight = conv.weight
     cls = SEPARABLE_TYPES[weight.dim() - 2]
     layer = cls(
-        conv.in_channels, conv.out_channels, tuple(conv.kernel_size), tuple(conv.stride), _walk.padding_spec(conv),
-        tuple(conv.dilation), depth_multiplier=rank, bias=True, padding_mode=conv.padding_mode,
-        pointwise_groups=conv.groups, device=weight.device, dtype=weight.dtype,
+        conv.in_channels,
+        conv.out_channels,
+        tuple(conv.kernel_size),
+        tuple(conv.stride),
+        _walk.padding_spec(conv),
+        tuple(conv.dilation),
+        depth_multiplier=rank,
+        bias=True,
+        padding_mode=conv.padding_mode,
+        pointwise_groups=conv.groups,
+        device=weight.device,
+        dtype=weight.dtype,
     )
     layer.depthwise.register_parameter("bias", None)
     depthwise, pointwise = factors.weights(rank, weight.dtype)
@@ -145,8 +177,11 @@ class _Normal:
         self.mid = pw.in_channels // self.groups
         self.outs = pw.out_channels // self.groups
         weight = pw.weight.detach().to(torch.float64).reshape(self.groups, self.outs, self.mid)
-        bias = (pw.bias.detach().to(torch.float64) if pw.bias is not None
-                else weight.new_zeros(pw.out_channels)).reshape(self.groups, 1, self.outs)
+        bias = (
+            pw.bias.detach().to(torch.float64)
+            if pw.bias is not None
+            else weight.new_zeros(pw.out_channels)
+        ).reshape(self.groups, 1, self.outs)
         self.x0 = torch.cat([weight.transpose(1, 2), bias], dim=1)  # (G, mid+1, outs)
         self.a = weight.new_zeros(self.groups, self.mid + 1, self.mid + 1)
         self.b = weight.new_zeros(self.groups, self.mid + 1, self.outs)
@@ -164,8 +199,8 @@ class _Normal:
         n = zf.shape[-1]
         step = max(1, chunk // max(1, g * (self.mid + 1)))
         for start in range(0, n, step):
-            zc = zf[..., start:start + step]
-            yc = yf[..., start:start + step]
+            zc = zf[..., start : start + step]
+            yc = yf[..., start : start + step]
             zaug = torch.cat([zc, zc.new_ones(g, 1, zc.shape[-1])], dim=1)  # (G, mid+1, n)
             self.a += zaug @ zaug.transpose(1, 2)
             self.b += zaug @ yc.transpose(1, 2)
@@ -197,7 +232,12 @@ class _Normal:
         return max(quad - 2 * lin + self.yy, 0.0)
 
 
-def refit(model: nn.Module, jobs: list[tuple[nn.Module, LayerPlan, nn.Module]], batches: list, ridge: float) -> None:
+def refit(
+    model: nn.Module,
+    jobs: list[tuple[nn.Module, LayerPlan, nn.Module]],
+    batches: list,
+    ridge: float,
+) -> None:
     """Refit each new layer's pointwise stage to its dense conv's outputs on ``batches``.
 
     ``jobs`` holds ``(dense conv in model, plan row, new separable layer)``. The model runs
@@ -214,6 +254,7 @@ def refit(model: nn.Module, jobs: list[tuple[nn.Module, LayerPlan, nn.Module]], 
             if x.dim() == module.weight.dim() - 1:
                 x, output = x.unsqueeze(0), output.unsqueeze(0)
             normal.add(new.depthwise(x), output)
+
         return hook
 
     for conv, _, new in jobs:

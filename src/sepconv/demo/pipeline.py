@@ -76,7 +76,15 @@ class DemoConfig:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if config.seed < 0:
             raise ValueError(f"seed must be >= 0, got {config.seed!r}")
+        _check_out_folder(config.out)
         return config
+
+
+def _check_out_folder(out: Path) -> None:
+    """Fail before training, not after, when ``out`` cannot become a folder."""
+    existing = next((path for path in (out, *out.parents) if path.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ValueError(f"out must be a folder, but {existing} is a file (got out={str(out)!r})")
 
 
 @dataclass

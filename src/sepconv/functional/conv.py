@@ -15,7 +15,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sepconv import _validation as check
-from sepconv.functional.padding import PaddingPlan, PaddingSpec, pad_input, resolve_padding
+from sepconv.functional.padding import (
+    PaddingPlan,
+    PaddingSpec,
+    check_input_fits,
+    pad_input,
+    resolve_padding,
+)
 from sepconv.kernels import dispatch
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -75,12 +81,21 @@ def separable_forward(
     ``(O, C*M/G, 1, ..., 1)`` for a pointwise stage with ``G`` groups.
     """
     out = dispatch.separable(
-        x, depthwise_weight, pointwise_weight, depthwise_bias, pointwise_bias,
-        stride, dilation, plan, padding_mode,
+        x,
+        depthwise_weight,
+        pointwise_weight,
+        depthwise_bias,
+        pointwise_bias,
+        stride,
+        dilation,
+        plan,
+        padding_mode,
     )
     if out is not None:
         return out
-    mid = conv_forward(x, depthwise_weight, depthwise_bias, stride, dilation, x.shape[1], plan, padding_mode)
+    mid = conv_forward(
+        x, depthwise_weight, depthwise_bias, stride, dilation, x.shape[1], plan, padding_mode
+    )
     groups = depthwise_weight.shape[0] // pointwise_weight.shape[1]
     return _CONV[len(stride)](mid, pointwise_weight, pointwise_bias, 1, 0, 1, groups)
 
@@ -115,10 +130,11 @@ def depthwise_conv(
         ``(N, C*M, *spatial_out)`` (unbatched if ``x`` was).
     """
     batched = _check_rank(x, rank)
-    channels = x.shape[1]
+    channels = batched.shape[1]
     kernel = _check_depthwise_weight(weight, channels, rank, "weight")
     _check_bias(bias, weight.shape[0], "bias")
     stride_t, dilation_t, plan, mode = _resolve(kernel, stride, padding, dilation, padding_mode)
+    check_input_fits(tuple(batched.shape[2:]), plan)
     out = depthwise_forward(batched, weight, bias, stride_t, dilation_t, plan, mode)
     return out if x.dim() == rank + 2 else out.squeeze(0)
 
@@ -152,15 +168,23 @@ def separable_conv(
         ``(N, O, *spatial_out)`` (unbatched if ``x`` was).
     """
     batched = _check_rank(x, rank)
-    channels = x.shape[1]
+    channels = batched.shape[1]
     kernel = _check_depthwise_weight(depthwise_weight, channels, rank, "depthwise_weight")
     _check_bias(depthwise_bias, depthwise_weight.shape[0], "depthwise_bias")
     pointwise_weight = _check_pointwise_weight(pointwise_weight, depthwise_weight.shape[0], rank)
     _check_bias(pointwise_bias, pointwise_weight.shape[0], "pointwise_bias")
     stride_t, dilation_t, plan, mode = _resolve(kernel, stride, padding, dilation, padding_mode)
+    check_input_fits(tuple(batched.shape[2:]), plan)
     out = separable_forward(
-        batched, depthwise_weight, pointwise_weight, depthwise_bias, pointwise_bias,
-        stride_t, dilation_t, plan, mode,
+        batched,
+        depthwise_weight,
+        pointwise_weight,
+        depthwise_bias,
+        pointwise_bias,
+        stride_t,
+        dilation_t,
+        plan,
+        mode,
     )
     return out if x.dim() == rank + 2 else out.squeeze(0)
 

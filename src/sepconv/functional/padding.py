@@ -66,7 +66,9 @@ def resolve_padding(
             return _static((0,) * (2 * rank), kernel_size, stride, dilation)
         if padding == "causal":
             if rank != 1:
-                raise ValueError(f"padding='causal' is only defined for 1d convolutions, got a {rank}d one")
+                raise ValueError(
+                    f"padding='causal' is only defined for 1d convolutions, got a {rank}d one"
+                )
             return _static((span[0], 0), kernel_size, stride, dilation)
         if padding == "same":
             if all(s == 1 for s in stride):
@@ -130,6 +132,8 @@ def pad_input(x: torch.Tensor, plan: PaddingPlan, mode: str) -> torch.Tensor:
 
 def _check_mode_fits(amounts: tuple[int, ...], mode: str, spatial: tuple[int, ...]) -> None:
     """Reflect padding must be smaller than the input, circular padding at most its size."""
+    if mode not in ("reflect", "circular"):
+        return  # zeros and replicate accept any amount of padding
     rank = len(spatial)
     for axis in range(rank):
         lo, hi = amounts[2 * (rank - 1 - axis)], amounts[2 * (rank - 1 - axis) + 1]
@@ -138,4 +142,24 @@ def _check_mode_fits(amounts: tuple[int, ...], mode: str, spatial: tuple[int, ..
             raise ValueError(
                 f"padding_mode={mode!r} needs padding {'smaller than' if mode == 'reflect' else 'at most'} "
                 f"the input size, got padding ({lo}, {hi}) on spatial dim {axis} of size {spatial[axis]}"
+            )
+
+
+def check_input_fits(spatial: tuple[int, ...], plan: PaddingPlan) -> None:
+    """Raise ValueError when the padded input is smaller than the dilated kernel.
+
+    ``spatial`` is the input's spatial size; torch would raise a RuntimeError deep in the
+    conv instead, without naming the input.
+    """
+    if torch.jit.is_tracing():
+        return  # sizes are traced values then; a Python check would bake one size into the graph
+    rank = len(plan.kernel_size)
+    amounts = plan.amounts(spatial)
+    for axis in range(rank):
+        padded = spatial[axis] + amounts[2 * (rank - 1 - axis)] + amounts[2 * (rank - 1 - axis) + 1]
+        span = plan.dilation[axis] * (plan.kernel_size[axis] - 1) + 1
+        if padded < span:
+            raise ValueError(
+                f"input spatial size {tuple(spatial)} is too small: spatial dim {axis} is {padded} "
+                f"after padding but the (dilated) kernel spans {span}"
             )

@@ -61,7 +61,9 @@ def separable_to_dense(
     mid, spatial = depthwise_weight.shape[0], depthwise_weight.shape[2:]
     out_channels = pointwise_weight.shape[0]
     pw_groups = mid // pointwise_weight.shape[1]
-    pointwise = expand_groups(pointwise_weight.reshape(out_channels, -1, 1), pw_groups).reshape(out_channels, mid)
+    pointwise = expand_groups(pointwise_weight.reshape(out_channels, -1, 1), pw_groups).reshape(
+        out_channels, mid
+    )
     channels, mult = in_channels, mid // in_channels
     dense = torch.einsum(
         "ocm,cmk->ock",

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from sepconv import _validation as check
 from sepconv.functional.conv import conv_forward, depthwise_forward
-from sepconv.functional.padding import PaddingPlan, PaddingSpec, resolve_padding
+from sepconv.functional.padding import PaddingPlan, PaddingSpec, check_input_fits, resolve_padding
 from sepconv.layers.init import conv_fan_in, variance_preserving_
 
 
@@ -55,8 +55,14 @@ class _PaddedConvMixin:
         check.positive_int(in_channels, "in_channels")
         check.positive_int(out_channels, "out_channels")
         check.positive_int(groups, "groups")
-        check.divisible(in_channels, groups, f"in_channels={in_channels} must be divisible by groups={groups}")
-        check.divisible(out_channels, groups, f"out_channels={out_channels} must be divisible by groups={groups}")
+        check.divisible(
+            in_channels, groups, f"in_channels={in_channels} must be divisible by groups={groups}"
+        )
+        check.divisible(
+            out_channels,
+            groups,
+            f"out_channels={out_channels} must be divisible by groups={groups}",
+        )
         kernel_t = check.int_tuple(kernel_size, rank, "kernel_size")
         stride_t = check.int_tuple(stride, rank, "stride")
         dilation_t = check.int_tuple(dilation, rank, "dilation")
@@ -65,8 +71,17 @@ class _PaddedConvMixin:
             raise TypeError(f"bias must be a bool, got {bias!r}")
         plan = resolve_padding(padding, kernel_t, stride_t, dilation_t)
         super().__init__(  # type: ignore[call-arg]
-            in_channels, out_channels, kernel_t, stride_t, plan.symmetric or 0, dilation_t, groups,
-            bias, padding_mode, device=device, dtype=dtype,
+            in_channels,
+            out_channels,
+            kernel_t,
+            stride_t,
+            plan.symmetric or 0,
+            dilation_t,
+            groups,
+            bias,
+            padding_mode,
+            device=device,
+            dtype=dtype,
         )
         self.padding_spec = padding
         self._plan: PaddingPlan = plan
@@ -78,7 +93,14 @@ class _PaddedConvMixin:
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         return conv_forward(
-            input, weight, bias, self.stride, self.dilation, self.groups, self._plan, self.padding_mode
+            input,
+            weight,
+            bias,
+            self.stride,
+            self.dilation,
+            self.groups,
+            self._plan,
+            self.padding_mode,
         )
 
     def forward(self, input: Tensor) -> Tensor:
@@ -96,6 +118,7 @@ class _PaddedConvMixin:
         if check.is_fx_tracing():
             return input
         check.check_input(input, self._rank, self.in_channels)
+        check_input_fits(tuple(input.shape[-self._rank :]), self._plan)
         return input if input.dim() == self._rank + 2 else input.unsqueeze(0)
 
     def extra_repr(self) -> str:
@@ -152,14 +175,29 @@ class _DepthwiseMixin:
         check.positive_int(in_channels, "in_channels")
         check.positive_int(depth_multiplier, "depth_multiplier")
         super().__init__(  # type: ignore[call-arg]
-            in_channels, in_channels * depth_multiplier, kernel_size, stride, padding, dilation,
-            in_channels, bias, padding_mode, device=device, dtype=dtype,
+            in_channels,
+            in_channels * depth_multiplier,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            in_channels,
+            bias,
+            padding_mode,
+            device=device,
+            dtype=dtype,
         )
         self.depth_multiplier = depth_multiplier
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         return depthwise_forward(
-            input, weight, bias, self.stride, self.dilation, self._plan, self.padding_mode  # type: ignore[attr-defined]
+            input,
+            weight,
+            bias,
+            self.stride,
+            self.dilation,
+            self._plan,
+            self.padding_mode,  # type: ignore[attr-defined]
         )
 
 

@@ -17,7 +17,9 @@ import torch
 from torch import nn
 
 
-def conv_fan_in(in_per_group: int, kernel_size: tuple[int, ...], stride: tuple[int, ...] = ()) -> int:
+def conv_fan_in(
+    in_per_group: int, kernel_size: tuple[int, ...], stride: tuple[int, ...] = ()
+) -> int:
     """Inputs that one output of a conv reads: ``in_per_group * prod(kernel_size)``.
 
     For a transposed conv pass its ``stride``: each output then reads only about

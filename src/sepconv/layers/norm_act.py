@@ -94,7 +94,13 @@ def _norm_from_string(name: str, num_features: int, rank: int, device, dtype) ->
 
 
 def create_norm(
-    spec: LayerSpec, num_features: int, rank: int = 2, *, device=None, dtype=None, name: str = "norm_layer"
+    spec: LayerSpec,
+    num_features: int,
+    rank: int = 2,
+    *,
+    device=None,
+    dtype=None,
+    name: str = "norm_layer",
 ) -> nn.Module:
     """Build a norm layer for ``num_features`` channels of a rank-``rank`` conv output.
 
@@ -110,7 +116,9 @@ def create_norm(
     if callable(spec):
         layer = _call_with_factory_kwargs(spec, num_features, device=device, dtype=dtype)
         if not isinstance(layer, nn.Module):
-            raise TypeError(f"{name} factory {spec!r} returned {type(layer).__name__}, not an nn.Module")
+            raise TypeError(
+                f"{name} factory {spec!r} returned {type(layer).__name__}, not an nn.Module"
+            )
         return layer
     raise TypeError(f"{name} must be None, a string, a class or a callable, got {spec!r}")
 
@@ -139,7 +147,9 @@ def _builds_module(spec: object) -> bool:
     return isinstance(target, type) and issubclass(target, nn.Module)
 
 
-def _call_with_factory_kwargs(factory: Callable[..., object], num_features: int, **kwargs) -> object:
+def _call_with_factory_kwargs(
+    factory: Callable[..., object], num_features: int, **kwargs
+) -> object:
     """Call ``factory(num_features, device=..., dtype=...)``, without the kwargs if it rejects them."""
     try:
         return factory(num_features, **kwargs)

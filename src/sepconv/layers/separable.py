@@ -43,13 +43,26 @@ class _SeparableBase(nn.Module):
     ) -> None:
         mid = depthwise.out_channels
         self.depthwise = depthwise
-        self.mid_norm = create_norm(mid_norm_layer, mid, self._rank, device=device, dtype=dtype, name="mid_norm_layer")
+        self.mid_norm = create_norm(
+            mid_norm_layer, mid, self._rank, device=device, dtype=dtype, name="mid_norm_layer"
+        )
         self.mid_act = create_act(mid_act_layer, name="mid_act_layer")
         check.positive_int(pointwise_groups, "pointwise_groups")
-        check.divisible(mid, pointwise_groups, f"depthwise channels {mid} must be divisible by pointwise_groups")
-        check.divisible(out_channels, pointwise_groups, f"out_channels {out_channels} must be divisible by pointwise_groups")
+        check.divisible(
+            mid, pointwise_groups, f"depthwise channels {mid} must be divisible by pointwise_groups"
+        )
+        check.divisible(
+            out_channels,
+            pointwise_groups,
+            f"out_channels {out_channels} must be divisible by pointwise_groups",
+        )
         self.pointwise = self._pointwise_cls(
-            mid, out_channels, bias=bias and norm_layer is None, groups=pointwise_groups, device=device, dtype=dtype
+            mid,
+            out_channels,
+            bias=bias and norm_layer is None,
+            groups=pointwise_groups,
+            device=device,
+            dtype=dtype,
         )
         self.norm = create_norm(norm_layer, out_channels, self._rank, device=device, dtype=dtype)
         self.act = create_act(act_layer)
@@ -66,7 +79,9 @@ class _SeparableBase(nn.Module):
     @property
     def has_mid_layers(self) -> bool:
         """True when a norm or activation sits between the depthwise and pointwise stages."""
-        return not (isinstance(self.mid_norm, nn.Identity) and isinstance(self.mid_act, nn.Identity))
+        return not (
+            isinstance(self.mid_norm, nn.Identity) and isinstance(self.mid_act, nn.Identity)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         """``(N, C, *spatial) -> (N, O, *spatial_out)``; unbatched ``(C, *spatial)`` too."""
@@ -145,23 +160,58 @@ class _SeparableConvNd(_SeparableBase):
             raise TypeError(f"bias must be a bool, got {bias!r}")
         check.positive_int(out_channels, "out_channels")
         depthwise = self._depthwise_cls(
-            in_channels, kernel_size, stride, padding, dilation, depth_multiplier,
-            bias=bias and mid_norm_layer is None, padding_mode=padding_mode, device=device, dtype=dtype,
+            in_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            depth_multiplier,
+            bias=bias and mid_norm_layer is None,
+            padding_mode=padding_mode,
+            device=device,
+            dtype=dtype,
         )
         self._build_stages(
-            depthwise, out_channels, bias, norm_layer, act_layer, mid_norm_layer, mid_act_layer,
-            pointwise_groups, device, dtype,
+            depthwise,
+            out_channels,
+            bias,
+            norm_layer,
+            act_layer,
+            mid_norm_layer,
+            mid_act_layer,
+            pointwise_groups,
+            device,
+            dtype,
         )
 
     padding_mode = property(lambda self: self.depthwise.padding_mode)
 
     def _conv_stages(self, x: Tensor) -> Tensor:
-        if self.has_mid_layers:
+        if not self._can_fuse_stages():
             return super()._conv_stages(x)
         dw, pw = self.depthwise, self.pointwise
         return separable_forward(
-            x, dw.weight, pw.weight, dw.bias, pw.bias, dw.stride, dw.dilation, dw._plan, dw.padding_mode
+            x,
+            dw.weight,
+            pw.weight,
+            dw.bias,
+            pw.bias,
+            dw.stride,
+            dw.dilation,
+            dw._plan,
+            dw.padding_mode,
         )
+
+    def _can_fuse_stages(self) -> bool:
+        """Whether both stages may run as one fused call, skipping their own ``forward``.
+
+        Only when nothing sits between them and nothing observes or rewrites a stage: no
+        module or global hooks (pruning and weight norm use pre-hooks) and no
+        parametrization (then ``weight`` is no longer a plain parameter).
+        """
+        if self.has_mid_layers or _any_global_hooks():
+            return False
+        return all(_is_plain_stage(stage) for stage in (self.depthwise, self.pointwise))
 
     def to_dense(self) -> nn.Module:
         """One equivalent dense conv (exact), when nothing sits between the stages.
@@ -173,8 +223,10 @@ class _SeparableConvNd(_SeparableBase):
         self._check_dense_possible()
         dw, pw = self.depthwise, self.pointwise
         weight, bias, groups = separable_to_dense(
-            dw.weight.detach(), pw.weight.detach(),
-            None if dw.bias is None else dw.bias.detach(), None if pw.bias is None else pw.bias.detach(),
+            dw.weight.detach(),
+            pw.weight.detach(),
+            None if dw.bias is None else dw.bias.detach(),
+            None if pw.bias is None else pw.bias.detach(),
             in_channels=dw.in_channels,
         )
         dense = _dense_conv_like(dw, self.out_channels, groups, bias is not None, self._rank)
@@ -185,15 +237,46 @@ class _SeparableConvNd(_SeparableBase):
         return self._dense_or_sequential(dense)
 
 
-def _dense_conv_like(dw: nn.Module, out_channels: int, groups: int, bias: bool, rank: int) -> nn.Module:
+def _is_plain_stage(stage: nn.Module) -> bool:
+    hooks = (
+        stage._forward_hooks,
+        stage._forward_pre_hooks,
+        stage._backward_hooks,
+        stage._backward_pre_hooks,
+    )
+    return not any(hooks) and "weight" in stage._parameters
+
+
+def _any_global_hooks() -> bool:
+    from torch.nn.modules import module as torch_module
+
+    hooks = (
+        torch_module._global_forward_hooks,
+        torch_module._global_forward_pre_hooks,
+        torch_module._global_backward_hooks,
+        torch_module._global_backward_pre_hooks,
+    )
+    return any(hooks)
+
+
+def _dense_conv_like(
+    dw: nn.Module, out_channels: int, groups: int, bias: bool, rank: int
+) -> nn.Module:
     """A dense conv with ``dw``'s geometry: plain ``nn.ConvNd`` when it can express the padding."""
     kwargs = dict(
-        stride=dw.stride, dilation=dw.dilation, groups=groups, bias=bias,
-        padding_mode=dw.padding_mode, device=dw.weight.device, dtype=dw.weight.dtype,
+        stride=dw.stride,
+        dilation=dw.dilation,
+        groups=groups,
+        bias=bias,
+        padding_mode=dw.padding_mode,
+        device=dw.weight.device,
+        dtype=dw.weight.dtype,
     )
     if dw._plan.symmetric is not None:
         plain = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[rank]
-        return plain(dw.in_channels, out_channels, dw.kernel_size, padding=dw._plan.symmetric, **kwargs)
+        return plain(
+            dw.in_channels, out_channels, dw.kernel_size, padding=dw._plan.symmetric, **kwargs
+        )
     padded = {1: convs.PaddedConv1d, 2: convs.PaddedConv2d, 3: convs.PaddedConv3d}[rank]
     return padded(dw.in_channels, out_channels, dw.kernel_size, padding=dw.padding_spec, **kwargs)
 
@@ -249,12 +332,28 @@ class _SeparableConvTransposeNd(_SeparableBase):
             raise TypeError(f"bias must be a bool, got {bias!r}")
         check.positive_int(out_channels, "out_channels")
         depthwise = self._depthwise_cls(
-            in_channels, kernel_size, stride, padding, output_padding, dilation, depth_multiplier,
-            bias=bias and mid_norm_layer is None, device=device, dtype=dtype,
+            in_channels,
+            kernel_size,
+            stride,
+            padding,
+            output_padding,
+            dilation,
+            depth_multiplier,
+            bias=bias and mid_norm_layer is None,
+            device=device,
+            dtype=dtype,
         )
         self._build_stages(
-            depthwise, out_channels, bias, norm_layer, act_layer, mid_norm_layer, mid_act_layer,
-            pointwise_groups, device, dtype,
+            depthwise,
+            out_channels,
+            bias,
+            norm_layer,
+            act_layer,
+            mid_norm_layer,
+            mid_act_layer,
+            pointwise_groups,
+            device,
+            dtype,
         )
 
     output_padding = property(lambda self: self.depthwise.output_padding)
@@ -262,14 +361,26 @@ class _SeparableConvTransposeNd(_SeparableBase):
 
 class SeparableConvTranspose1d(_SeparableConvTransposeNd):
     __doc__ = _SeparableConvTransposeNd.__doc__
-    _rank, _depthwise_cls, _pointwise_cls = 1, transpose.DepthwiseConvTranspose1d, convs.PointwiseConv1d
+    _rank, _depthwise_cls, _pointwise_cls = (
+        1,
+        transpose.DepthwiseConvTranspose1d,
+        convs.PointwiseConv1d,
+    )
 
 
 class SeparableConvTranspose2d(_SeparableConvTransposeNd):
     __doc__ = _SeparableConvTransposeNd.__doc__
-    _rank, _depthwise_cls, _pointwise_cls = 2, transpose.DepthwiseConvTranspose2d, convs.PointwiseConv2d
+    _rank, _depthwise_cls, _pointwise_cls = (
+        2,
+        transpose.DepthwiseConvTranspose2d,
+        convs.PointwiseConv2d,
+    )
 
 
 class SeparableConvTranspose3d(_SeparableConvTransposeNd):
     __doc__ = _SeparableConvTransposeNd.__doc__
-    _rank, _depthwise_cls, _pointwise_cls = 3, transpose.DepthwiseConvTranspose3d, convs.PointwiseConv3d
+    _rank, _depthwise_cls, _pointwise_cls = (
+        3,
+        transpose.DepthwiseConvTranspose3d,
+        convs.PointwiseConv3d,
+    )

@@ -48,7 +48,11 @@ class SpatiallySeparableConv2d(nn.Module):
         super().__init__()
         check.positive_int(in_channels, "in_channels")
         check.positive_int(out_channels, "out_channels")
-        mid = out_channels if mid_channels is None else check.positive_int(mid_channels, "mid_channels")
+        mid = (
+            out_channels
+            if mid_channels is None
+            else check.positive_int(mid_channels, "mid_channels")
+        )
         (kh, kw), (sh, sw), (dh, dw) = (
             check.int_tuple(kernel_size, 2, "kernel_size"),
             check.int_tuple(stride, 2, "stride"),
@@ -57,10 +61,24 @@ class SpatiallySeparableConv2d(nn.Module):
         pad_v, pad_h = _split_padding(padding)
         common = dict(bias=bias, padding_mode=padding_mode, device=device, dtype=dtype)
         self.vertical = PaddedConv2d(
-            in_channels, mid, (kh, 1), (sh, 1), pad_v, (dh, 1), groups=in_channels if depthwise else 1, **common
+            in_channels,
+            mid,
+            (kh, 1),
+            (sh, 1),
+            pad_v,
+            (dh, 1),
+            groups=in_channels if depthwise else 1,
+            **common,
         )
         self.horizontal = PaddedConv2d(
-            mid, out_channels, (1, kw), (1, sw), pad_h, (1, dw), groups=mid if depthwise else 1, **common
+            mid,
+            out_channels,
+            (1, kw),
+            (1, sw),
+            pad_h,
+            (1, dw),
+            groups=mid if depthwise else 1,
+            **common,
         )
 
     in_channels = property(lambda self: self.vertical.in_channels)

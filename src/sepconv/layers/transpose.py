@@ -44,7 +44,9 @@ class _DepthwiseTransposeMixin:
         stride_t = check.int_tuple(stride, rank, "stride")
         dilation_t = check.int_tuple(dilation, rank, "dilation")
         if isinstance(padding, str):
-            raise ValueError(f"padding of a transposed conv must be an int or a tuple of ints, got {padding!r}")
+            raise ValueError(
+                f"padding of a transposed conv must be an int or a tuple of ints, got {padding!r}"
+            )
         padding_t = check.int_tuple(padding, rank, "padding", minimum=0)
         output_padding_t = check.int_tuple(output_padding, rank, "output_padding", minimum=0)
         for op, s, d in zip(output_padding_t, stride_t, dilation_t):
@@ -56,8 +58,18 @@ class _DepthwiseTransposeMixin:
         if not isinstance(bias, bool):
             raise TypeError(f"bias must be a bool, got {bias!r}")
         super().__init__(  # type: ignore[call-arg]
-            in_channels, in_channels * depth_multiplier, kernel_t, stride_t, padding_t, output_padding_t,
-            in_channels, bias, dilation_t, "zeros", device=device, dtype=dtype,
+            in_channels,
+            in_channels * depth_multiplier,
+            kernel_t,
+            stride_t,
+            padding_t,
+            output_padding_t,
+            in_channels,
+            bias,
+            dilation_t,
+            "zeros",
+            device=device,
+            dtype=dtype,
         )
         self.depth_multiplier = depth_multiplier
 

@@ -75,7 +75,8 @@ def conv(
     pairs = padding_pairs(padding, x.shape[2:], kernel, stride, dilation)
     padded = np.pad(x, [(0, 0), (0, 0), *pairs], mode=_NUMPY_MODES[padding_mode])
     out_size = [
-        (n - d * (k - 1) - 1) // s + 1 for n, k, s, d in zip(padded.shape[2:], kernel, stride, dilation)
+        (n - d * (k - 1) - 1) // s + 1
+        for n, k, s, d in zip(padded.shape[2:], kernel, stride, dilation)
     ]
     batch, channels, out_channels = x.shape[0], x.shape[1], weight.shape[0]
     in_per_group, out_per_group = channels // groups, out_channels // groups
@@ -84,7 +85,16 @@ def conv(
         x_g = padded[:, g * in_per_group : (g + 1) * in_per_group]
         w_g = weight[g * out_per_group : (g + 1) * out_per_group]
         for tap in itertools.product(*(range(k) for k in kernel)):
-            window = x_g[(slice(None), slice(None), *tuple(slice(t * d, t * d + s * (o - 1) + 1, s) for t, d, s, o in zip(tap, dilation, stride, out_size)))]
+            window = x_g[
+                (
+                    slice(None),
+                    slice(None),
+                    *tuple(
+                        slice(t * d, t * d + s * (o - 1) + 1, s)
+                        for t, d, s, o in zip(tap, dilation, stride, out_size)
+                    ),
+                )
+            ]
             out[:, g * out_per_group : (g + 1) * out_per_group] += np.einsum(
                 "nc...,oc->no...", window, w_g[(slice(None), slice(None), *tap)]
             )
@@ -115,7 +125,10 @@ def conv_transpose(
     stride, dilation = _per_dim(stride, rank), _per_dim(dilation, rank)
     padding, output_padding = _per_dim(padding, rank), _per_dim(output_padding, rank)
     spatial = x.shape[2:]
-    full_size = [(n - 1) * s + d * (k - 1) + 1 + op for n, s, d, k, op in zip(spatial, stride, dilation, kernel, output_padding)]
+    full_size = [
+        (n - 1) * s + d * (k - 1) + 1 + op
+        for n, s, d, k, op in zip(spatial, stride, dilation, kernel, output_padding)
+    ]
     batch, channels = x.shape[:2]
     out_per_group, in_per_group = weight.shape[1], channels // groups
     full = np.zeros((batch, out_per_group * groups, *full_size))
@@ -123,9 +136,20 @@ def conv_transpose(
         x_g = x[:, g * in_per_group : (g + 1) * in_per_group]
         w_g = weight[g * in_per_group : (g + 1) * in_per_group]
         for tap in itertools.product(*(range(k) for k in kernel)):
-            target = (slice(None), slice(g * out_per_group, (g + 1) * out_per_group), *tuple(slice(t * d, t * d + s * (n - 1) + 1, s) for t, d, s, n in zip(tap, dilation, stride, spatial)))
+            target = (
+                slice(None),
+                slice(g * out_per_group, (g + 1) * out_per_group),
+                *tuple(
+                    slice(t * d, t * d + s * (n - 1) + 1, s)
+                    for t, d, s, n in zip(tap, dilation, stride, spatial)
+                ),
+            )
             full[target] += np.einsum("nc...,co->no...", x_g, w_g[(slice(None), slice(None), *tap)])
-    crop = (slice(None), slice(None), *tuple(slice(p, size - p) for p, size in zip(padding, full_size)))
+    crop = (
+        slice(None),
+        slice(None),
+        *tuple(slice(p, size - p) for p, size in zip(padding, full_size)),
+    )
     out = full[crop]
     if bias is not None:
         out = out + np.asarray(bias, np.float64).reshape(1, -1, *([1] * rank))
@@ -142,7 +166,9 @@ def depthwise_conv(
     padding_mode: str = "zeros",
 ) -> np.ndarray:
     """Depthwise conv: ``weight`` ``(C*M, 1, *K)``; output channel ``c*M + m`` reads input channel ``c``."""
-    return conv(x, weight, bias, stride, padding, dilation, groups=x.shape[1], padding_mode=padding_mode)
+    return conv(
+        x, weight, bias, stride, padding, dilation, groups=x.shape[1], padding_mode=padding_mode
+    )
 
 
 def separable_conv(
@@ -157,7 +183,9 @@ def separable_conv(
     padding_mode: str = "zeros",
 ) -> np.ndarray:
     """Depthwise conv, then pointwise conv with ``pointwise_weight`` ``(O, C*M/G, 1, ..., 1)``."""
-    mid = depthwise_conv(x, depthwise_weight, depthwise_bias, stride, padding, dilation, padding_mode)
+    mid = depthwise_conv(
+        x, depthwise_weight, depthwise_bias, stride, padding, dilation, padding_mode
+    )
     pointwise_weight = np.asarray(pointwise_weight, np.float64)
     groups = mid.shape[1] // pointwise_weight.shape[1]
     return conv(mid, pointwise_weight, pointwise_bias, groups=groups)

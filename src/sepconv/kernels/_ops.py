@@ -1,0 +1,454 @@
+"""Python side of the C++ kernels: geometry, calls through ctypes, autograd functions.
+
+Everything is expressed as a 2d problem (a 1d convolution is 2d with ``H = 1``). The
+callers in :mod:`sepconv.kernels.dispatch` have already checked that a call is
+supported; the functions here assume it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from sepconv.kernels import _build
+
+DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2}
+MODE_CODE = {"zeros": 0, "reflect": 1, "replicate": 2, "circular": 3}
+INT32_MAX = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """A depthwise(-separable) convolution problem, as 2d."""
+
+    rank: int
+    N: int
+    C: int
+    M: int
+    H: int
+    W: int
+    OH: int
+    OW: int
+    KH: int
+    KW: int
+    sy: int
+    sx: int
+    dy: int
+    dx: int
+    pt: int
+    pb: int
+    pl: int
+    pr: int
+    mode: str
+    O: int  # noqa: E741 - pointwise output channels (0 for depthwise alone)
+    G: int  # pointwise groups
+    nhwc: bool  # internal layout: channels innermost (input channel stride 1)
+
+    @property
+    def pad(self) -> tuple[int, ...]:
+        """Padding in ``F.pad`` order for the original rank."""
+        return (self.pl, self.pr) if self.rank == 1 else (self.pl, self.pr, self.pt, self.pb)
+
+
+def geometry(
+    x: Tensor,
+    kernel: tuple[int, ...],
+    mid: int,
+    stride,
+    dilation,
+    amounts,
+    mode: str,
+    out_channels: int = 0,
+    groups: int = 1,
+) -> Geometry | None:
+    """The problem's geometry, or None when the output would be empty."""
+    rank = x.dim() - 2
+    if rank == 1:
+        H, W = 1, x.shape[2]
+        KH, KW = 1, kernel[0]
+        sy, sx, dy, dx = 1, stride[0], 1, dilation[0]
+        pl, pr = amounts
+        pt = pb = 0
+    else:
+        H, W = x.shape[2], x.shape[3]
+        KH, KW = kernel
+        sy, sx = stride
+        dy, dx = dilation
+        pl, pr, pt, pb = amounts
+    OH = (H + pt + pb - dy * (KH - 1) - 1) // sy + 1
+    OW = (W + pl + pr - dx * (KW - 1) - 1) // sx + 1
+    if OH <= 0 or OW <= 0:
+        return None
+    C = x.shape[1]
+    nhwc = x.stride(1) == 1 and C > 1
+    return Geometry(
+        rank,
+        x.shape[0],
+        C,
+        mid // C,
+        H,
+        W,
+        OH,
+        OW,
+        KH,
+        KW,
+        sy,
+        sx,
+        dy,
+        dx,
+        pt,
+        pb,
+        pl,
+        pr,
+        mode,
+        out_channels,
+        groups,
+        nhwc,
+    )
+
+
+def strides4(t: Tensor, rank: int) -> tuple[int, int, int, int]:
+    s = t.stride()
+    return (s[0], s[1], 0, s[2]) if rank == 1 else (s[0], s[1], s[2], s[3])
+
+
+def _budget() -> int:
+    try:
+        return int(os.environ.get("SEPCONV_KERNELS_TILE_BYTES", "0"))
+    except ValueError:
+        return 0
+
+
+def _geo_array(g: Geometry, xs, os_, out_nhwc: bool = False) -> ctypes.Array:
+    values = [
+        g.N,
+        g.C,
+        g.M,
+        g.H,
+        g.W,
+        g.OH,
+        g.OW,
+        g.KH,
+        g.KW,
+        g.sy,
+        g.sx,
+        g.dy,
+        g.dx,
+        g.pt,
+        g.pl,
+        MODE_CODE[g.mode],
+        g.O,
+        g.G,
+        torch.get_num_threads(),
+        int(g.nhwc),
+        _budget(),
+        *xs,
+        *os_,
+        int(out_nhwc),
+    ]
+    return (ctypes.c_int64 * len(values))(*values)
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+# ----------------------------------------------------------------------------- output pool
+# Fresh large CPU allocations are page-faulted in on first touch, and on virtual machines
+# that costs more than the convolution itself (see docs/performance.md). Outputs therefore
+# come from a small pool of storages: a storage is handed out again only when nothing but
+# the pool references it (no tensor, view, numpy array or storage object of the caller
+# does), so reuse can never alias live data. SEPCONV_KERNELS_POOL_MB caps the bytes the pool
+# keeps (default 512; 0 disables it).
+
+_pool_lock = threading.Lock()
+_pool: dict[int, list[torch.UntypedStorage]] = {}
+_pool_bytes = 0
+_POOL_PER_SIZE = 4
+
+
+def _pool_limit() -> int:
+    try:
+        return int(float(os.environ.get("SEPCONV_KERNELS_POOL_MB", "512")) * 2**20)
+    except ValueError:
+        return 512 * 2**20
+
+
+def pooled_empty(shape, strides, dtype: torch.dtype) -> Tensor:
+    """An uninitialised tensor of ``shape``/``strides``, reusing a free pooled storage."""
+    global _pool_bytes
+    numel = 1
+    for size in shape:
+        numel *= size
+    extent = 1 + sum((size - 1) * stride for size, stride in zip(shape, strides)) if numel else 0
+    nbytes = extent * torch.empty((), dtype=dtype).element_size()
+    limit = _pool_limit()
+    if nbytes < (1 << 20) or limit <= 0:  # small: the allocator is fine
+        return torch.empty_strided(shape, strides, dtype=dtype)
+    with _pool_lock:
+        entries = _pool.setdefault(nbytes, [])
+        for storage in entries:
+            if torch._C._storage_Use_Count(storage._cdata) == 1 and storage.nbytes() >= nbytes:
+                return torch.empty(0, dtype=dtype).set_(storage, 0, shape, strides)
+        if len(entries) < _POOL_PER_SIZE and _pool_bytes + nbytes <= limit:
+            storage = torch.UntypedStorage(nbytes)
+            entries.append(storage)
+            _pool_bytes += nbytes
+            return torch.empty(0, dtype=dtype).set_(storage, 0, shape, strides)
+    return torch.empty_strided(shape, strides, dtype=dtype)
+
+
+def clear_pool() -> None:
+    """Drop the pool's references (storages still in use stay alive with their tensors)."""
+    global _pool_bytes
+    with _pool_lock:
+        _pool.clear()
+        _pool_bytes = 0
+
+
+def _empty_like_layout(shape, like: Tensor, rank: int, channels_inner: bool) -> Tensor:
+    """An empty tensor of ``shape`` with channels innermost when ``channels_inner``."""
+    shape = tuple(int(s) for s in shape)
+    if not channels_inner:
+        strides, acc = [], 1
+        for size in reversed(shape):
+            strides.append(acc)
+            acc *= size
+        strides = tuple(reversed(strides))
+    elif rank == 1:
+        _, c, length = shape
+        strides = (length * c, 1, c)
+    else:
+        _, c, h, w = shape
+        strides = (h * w * c, 1, w * c, c)
+    return pooled_empty(shape, strides, like.dtype)
+
+
+def _out_channels_last(x: Tensor, rank: int) -> bool:
+    """PyTorch's rule: a 2d conv of a channels_last input returns channels_last."""
+    return (
+        rank == 2 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    )
+
+
+def _out_shape(g: Geometry, channels: int):
+    return (g.N, channels, g.OW) if g.rank == 1 else (g.N, channels, g.OH, g.OW)
+
+
+def _check(rc: int) -> None:
+    if rc != 0:
+        raise RuntimeError(f"sepconv kernel returned error code {rc}")
+
+
+# ----------------------------------------------------------------------------- raw calls
+
+
+def separable_forward_raw(x, wd, wp, bd, bp, g: Geometry) -> Tensor:
+    lib = _build.load()
+    out_nhwc = _out_channels_last(x, g.rank)
+    out = _empty_like_layout(_out_shape(g, g.O), x, g.rank, out_nhwc)
+    wd, wp = wd.contiguous(), wp.contiguous()
+    bd = None if bd is None else bd.contiguous()
+    bp = None if bp is None else bp.contiguous()
+    geo = _geo_array(g, strides4(x, g.rank), strides4(out, g.rank), out_nhwc)
+    _check(
+        lib.sepconv_sep_forward(
+            DTYPE_CODE[x.dtype], _ptr(x), _ptr(wd), _ptr(bd), _ptr(wp), _ptr(bp), _ptr(out), geo
+        )
+    )
+    return out
+
+
+def depthwise_forward_raw(x, wd, bd, g: Geometry) -> Tensor:
+    lib = _build.load()
+    # Output layout follows the computation: channels innermost iff the input has them so
+    # (2d channels_last; a transposed 1d input gets a contiguous output, computed planar).
+    out_nhwc = g.nhwc and g.rank == 2 and _out_channels_last(x, 2)
+    if out_nhwc:
+        out = _empty_like_layout(_out_shape(g, g.C * g.M), x, 2, True)
+    else:
+        if g.nhwc:
+            g = _replace(g, nhwc=False)
+        out = _empty_like_layout(_out_shape(g, g.C * g.M), x, g.rank, False)
+    wd = wd.contiguous()
+    bd = None if bd is None else bd.contiguous()
+    geo = _geo_array(g, strides4(x, g.rank), strides4(out, g.rank), out_nhwc)
+    _check(lib.sepconv_dw_forward(DTYPE_CODE[x.dtype], _ptr(x), _ptr(wd), _ptr(bd), _ptr(out), geo))
+    return out
+
+
+def _replace(g: Geometry, **changes) -> Geometry:
+    from dataclasses import replace
+
+    return replace(g, **changes)
+
+
+def _dense(t: Tensor, rank: int, channels_inner: bool) -> Tensor:
+    """``t`` dense, channels innermost or planar as asked (copies only when needed)."""
+    if channels_inner:
+        if rank == 1:
+            return (
+                t
+                if t.stride(1) == 1
+                and t.stride(2) == t.shape[1]
+                and t.stride(0) == t.shape[1] * t.shape[2]
+                else t.transpose(1, 2).contiguous().transpose(1, 2)
+            )
+        return t.contiguous(memory_format=torch.channels_last)
+    return t.contiguous()
+
+
+def backward_raw(x, wd, wp, gy, g: Geometry, need_x: bool, need_bd: bool, need_wp: bool):
+    """``(gx, gwd, gbd, gwp)`` of a separable (``wp`` given) or depthwise convolution."""
+    lib = _build.load()
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    separable = wp is not None
+    if separable:
+        # Any dense layout of gy works for the GEMMs.
+        if not (
+            gy.is_contiguous()
+            or (g.rank == 2 and gy.is_contiguous(memory_format=torch.channels_last))
+        ):
+            gy = gy.contiguous()
+    else:
+        gy = _dense(gy, g.rank, g.nhwc)
+    gy = gy.to(x.dtype)
+    gx = _empty_like_layout(tuple(x.shape), x, g.rank, g.nhwc) if need_x else None
+    mid = g.C * g.M
+    kernel_taps = g.KH * g.KW
+    gwd = torch.empty(mid * kernel_taps, dtype=acc)
+    gbd = torch.empty(mid, dtype=acc) if need_bd else None
+    gwp = torch.empty(g.O * (mid // g.G), dtype=acc) if (separable and need_wp) else None
+    wd = wd.contiguous()
+    wp = None if wp is None else wp.contiguous()
+    gys = (ctypes.c_int64 * 4)(*strides4(gy, g.rank))
+    gxs = (ctypes.c_int64 * 4)(*(strides4(gx, g.rank) if gx is not None else (0, 0, 0, 0)))
+    geo = _geo_array(g, strides4(x, g.rank), (0, 0, 0, 0))
+    _check(
+        lib.sepconv_backward(
+            DTYPE_CODE[x.dtype],
+            _ptr(x),
+            _ptr(wd),
+            _ptr(wp),
+            _ptr(gy),
+            gys,
+            _ptr(gx),
+            gxs,
+            _ptr(gwd),
+            _ptr(gbd),
+            _ptr(gwp),
+            geo,
+        )
+    )
+    return gx, gwd, gbd, gwp
+
+
+# ----------------------------------------------------------------------------- PyTorch path
+# Used for double backward (create_graph=True): differentiable and exact.
+
+
+def _conv(rank):
+    return F.conv1d if rank == 1 else F.conv2d
+
+
+def torch_depthwise(x, wd, bd, g: Geometry) -> Tensor:
+    stride = (g.sx,) if g.rank == 1 else (g.sy, g.sx)
+    dilation = (g.dx,) if g.rank == 1 else (g.dy, g.dx)
+    if any(g.pad):
+        x = F.pad(x, g.pad) if g.mode == "zeros" else F.pad(x, g.pad, mode=g.mode)
+    return _conv(g.rank)(x, wd, bd, stride, 0, dilation, g.C)
+
+
+def torch_separable(x, wd, wp, bd, bp, g: Geometry) -> Tensor:
+    return _conv(g.rank)(torch_depthwise(x, wd, bd, g), wp, bp, 1, 0, 1, g.G)
+
+
+def _recompute_grads(fn, inputs, needs, gy):
+    with torch.enable_grad():
+        detached = [
+            None if t is None else t.detach().requires_grad_(n) for t, n in zip(inputs, needs)
+        ]
+        out = fn(*detached)
+        wanted = [t for t, n in zip(detached, needs) if t is not None and n]
+        grads = iter(torch.autograd.grad(out, wanted, gy, create_graph=True, allow_unused=True))
+    return tuple(next(grads) if (t is not None and n) else None for t, n in zip(detached, needs))
+
+
+# ----------------------------------------------------------------------------- autograd
+
+
+class SeparableFunction(torch.autograd.Function):
+    """Fused forward; backward recomputes the intermediate, so only the input is saved."""
+
+    @staticmethod
+    def forward(ctx, x, wd, wp, bd, bp, g):
+        ctx.g = g
+        ctx.has_bd, ctx.has_bp = bd is not None, bp is not None
+        ctx.save_for_backward(x, wd, wp, bd, bp)
+        return separable_forward_raw(x, wd, wp, bd, bp, g)
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, wd, wp, bd, bp = ctx.saved_tensors
+        g = ctx.g
+        needs = ctx.needs_input_grad[:5]
+        if torch.is_grad_enabled():  # create_graph: differentiable PyTorch recomputation
+            return (
+                *_recompute_grads(
+                    lambda *a: torch_separable(*a, g), (x, wd, wp, bd, bp), needs, gy
+                ),
+                None,
+            )
+        gx, gwd, gbd, gwp = backward_raw(
+            x, wd, wp, gy, g, needs[0], needs[3] and bd is not None, needs[2]
+        )
+        gy_sum = None
+        if (bp is not None and needs[4]) or (bd is not None and gwp is not None):
+            dims = (0, 2) if g.rank == 1 else (0, 2, 3)
+            gy_sum = gy.sum(dim=dims, dtype=gwd.dtype)
+        if gwp is not None and bd is not None:
+            # The kernel's recomputed intermediate has no depthwise bias; add its share:
+            # d/dwp[o, k] of sum_p gy[o, p] * bd[k] (k inside o's pointwise group).
+            per = wp.shape[1]
+            gwp.view(g.G, g.O // g.G, per).add_(
+                gy_sum.view(g.G, g.O // g.G, 1) * bd.detach().to(gwp.dtype).view(g.G, 1, per)
+            )
+        gwd = gwd.to(wd.dtype).view_as(wd) if needs[1] else None
+        gwp = gwp.to(wp.dtype).view(wp.shape) if gwp is not None else None
+        gbd = gbd.to(bd.dtype) if gbd is not None else None
+        gbp = gy_sum.to(bp.dtype) if (bp is not None and needs[4]) else None
+        return gx, gwd, gwp, gbd, gbp, None
+
+
+class DepthwiseFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, wd, bd, g):
+        ctx.g = g
+        ctx.save_for_backward(x, wd, bd)
+        out = depthwise_forward_raw(x, wd, bd, g)
+        # The computation layout decides the backward's layout.
+        ctx.g = _replace(g, nhwc=g.nhwc and g.rank == 2 and _out_channels_last(x, 2))
+        return out
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, wd, bd = ctx.saved_tensors
+        g = ctx.g
+        needs = ctx.needs_input_grad[:3]
+        if torch.is_grad_enabled():
+            return (
+                *_recompute_grads(lambda *a: torch_depthwise(*a, g), (x, wd, bd), needs, gy),
+                None,
+            )
+        gx, gwd, gbd, _ = backward_raw(
+            x, wd, None, gy, g, needs[0], needs[2] and bd is not None, False
+        )
+        gwd = gwd.to(wd.dtype).view_as(wd) if needs[1] else None
+        gbd = gbd.to(bd.dtype) if gbd is not None else None
+        return gx, gwd, gbd, None

@@ -1,0 +1,1501 @@
+// Fused depthwise(+pointwise) convolution kernels for CPU; see docs/performance.md.
+//
+// One translation unit with a plain C ABI, loaded with ctypes (no torch headers, so
+// it compiles in seconds). Tensors arrive as raw pointers plus int64 strides; the
+// pointwise GEMM goes to the BLAS that libtorch_cpu already carries (MKL: sgemm_,
+// dgemm_, cblas_gemm_bf16bf16f32). Threads: OpenMP, as many as torch.get_num_threads().
+//
+// Everything is done as 2d: a 1d convolution is a 2d one with H = 1.
+//
+// Forward (separable): the output is cut into tiles of whole output rows (or pieces of
+// one row when a row is too large). For each tile the depthwise output of all C*M
+// channels is computed into a per-thread buffer that fits in L2, then one GEMM with the
+// pointwise weight writes the output tile. The intermediate never reaches DRAM.
+//
+// Backward (separable and depthwise): tasks are (image, block of input channels). For
+// a block, the padded input planes are copied into a cache-resident buffer, the
+// depthwise output of the block is recomputed (for the pointwise weight gradient), the
+// gradient of the intermediate of the block is one GEMM, and from it the depthwise
+// weight/bias gradients and the input gradient of the block's channels follow. Blocks
+// own disjoint input channels, so the input gradient needs no reduction; the weight
+// gradients are summed per thread and reduced at the end.
+//
+// Two internal layouts: "planar" (one channel plane at a time, vectorised along the
+// row; used for NCHW inputs) and "nhwc" (vectorised along channels; used when the
+// input's channel stride is 1). Padding of any mode is applied while copying input
+// into the per-tile buffer, through row/column index maps (-1 = zero).
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include <omp.h>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+typedef int64_t i64;
+
+extern "C" {
+void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*,
+            const float*, const int*, const float*, const int*, const float*, float*, const int*);
+void dgemm_(const char*, const char*, const int*, const int*, const int*, const double*,
+            const double*, const int*, const double*, const int*, const double*, double*,
+            const int*);
+void cblas_gemm_bf16bf16f32(int layout, int transa, int transb, int m, int n, int k, float alpha,
+                            const uint16_t* a, int lda, const uint16_t* b, int ldb, float beta,
+                            float* c, int ldc);
+}
+
+namespace {
+
+struct bf16 {
+  uint16_t x;
+};
+
+inline float toA(float v) { return v; }
+inline double toA(double v) { return v; }
+inline float toA(bf16 v) {
+  uint32_t u = uint32_t(v.x) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline void fromA(float v, float* d) { *d = v; }
+inline void fromA(double v, double* d) { *d = v; }
+inline void fromA(float v, bf16* d) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) {
+    d->x = uint16_t((u >> 16) | 0x40);  // quiet NaN
+    return;
+  }
+  u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
+  d->x = uint16_t(u >> 16);
+}
+
+template <typename S> struct Acc { typedef float type; };
+template <> struct Acc<double> { typedef double type; };
+
+template <typename A> struct V;
+template <> struct V<float> {
+  typedef float t __attribute__((vector_size(64)));
+  enum { L = 16 };
+};
+template <> struct V<double> {
+  typedef double t __attribute__((vector_size(64)));
+  enum { L = 8 };
+};
+
+template <typename A> inline typename V<A>::t vld(const A* p) {
+  typename V<A>::t v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+template <typename A> inline typename V<A>::t vzero() {
+  typename V<A>::t v;
+  std::memset(&v, 0, sizeof v);
+  return v;
+}
+template <typename A> inline typename V<A>::t vset(A s) { return vzero<A>() + s; }
+template <typename A> inline void vst(A* p, typename V<A>::t v) { std::memcpy(p, &v, sizeof v); }
+// Store a vector of accumulators into storage type S.
+inline void vstS(float* p, V<float>::t v) { vst<float>(p, v); }
+inline void vstS(double* p, V<double>::t v) { vst<double>(p, v); }
+inline void vstS(bf16* p, V<float>::t v) {
+  for (int l = 0; l < 16; ++l) fromA(v[l], p + l);
+}
+// Load storage type S as accumulators.
+inline V<float>::t vldS(const float* p) { return vld<float>(p); }
+inline V<double>::t vldS(const double* p) { return vld<double>(p); }
+inline V<float>::t vldS(const bf16* p) {
+  V<float>::t v;
+  for (int l = 0; l < 16; ++l) v[l] = toA(p[l]);
+  return v;
+}
+
+// Output stores of the depthwise kernels: non-temporal (bypassing the caches, no read for
+// ownership) while a thread streams a large output, when the address is 64-byte aligned.
+thread_local bool t_stream = false;
+inline void vstOut(float* p, V<float>::t v) {
+#if defined(__AVX512F__)
+  if (t_stream && (reinterpret_cast<uintptr_t>(p) & 63) == 0) {
+    _mm512_stream_ps(p, (__m512)v);
+    return;
+  }
+#endif
+  vst<float>(p, v);
+}
+inline void vstOut(double* p, V<double>::t v) {
+#if defined(__AVX512F__)
+  if (t_stream && (reinterpret_cast<uintptr_t>(p) & 63) == 0) {
+    _mm512_stream_pd(p, (__m512d)v);
+    return;
+  }
+#endif
+  vst<double>(p, v);
+}
+inline void vstOut(bf16* p, V<float>::t v) { vstS(p, v); }
+inline void stream_fence() {
+#if defined(__AVX512F__)
+  _mm_sfence();
+#endif
+}
+
+template <typename A> inline A hsum(typename V<A>::t v) {
+  A s = 0;
+  for (int l = 0; l < V<A>::L; ++l) s += v[l];
+  return s;
+}
+
+// ------------------------------------------------------------------ geometry
+
+struct Geo {
+  i64 N, C, M, H, W, OH, OW, KH, KW, sy, sx, dy, dx, pt, pl, mode, O, G, threads, nhwc, budget;
+  i64 CM, T, Hu, Wu, Qs, Qrow, CMg, Og, min_pixels, out_nhwc;
+  i64 xs[4], os[4];
+  const float* wpT = nullptr;     // pointwise weight packed in 64-column panels (own GEMM)
+  const float* bp_pad = nullptr;  // pointwise bias with slack (own GEMM)
+};
+
+Geo make_geo(const i64* g) {
+  Geo r;
+  r.N = g[0]; r.C = g[1]; r.M = g[2]; r.H = g[3]; r.W = g[4]; r.OH = g[5]; r.OW = g[6];
+  r.KH = g[7]; r.KW = g[8]; r.sy = g[9]; r.sx = g[10]; r.dy = g[11]; r.dx = g[12];
+  r.pt = g[13]; r.pl = g[14]; r.mode = g[15]; r.O = g[16]; r.G = g[17];
+  r.threads = g[18] > 0 ? g[18] : 1; r.nhwc = g[19]; r.budget = g[20] > 0 ? g[20] : (256 << 10);
+  for (int i = 0; i < 4; ++i) { r.xs[i] = g[21 + i]; r.os[i] = g[25 + i]; }
+  r.out_nhwc = g[29];  // 1 when the output has channels innermost
+  r.CM = r.C * r.M;
+  r.T = r.KH * r.KW;
+  r.Hu = (r.OH - 1) * r.sy + (r.KH - 1) * r.dy + 1;
+  r.Wu = (r.OW - 1) * r.sx + (r.KW - 1) * r.dx + 1;
+  r.Qs = (r.Wu + r.sx - 1) / r.sx;
+  r.Qrow = r.Qs * r.sx;
+  r.G = r.G > 0 ? r.G : 1;
+  r.CMg = r.CM / r.G;
+  r.Og = r.O / r.G;
+  r.min_pixels = 256;
+  return r;
+}
+
+// Source index of padded coordinate p (input size n, low padding lo), or -1 for zero.
+inline i64 src_index(i64 p, i64 n, i64 lo, i64 mode) {
+  i64 i = p - lo;
+  if (i >= 0 && i < n) return i;
+  switch (mode) {
+    case 1:  // reflect (edge not repeated)
+      if (n == 1) return 0;
+      while (i < 0 || i >= n) i = i < 0 ? -i : 2 * (n - 1) - i;
+      return i;
+    case 2:  // replicate
+      return i < 0 ? 0 : n - 1;
+    case 3:  // circular
+      return ((i % n) + n) % n;
+    default:
+      return -1;
+  }
+}
+
+std::vector<i64> make_map(i64 count, i64 n, i64 lo, i64 mode) {
+  std::vector<i64> m(count);
+  for (i64 p = 0; p < count; ++p) m[p] = src_index(p, n, lo, mode);
+  return m;
+}
+
+// Position of padded column q (relative to a buffer start) in the stride-phase layout:
+// columns with the same q % sx are stored together, so that every tap of a strided
+// convolution reads consecutive elements.
+inline i64 phase_pos(i64 q, i64 sx, i64 qs) { return (q % sx) * qs + q / sx; }
+
+// ------------------------------------------------------------------ BLAS
+
+// C = A.B + beta*C with matrices given by (rows, cols, row stride, col stride); one of the
+// two strides of each matrix is 1.
+struct Mat {
+  const void* p;
+  i64 rs, cs;
+};
+
+template <typename T>
+void blas(char ta, char tb, int m, int n, int k, T alpha, const T* a, int lda, const T* b, int ldb,
+          T beta, T* c, int ldc);
+template <>
+void blas<float>(char ta, char tb, int m, int n, int k, float alpha, const float* a, int lda,
+                 const float* b, int ldb, float beta, float* c, int ldc) {
+  sgemm_(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
+}
+template <>
+void blas<double>(char ta, char tb, int m, int n, int k, double alpha, const double* a, int lda,
+                  const double* b, int ldb, double beta, double* c, int ldc) {
+  dgemm_(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
+}
+
+// Describe a row-major-ish (rows x cols) matrix as a column-major BLAS operand.
+inline void as_colmajor(const Mat& x, i64 rows, i64 cols, char* trans, int* ld) {
+  if (x.rs == 1 && (cols == 1 || x.cs >= std::max<i64>(rows, 1))) {
+    *trans = 'N';
+    *ld = int(std::max<i64>(x.cs, std::max<i64>(rows, 1)));
+  } else {
+    *trans = 'T';
+    *ld = int(std::max<i64>(x.rs, std::max<i64>(cols, 1)));
+  }
+}
+
+template <typename T>
+void mm(i64 M, i64 N, i64 K, Mat A, Mat B, T* C, i64 crs, i64 ccs, T beta) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    for (i64 i = 0; i < M; ++i)
+      for (i64 j = 0; j < N; ++j) C[i * crs + j * ccs] = beta == T(0) ? T(0) : beta * C[i * crs + j * ccs];
+    return;
+  }
+  char ta, tb;
+  int lda, ldb;
+  if (ccs == 1 && !(crs == 1 && N > 1)) {
+    // C row-major: C^T (N x M, col-major ld crs) = B^T A^T.
+    Mat At{A.p, A.cs, A.rs}, Bt{B.p, B.cs, B.rs};
+    as_colmajor(Bt, N, K, &ta, &lda);
+    as_colmajor(At, K, M, &tb, &ldb);
+    blas<T>(ta, tb, int(N), int(M), int(K), T(1), (const T*)B.p, lda, (const T*)A.p, ldb, beta, C,
+            int(std::max<i64>(crs, N)));
+  } else {
+    as_colmajor(A, M, K, &ta, &lda);
+    as_colmajor(B, K, N, &tb, &ldb);
+    blas<T>(ta, tb, int(M), int(N), int(K), T(1), (const T*)A.p, lda, (const T*)B.p, ldb, beta, C,
+            int(std::max<i64>(ccs, M)));
+  }
+}
+
+// bfloat16 inputs, float32 output C (M x N) row-major with row stride ldc.
+void mm_bf16(i64 M, i64 N, i64 K, Mat A, Mat B, float* C, i64 ldc) {
+  if (M <= 0 || N <= 0) return;
+  const int RowMajor = 101, NoTrans = 111, Trans = 112;
+  int ta, tb, lda, ldb;
+  if (A.cs == 1) { ta = NoTrans; lda = int(std::max<i64>(A.rs, K)); }
+  else { ta = Trans; lda = int(std::max<i64>(A.cs, M)); }
+  if (B.cs == 1) { tb = NoTrans; ldb = int(std::max<i64>(B.rs, N)); }
+  else { tb = Trans; ldb = int(std::max<i64>(B.cs, K)); }
+  cblas_gemm_bf16bf16f32(RowMajor, ta, tb, int(M), int(N), int(K), 1.0f, (const uint16_t*)A.p, lda,
+                         (const uint16_t*)B.p, ldb, 0.0f, C, int(ldc));
+}
+
+// ------------------------------------------------------------------ own float32 GEMM
+// C[M x N] = A[M x K] . B[K x N] + bias, for the forward's tile GEMMs. MKL picks its AVX2
+// code path on AMD CPUs; this register-blocked AVX-512 kernel (MR rows x NV vectors of C in
+// registers, B rows streamed from L1, A broadcast) reaches about twice its rate there (see
+// docs/performance.md). A: element (i, k) at a[i*lda + k]; B: row-major, row stride ldb;
+// C: row-major, row stride ldc. bias_row[i] or bias_col[j] (or neither) initialises C.
+// Only valid columns of B are read and of C written; bias_col is read by whole vectors
+// (callers give it slack).
+
+template <int MR, int NV>
+inline void micro_f32(i64 K, const float* a, i64 lda, const float* b, i64 ldb, float* c, i64 ldc,
+                      const float* bias_row, const float* bias_col, i64 nvalid) {
+  typedef V<float>::t vec;
+  constexpr int L = 16;
+  vec acc[MR][NV];
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < NV; ++v) {
+      if (bias_row)
+        acc[i][v] = vset<float>(bias_row[i]);
+      else if (bias_col)
+        acc[i][v] = vld<float>(bias_col + v * L);
+      else
+        acc[i][v] = vzero<float>();
+    }
+  const i64 tail = nvalid - (NV - 1) * L;  // valid lanes of the last vector
+  // Rows before the last may be read by whole vectors (past the row end lies the next row,
+  // ldb >= N); the last row's partial vector is read lane by lane, so B is never read past
+  // its last element (B may be a caller's tensor).
+  const i64 kfull = tail >= L ? K : K - 1;
+  for (i64 k = 0; k < K; ++k) {
+    vec bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v + 1 < NV; ++v) bv[v] = vld<float>(b + k * ldb + v * L);
+    if (k < kfull) {
+      bv[NV - 1] = vld<float>(b + k * ldb + (NV - 1) * L);
+    } else {
+      bv[NV - 1] = vzero<float>();
+      for (i64 l = 0; l < tail; ++l) bv[NV - 1][l] = b[k * ldb + (NV - 1) * L + l];
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const float ai = a[i * lda + k];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[i][v] += ai * bv[v];
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < NV; ++v) {
+      const i64 n0 = v * L;
+      if (n0 + L <= nvalid) {
+        vst<float>(c + i * ldc + n0, acc[i][v]);
+      } else {
+        for (i64 l = 0; n0 + l < nvalid; ++l) c[i * ldc + n0 + l] = acc[i][v][l];
+      }
+    }
+}
+
+template <int NV>
+inline void micro_rows(i64 mr, i64 K, const float* a, i64 lda, const float* b, i64 ldb, float* c,
+                       i64 ldc, const float* bias_row, const float* bias_col, i64 nvalid) {
+  switch (mr) {
+    case 6: micro_f32<6, NV>(K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid); break;
+    case 5: micro_f32<5, NV>(K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid); break;
+    case 4: micro_f32<4, NV>(K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid); break;
+    case 3: micro_f32<3, NV>(K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid); break;
+    case 2: micro_f32<2, NV>(K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid); break;
+    default: micro_f32<1, NV>(K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid); break;
+  }
+}
+
+// bias_row: M values (one per row of C) or null; bias_col: N values (+ slack) or null.
+void gemm_f32(i64 M, i64 N, i64 K, const float* a, i64 lda, const float* b, i64 ldb, float* c,
+              i64 ldc, const float* bias_row, const float* bias_col) {
+  constexpr i64 NB = 64, MR = 6;
+  // Rows of A in blocks that stay in L2 while all column blocks sweep past them, so a large
+  // A (pointwise weight) is read from memory once per call, not once per column block.
+  const i64 MB = std::max<i64>(MR, ((192 << 10) / std::max<i64>(K * 4, 1)) / MR * MR);
+  for (i64 mb0 = 0; mb0 < M; mb0 += MB)
+  for (i64 n0 = 0; n0 < N; n0 += NB) {
+    const i64 nb = std::min(NB, N - n0);
+    const i64 nv = (nb + 15) / 16;
+    for (i64 m0 = mb0; m0 < std::min(M, mb0 + MB); m0 += MR) {
+      const i64 mr = std::min(MR, M - m0);
+      const float* br = bias_row ? bias_row + m0 : nullptr;
+      const float* bc = bias_col ? bias_col + n0 : nullptr;
+      const float* am = a + m0 * lda;
+      float* cm = c + m0 * ldc + n0;
+      switch (nv) {
+        case 4: micro_rows<4>(mr, K, am, lda, b + n0, ldb, cm, ldc, br, bc, nb); break;
+        case 3: micro_rows<3>(mr, K, am, lda, b + n0, ldb, cm, ldc, br, bc, nb); break;
+        case 2: micro_rows<2>(mr, K, am, lda, b + n0, ldb, cm, ldc, br, bc, nb); break;
+        default: micro_rows<1>(mr, K, am, lda, b + n0, ldb, cm, ldc, br, bc, nb); break;
+      }
+    }
+  }
+}
+
+// Whether the own GEMM is used (SEPCONV_KERNELS_GEMM=blas in the environment switches it off).
+bool own_gemm_enabled() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("SEPCONV_KERNELS_GEMM");
+    return !(v && std::strcmp(v, "blas") == 0);
+  }();
+  return enabled;
+}
+
+// ------------------------------------------------------------------ padded buffers
+
+// Planar: padded rows [r0, r0+R) and columns [q0, q0+Q) of one input plane into buf
+// (R rows of Qrow = sx*ceil(Q/sx) elements, stride-phase layout).
+template <typename S, typename A>
+void pad_planar(const S* plane, i64 sh, i64 sw, const Geo& g, const i64* ymap, const i64* xmap,
+                i64 r0, i64 R, i64 q0, i64 Q, A* buf) {
+  const i64 qs = (Q + g.sx - 1) / g.sx, qrow = qs * g.sx;
+  const i64 qa = std::clamp<i64>(g.pl - q0, 0, Q), qb = std::clamp<i64>(g.pl + g.W - q0, 0, Q);
+  for (i64 r = 0; r < R; ++r) {
+    A* d = buf + r * qrow;
+    const i64 sr = ymap[r0 + r];
+    if (sr < 0) {
+      std::memset(d, 0, sizeof(A) * qrow);
+      continue;
+    }
+    const S* row = plane + sr * sh;
+    if (g.sx == 1) {
+      for (i64 q = 0; q < qa; ++q) { i64 s = xmap[q0 + q]; d[q] = s < 0 ? A(0) : toA(row[s * sw]); }
+      const S* src = row + (q0 + qa - g.pl) * sw;
+      if (sw == 1) {
+        for (i64 q = qa; q < qb; ++q) d[q] = toA(src[q - qa]);
+      } else {
+        for (i64 q = qa; q < qb; ++q) d[q] = toA(src[(q - qa) * sw]);
+      }
+      for (i64 q = qb; q < Q; ++q) { i64 s = xmap[q0 + q]; d[q] = s < 0 ? A(0) : toA(row[s * sw]); }
+      for (i64 q = Q; q < qrow; ++q) d[q] = A(0);
+    } else {
+      const S* src = row + (q0 - g.pl) * sw;  // src[q * sw] for interior columns q
+      for (i64 ph = 0; ph < g.sx; ++ph) {
+        A* dp = d + ph * qs;
+        i64 idx = 0, q = ph;
+        for (; q < std::min(qa, Q); q += g.sx, ++idx) {
+          const i64 s = xmap[q0 + q];
+          dp[idx] = s < 0 ? A(0) : toA(row[s * sw]);
+        }
+        if (sw == 1) {
+          for (; q < qb; q += g.sx, ++idx) dp[idx] = toA(src[q]);
+        } else {
+          for (; q < qb; q += g.sx, ++idx) dp[idx] = toA(src[q * sw]);
+        }
+        for (; q < Q; q += g.sx, ++idx) {
+          const i64 s = xmap[q0 + q];
+          dp[idx] = s < 0 ? A(0) : toA(row[s * sw]);
+        }
+        for (; idx < qs; ++idx) dp[idx] = A(0);
+      }
+    }
+  }
+}
+
+// Planar depthwise core: TH x TW outputs of one filter from a padded buffer (row length
+// qrow, phase segment qs), written to dst with row stride drs.
+//
+// NV vectors of consecutive outputs at once, each with two partial sums (even and odd
+// kernel columns), so 2*NV independent FMA chains hide the FMA latency. The last vector
+// may be partial: it reads up to L - 1 elements past the row (buffers carry kSlack
+// elements of slack) and stores only the `last` valid lanes.
+template <int NV, int KW, typename S, typename A>
+inline void conv_block(const A* b, i64 qrow, i64 dy, i64 KH, i64 kw_rt, const i64* offx,
+                       const A* wv, A bias, S* d, i64 last, i64 in_step = V<A>::L,
+                       i64 out_step = V<A>::L, bool all_partial = false) {
+  typedef typename V<A>::t vec;
+  constexpr int L = V<A>::L;
+  const i64 kw = KW ? KW : kw_rt;
+  vec a0[NV], a1[NV];
+  for (int v = 0; v < NV; ++v) {
+    a0[v] = vset<A>(bias);
+    a1[v] = vzero<A>();
+  }
+  for (i64 ky = 0; ky < KH; ++ky) {
+    const A* r = b + ky * dy * qrow;
+    const A* w = wv + ky * kw;
+    if constexpr (KW > 0) {
+#pragma GCC unroll 8
+      for (int kx = 0; kx < KW; ++kx) {
+        const A wt = w[kx];
+        const A* rr = r + offx[kx];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) {
+          if (kx & 1)
+            a1[v] += wt * vld<A>(rr + v * in_step);
+          else
+            a0[v] += wt * vld<A>(rr + v * in_step);
+        }
+      }
+    } else {
+      i64 kx = 0;
+      for (; kx + 1 < kw; kx += 2) {
+        const A w0 = w[kx], w1 = w[kx + 1];
+        const A *r0 = r + offx[kx], *r1 = r + offx[kx + 1];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) {
+          a0[v] += w0 * vld<A>(r0 + v * in_step);
+          a1[v] += w1 * vld<A>(r1 + v * in_step);
+        }
+      }
+      if (kx < kw) {
+        const A w0 = w[kx];
+        const A* r0 = r + offx[kx];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) a0[v] += w0 * vld<A>(r0 + v * in_step);
+      }
+    }
+  }
+  for (int v = 0; v < NV; ++v) {
+    const vec z = a0[v] + a1[v];
+    S* dv = d + v * out_step;
+    if (last == L || (v + 1 < NV && !all_partial)) {
+      vstOut(dv, z);
+    } else {
+      for (i64 l = 0; l < last; ++l) fromA(z[l], dv + l);
+    }
+  }
+}
+
+template <int KW, typename S, typename A>
+void conv_planar_k(const A* buf, i64 qrow, i64 qs, const A* w, A bias, i64 TH, i64 TW,
+                   const Geo& g, S* dst, i64 drs) {
+  constexpr i64 L = V<A>::L;
+  i64 offx[64];
+  std::vector<i64> offx_big;
+  i64* ox = offx;
+  if (g.KW > 64) {
+    offx_big.resize(g.KW);
+    ox = offx_big.data();
+  }
+  for (i64 kx = 0; kx < g.KW; ++kx) {
+    const i64 q = kx * g.dx;
+    ox[kx] = (q % g.sx) * qs + q / g.sx;
+  }
+  i64 i0 = 0;
+  if (TW <= L) {
+    // Narrow rows (one vector each): four rows at once for independent FMA chains.
+    for (; i0 + 4 <= TH; i0 += 4)
+      conv_block<4, KW, S, A>(buf + i0 * g.sy * qrow, qrow, g.dy, g.KH, g.KW, ox, w, bias,
+                              dst + i0 * drs, TW, g.sy * qrow, drs, true);
+  }
+  for (i64 i = i0; i < TH; ++i) {
+    const A* b = buf + i * g.sy * qrow;
+    S* d = dst + i * drs;
+    i64 j = 0;
+    for (; j + 4 * L <= TW; j += 4 * L)
+      conv_block<4, KW, S, A>(b + j, qrow, g.dy, g.KH, g.KW, ox, w, bias, d + j, L);
+    const i64 rem = TW - j;
+    if (rem <= 0) continue;
+    const i64 nv = (rem + L - 1) / L, last = rem - (nv - 1) * L;
+    switch (nv) {
+      case 1: conv_block<1, KW, S, A>(b + j, qrow, g.dy, g.KH, g.KW, ox, w, bias, d + j, last); break;
+      case 2: conv_block<2, KW, S, A>(b + j, qrow, g.dy, g.KH, g.KW, ox, w, bias, d + j, last); break;
+      case 3: conv_block<3, KW, S, A>(b + j, qrow, g.dy, g.KH, g.KW, ox, w, bias, d + j, last); break;
+      default: conv_block<4, KW, S, A>(b + j, qrow, g.dy, g.KH, g.KW, ox, w, bias, d + j, last); break;
+    }
+  }
+}
+
+template <typename S, typename A>
+void conv_planar(const A* buf, i64 qrow, i64 qs, const A* w, A bias, i64 TH, i64 TW, const Geo& g,
+                 S* dst, i64 drs) {
+  switch (g.KW) {
+    case 1: conv_planar_k<1, S, A>(buf, qrow, qs, w, bias, TH, TW, g, dst, drs); break;
+    case 3: conv_planar_k<3, S, A>(buf, qrow, qs, w, bias, TH, TW, g, dst, drs); break;
+    case 4: conv_planar_k<4, S, A>(buf, qrow, qs, w, bias, TH, TW, g, dst, drs); break;
+    case 5: conv_planar_k<5, S, A>(buf, qrow, qs, w, bias, TH, TW, g, dst, drs); break;
+    case 7: conv_planar_k<7, S, A>(buf, qrow, qs, w, bias, TH, TW, g, dst, drs); break;
+    default: conv_planar_k<0, S, A>(buf, qrow, qs, w, bias, TH, TW, g, dst, drs); break;
+  }
+}
+
+// Elements of slack at the end of every buffer conv_planar reads (see its partial vector).
+constexpr i64 kSlack = 64;
+
+// NHWC: padded rows [r0, r0+R), columns [q0, q0+Q) of input channels [c0, c0+cin) of one
+// image into buf[R][Q][cin*M] (each input channel repeated M times).
+template <typename S, typename A>
+void pad_nhwc(const S* img, i64 sh, i64 sw, i64 sc, const Geo& g, const i64* ymap, const i64* xmap,
+              i64 r0, i64 R, i64 q0, i64 Q, i64 c0, i64 cin, A* buf) {
+  const i64 M = g.M, cb = cin * M;
+  for (i64 r = 0; r < R; ++r) {
+    const i64 sr = ymap[r0 + r];
+    for (i64 q = 0; q < Q; ++q) {
+      A* d = buf + (r * Q + q) * cb;
+      const i64 sq = xmap[q0 + q];
+      if (sr < 0 || sq < 0) {
+        std::memset(d, 0, sizeof(A) * cb);
+        continue;
+      }
+      const S* p = img + sr * sh + sq * sw + c0 * sc;
+      if (M == 1) {
+        if (sc == 1)
+          for (i64 c = 0; c < cin; ++c) d[c] = toA(p[c]);
+        else
+          for (i64 c = 0; c < cin; ++c) d[c] = toA(p[c * sc]);
+      } else {
+        for (i64 c = 0; c < cin; ++c) {
+          A v = toA(p[c * sc]);
+          for (i64 m = 0; m < M; ++m) d[c * M + m] = v;
+        }
+      }
+    }
+  }
+}
+
+// NHWC depthwise core: TH x TW pixels, cb channels, from buf[R][Q][cb]; weights wT[t*ldw + c],
+// bias[c]; output pixel (i, j) channel c at dst[i*drs + j*dps + c].
+//
+// PB pixels of one row times one channel vector at once: each weight vector load serves
+// PB FMAs and the PB accumulators are independent chains.
+template <int PB, typename S, typename A>
+inline void nhwc_block(const A* b, i64 pstep, const i64* off, i64 T, const A* wT, i64 ldw,
+                       const A* bias, i64 c, S* d, i64 dps) {
+  typedef typename V<A>::t vec;
+  vec acc[PB];
+  const vec b0 = vld<A>(bias + c);
+  for (int p = 0; p < PB; ++p) acc[p] = b0;
+  for (i64 t = 0; t < T; ++t) {
+    const vec w = vld<A>(wT + t * ldw + c);
+    const A* src = b + off[t] + c;
+#pragma GCC unroll 8
+    for (int p = 0; p < PB; ++p) acc[p] += w * vld<A>(src + p * pstep);
+  }
+  for (int p = 0; p < PB; ++p) vstOut(d + p * dps + c, acc[p]);
+}
+
+// Stride 1, dilation 1 along the row: the PB + KW - 1 input vectors of a kernel row are
+// loaded once and reused by all KW taps (register sliding window).
+template <int PB, int KW, typename S, typename A>
+inline void nhwc_block_s1(const A* b, i64 cb, i64 rstep, i64 KH, const A* wT, i64 ldw,
+                          const A* bias, i64 c, S* d, i64 dps) {
+  typedef typename V<A>::t vec;
+  vec acc[PB];
+  const vec b0 = vld<A>(bias + c);
+  for (int p = 0; p < PB; ++p) acc[p] = b0;
+  for (i64 ky = 0; ky < KH; ++ky) {
+    const A* r = b + ky * rstep + c;
+    const A* w = wT + ky * KW * ldw + c;
+    vec xv[PB + KW - 1];
+#pragma GCC unroll 16
+    for (int q = 0; q < PB + KW - 1; ++q) xv[q] = vld<A>(r + q * cb);
+#pragma GCC unroll 8
+    for (int kx = 0; kx < KW; ++kx) {
+      const vec wv = vld<A>(w + kx * ldw);
+#pragma GCC unroll 8
+      for (int p = 0; p < PB; ++p) acc[p] += wv * xv[p + kx];
+    }
+  }
+  for (int p = 0; p < PB; ++p) vstOut(d + p * dps + c, acc[p]);
+}
+
+template <int KW, typename S, typename A>
+bool conv_nhwc_s1(const A* buf, i64 Q, i64 cb, const A* wT, i64 ldw, const A* bias, i64 TH,
+                  i64 TW, const Geo& g, S* dst, i64 drs, i64 dps) {
+  const i64 L = V<A>::L;
+  const i64 cv = cb / L * L;
+  const i64 rstep = g.dy * Q * cb;
+  for (i64 i = 0; i < TH; ++i) {
+    const A* brow = buf + i * g.sy * Q * cb;
+    S* drow = dst + i * drs;
+    i64 j = 0;
+    for (; j + 8 <= TW; j += 8)
+      for (i64 c = 0; c < cv; c += L)
+        nhwc_block_s1<8, KW, S, A>(brow + j * cb, cb, rstep, g.KH, wT, ldw, bias, c, drow + j * dps, dps);
+    for (; j < TW; ++j)
+      for (i64 c = 0; c < cv; c += L)
+        nhwc_block_s1<1, KW, S, A>(brow + j * cb, cb, rstep, g.KH, wT, ldw, bias, c, drow + j * dps, dps);
+  }
+  return cv == cb;
+}
+
+template <typename S, typename A>
+void conv_nhwc(const A* buf, i64 Q, i64 cb, const A* wT, i64 ldw, const A* bias, i64 TH, i64 TW,
+               const Geo& g, S* dst, i64 drs, i64 dps) {
+  if (g.sx == 1 && g.dx == 1 && cb % V<A>::L == 0) {
+    switch (g.KW) {
+      case 3: conv_nhwc_s1<3, S, A>(buf, Q, cb, wT, ldw, bias, TH, TW, g, dst, drs, dps); return;
+      case 5: conv_nhwc_s1<5, S, A>(buf, Q, cb, wT, ldw, bias, TH, TW, g, dst, drs, dps); return;
+      case 7: conv_nhwc_s1<7, S, A>(buf, Q, cb, wT, ldw, bias, TH, TW, g, dst, drs, dps); return;
+      default: break;
+    }
+  }
+  const i64 L = V<A>::L;
+  const i64 T = g.T;
+  std::vector<i64> offv(T);
+  i64* off = offv.data();
+  for (i64 ky = 0; ky < g.KH; ++ky)
+    for (i64 kx = 0; kx < g.KW; ++kx) off[ky * g.KW + kx] = (ky * g.dy * Q + kx * g.dx) * cb;
+  const i64 pstep = g.sx * cb;  // buffer distance between neighbouring output pixels
+  const i64 cv = cb / L * L;
+  for (i64 i = 0; i < TH; ++i) {
+    const A* brow = buf + i * g.sy * Q * cb;
+    S* drow = dst + i * drs;
+    i64 j = 0;
+    for (; j + 8 <= TW; j += 8)
+      for (i64 c = 0; c < cv; c += L)
+        nhwc_block<8, S, A>(brow + j * pstep, pstep, off, T, wT, ldw, bias, c, drow + j * dps, dps);
+    for (; j + 4 <= TW; j += 4)
+      for (i64 c = 0; c < cv; c += L)
+        nhwc_block<4, S, A>(brow + j * pstep, pstep, off, T, wT, ldw, bias, c, drow + j * dps, dps);
+    for (; j < TW; ++j)
+      for (i64 c = 0; c < cv; c += L)
+        nhwc_block<1, S, A>(brow + j * pstep, pstep, off, T, wT, ldw, bias, c, drow + j * dps, dps);
+    if (cv < cb) {
+      for (i64 jj = 0; jj < TW; ++jj) {
+        const A* b = brow + jj * pstep;
+        S* d = drow + jj * dps;
+        for (i64 c = cv; c < cb; ++c) {
+          A a = bias[c];
+          for (i64 t = 0; t < T; ++t) a += wT[t * ldw + c] * b[off[t] + c];
+          fromA(a, d + c);
+        }
+      }
+    }
+  }
+}
+
+// Weights in accumulator type: wd[cm][t], wT[t][cm], bias[cm].
+template <typename S, typename A>
+void prep_weights(const S* wd, const S* bd, const Geo& g, std::vector<A>& w, std::vector<A>& wT,
+                  std::vector<A>& b) {
+  w.resize(g.CM * g.T);
+  wT.resize(g.CM * g.T);
+  b.assign(g.CM, A(0));
+  for (i64 c = 0; c < g.CM; ++c) {
+    for (i64 t = 0; t < g.T; ++t) {
+      w[c * g.T + t] = toA(wd[c * g.T + t]);
+      wT[t * g.CM + c] = w[c * g.T + t];
+    }
+    if (bd) b[c] = toA(bd[c]);
+  }
+}
+
+struct Tiles {
+  i64 TH, TW, ny, nx, count;
+};
+
+// Output tiles: whole rows when a row fits the budget, else pieces of one row.
+Tiles make_tiles(const Geo& g, i64 bytes_per_pixel, i64 want) {
+  Tiles t;
+  i64 pix = std::max<i64>(1, g.budget / std::max<i64>(bytes_per_pixel, 1));
+  if (pix >= g.OW) {
+    t.TW = g.OW;
+    t.TH = std::min<i64>(g.OH, pix / g.OW);
+    // Enough tiles for every thread to get several.
+    // Enough tiles for the threads, but not so small that the GEMM loses efficiency.
+    i64 rows_total = g.N * g.OH;
+    i64 cap = std::max<i64>(1, rows_total / std::max<i64>(want, 1));
+    i64 min_rows = std::max<i64>(1, (g.min_pixels + g.OW - 1) / g.OW);
+    cap = std::max(cap, min_rows);
+    t.TH = std::max<i64>(1, std::min(t.TH, cap));
+    // Even out the tiles of an image.
+    i64 ny = (g.OH + t.TH - 1) / t.TH;
+    t.TH = (g.OH + ny - 1) / ny;
+  } else {
+    t.TH = 1;
+    i64 L = 16;
+    t.TW = std::max<i64>(L, pix / L * L);
+    i64 per_row = (g.OW + t.TW - 1) / t.TW;
+    i64 total = g.N * g.OH * per_row;
+    if (total < want) {
+      per_row = (want + g.N * g.OH - 1) / (g.N * g.OH);
+      t.TW = std::max<i64>(L, ((g.OW + per_row - 1) / per_row + L - 1) / L * L);
+    }
+    t.TW = std::min(t.TW, g.OW);
+  }
+  t.ny = (g.OH + t.TH - 1) / t.TH;
+  t.nx = (g.OW + t.TW - 1) / t.TW;
+  t.count = g.N * t.ny * t.nx;
+  return t;
+}
+
+// dst[g][k][o] = src[g][o][k] for each group: (Og x CMg) -> (CMg x Og), blocked for caches.
+template <typename S>
+void transpose_groups(const S* src, S* dst, i64 G, i64 Og, i64 CMg) {
+  constexpr i64 B = 32;
+  for (i64 gi = 0; gi < G; ++gi) {
+    const S* sg = src + gi * Og * CMg;
+    S* dg = dst + gi * Og * CMg;
+    for (i64 o0 = 0; o0 < Og; o0 += B)
+      for (i64 k0 = 0; k0 < CMg; k0 += B)
+        for (i64 o = o0; o < std::min(Og, o0 + B); ++o)
+          for (i64 k = k0; k < std::min(CMg, k0 + B); ++k) dg[k * Og + o] = sg[o * CMg + k];
+  }
+}
+
+// ------------------------------------------------------------------ separable forward
+
+// Gemm "mid x pointwise -> out tile" for one tile; mid is planar (cm, p) with row stride P
+// or nhwc (p, cm) with row stride CM. out tile: pixel p, channel o at out[o*ocs + p*ops].
+template <typename S>
+void tile_gemm(const Geo& g, const S* mid, bool mid_nhwc, i64 P, const S* wp, const S* bp, S* out,
+               i64 ocs, i64 ops, float* ftmp);
+
+template <typename S>
+void tile_gemm(const Geo& g, const S* mid, bool mid_nhwc, i64 P, const S* wp, const S* bp, S* out,
+               i64 ocs, i64 ops, float*) {
+  typedef S A;
+  if constexpr (std::is_same<S, float>::value) {
+    if (own_gemm_enabled()) {
+      if (!mid_nhwc && !g.out_nhwc && ops == 1) {
+        // out[o, p] = sum_k wp[o, k] * mid[k, p]
+        for (i64 gi = 0; gi < g.G; ++gi)
+          gemm_f32(g.Og, P, g.CMg, wp + gi * g.Og * g.CMg, g.CMg, mid + gi * g.CMg * P, P,
+                   out + gi * g.Og * ocs, ocs, bp ? bp + gi * g.Og : nullptr, nullptr);
+        return;
+      }
+      if (mid_nhwc && g.out_nhwc && ocs == 1 && g.wpT != nullptr) {
+        // out[p, o] = sum_k mid[p, k] * wpT[k, o]  (wpT: CMg x Og per group, row stride Og)
+        const i64 panels = (g.Og + 63) / 64;
+        for (i64 gi = 0; gi < g.G; ++gi)
+          for (i64 j = 0; j < panels; ++j) {
+            const i64 o0 = gi * g.Og + j * 64, nb = std::min<i64>(64, g.Og - j * 64);
+            gemm_f32(P, nb, g.CMg, mid + gi * g.CMg, g.CM,
+                     g.wpT + (gi * panels + j) * g.CMg * 64, 64, out + o0, ops, nullptr,
+                     bp ? g.bp_pad + o0 : nullptr);
+          }
+        return;
+      }
+    }
+  }
+  A beta = A(0);
+  if (bp) {
+    beta = A(1);
+    if (ocs == 1) {
+      for (i64 p = 0; p < P; ++p) std::memcpy(out + p * ops, bp, sizeof(S) * g.O);
+    } else {
+      for (i64 o = 0; o < g.O; ++o) {
+        const A v = bp[o];
+        S* d = out + o * ocs;
+        for (i64 p = 0; p < P; ++p) d[p * ops] = v;
+      }
+    }
+  }
+  for (i64 gi = 0; gi < g.G; ++gi) {
+    // out[p, o] = sum_k mid[p, k] * wp[o, k]   (p x Og) = (p x CMg) . (CMg x Og)
+    Mat A_ = mid_nhwc ? Mat{mid + gi * g.CMg, g.CM, 1} : Mat{mid + gi * g.CMg * P, 1, P};
+    Mat B_{wp + gi * g.Og * g.CMg, 1, g.CMg};
+    mm<A>(P, g.Og, g.CMg, A_, B_, out + gi * g.Og * ocs, ops, ocs, beta);
+  }
+}
+
+template <>
+void tile_gemm<bf16>(const Geo& g, const bf16* mid, bool mid_nhwc, i64 P, const bf16* wp,
+                     const bf16* bp, bf16* out, i64 ocs, i64 ops, float* ftmp) {
+  // ftmp: P x Og floats.
+  for (i64 gi = 0; gi < g.G; ++gi) {
+    Mat A_ = mid_nhwc ? Mat{mid + gi * g.CMg, g.CM, 1} : Mat{mid + gi * g.CMg * P, 1, P};
+    Mat B_{wp + gi * g.Og * g.CMg, 1, g.CMg};
+    mm_bf16(P, g.Og, g.CMg, A_, B_, ftmp, g.Og);
+    for (i64 o = 0; o < g.Og; ++o) {
+      i64 oo = gi * g.Og + o;
+      float b = bp ? toA(bp[oo]) : 0.0f;
+      bf16* d = out + oo * ocs;
+      for (i64 p = 0; p < P; ++p) fromA(ftmp[p * g.Og + o] + b, d + p * ops);
+    }
+  }
+}
+
+// Few tiles (batch 1, small images): the threads share each tile instead, first the
+// depthwise over channels, then the GEMM over output-channel blocks.
+void sep_forward_split(const float* x, const std::vector<float>& w, const std::vector<float>& wT,
+                       const std::vector<float>& b, const float* wp, const float* bp, float* out,
+                       const Geo& g, const Tiles& tl, const i64* ymap, const i64* xmap,
+                       bool out_nhwc) {
+  const bool nhwc = g.nhwc != 0;
+  const i64 Pmax = tl.TH * tl.TW;
+  std::vector<float> mid(Pmax * g.CM + kSlack);
+  const i64 OB = 16;  // output channels per GEMM task
+  const i64 oblocks = g.G * ((g.Og + OB - 1) / OB);
+  const i64 cblock = nhwc ? std::max<i64>(1, 64 / g.M) : 1;  // input channels per dw task
+  for (i64 t = 0; t < tl.count; ++t) {
+    const i64 n = t / (tl.ny * tl.nx), ty = (t / tl.nx) % tl.ny, tx = t % tl.nx;
+    const i64 oy0 = ty * tl.TH, ox0 = tx * tl.TW;
+    const i64 th = std::min(tl.TH, g.OH - oy0), tw = std::min(tl.TW, g.OW - ox0);
+    const i64 P = th * tw;
+    const i64 R = (th - 1) * g.sy + (g.KH - 1) * g.dy + 1;
+    const i64 Q = (tw - 1) * g.sx + (g.KW - 1) * g.dx + 1;
+    const i64 r0 = oy0 * g.sy, q0 = ox0 * g.sx;
+    const float* xn = x + n * g.xs[0];
+    float* o = out + n * g.os[0] + oy0 * g.os[2] + ox0 * g.os[3];
+    const i64 ctasks = (g.C + cblock - 1) / cblock;
+#pragma omp parallel num_threads(g.threads)
+    {
+      const i64 qs = (Q + g.sx - 1) / g.sx, qrow = qs * g.sx;
+      std::vector<float> buf(nhwc ? R * Q * cblock * g.M : R * qrow + kSlack);
+#pragma omp for schedule(dynamic, 4)
+      for (i64 ct = 0; ct < ctasks; ++ct) {
+        const i64 c0 = ct * cblock, cin = std::min(cblock, g.C - c0), cm0 = c0 * g.M;
+        if (nhwc) {
+          pad_nhwc<float, float>(xn, g.xs[2], g.xs[3], g.xs[1], g, ymap, xmap, r0, R, q0, Q, c0,
+                                 cin, buf.data());
+          conv_nhwc<float, float>(buf.data(), Q, cin * g.M, wT.data() + cm0, g.CM, b.data() + cm0,
+                                  th, tw, g, mid.data() + cm0, tw * g.CM, g.CM);
+        } else {
+          pad_planar<float, float>(xn + c0 * g.xs[1], g.xs[2], g.xs[3], g, ymap, xmap, r0, R, q0,
+                                   Q, buf.data());
+          for (i64 m = 0; m < g.M; ++m)
+            conv_planar<float, float>(buf.data(), qrow, qs, w.data() + (cm0 + m) * g.T, b[cm0 + m],
+                                      th, tw, g, mid.data() + (cm0 + m) * P, tw);
+        }
+      }
+      // (implicit barrier: the whole intermediate tile is ready)
+#pragma omp for schedule(dynamic, 1)
+      for (i64 ob = 0; ob < oblocks; ++ob) {
+        const i64 per = (g.Og + OB - 1) / OB;
+        const i64 gi = ob / per, o0 = gi * g.Og + (ob % per) * OB;
+        const i64 nb = std::min(OB, (gi + 1) * g.Og - o0);
+        if (!out_nhwc) {
+          gemm_f32(nb, P, g.CMg, wp + o0 * g.CMg, g.CMg, mid.data() + gi * g.CMg * P, P,
+                   o + o0 * g.os[1], g.os[1], bp ? bp + o0 : nullptr, nullptr);
+        } else {
+          const i64 panels = (g.Og + 63) / 64, oo = o0 - gi * g.Og;
+          gemm_f32(P, nb, g.CMg, mid.data() + gi * g.CMg, g.CM,
+                   g.wpT + (gi * panels + oo / 64) * g.CMg * 64 + oo % 64, 64, o + o0, g.os[3],
+                   nullptr, bp ? g.bp_pad + o0 : nullptr);
+        }
+      }
+    }
+  }
+}
+
+template <typename S>
+void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp, S* out,
+                 const i64* geo) {
+  typedef typename Acc<S>::type A;
+  Geo g = make_geo(geo);
+  std::vector<A> w, wT, b;
+  prep_weights<S, A>(wd, bd, g, w, wT, b);
+  const auto ymap = make_map(g.Hu, g.H, g.pt, g.mode);
+  const auto xmap = make_map(g.Wu, g.W, g.pl, g.mode);
+  const bool nhwc = g.nhwc != 0;
+  std::vector<float> wpT_buf, bp_buf;
+  if constexpr (std::is_same<S, float>::value) {
+    // Per group: wpT[k, o] = wp[o, k] (CMg x Og), plus slack for vector reads past Og.
+    if (nhwc && g.out_nhwc) {  // only the nhwc -> nhwc tile GEMM reads them
+      // Packed per group and per 64 output channels: panel[j][k][0..64) = wp[o0 + j*64 + ., k],
+      // so that the GEMM streams each panel contiguously (a plain transpose has a row
+      // stride of Og, which thrashes the TLB when Og is large).
+      const i64 panels = (g.Og + 63) / 64;
+      wpT_buf.assign(g.G * panels * g.CMg * 64 + kSlack, 0.0f);
+      for (i64 gi = 0; gi < g.G; ++gi)
+        for (i64 j = 0; j < panels; ++j) {
+          float* dst = wpT_buf.data() + (gi * panels + j) * g.CMg * 64;
+          for (i64 o = j * 64; o < std::min(g.Og, j * 64 + 64); ++o) {
+            const float* src = wp + (gi * g.Og + o) * g.CMg;
+            for (i64 k = 0; k < g.CMg; ++k) dst[k * 64 + (o - j * 64)] = src[k];
+          }
+        }
+      bp_buf.assign(g.O + kSlack, 0.0f);
+      if (bp) std::memcpy(bp_buf.data(), bp, sizeof(float) * g.O);
+      g.wpT = wpT_buf.data();
+      g.bp_pad = bp_buf.data();
+    }
+  }
+  const i64 bpp = g.CM * (i64(sizeof(S)) + (nhwc ? i64(sizeof(A)) * g.sy * g.sx : 0));
+  const Tiles tl = make_tiles(g, bpp, 3 * g.threads);
+  if constexpr (std::is_same<S, float>::value) {
+    // Output layout from the caller (strides alone are ambiguous when a dimension is 1).
+    const bool out_nhwc = g.out_nhwc != 0;
+    const bool own = own_gemm_enabled() && (nhwc ? (out_nhwc && g.wpT) : (!out_nhwc && g.os[3] == 1));
+    if (own && g.threads > 1 && tl.count < 2 * g.threads) {
+      sep_forward_split(x, w, wT, b, wp, bp, out, g, tl, ymap.data(), xmap.data(), out_nhwc);
+      return;
+    }
+  }
+
+#pragma omp parallel num_threads(g.threads)
+  {
+    const i64 Pmax = tl.TH * tl.TW;
+    const i64 Rmax = (tl.TH - 1) * g.sy + (g.KH - 1) * g.dy + 1;
+    const i64 Qmax = (tl.TW - 1) * g.sx + (g.KW - 1) * g.dx + 1;
+    const i64 qrow_max = ((Qmax + g.sx - 1) / g.sx) * g.sx;
+    std::vector<S> mid(Pmax * g.CM + kSlack);
+    std::vector<A> buf(nhwc ? Rmax * Qmax * g.CM : Rmax * qrow_max + kSlack);
+    std::vector<float> ftmp(std::is_same<S, bf16>::value ? Pmax * g.Og : 0);
+#pragma omp for schedule(dynamic, 1)
+    for (i64 t = 0; t < tl.count; ++t) {
+      const i64 n = t / (tl.ny * tl.nx), ty = (t / tl.nx) % tl.ny, tx = t % tl.nx;
+      const i64 oy0 = ty * tl.TH, ox0 = tx * tl.TW;
+      const i64 th = std::min(tl.TH, g.OH - oy0), tw = std::min(tl.TW, g.OW - ox0);
+      const i64 P = th * tw;
+      const i64 R = (th - 1) * g.sy + (g.KH - 1) * g.dy + 1;
+      const i64 Q = (tw - 1) * g.sx + (g.KW - 1) * g.dx + 1;
+      const i64 r0 = oy0 * g.sy, q0 = ox0 * g.sx;
+      const S* xn = x + n * g.xs[0];
+      if (nhwc) {
+        pad_nhwc<S, A>(xn, g.xs[2], g.xs[3], g.xs[1], g, ymap.data(), xmap.data(), r0, R, q0, Q, 0,
+                       g.C, buf.data());
+        conv_nhwc<S, A>(buf.data(), Q, g.CM, wT.data(), g.CM, b.data(), th, tw, g, mid.data(),
+                        tw * g.CM, g.CM);
+      } else {
+        const i64 qs = (Q + g.sx - 1) / g.sx, qrow = qs * g.sx;
+        const i64 rlo = std::max<i64>(0, r0 - g.pt), rhi = std::min<i64>(g.H, r0 + R - g.pt);
+        const i64 line = 64 / i64(sizeof(S));
+        for (i64 c = 0; c < g.C; ++c) {
+          if (c + 2 < g.C && g.xs[3] == 1) {
+            // Prefetch a later channel's rows: each channel's piece is short, which the
+            // hardware prefetcher does not anticipate.
+            const S* nx = xn + (c + 2) * g.xs[1];
+            const i64 clo = std::max<i64>(0, q0 - g.pl), chi = std::min<i64>(g.W, q0 + Q - g.pl);
+            for (i64 r = rlo; r < rhi; ++r)
+              for (i64 q = clo; q < chi + line; q += line)
+                __builtin_prefetch(nx + r * g.xs[2] + std::min(q, chi - 1), 0, 1);
+          }
+          pad_planar<S, A>(xn + c * g.xs[1], g.xs[2], g.xs[3], g, ymap.data(), xmap.data(), r0, R,
+                           q0, Q, buf.data());
+          for (i64 m = 0; m < g.M; ++m) {
+            const i64 cm = c * g.M + m;
+            conv_planar<S, A>(buf.data(), qrow, qs, w.data() + cm * g.T, b[cm], th, tw, g,
+                              mid.data() + cm * P, tw);
+          }
+        }
+      }
+      // Output tile: pixels are consecutive in (oy, ox) order (whole rows, or one row piece).
+      S* o = out + n * g.os[0] + oy0 * g.os[2] + ox0 * g.os[3];
+      tile_gemm<S>(g, mid.data(), nhwc, P, wp, bp, o, g.os[1], g.os[3], ftmp.data());
+    }
+  }
+}
+
+// ------------------------------------------------------------------ depthwise forward
+
+template <typename S>
+void dw_forward(const S* x, const S* wd, const S* bd, S* out, const i64* geo) {
+  typedef typename Acc<S>::type A;
+  const Geo g = make_geo(geo);
+  std::vector<A> w, wT, b;
+  prep_weights<S, A>(wd, bd, g, w, wT, b);
+  const auto ymap = make_map(g.Hu, g.H, g.pt, g.mode);
+  const auto xmap = make_map(g.Wu, g.W, g.pl, g.mode);
+  // Large outputs go around the caches (they would only evict the input).
+  static const bool stream_ok = [] {
+    const char* v = std::getenv("SEPCONV_KERNELS_STREAM");
+    return !(v && std::strcmp(v, "0") == 0);
+  }();
+  const bool stream = stream_ok && !std::is_same<S, bf16>::value &&
+                      g.N * g.CM * g.OH * g.OW * i64(sizeof(S)) >= (i64(16) << 20);
+  if (g.nhwc) {
+    // Tiles of pixels, all channels; output written straight to out (channel stride 1).
+    const i64 bpp = g.CM * i64(sizeof(A)) * g.sy * g.sx;
+    const Tiles tl = make_tiles(g, bpp, 4 * g.threads);
+#pragma omp parallel num_threads(g.threads)
+    {
+      t_stream = stream;
+      const i64 Rmax = (tl.TH - 1) * g.sy + (g.KH - 1) * g.dy + 1;
+      const i64 Qmax = (tl.TW - 1) * g.sx + (g.KW - 1) * g.dx + 1;
+      std::vector<A> buf(Rmax * Qmax * g.CM);
+#pragma omp for schedule(dynamic, 1)
+      for (i64 t = 0; t < tl.count; ++t) {
+        const i64 n = t / (tl.ny * tl.nx), ty = (t / tl.nx) % tl.ny, tx = t % tl.nx;
+        const i64 oy0 = ty * tl.TH, ox0 = tx * tl.TW;
+        const i64 th = std::min(tl.TH, g.OH - oy0), tw = std::min(tl.TW, g.OW - ox0);
+        const i64 R = (th - 1) * g.sy + (g.KH - 1) * g.dy + 1;
+        const i64 Q = (tw - 1) * g.sx + (g.KW - 1) * g.dx + 1;
+        pad_nhwc<S, A>(x + n * g.xs[0], g.xs[2], g.xs[3], g.xs[1], g, ymap.data(), xmap.data(),
+                       oy0 * g.sy, R, ox0 * g.sx, Q, 0, g.C, buf.data());
+        conv_nhwc<S, A>(buf.data(), Q, g.CM, wT.data(), g.CM, b.data(), th, tw, g,
+                        out + n * g.os[0] + oy0 * g.os[2] + ox0 * g.os[3], g.os[2], g.os[3]);
+      }
+      stream_fence();
+      t_stream = false;
+    }
+    return;
+  }
+  // Planar: tasks (image, input channel, tile of rows / row pieces).
+  Geo g1 = g;
+  const i64 per_budget = 64 << 10;
+  g1.budget = per_budget;
+  const Tiles tl = make_tiles(g1, i64(sizeof(A)) * g.sy * g.sx, 1);
+  const i64 tasks = g.N * g.C * tl.ny * tl.nx;
+#pragma omp parallel num_threads(g.threads)
+  {
+    t_stream = stream;
+    const i64 Rmax = (tl.TH - 1) * g.sy + (g.KH - 1) * g.dy + 1;
+    const i64 Qmax = (tl.TW - 1) * g.sx + (g.KW - 1) * g.dx + 1;
+    std::vector<A> buf(Rmax * (((Qmax + g.sx - 1) / g.sx) * g.sx) + kSlack);
+#pragma omp for schedule(dynamic, 4)
+    for (i64 t = 0; t < tasks; ++t) {
+      const i64 nc = t / (tl.ny * tl.nx), ty = (t / tl.nx) % tl.ny, tx = t % tl.nx;
+      const i64 n = nc / g.C, c = nc % g.C;
+      const i64 oy0 = ty * tl.TH, ox0 = tx * tl.TW;
+      const i64 th = std::min(tl.TH, g.OH - oy0), tw = std::min(tl.TW, g.OW - ox0);
+      const i64 R = (th - 1) * g.sy + (g.KH - 1) * g.dy + 1;
+      const i64 Q = (tw - 1) * g.sx + (g.KW - 1) * g.dx + 1;
+      const i64 qs = (Q + g.sx - 1) / g.sx, qrow = qs * g.sx;
+      pad_planar<S, A>(x + n * g.xs[0] + c * g.xs[1], g.xs[2], g.xs[3], g, ymap.data(), xmap.data(),
+                       oy0 * g.sy, R, ox0 * g.sx, Q, buf.data());
+      for (i64 m = 0; m < g.M; ++m) {
+        const i64 cm = c * g.M + m;
+        conv_planar<S, A>(buf.data(), qrow, qs, w.data() + cm * g.T, b[cm], th, tw, g,
+                          out + n * g.os[0] + cm * g.os[1] + oy0 * g.os[2] + ox0 * g.os[3], g.os[2]);
+      }
+    }
+    stream_fence();
+    t_stream = false;
+  }
+}
+
+// ------------------------------------------------------------------ backward
+
+// Depthwise weight/bias gradient and padded-input gradient of one planar channel:
+// gm (OH x OW, row stride gs, col stride 1), buf the padded input plane (Hu x qrow).
+template <typename A>
+void bwd_planar_channel(const Geo& g, const A* buf, const A* gm, i64 gs, const A* w, A* dw, A* db,
+                        A* gbuf /* Hu x qrow, accumulated */, bool need_gx) {
+  typedef typename V<A>::t vec;
+  const i64 L = V<A>::L;
+  const i64 T = g.T, qrow = g.Qrow, qs = g.Qs;
+  i64 off[T];
+  for (i64 ky = 0; ky < g.KH; ++ky)
+    for (i64 kx = 0; kx < g.KW; ++kx) {
+      i64 q = kx * g.dx;
+      off[ky * g.KW + kx] = ky * g.dy * qrow + (q % g.sx) * qs + q / g.sx;
+    }
+  // Weight gradient: dw[t] = sum_{i,j} gm[i,j] * buf[i*sy*qrow + off[t] + j].
+  for (i64 t = 0; t < T; ++t) {
+    vec acc = vzero<A>();
+    A tail = 0;
+    for (i64 i = 0; i < g.OH; ++i) {
+      const A* b = buf + i * g.sy * qrow + off[t];
+      const A* r = gm + i * gs;
+      i64 j = 0;
+      for (; j + L <= g.OW; j += L) acc += vld<A>(r + j) * vld<A>(b + j);
+      for (; j < g.OW; ++j) tail += r[j] * b[j];
+    }
+    dw[t] += hsum<A>(acc) + tail;
+  }
+  if (db) {
+    vec acc = vzero<A>();
+    A tail = 0;
+    for (i64 i = 0; i < g.OH; ++i) {
+      const A* r = gm + i * gs;
+      i64 j = 0;
+      for (; j + L <= g.OW; j += L) acc += vld<A>(r + j);
+      for (; j < g.OW; ++j) tail += r[j];
+    }
+    *db += hsum<A>(acc) + tail;
+  }
+  if (!need_gx) return;
+  // Input gradient (in padded coordinates): gbuf[i*sy + ky*dy, j*sx + kx*dx] += w[t] * gm[i, j].
+  for (i64 i = 0; i < g.OH; ++i) {
+    const A* r = gm + i * gs;
+    for (i64 t = 0; t < T; ++t) {
+      A* b = gbuf + i * g.sy * qrow + off[t];
+      const A wt = w[t];
+      i64 j = 0;
+      for (; j + L <= g.OW; j += L) vst<A>(b + j, vld<A>(b + j) + wt * vld<A>(r + j));
+      for (; j < g.OW; ++j) b[j] += wt * r[j];
+    }
+  }
+}
+
+// Fold the padded-coordinate gradient gbuf (planar, Hu x qrow) into the input plane gradient
+// (zeroed here first).
+template <typename S, typename A>
+void fold_planar(const Geo& g, const A* gbuf, const i64* ymap, const i64* xmap, S* gx, i64 sh,
+                 i64 sw) {
+  std::vector<A> acc(g.H * g.W, A(0));
+  for (i64 r = 0; r < g.Hu; ++r) {
+    const i64 sr = ymap[r];
+    if (sr < 0) continue;
+    const A* b = gbuf + r * g.Qrow;
+    A* a = acc.data() + sr * g.W;
+    if (g.sx == 1) {
+      const i64 qa = std::min(g.pl, g.Wu), qb = std::min(g.pl + g.W, g.Wu);
+      for (i64 q = 0; q < qa; ++q) if (xmap[q] >= 0) a[xmap[q]] += b[q];
+      for (i64 q = qa; q < qb; ++q) a[q - g.pl] += b[q];
+      for (i64 q = qb; q < g.Wu; ++q) if (xmap[q] >= 0) a[xmap[q]] += b[q];
+    } else {
+      for (i64 q = 0; q < g.Wu; ++q)
+        if (xmap[q] >= 0) a[xmap[q]] += b[phase_pos(q, g.sx, g.Qs)];
+    }
+  }
+  for (i64 y = 0; y < g.H; ++y) {
+    S* d = gx + y * sh;
+    const A* a = acc.data() + y * g.W;
+    for (i64 x = 0; x < g.W; ++x) fromA(a[x], d + x * sw);
+  }
+}
+
+// NHWC: weight/bias gradient and padded-input gradient for a block of cb channels
+// (expanded). gm pixel p, channel c at gm[p*gps + c]; buf/gbuf [Hu][Wu][cb].
+template <typename A>
+void bwd_nhwc_block(const Geo& g, i64 cb, const A* buf, const A* gm, i64 gps, const A* wT, i64 ldw,
+                    A* dwT /* [t][cb] */, A* db, A* gbuf, bool need_gx) {
+  typedef typename V<A>::t vec;
+  const i64 L = V<A>::L;
+  const i64 T = g.T, Q = g.Wu;
+  i64 off[T];
+  for (i64 ky = 0; ky < g.KH; ++ky)
+    for (i64 kx = 0; kx < g.KW; ++kx) off[ky * g.KW + kx] = (ky * g.dy * Q + kx * g.dx) * cb;
+  const i64 cv = cb / L * L;
+  const i64 P = g.OH * g.OW;
+  // Weight and bias gradients: one register accumulator per (tap, channel vector).
+  for (i64 c = 0; c < cv; c += L) {
+    for (i64 t = 0; t < T; ++t) {
+      vec a0 = vzero<A>(), a1 = vzero<A>();
+      for (i64 i = 0; i < g.OH; ++i) {
+        const A* gp = gm + i * g.OW * gps + c;
+        const A* b = buf + i * g.sy * Q * cb + off[t] + c;
+        i64 j = 0;
+        for (; j + 2 <= g.OW; j += 2) {
+          a0 += vld<A>(gp + j * gps) * vld<A>(b + j * g.sx * cb);
+          a1 += vld<A>(gp + (j + 1) * gps) * vld<A>(b + (j + 1) * g.sx * cb);
+        }
+        if (j < g.OW) a0 += vld<A>(gp + j * gps) * vld<A>(b + j * g.sx * cb);
+      }
+      const vec sum = a0 + a1;
+      for (int l = 0; l < L; ++l) dwT[t * cb + c + l] += sum[l];
+    }
+    if (db) {
+      vec a0 = vzero<A>();
+      for (i64 p = 0; p < P; ++p) a0 += vld<A>(gm + p * gps + c);
+      for (int l = 0; l < L; ++l) db[c + l] += a0[l];
+    }
+  }
+  for (i64 c = cv; c < cb; ++c) {
+    for (i64 t = 0; t < T; ++t) {
+      A a = 0;
+      for (i64 i = 0; i < g.OH; ++i)
+        for (i64 j = 0; j < g.OW; ++j)
+          a += gm[(i * g.OW + j) * gps + c] * buf[(i * g.sy * Q + j * g.sx) * cb + off[t] + c];
+      dwT[t * cb + c] += a;
+    }
+    if (db) {
+      A a = 0;
+      for (i64 p = 0; p < P; ++p) a += gm[p * gps + c];
+      db[c] += a;
+    }
+  }
+  if (!need_gx) return;
+  // Input gradient (padded coordinates): scatter each output gradient through the taps.
+  for (i64 i = 0; i < g.OH; ++i)
+    for (i64 j = 0; j < g.OW; ++j) {
+      const A* gp = gm + (i * g.OW + j) * gps;
+      A* gb = gbuf + (i * g.sy * Q + j * g.sx) * cb;
+      for (i64 c = 0; c < cv; c += L) {
+        const vec gv = vld<A>(gp + c);
+        for (i64 t = 0; t < T; ++t)
+          vst<A>(gb + off[t] + c, vld<A>(gb + off[t] + c) + gv * vld<A>(wT + t * ldw + c));
+      }
+      for (i64 c = cv; c < cb; ++c)
+        for (i64 t = 0; t < T; ++t) gb[off[t] + c] += gp[c] * wT[t * ldw + c];
+    }
+}
+
+template <typename S, typename A>
+void fold_nhwc(const Geo& g, i64 cin, const A* gbuf, const i64* ymap, const i64* xmap, S* gx,
+               i64 sh, i64 sw, i64 sc) {
+  const i64 M = g.M, cb = cin * M;
+  std::vector<A> acc(g.H * g.W * cin, A(0));
+  for (i64 r = 0; r < g.Hu; ++r) {
+    const i64 sr = ymap[r];
+    if (sr < 0) continue;
+    for (i64 q = 0; q < g.Wu; ++q) {
+      const i64 sq = xmap[q];
+      if (sq < 0) continue;
+      const A* b = gbuf + (r * g.Wu + q) * cb;
+      A* a = acc.data() + (sr * g.W + sq) * cin;
+      if (M == 1)
+        for (i64 c = 0; c < cin; ++c) a[c] += b[c];
+      else
+        for (i64 c = 0; c < cin; ++c)
+          for (i64 m = 0; m < M; ++m) a[c] += b[c * M + m];
+    }
+  }
+  for (i64 y = 0; y < g.H; ++y)
+    for (i64 x = 0; x < g.W; ++x) {
+      const A* a = acc.data() + (y * g.W + x) * cin;
+      S* d = gx + y * sh + x * sw;
+      for (i64 c = 0; c < cin; ++c) fromA(a[c], d + c * sc);
+    }
+}
+
+// Backward of separable (wp != null) or depthwise (wp == null) convolution.
+// gy: output gradient, strides gys[4]; gx (may be null): input gradient, strides gxs[4].
+// dwd (CM*T), dbd (CM, may be null), dwp (O*CMg, may be null): accumulator-type results.
+template <typename S>
+void backward(const S* x, const S* wd, const S* wp, const S* gy, const i64* gys, S* gx,
+              const i64* gxs, typename Acc<S>::type* dwd, typename Acc<S>::type* dbd,
+              typename Acc<S>::type* dwp, const i64* geo) {
+  typedef typename Acc<S>::type A;
+  const Geo g = make_geo(geo);
+  const bool sep = wp != nullptr;
+  std::vector<A> w, wT, b;
+  prep_weights<S, A>(wd, nullptr, g, w, wT, b);
+  std::vector<S> wpT;  // per group: wpT[k, o] = wp[o, k] (CMg x Og)
+  if (sep && std::is_same<S, float>::value) {
+    wpT.resize(g.G * g.CMg * g.Og);
+    transpose_groups<S>(wp, wpT.data(), g.G, g.Og, g.CMg);
+  }
+  const auto ymap = make_map(g.Hu, g.H, g.pt, g.mode);
+  const auto xmap = make_map(g.Wu, g.W, g.pl, g.mode);
+  const bool nhwc = g.nhwc != 0;
+  const i64 P = g.OH * g.OW, HWu = g.Hu * (nhwc ? g.Wu : g.Qrow);
+  // Channel blocks: ranges of input channels inside one pointwise group.
+  const i64 cin_group = sep ? g.CMg / g.M : g.C;
+  const i64 per_ch = g.M * (HWu * 2 + P * (sep ? 3 : 0)) * i64(sizeof(A));
+  i64 cblk = std::max<i64>(1, g.budget * 3 / std::max<i64>(per_ch, 1));
+  if (nhwc) {
+    const i64 L = V<A>::L;
+    if (cblk * g.M >= L) cblk = std::max<i64>(1, (cblk * g.M / L * L) / g.M);
+  }
+  if (sep) cblk = std::max<i64>(cblk, (64 + g.M - 1) / g.M);  // wide enough GEMMs
+  cblk = std::min(cblk, cin_group);
+  // Enough tasks for the threads.
+  const i64 groups = sep ? g.G : 1;
+  while (cblk > 1 && g.N * groups * ((cin_group + cblk - 1) / cblk) < 2 * g.threads) cblk = (cblk + 1) / 2;
+  const i64 nblk = (cin_group + cblk - 1) / cblk;
+  const i64 tasks = g.N * groups * nblk;
+  const i64 nth = g.threads;
+  std::vector<A> dwd_t(nth * g.CM * g.T, A(0)), dbd_t(dbd ? nth * g.CM : 0, A(0));
+  std::vector<A> dwp_t(sep && dwp ? nth * g.O * g.CMg : 0, A(0));
+
+#pragma omp parallel num_threads(nth)
+  {
+    const int tid = omp_get_thread_num();
+    const i64 cbm_max = cblk * g.M;
+    std::vector<A> xb(nhwc ? HWu * cbm_max : HWu * cblk + kSlack);
+    std::vector<A> gb(gx ? (nhwc ? HWu * cbm_max : HWu) : 0);
+    std::vector<S> mid(sep ? P * cbm_max : 0);
+    std::vector<A> gmid(sep ? P * cbm_max : 0);
+    std::vector<A> dwT_local(nhwc ? g.T * cbm_max : 0);
+    A* my_dwd = dwd_t.data() + tid * g.CM * g.T;
+    A* my_dbd = dbd ? dbd_t.data() + tid * g.CM : nullptr;
+    A* my_dwp = dwp_t.empty() ? nullptr : dwp_t.data() + tid * g.O * g.CMg;
+#pragma omp for schedule(dynamic, 1)
+    for (i64 t = 0; t < tasks; ++t) {
+      const i64 n = t / (groups * nblk), gi = (t / nblk) % groups, bi = t % nblk;
+      const i64 c0 = gi * cin_group + bi * cblk;
+      const i64 cin = std::min(cblk, gi * cin_group + cin_group - c0);
+      const i64 cbm = cin * g.M, cm0 = c0 * g.M;
+      const i64 coff = cm0 - gi * g.CMg;  // column offset inside the group's pointwise weight
+      const S* xn = x + n * g.xs[0];
+      const S* gyn = gy + n * gys[0];
+      // 1. Padded input of the block.
+      if (nhwc) {
+        pad_nhwc<S, A>(xn, g.xs[2], g.xs[3], g.xs[1], g, ymap.data(), xmap.data(), 0, g.Hu, 0,
+                       g.Wu, c0, cin, xb.data());
+      } else {
+        for (i64 c = 0; c < cin; ++c)
+          pad_planar<S, A>(xn + (c0 + c) * g.xs[1], g.xs[2], g.xs[3], g, ymap.data(), xmap.data(),
+                           0, g.Hu, 0, g.Wu, xb.data() + c * HWu);
+      }
+      // 2. Gradient of the intermediate for the block (and the pointwise weight gradient).
+      const A* gm;
+      i64 gm_cs, gm_ps;  // channel stride, pixel stride (row stride = OW * pixel stride)
+      if (sep) {
+        std::vector<A> zero_bias;
+        if (nhwc) {
+          zero_bias.assign(cbm, A(0));
+          conv_nhwc<S, A>(xb.data(), g.Wu, cbm, wT.data() + cm0, g.CM, zero_bias.data(), g.OH,
+                          g.OW, g, mid.data(), g.OW * cbm, cbm);
+        } else {
+          for (i64 j = 0; j < cbm; ++j)
+            conv_planar<S, A>(xb.data() + (j / g.M) * HWu, g.Qrow, g.Qs, w.data() + (cm0 + j) * g.T,
+                              A(0), g.OH, g.OW, g, mid.data() + j * P, g.OW);
+        }
+        // gmid[p, j] = sum_o gy[p, o] * wp[o, coff + j]    (P x cbm) = (P x Og) . (Og x cbm)
+        Mat G_{gyn + gi * g.Og * gys[1], gys[3], gys[1]};
+        Mat W_{wp + gi * g.Og * g.CMg + coff, g.CMg, 1};
+        bool done = false;
+        if constexpr (std::is_same<S, float>::value) {
+          if (own_gemm_enabled()) {
+            if (!nhwc && gys[3] == 1 && gys[2] == g.OW) {
+              // gmid[j, p] = sum_o wpT[coff + j, o] * gy[o, p]
+              gemm_f32(cbm, P, g.Og, wpT.data() + gi * g.CMg * g.Og + coff * g.Og, g.Og,
+                       gyn + gi * g.Og * gys[1], gys[1], gmid.data(), P, nullptr, nullptr);
+              done = true;
+            } else if (nhwc && gys[1] == 1 && gys[2] == g.OW * gys[3]) {
+              // gmid[p, j] = sum_o gy[p, o] * wp[o, coff + j]
+              gemm_f32(P, cbm, g.Og, gyn + gi * g.Og, gys[3], wp + gi * g.Og * g.CMg + coff,
+                       g.CMg, gmid.data(), cbm, nullptr, nullptr);
+              done = true;
+            }
+          }
+        }
+        if (!done) {
+          if (nhwc)
+            mm<A>(P, cbm, g.Og, G_, W_, gmid.data(), cbm, 1, A(0));
+          else
+            mm<A>(P, cbm, g.Og, G_, W_, gmid.data(), 1, P, A(0));
+        }
+        // dwp[o, coff + j] += sum_p gy[p, o] * mid[p, j]   (Og x cbm) = (Og x P) . (P x cbm)
+        if (my_dwp) {
+          Mat Gt{gyn + gi * g.Og * gys[1], gys[1], gys[3]};
+          Mat Mm = nhwc ? Mat{mid.data(), cbm, 1} : Mat{mid.data(), 1, P};
+          mm<A>(g.Og, cbm, P, Gt, Mm, my_dwp + gi * g.Og * g.CMg + coff, g.CMg, 1, A(1));
+        }
+        gm = gmid.data();
+        gm_cs = nhwc ? 1 : P;
+        gm_ps = nhwc ? cbm : 1;
+      } else {
+        // Depthwise alone: the intermediate gradient is gy itself (dense, in the layout of
+        // the computation; the caller guarantees it).
+        gm = (const A*)(gyn + cm0 * gys[1]);
+        gm_cs = gys[1];
+        gm_ps = gys[3];
+      }
+      // 3. Depthwise weight/bias gradients and the input gradient.
+      if (nhwc) {
+        if (gx) std::fill(gb.begin(), gb.begin() + HWu * cbm, A(0));
+        std::fill(dwT_local.begin(), dwT_local.end(), A(0));
+        std::vector<A> dbl(cbm, A(0));
+        bwd_nhwc_block<A>(g, cbm, xb.data(), gm, gm_ps, wT.data() + cm0, g.CM, dwT_local.data(),
+                          my_dbd ? dbl.data() : nullptr, gb.data(), gx != nullptr);
+        for (i64 tt = 0; tt < g.T; ++tt)
+          for (i64 j = 0; j < cbm; ++j) my_dwd[(cm0 + j) * g.T + tt] += dwT_local[tt * cbm + j];
+        if (my_dbd)
+          for (i64 j = 0; j < cbm; ++j) my_dbd[cm0 + j] += dbl[j];
+        if (gx)
+          fold_nhwc<S, A>(g, cin, gb.data(), ymap.data(), xmap.data(), gx + n * gxs[0] + c0 * gxs[1],
+                          gxs[2], gxs[3], gxs[1]);
+      } else {
+        for (i64 c = 0; c < cin; ++c) {
+          if (gx) std::fill(gb.begin(), gb.end(), A(0));
+          for (i64 m = 0; m < g.M; ++m) {
+            const i64 j = c * g.M + m;
+            bwd_planar_channel<A>(g, xb.data() + c * HWu, gm + j * gm_cs, g.OW,
+                                  w.data() + (cm0 + j) * g.T, my_dwd + (cm0 + j) * g.T,
+                                  my_dbd ? my_dbd + cm0 + j : nullptr, gb.data(), gx != nullptr);
+          }
+          if (gx)
+            fold_planar<S, A>(g, gb.data(), ymap.data(), xmap.data(),
+                              gx + n * gxs[0] + (c0 + c) * gxs[1], gxs[2], gxs[3]);
+        }
+      }
+    }
+  }
+  // Reduce per-thread accumulators.
+  for (i64 i = 0; i < g.CM * g.T; ++i) {
+    A s = 0;
+    for (i64 t = 0; t < nth; ++t) s += dwd_t[t * g.CM * g.T + i];
+    dwd[i] = s;
+  }
+  if (dbd)
+    for (i64 i = 0; i < g.CM; ++i) {
+      A s = 0;
+      for (i64 t = 0; t < nth; ++t) s += dbd_t[t * g.CM + i];
+      dbd[i] = s;
+    }
+  if (sep && dwp)
+    for (i64 i = 0; i < g.O * g.CMg; ++i) {
+      A s = 0;
+      for (i64 t = 0; t < nth; ++t) s += dwp_t[t * g.O * g.CMg + i];
+      dwp[i] = s;
+    }
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------ C ABI
+// dtype codes: 0 float32, 1 float64, 2 bfloat16.
+
+extern "C" {
+
+int sepconv_abi_version() { return 2; }
+
+int sepconv_sep_forward(int dtype, const void* x, const void* wd, const void* bd, const void* wp,
+                        const void* bp, void* out, const i64* geo) {
+  switch (dtype) {
+    case 0:
+      sep_forward<float>((const float*)x, (const float*)wd, (const float*)bd, (const float*)wp,
+                         (const float*)bp, (float*)out, geo);
+      return 0;
+    case 1:
+      sep_forward<double>((const double*)x, (const double*)wd, (const double*)bd,
+                          (const double*)wp, (const double*)bp, (double*)out, geo);
+      return 0;
+    case 2:
+      sep_forward<bf16>((const bf16*)x, (const bf16*)wd, (const bf16*)bd, (const bf16*)wp,
+                        (const bf16*)bp, (bf16*)out, geo);
+      return 0;
+  }
+  return 1;
+}
+
+int sepconv_dw_forward(int dtype, const void* x, const void* wd, const void* bd, void* out,
+                       const i64* geo) {
+  switch (dtype) {
+    case 0:
+      dw_forward<float>((const float*)x, (const float*)wd, (const float*)bd, (float*)out, geo);
+      return 0;
+    case 1:
+      dw_forward<double>((const double*)x, (const double*)wd, (const double*)bd, (double*)out, geo);
+      return 0;
+    case 2:
+      dw_forward<bf16>((const bf16*)x, (const bf16*)wd, (const bf16*)bd, (bf16*)out, geo);
+      return 0;
+  }
+  return 1;
+}
+
+// Gradients: dwd (CM*T), dbd (CM or null), dwp (O*CMg or null, separable only) in float32
+// for dtype 0 and float64 for dtype 1. wp == null means depthwise alone.
+int sepconv_backward(int dtype, const void* x, const void* wd, const void* wp, const void* gy,
+                     const i64* gys, void* gx, const i64* gxs, void* dwd, void* dbd, void* dwp,
+                     const i64* geo) {
+  switch (dtype) {
+    case 0:
+      backward<float>((const float*)x, (const float*)wd, (const float*)wp, (const float*)gy, gys,
+                      (float*)gx, gxs, (float*)dwd, (float*)dbd, (float*)dwp, geo);
+      return 0;
+    case 1:
+      backward<double>((const double*)x, (const double*)wd, (const double*)wp, (const double*)gy,
+                       gys, (double*)gx, gxs, (double*)dwd, (double*)dbd, (double*)dwp, geo);
+      return 0;
+  }
+  return 1;
+}
+}

@@ -1,0 +1,127 @@
+"""Random depthwise/separable problems for the kernel tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from hypothesis import strategies as st
+
+from sepconv.functional.padding import resolve_padding
+
+MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+@dataclass
+class Case:
+    rank: int
+    N: int
+    C: int
+    M: int
+    O: int  # noqa: E741
+    G: int
+    spatial: tuple[int, ...]
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    padding: object
+    mode: str
+    layout: str  # "contiguous", "channels_last", "strided"
+    bias: bool
+
+    def plan(self):
+        return resolve_padding(self.padding, self.kernel, self.stride, self.dilation)
+
+    def input(self, dtype=torch.float32, seed=0) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(seed)
+        shape = (self.N, self.C, *self.spatial)
+        if self.layout == "strided":  # every other element of a larger tensor, last dim
+            big = torch.randn(*shape[:-1], 2 * shape[-1] + 1, generator=gen, dtype=torch.float64)
+            return big[..., 1::2].to(dtype)
+        x = torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
+        if self.layout == "channels_last":
+            if self.rank == 2:
+                return x.contiguous(memory_format=torch.channels_last)
+            return x.transpose(1, 2).contiguous().transpose(1, 2)
+        return x
+
+    def weights(self, dtype=torch.float32, seed=1):
+        gen = torch.Generator().manual_seed(seed)
+        mid = self.C * self.M
+
+        def rnd(*shape):
+            return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
+
+        wd = rnd(mid, 1, *self.kernel)
+        wp = rnd(self.O, mid // self.G, *([1] * self.rank))
+        bd = rnd(mid) if self.bias else None
+        bp = rnd(self.O) if self.bias else None
+        return wd, wp, bd, bp
+
+
+@st.composite
+def cases(draw, max_size: int = 11, rank=None) -> Case:
+    rank = draw(st.sampled_from((1, 2))) if rank is None else rank
+    N = draw(st.integers(1, 3))
+    C = draw(st.integers(1, 5))
+    M = draw(st.integers(1, 3))
+    mid = C * M
+    groups = [g for g in (1, 2, 3) if mid % g == 0 and (mid // g) % M == 0]
+    G = draw(st.sampled_from(groups))
+    O = G * draw(st.integers(1, 4))  # noqa: E741
+    kernel = tuple(draw(st.integers(1, 5)) for _ in range(rank))
+    stride = tuple(draw(st.integers(1, 2)) for _ in range(rank))
+    dilation = tuple(draw(st.integers(1, 2)) for _ in range(rank))
+    span = [d * (k - 1) + 1 for k, d in zip(kernel, dilation)]
+    spatial = tuple(draw(st.integers(max(1, s - 2), max(s, max_size))) for s in span)
+    options = ["valid", "same", "int", "tuple"] + (["causal"] if rank == 1 else [])
+    kind = draw(st.sampled_from(options))
+    if kind == "int":
+        padding = draw(st.integers(0, 3))
+    elif kind == "tuple":
+        padding = tuple(draw(st.integers(0, 3)) for _ in range(rank))
+    else:
+        padding = kind
+    mode = draw(st.sampled_from(MODES))
+    layout = draw(st.sampled_from(("contiguous", "channels_last", "strided")))
+    bias = draw(st.booleans())
+    return Case(rank, N, C, M, O, G, spatial, kernel, stride, dilation, padding, mode, layout, bias)
+
+
+def output_fits(case: Case) -> bool:
+    """Whether PyTorch accepts the case (non-empty output, reflect/circular padding sizes)."""
+    plan = case.plan()
+    amounts = plan.amounts(case.spatial)
+    rank = case.rank
+    for axis in range(rank):
+        lo, hi = amounts[2 * (rank - 1 - axis)], amounts[2 * (rank - 1 - axis) + 1]
+        n = case.spatial[axis]
+        if case.mode == "reflect" and max(lo, hi) >= n:
+            return False
+        if case.mode != "zeros" and max(lo, hi) > n:
+            return False
+        span = case.dilation[axis] * (case.kernel[axis] - 1) + 1
+        if n + lo + hi < span:
+            return False
+    return True
+
+
+class env:
+    """``with env("on"):`` sets SEPCONV_KERNELS for the block and restores it."""
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __enter__(self):
+        import os
+
+        self.old = os.environ.get("SEPCONV_KERNELS")
+        os.environ["SEPCONV_KERNELS"] = self.value
+
+    def __exit__(self, *exc):
+        import os
+
+        if self.old is None:
+            os.environ.pop("SEPCONV_KERNELS", None)
+        else:
+            os.environ["SEPCONV_KERNELS"] = self.old

@@ -1,0 +1,156 @@
+"""Gradients of the fast path: against PyTorch's, by gradcheck (float64) and double backward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+
+from sepconv.functional.conv import depthwise_forward, separable_forward
+from sepconv.kernels import _ops
+from tests.kernels.helpers import Case, cases, env, output_fits
+
+
+def _grads(fn, inputs, seed=3):
+    leaves = [None if t is None else t.detach().clone().requires_grad_(True) for t in inputs]
+    out = fn(*leaves)
+    gy = torch.randn(
+        out.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+    ).to(out.dtype)
+    wanted = [t for t in leaves if t is not None]
+    return out, out.grad_fn, torch.autograd.grad(out, wanted, gy)
+
+
+def _compare(case: Case, dtype: torch.dtype, rtol: float, depthwise_only: bool) -> None:
+    x = case.input(dtype)
+    wd, wp, bd, bp = case.weights(dtype)
+    plan = case.plan()
+    if depthwise_only:
+
+        def fn(x_, wd_, bd_):
+            return depthwise_forward(x_, wd_, bd_, case.stride, case.dilation, plan, case.mode)
+
+        inputs = (x, wd, bd)
+        fast_type = _ops.DepthwiseFunction
+    else:
+
+        def fn(x_, wd_, wp_, bd_, bp_):
+            return separable_forward(
+                x_, wd_, wp_, bd_, bp_, case.stride, case.dilation, plan, case.mode
+            )
+
+        inputs = (x, wd, wp, bd, bp)
+        fast_type = _ops.SeparableFunction
+    with env("on"):
+        out, grad_fn, fast = _grads(fn, inputs)
+    assert grad_fn.name() == fast_type.__name__ + "Backward", grad_fn.name()
+    with env("off"):
+        out0, _, slow = _grads(fn, inputs)
+    assert (out - out0).abs().max().item() <= rtol * max(1.0, out0.abs().max().item())
+    for a, b in zip(fast, slow):
+        assert a.shape == b.shape
+        scale = max(1.0, b.abs().max().item())
+        assert (a.double() - b.double()).abs().max().item() <= rtol * scale
+
+
+@settings(max_examples=25)
+@given(case=cases())
+def test_gradients_match_pytorch_float64(case, kernels_built):
+    if not output_fits(case):
+        return
+    _compare(case, torch.float64, 1e-10, depthwise_only=False)
+    _compare(case, torch.float64, 1e-10, depthwise_only=True)
+
+
+@settings(max_examples=10)
+@given(case=cases(max_size=30))
+def test_gradients_match_pytorch_float32(case, kernels_built):
+    if not output_fits(case):
+        return
+    _compare(case, torch.float32, 1e-4, depthwise_only=False)
+    _compare(case, torch.float32, 1e-4, depthwise_only=True)
+
+
+GRADCHECK_CASES = [
+    Case(2, 2, 3, 2, 4, 2, (5, 6), (3, 2), (2, 1), (1, 2), "same", "reflect", "contiguous", True),
+    Case(2, 1, 2, 1, 3, 1, (6, 5), (3, 3), (1, 1), (1, 1), 1, "circular", "channels_last", True),
+    Case(1, 2, 3, 1, 2, 1, (9,), (4,), (1,), (1,), "causal", "zeros", "contiguous", True),
+    Case(1, 1, 2, 2, 2, 1, (8,), (3,), (2,), (1,), 2, "replicate", "channels_last", False),
+]
+
+
+@pytest.mark.parametrize("case", GRADCHECK_CASES, ids=lambda c: f"{c.rank}d-{c.mode}-{c.layout}")
+def test_gradcheck(case, kernels_on):
+    x = case.input(torch.float64).requires_grad_(True)
+    wd, wp, bd, bp = (
+        None if t is None else t.requires_grad_(True) for t in case.weights(torch.float64)
+    )
+    plan = case.plan()
+
+    def sep(*args):
+        return separable_forward(*args, case.stride, case.dilation, plan, case.mode)
+
+    def dw(x_, wd_, bd_):
+        return depthwise_forward(x_, wd_, bd_, case.stride, case.dilation, plan, case.mode)
+
+    assert torch.autograd.gradcheck(sep, (x, wd, wp, bd, bp))
+    assert torch.autograd.gradcheck(dw, (x, wd, bd))
+
+
+def test_double_backward_falls_back_to_pytorch(kernels_on):
+    case = GRADCHECK_CASES[0]
+    x = case.input(torch.float64).requires_grad_(True)
+    wd, wp, bd, bp = (t.requires_grad_(True) for t in case.weights(torch.float64))
+    plan = case.plan()
+
+    def sep(*args):
+        return separable_forward(*args, case.stride, case.dilation, plan, case.mode)
+
+    assert torch.autograd.gradgradcheck(sep, (x, wd, wp, bd, bp))
+
+
+def test_only_the_input_is_saved(kernels_on):
+    """The fused layer keeps its input (and weights) for backward, not the intermediate."""
+    from sepconv import SeparableConv2d
+
+    layer = SeparableConv2d(16, 32, 3, padding=1)
+    x = torch.randn(2, 16, 24, 24, requires_grad=True)
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        layer(x).sum().backward()
+    params = sum(p.numel() for p in layer.parameters())
+    assert sum(saved) <= x.numel() + params
+    with env("off"), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        saved.clear()
+        layer(x).sum().backward()
+    assert sum(saved) >= x.numel() + 16 * 24 * 24 * 2  # PyTorch keeps the intermediate
+
+
+def test_input_without_grad(kernels_on):
+    """First layer of a network: only weight gradients are needed."""
+    case = Case(2, 2, 8, 1, 8, 1, (12, 12), (3, 3), (1, 1), (1, 1), 1, "zeros", "contiguous", True)
+    x = case.input()
+    wd, wp, bd, bp = (t.requires_grad_(True) for t in case.weights())
+    plan = case.plan()
+    out = separable_forward(x, wd, wp, bd, bp, case.stride, case.dilation, plan, "zeros")
+    assert out.grad_fn.name() == "SeparableFunctionBackward"
+    grads = torch.autograd.grad(out.square().sum(), (wd, wp, bd, bp))
+    with env("off"):
+        out0 = separable_forward(x, wd, wp, bd, bp, case.stride, case.dilation, plan, "zeros")
+        grads0 = torch.autograd.grad(out0.square().sum(), (wd, wp, bd, bp))
+    for a, b in zip(grads, grads0):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
+
+
+def test_bfloat16_with_grad_declines(kernels_on):
+    from sepconv.kernels import dispatch
+
+    case = Case(2, 1, 4, 1, 4, 1, (8, 8), (3, 3), (1, 1), (1, 1), 1, "zeros", "contiguous", False)
+    x = case.input(torch.bfloat16).requires_grad_(True)
+    wd, wp, _, _ = case.weights(torch.bfloat16)
+    assert dispatch.separable(x, wd, wp, None, None, (1, 1), (1, 1), case.plan(), "zeros") is None

@@ -1,0 +1,262 @@
+"""When the fast path runs: SEPCONV_KERNELS, the no-compiler fallback, tracing, layers, CLI."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from sepconv import DepthwiseConv1d, SeparableConv1d, SeparableConv2d
+from sepconv.kernels import _build, _ops, dispatch
+from tests.kernels.helpers import Case, env
+
+
+def _case():
+    return Case(2, 2, 8, 1, 12, 1, (14, 14), (3, 3), (1, 1), (1, 1), 1, "zeros", "contiguous", True)
+
+
+def _call(case=None):
+    case = case or _case()
+    x = case.input()
+    wd, wp, bd, bp = case.weights()
+    return dispatch.separable(x, wd, wp, bd, bp, case.stride, case.dilation, case.plan(), case.mode)
+
+
+@pytest.fixture
+def count_calls(monkeypatch):
+    calls = {"separable": 0, "depthwise": 0}
+    sep, dw = _ops.separable_forward_raw, _ops.depthwise_forward_raw
+
+    def sep_counted(*args):
+        calls["separable"] += 1
+        return sep(*args)
+
+    def dw_counted(*args):
+        calls["depthwise"] += 1
+        return dw(*args)
+
+    monkeypatch.setattr(_ops, "separable_forward_raw", sep_counted)
+    monkeypatch.setattr(_ops, "depthwise_forward_raw", dw_counted)
+    return calls
+
+
+@pytest.fixture
+def no_compiler(monkeypatch):
+    """Simulate a machine where the extension cannot be built."""
+
+    def fail(*args, **kwargs):
+        raise _build.BuildError("no C++ compiler found (simulated)")
+
+    _build.reset()
+    monkeypatch.setattr(_build, "build", fail)
+    monkeypatch.setattr(dispatch, "_warned", set())
+    yield
+    monkeypatch.undo()
+    _build.reset()
+
+
+def test_env_off_declines(kernels_built):
+    with env("off"):
+        assert _call() is None
+
+
+def _big_case():
+    return Case(
+        2, 2, 16, 1, 24, 1, (40, 40), (3, 3), (1, 1), (1, 1), 1, "zeros", "contiguous", True
+    )
+
+
+def test_env_on_and_auto_use_the_kernels(kernels_built):
+    for value in ("on", "auto", "AUTO", ""):
+        with env(value):
+            assert _call(_big_case()) is not None
+
+
+def test_auto_leaves_small_planes_to_pytorch(kernels_built):
+    with env("auto"):
+        assert _call() is None  # 14x14 output, little work: PyTorch is faster
+    with env("on"):
+        assert _call() is not None
+
+
+def test_unknown_env_value_warns_and_means_auto(kernels_built, monkeypatch):
+    monkeypatch.setattr(dispatch, "_warned", set())
+    with env("fast"), pytest.warns(RuntimeWarning, match="SEPCONV_KERNELS"):
+        assert _call(_big_case()) is not None
+
+
+def test_fallback_without_compiler_warns_once(no_compiler):
+    layer = SeparableConv2d(4, 6, 3, padding=1)
+    x = torch.randn(1, 4, 40, 40)
+    with env("auto"):
+        with pytest.warns(RuntimeWarning, match="unavailable"):
+            out = layer(x)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            out_again = layer(x)  # no second warning
+    with env("off"):
+        expected = layer(x)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(out_again, expected)
+
+
+def test_env_on_without_compiler_raises(no_compiler):
+    with env("on"), pytest.raises(RuntimeError, match="unavailable"):
+        _call()
+
+
+def test_layers_use_the_fast_path(kernels_built, count_calls):
+    with env("auto"):
+        SeparableConv2d(4, 6, 3, padding=1)(torch.randn(1, 4, 40, 40))
+        SeparableConv1d(4, 6, 3, padding="same")(torch.randn(2, 4, 1000))
+        DepthwiseConv1d(8, 4, padding="causal")(torch.randn(2, 8, 30))
+    assert count_calls == {"separable": 2, "depthwise": 1}
+
+
+def test_mid_layers_keep_the_pytorch_path(kernels_built, count_calls):
+    layer = SeparableConv2d(4, 6, 3, padding=1, mid_act_layer="relu")
+    with env("on"):
+        layer(torch.randn(1, 4, 9, 9))
+    assert count_calls["separable"] == 0
+
+
+def test_declines_unsupported(kernels_built):
+    case = _case()
+    wd, wp, bd, bp = case.weights()
+    plan = case.plan()
+    with env("on"):
+        x = case.input()
+        assert (
+            dispatch.separable(
+                x.half(), wd.half(), wp.half(), None, None, (1, 1), (1, 1), plan, "zeros"
+            )
+            is None
+        )
+        assert dispatch.separable(x, wd.double(), wp, bd, bp, (1, 1), (1, 1), plan, "zeros") is None
+        x3 = torch.randn(1, 2, 4, 4, 4)
+        w3 = torch.randn(2, 1, 3, 3, 3)
+        from sepconv.functional.padding import resolve_padding
+
+        plan3 = resolve_padding(1, (3, 3, 3), (1, 1, 1), (1, 1, 1))
+        assert dispatch.depthwise(x3, w3, None, (1, 1, 1), (1, 1, 1), plan3, "zeros") is None
+        # forward-mode AD
+        import torch.autograd.forward_ad as fwAD
+
+        with fwAD.dual_level():
+            dual = fwAD.make_dual(x, torch.ones_like(x))
+            assert dispatch.separable(dual, wd, wp, bd, bp, (1, 1), (1, 1), plan, "zeros") is None
+
+
+def test_declines_while_compiling(kernels_built, monkeypatch):
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    with env("on"):
+        assert _call() is None
+
+
+def test_trace_and_fx_stay_standard(kernels_built):
+    layer = SeparableConv2d(4, 6, 3, padding=1).eval()
+    x = torch.randn(1, 4, 9, 9)
+    with env("on"):
+        traced = torch.jit.trace(layer, x)
+        graph = str(traced.graph)
+        assert "aten::_convolution" in graph
+        torch.testing.assert_close(traced(x), layer(x))
+        gm = torch.fx.symbolic_trace(layer)
+        torch.testing.assert_close(gm(x), layer(x))
+
+
+def test_inference_mode_and_no_grad(kernels_built, count_calls):
+    layer = SeparableConv2d(4, 6, 3, padding=1)
+    x = torch.randn(1, 4, 9, 9)
+    with env("on"):
+        with torch.inference_mode():
+            a = layer(x)
+        with torch.no_grad():
+            b = layer(x)
+    torch.testing.assert_close(a, b)
+    assert count_calls["separable"] == 2
+
+
+def test_cli_build_and_info(kernels_built, capsys):
+    from sepconv.cli import main
+
+    assert main(["build-kernels"]) == 0
+    path = capsys.readouterr().out.strip()
+    assert path.endswith(".so")
+    assert main(["kernels-info"]) == 0
+    assert "SEPCONV_KERNELS" in capsys.readouterr().out
+
+
+def test_large_tensors_are_documented_not_run():
+    """Inputs over 2^31 elements: all kernel indexing is int64 (see docs/performance.md).
+
+    A real >2^31-element run needs >16 GB and minutes on this machine, so it is not part of
+    the suite; the BLAS calls take 32-bit sizes and the dispatcher declines beyond them.
+    """
+    big = 2**16
+    g = _ops.Geometry(
+        rank=2,
+        N=1,
+        C=1,
+        M=1,
+        H=big,
+        W=big,
+        OH=big,
+        OW=big,
+        KH=1,
+        KW=1,
+        sy=1,
+        sx=1,
+        dy=1,
+        dx=1,
+        pt=0,
+        pb=0,
+        pl=0,
+        pr=0,
+        mode="zeros",
+        O=1,
+        G=1,
+        nhwc=False,
+    )
+    assert not dispatch._fits_int32(g)
+
+
+def test_pooled_outputs_never_alias_live_tensors(kernels_on):
+    """Outputs come from a pool, but a storage is reused only once nothing else holds it."""
+    layer = SeparableConv2d(64, 64, 3, padding=1)
+    x1, x2 = torch.randn(2, 64, 48, 48), torch.randn(2, 64, 48, 48)  # 1.2 MB outputs
+    with torch.inference_mode():
+        y1 = layer(x1)
+        saved = y1.clone()
+        y2 = layer(x2)
+        assert y1.data_ptr() != y2.data_ptr()
+        view = y2[1]
+        view_saved = view.clone()
+        del y2
+        y3 = layer(x1)  # y2's storage is still referenced by `view`
+        assert torch.equal(view, view_saved)
+        assert torch.equal(y1, saved)
+        ptr = y3.data_ptr()
+        del y3
+        y4 = layer(x2)  # y3's storage is free again
+        assert y4.data_ptr() == ptr
+        with env("off"):
+            expected = layer(x2)
+        torch.testing.assert_close(y4, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_declines_under_dispatch_modes(kernels_built, count_calls):
+    """FLOP counters and other dispatch modes must see the standard convolutions."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    layer = SeparableConv2d(4, 6, 3, padding=1)
+    x = torch.randn(1, 4, 9, 9)
+    with env("on"):
+        counter = FlopCounterMode(display=False)
+        with counter:
+            layer(x)
+        with torch.device("cpu"):
+            layer(x)
+    assert counter.get_total_flops() > 0
+    assert count_calls["separable"] == 0

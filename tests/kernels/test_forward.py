@@ -1,0 +1,220 @@
+"""The fast forward equals the PyTorch path and the NumPy reference (float32, 1e-5 relative)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+
+from sepconv import reference
+from sepconv.functional.conv import depthwise_forward, separable_forward
+from sepconv.kernels import dispatch
+from tests.conftest import assert_close_to_reference
+from tests.kernels.helpers import Case, cases, env, output_fits
+
+RTOL = 1e-5
+
+
+def _np(t):
+    return None if t is None else t.detach().double().numpy()
+
+
+def _torch_path(fn, *args):
+    old = os.environ.get("SEPCONV_KERNELS")
+    os.environ["SEPCONV_KERNELS"] = "off"
+    try:
+        return fn(*args)
+    finally:
+        if old is None:
+            del os.environ["SEPCONV_KERNELS"]
+        else:
+            os.environ["SEPCONV_KERNELS"] = old
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    assert actual.shape == expected.shape
+    scale = max(1.0, expected.abs().max().item())
+    assert (actual.double() - expected.double()).abs().max().item() <= RTOL * scale
+
+
+def check_separable(case: Case) -> None:
+    x = case.input()
+    wd, wp, bd, bp = case.weights()
+    plan = case.plan()
+    args = (x, wd, wp, bd, bp, case.stride, case.dilation, plan, case.mode)
+    fast = dispatch.separable(*args)
+    if not output_fits(case):
+        assert fast is None
+        return
+    assert fast is not None, case
+    _close(fast, _torch_path(separable_forward, *args))
+    expected = reference.separable_conv(
+        _np(x),
+        _np(wd),
+        _np(wp),
+        _np(bd),
+        _np(bp),
+        case.stride,
+        case.padding,
+        case.dilation,
+        case.mode,
+    )
+    assert_close_to_reference(fast, expected, rtol=RTOL)
+
+
+def check_depthwise(case: Case) -> None:
+    x = case.input()
+    wd, _, bd, _ = case.weights()
+    plan = case.plan()
+    args = (x, wd, bd, case.stride, case.dilation, plan, case.mode)
+    fast = dispatch.depthwise(*args)
+    if not output_fits(case):
+        assert fast is None
+        return
+    assert fast is not None, case
+    _close(fast, _torch_path(depthwise_forward, *args))
+    expected = reference.depthwise_conv(
+        _np(x), _np(wd), _np(bd), case.stride, case.padding, case.dilation, case.mode
+    )
+    assert_close_to_reference(fast, expected, rtol=RTOL)
+
+
+@given(case=cases())
+def test_separable_forward_matches(case, kernels_built):
+    with env("on"):
+        check_separable(case)
+
+
+@given(case=cases())
+def test_depthwise_forward_matches(case, kernels_built):
+    with env("on"):
+        check_depthwise(case)
+
+
+@settings(max_examples=10)
+@given(case=cases(max_size=40, rank=2))
+def test_larger_planes(case, kernels_built):
+    """Planes larger than one vector, so full and partial vectors and several tiles run."""
+    with env("on"):
+        check_separable(case)
+        check_depthwise(case)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_output_layout_follows_pytorch(layout, kernels_on):
+    case = Case(2, 2, 8, 1, 16, 1, (20, 20), (3, 3), (1, 1), (1, 1), 1, "zeros", layout, True)
+    x = case.input()
+    wd, wp, bd, bp = case.weights()
+    out = dispatch.separable(x, wd, wp, bd, bp, case.stride, case.dilation, case.plan(), "zeros")
+    ref = torch.nn.functional.conv2d(torch.nn.functional.conv2d(x, wd, bd, 1, 1, 1, 8), wp, bp)
+    assert out.is_contiguous() == ref.is_contiguous()
+    assert out.is_contiguous(memory_format=torch.channels_last) == ref.is_contiguous(
+        memory_format=torch.channels_last
+    )
+
+
+def test_many_tiles_and_threads(kernels_on):
+    """Shapes that cut into many tiles (whole rows and pieces of long 1d rows)."""
+    for case in (
+        Case(
+            2,
+            3,
+            64,
+            1,
+            48,
+            1,
+            (37, 45),
+            (3, 3),
+            (1, 1),
+            (1, 1),
+            "same",
+            "zeros",
+            "contiguous",
+            True,
+        ),
+        Case(
+            2,
+            3,
+            64,
+            1,
+            48,
+            1,
+            (37, 45),
+            (5, 5),
+            (2, 2),
+            (1, 1),
+            "same",
+            "reflect",
+            "channels_last",
+            True,
+        ),
+        Case(1, 2, 96, 1, 32, 1, (3000,), (4,), (1,), (1,), "causal", "zeros", "contiguous", True),
+        # several 64-channel weight panels per pointwise group, channels_last
+        Case(
+            2, 2, 32, 1, 160, 2, (9, 9), (3, 3), (1, 1), (1, 1), 1, "zeros", "channels_last", True
+        ),
+        Case(
+            2, 1, 48, 2, 200, 1, (7, 7), (3, 3), (1, 1), (1, 1), 1, "reflect", "channels_last", True
+        ),
+        Case(
+            1,
+            2,
+            96,
+            2,
+            32,
+            2,
+            (3001,),
+            (3,),
+            (2,),
+            (2,),
+            "same",
+            "circular",
+            "channels_last",
+            False,
+        ),
+    ):
+        check_separable(case)
+        check_depthwise(case)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_thread_counts_agree(threads, kernels_on):
+    case = Case(
+        2, 2, 32, 1, 16, 1, (30, 30), (3, 3), (1, 1), (1, 1), 1, "zeros", "contiguous", True
+    )
+    x = case.input()
+    wd, wp, bd, bp = case.weights()
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = dispatch.separable(
+            x, wd, wp, bd, bp, case.stride, case.dilation, case.plan(), "zeros"
+        )
+    finally:
+        torch.set_num_threads(old)
+    expected = reference.separable_conv(_np(x), _np(wd), _np(wp), _np(bd), _np(bp), 1, 1)
+    assert_close_to_reference(out, expected, rtol=RTOL)
+
+
+def test_bfloat16_forward(kernels_on):
+    if not dispatch._bf16_supported():
+        pytest.skip("no native bfloat16 on this CPU")
+    case = Case(
+        2, 2, 32, 1, 24, 1, (17, 19), (3, 3), (1, 1), (1, 1), 1, "zeros", "contiguous", True
+    )
+    for layout in ("contiguous", "channels_last"):
+        case.layout = layout
+        x = case.input(torch.bfloat16)
+        wd, wp, bd, bp = case.weights(torch.bfloat16)
+        args = (x, wd, wp, bd, bp, case.stride, case.dilation, case.plan(), "zeros")
+        fast = dispatch.separable(*args)
+        assert fast is not None and fast.dtype == torch.bfloat16
+        expected = reference.separable_conv(_np(x), _np(wd), _np(wp), _np(bd), _np(bp), 1, 1)
+        scale = np.abs(expected).max()
+        assert np.abs(fast.double().numpy() - expected).max() <= 2e-2 * scale
+        dw = dispatch.depthwise(x, wd, bd, case.stride, case.dilation, case.plan(), "zeros")
+        dexp = reference.depthwise_conv(_np(x), _np(wd), _np(bd), 1, 1)
+        assert np.abs(dw.double().numpy() - dexp).max() <= 2e-2 * np.abs(dexp).max()
