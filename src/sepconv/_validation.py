@@ -69,6 +69,15 @@ def divisible(numerator: int, denominator: int, what: str) -> None:
 is_fx_tracing = getattr(_fx, "is_fx_symbolic_tracing", _fx.is_fx_tracing)
 
 
+def conv_channels(in_channels: object, out_channels: object, groups: object) -> None:
+    """Positive ints, both channel counts divisible by ``groups`` (as ``nn.ConvNd`` needs)."""
+    positive_int(in_channels, "in_channels")
+    positive_int(out_channels, "out_channels")
+    positive_int(groups, "groups")
+    for name, channels in (("in_channels", in_channels), ("out_channels", out_channels)):
+        divisible(channels, groups, f"{name}={channels} must be divisible by groups={groups}")
+
+
 def check_input(x: object, rank: int, channels: int, name: str = "input") -> None:
     """Check a conv input: a tensor of rank ``rank+2`` (or unbatched ``rank+1``) with ``channels``.
 
@@ -81,6 +90,8 @@ def check_input(x: object, rank: int, channels: int, name: str = "input") -> Non
             f"{name} must have shape (N, {channels}, {_spatial_names(rank)}) or "
             f"({channels}, {_spatial_names(rank)}), got shape {tuple(x.shape)} ({x.dim()}-d)"
         )
+    if torch.jit.is_tracing():
+        return  # sizes are traced values: comparing them would bake this input into the trace
     got = x.shape[-rank - 1]
     if got != channels:
         raise ValueError(

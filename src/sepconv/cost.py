@@ -64,7 +64,7 @@ def conv_params(
     in_channels: int, out_channels: int, kernel_size: Size, groups: int = 1, bias: bool = True
 ) -> int:
     """``O * (C/G) * prod(K) (+ O)``: weights (and biases) of a (grouped) conv."""
-    _check_channels(in_channels, out_channels, groups)
+    check.conv_channels(in_channels, out_channels, groups)
     k = _tuple(kernel_size, _rank(kernel_size), "kernel_size")
     return out_channels * (in_channels // groups) * math.prod(k) + (out_channels if bias else 0)
 
@@ -78,7 +78,7 @@ def conv_macs(
     batch: int = 1,
 ) -> int:
     """``N * prod(out) * O * (C/G) * prod(K)``: MACs of a (grouped) conv (bias adds excluded)."""
-    _check_channels(in_channels, out_channels, groups)
+    check.conv_channels(in_channels, out_channels, groups)
     rank = _rank(kernel_size, output_size)
     k, out = _tuple(kernel_size, rank, "kernel_size"), _tuple(output_size, rank, "output_size")
     return (
@@ -99,7 +99,7 @@ def conv_transpose_macs(
     batch: int = 1,
 ) -> int:
     """``N * prod(in) * C * (O/G) * prod(K)``: every input element meets every kernel tap once."""
-    _check_channels(in_channels, out_channels, groups)
+    check.conv_channels(in_channels, out_channels, groups)
     rank = _rank(kernel_size, input_size)
     k, n = _tuple(kernel_size, rank, "kernel_size"), _tuple(input_size, rank, "input_size")
     return (
@@ -244,16 +244,4 @@ def compare(
         depthwise=depthwise,
         pointwise=pointwise,
         separable=Cost(depthwise.params + pointwise.params, depthwise.macs + pointwise.macs),
-    )
-
-
-def _check_channels(in_channels: int, out_channels: int, groups: int) -> None:
-    check.positive_int(in_channels, "in_channels")
-    check.positive_int(out_channels, "out_channels")
-    check.positive_int(groups, "groups")
-    check.divisible(
-        in_channels, groups, f"in_channels={in_channels} must be divisible by groups={groups}"
-    )
-    check.divisible(
-        out_channels, groups, f"out_channels={out_channels} must be divisible by groups={groups}"
     )

@@ -225,15 +225,7 @@ def explain(
     """
     rank = len(kernel_size) if isinstance(kernel_size, tuple | list) else 2
     k = check.int_tuple(kernel_size, rank, "kernel_size")
-    check.positive_int(in_channels, "in_channels")
-    check.positive_int(out_channels, "out_channels")
-    check.positive_int(groups, "groups")
-    check.divisible(
-        in_channels, groups, f"in_channels={in_channels} must be divisible by groups={groups}"
-    )
-    check.divisible(
-        out_channels, groups, f"out_channels={out_channels} must be divisible by groups={groups}"
-    )
+    check.conv_channels(in_channels, out_channels, groups)
     if not isinstance(bias, bool):
         raise TypeError(f"bias must be a bool, got {bias!r}")
     s, d = check.int_tuple(stride, rank, "stride"), check.int_tuple(dilation, rank, "dilation")

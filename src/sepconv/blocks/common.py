@@ -66,45 +66,21 @@ class ConvNormAct(nn.Sequential):
             padding = tuple((k - 1) // 2 * d for k, d in zip(kernel, dil))
         if bias is None:
             bias = norm_layer is None
-        if isinstance(padding, str):
-            conv: nn.Conv2d = PaddedConv2d(
-                in_channels,
-                out_channels,
-                kernel,
-                stride,
-                padding,
-                dil,
-                groups,
-                bias,
-                device=device,
-                dtype=dtype,
-            )
-        else:
-            check.positive_int(in_channels, "in_channels")
-            check.positive_int(out_channels, "out_channels")
-            check.positive_int(groups, "groups")
-            check.divisible(
-                in_channels,
-                groups,
-                f"in_channels={in_channels} must be divisible by groups={groups}",
-            )
-            check.divisible(
-                out_channels,
-                groups,
-                f"out_channels={out_channels} must be divisible by groups={groups}",
-            )
-            conv = nn.Conv2d(
-                in_channels,
-                out_channels,
-                kernel,
-                stride,
-                padding,
-                dil,
-                groups,
-                bias,
-                device=device,
-                dtype=dtype,
-            )
+        check.conv_channels(in_channels, out_channels, groups)
+        # A plain nn.Conv2d where it can express the padding, so tools see the usual type.
+        conv_cls = PaddedConv2d if isinstance(padding, str) else nn.Conv2d
+        conv = conv_cls(
+            in_channels,
+            out_channels,
+            kernel,
+            stride,
+            padding,
+            dil,
+            groups,
+            bias,
+            device=device,
+            dtype=dtype,
+        )
         layers: list[nn.Module] = [conv]
         norm = create_norm(norm_layer, out_channels, 2, device=device, dtype=dtype)
         if not isinstance(norm, nn.Identity):

@@ -144,20 +144,12 @@ def fold_batchnorm(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     for site in reversed(sites):
         module = site.module
         if isinstance(module, _SeparableConvNd):
-            if (
-                _foldable(module.norm, module.pointwise.out_channels)
-                and uses[id(module.pointwise)] == 1
-            ):
-                _fold_into(module.pointwise, module.norm)
-                module.norm = nn.Identity()
-                folded += 1
-            if (
-                _foldable(module.mid_norm, module.depthwise.out_channels)
-                and uses[id(module.depthwise)] == 1
-            ):
-                _fold_into(module.depthwise, module.mid_norm)
-                module.mid_norm = nn.Identity()
-                folded += 1
+            for stage_name, norm_name in (("pointwise", "norm"), ("depthwise", "mid_norm")):
+                stage, norm = getattr(module, stage_name), getattr(module, norm_name)
+                if _foldable(norm, stage.out_channels) and uses[id(stage)] == 1:
+                    _fold_into(stage, norm)
+                    setattr(module, norm_name, nn.Identity())
+                    folded += 1
         if isinstance(module, nn.Sequential):
             keys = list(module._modules)
             for first, second in itertools.pairwise(keys):

@@ -8,15 +8,13 @@ depthwise plus its pointwise stage, whichever code path runs it.
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 
 import torch
 from torch import Tensor, nn
 
-from sepconv import cost
-from sepconv.layers.separable import _SeparableBase, _SeparableConvNd
+from sepconv.analysis import counting
 
 
 def count_params(model: nn.Module) -> int:
@@ -24,68 +22,23 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _separable_macs(module: _SeparableBase, x: Tensor, out: Tensor) -> int:
-    dw, pw = module.depthwise, module.pointwise
-    k = math.prod(dw.kernel_size)
-    mid = dw.out_channels
-    out_positions = math.prod(out.shape[2:])
-    if isinstance(module, _SeparableConvNd):
-        depthwise = out_positions * mid * k
-    else:  # transposed depthwise stage: every input element meets every tap once
-        depthwise = math.prod(x.shape[2:]) * mid * k
-    pointwise = out_positions * pw.out_channels * (mid // pw.groups)
-    return out.shape[0] * (depthwise + pointwise)
-
-
-def _conv_macs(module: nn.modules.conv._ConvNd, x: Tensor, out: Tensor) -> int:
-    if module.transposed:
-        return cost.conv_transpose_macs(
-            module.in_channels,
-            module.out_channels,
-            tuple(module.kernel_size),
-            tuple(x.shape[2:]),
-            groups=module.groups,
-            batch=x.shape[0],
-        )
-    return cost.conv_macs(
-        module.in_channels,
-        module.out_channels,
-        tuple(module.kernel_size),
-        tuple(out.shape[2:]),
-        groups=module.groups,
-        batch=out.shape[0],
-    )
-
-
 @torch.no_grad()
 def count_macs(model: nn.Module, example: Tensor) -> int:
     """MACs of one forward pass of ``example`` (a batch; pass one image for MACs per image).
 
-    Counts ``nn.ConvNd`` (plain, grouped, depthwise, transposed), sepconv's separable layers
-    (depthwise + pointwise) and ``nn.Linear``. The model's training flag is restored.
+    Counts every ``nn.ConvNd`` (plain, grouped, depthwise, transposed) and ``nn.Linear`` call,
+    with :func:`sepconv.analysis.counting.macs_of`. A separable layer counts as its two
+    stages: while they are hooked it calls them one by one instead of fusing them.
+    The model's training flag is restored.
     """
     total = 0
-    handles = []
 
     def hook(module: nn.Module, inputs: tuple, out: Tensor) -> None:
         nonlocal total
-        x = inputs[0]
-        if isinstance(module, _SeparableBase):
-            total += _separable_macs(module, x, out)
-        elif isinstance(module, nn.modules.conv._ConvNd):
-            total += _conv_macs(module, x, out)
-        elif isinstance(module, nn.Linear):
-            total += out.numel() * module.in_features
+        total += counting.macs_of(module, inputs, out)
 
-    def visit(module: nn.Module) -> None:
-        if isinstance(module, _SeparableBase | nn.modules.conv._ConvNd | nn.Linear):
-            handles.append(module.register_forward_hook(hook))
-            if isinstance(module, _SeparableBase):
-                return  # its stages are counted by the parent, whichever path it takes
-        for child in module.children():
-            visit(child)
-
-    visit(model)
+    counted = (nn.modules.conv._ConvNd, nn.Linear)
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, counted)]
     was_training = model.training
     model.eval()
     try:

@@ -54,6 +54,10 @@ def _warn_once(key: str, message: str) -> None:
 def _tracing() -> bool:
     """Tracing, compiling, or a Python dispatch/function mode (FlopCounterMode, FakeTensorMode,
     profilers built on modes...) that expects to see the standard aten ops."""
+    # First, and alone: Dynamo folds is_compiling() to True without a graph break, so it
+    # never traces into the checks below (some of which it cannot trace).
+    if torch.compiler.is_compiling():
+        return True
     if torch.jit.is_scripting() or torch.jit.is_tracing():
         return True
     if torch._C._is_torch_function_mode_enabled():
@@ -64,11 +68,6 @@ def _tracing() -> bool:
         if _get_current_dispatch_mode() is not None:
             return True
     except ImportError:  # pragma: no cover
-        pass
-    try:
-        if torch.compiler.is_compiling():
-            return True
-    except AttributeError:  # pragma: no cover - older torch
         pass
     try:
         from torch.fx import _symbolic_trace
@@ -139,7 +138,8 @@ def _amounts(x: Tensor, plan: PaddingPlan, padding_mode: str) -> tuple[int, ...]
         for axis in range(rank):
             lo, hi = amounts[2 * (rank - 1 - axis)], amounts[2 * (rank - 1 - axis) + 1]
             size = spatial[axis]
-            # The PyTorch path rejects these (sepconv.functional.padding): let it raise.
+            # Reflect/circular beyond the input: the PyTorch path raises its error. Replicate
+            # beyond it (rare): the PyTorch path runs it.
             if padding_mode == "reflect" and max(lo, hi) >= size:
                 return None
             if max(lo, hi) > size:

@@ -52,17 +52,7 @@ class _PaddedConvMixin:
         dtype: torch.dtype | None = None,
     ) -> None:
         rank = self._rank
-        check.positive_int(in_channels, "in_channels")
-        check.positive_int(out_channels, "out_channels")
-        check.positive_int(groups, "groups")
-        check.divisible(
-            in_channels, groups, f"in_channels={in_channels} must be divisible by groups={groups}"
-        )
-        check.divisible(
-            out_channels,
-            groups,
-            f"out_channels={out_channels} must be divisible by groups={groups}",
-        )
+        check.conv_channels(in_channels, out_channels, groups)
         kernel_t = check.int_tuple(kernel_size, rank, "kernel_size")
         stride_t = check.int_tuple(stride, rank, "stride")
         dilation_t = check.int_tuple(dilation, rank, "dilation")

@@ -69,7 +69,35 @@ _SMALL_V2_STRIDES = {
 }
 
 
-class MobileNetV1(nn.Module):
+class _MobileNet(nn.Module):
+    """What both MobileNets share: a stem, ``features``, global average pooling, ``classifier``."""
+
+    def _stem(
+        self, in_chans: int, channels: int, stride: int, norm_layer, act_layer, factory
+    ) -> nn.Module:
+        return ConvNormAct(
+            in_chans, channels, 3, stride, norm_layer=norm_layer, act_layer=act_layer, **factory
+        )
+
+    def _finish(
+        self, layers: list[nn.Module], channels: int, num_classes: int, dropout: float, factory
+    ) -> None:
+        self.features = nn.Sequential(*layers)
+        self.num_features = channels
+        self.classifier = _classifier(channels, num_classes, dropout, **factory)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """``(N, in_chans, H, W) -> (N, num_features, H/32, W/32)`` (unpooled)."""
+        return self.features(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(N, in_chans, H, W) -> (N, num_classes)``."""
+        return self.classifier(
+            torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1)
+        )
+
+
+class MobileNetV1(_MobileNet):
     """MobileNetV1: a 3x3 stem conv, 13 :class:`DepthwiseSeparableBlock`, global pooling, a classifier.
 
     Args:
@@ -113,17 +141,7 @@ class MobileNetV1(nn.Module):
             return max(int(channels * width_mult), min_depth)
 
         channels = depth(32)
-        layers: list[nn.Module] = [
-            ConvNormAct(
-                in_chans,
-                channels,
-                3,
-                stem_stride,
-                norm_layer=norm_layer,
-                act_layer=act_layer,
-                **factory,
-            )
-        ]
+        layers = [self._stem(in_chans, channels, stem_stride, norm_layer, act_layer, factory)]
         for (out, _), stride in zip(V1_BLOCKS, strides):
             layers.append(
                 DepthwiseSeparableBlock(
@@ -137,23 +155,11 @@ class MobileNetV1(nn.Module):
                 )
             )
             channels = depth(out)
-        self.features = nn.Sequential(*layers)
-        self.num_features = channels
-        self.classifier = _classifier(channels, num_classes, dropout, **factory)
+        self._finish(layers, channels, num_classes, dropout, factory)
         init_tf_slim_(self)
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        """``(N, in_chans, H, W) -> (N, num_features, H/32, W/32)`` (unpooled)."""
-        return self.features(x)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``(N, in_chans, H, W) -> (N, num_classes)``."""
-        return self.classifier(
-            torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1)
-        )
-
-
-class MobileNetV2(nn.Module):
+class MobileNetV2(_MobileNet):
     """MobileNetV2, with torchvision's layout: ``features`` then ``classifier``.
 
     Args:
@@ -192,17 +198,7 @@ class MobileNetV2(nn.Module):
         factory = dict(device=device, dtype=dtype)
         channels = make_divisible(32 * width_mult, round_nearest)
         last = make_divisible(1280 * max(1.0, width_mult), round_nearest)
-        layers: list[nn.Module] = [
-            ConvNormAct(
-                in_chans,
-                channels,
-                3,
-                stem_stride,
-                norm_layer=norm_layer,
-                act_layer=act_layer,
-                **factory,
-            )
-        ]
+        layers = [self._stem(in_chans, channels, stem_stride, norm_layer, act_layer, factory)]
         for (t, c, n, _), stride in zip(V2_STAGES, strides):
             out = make_divisible(c * width_mult, round_nearest)
             for i in range(n):
@@ -221,20 +217,9 @@ class MobileNetV2(nn.Module):
         layers.append(
             ConvNormAct(channels, last, 1, norm_layer=norm_layer, act_layer=act_layer, **factory)
         )
-        self.features = nn.Sequential(*layers)
-        self.num_features = self.last_channel = last
-        self.classifier = _classifier(last, num_classes, dropout, **factory)
+        self._finish(layers, last, num_classes, dropout, factory)
+        self.last_channel = last  # torchvision's name
         init_torchvision_(self)
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        """``(N, in_chans, H, W) -> (N, last_channel, H/32, W/32)`` (unpooled)."""
-        return self.features(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """``(N, in_chans, H, W) -> (N, num_classes)``."""
-        return self.classifier(
-            torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1)
-        )
 
 
 def mobilenet_v1(
