@@ -80,6 +80,22 @@ def test_auto_leaves_small_planes_to_pytorch(kernels_built):
         assert _call() is not None
 
 
+def test_auto_takes_small_planes_with_a_depth_multiplier(kernels_built):
+    # PyTorch's depthwise path with a multiplier is its slow generic one (docs/performance.md)
+    small = _case()
+    with_multiplier = Case(
+        2, 2, 8, 2, 12, 1, (14, 14), (3, 3), (1, 1), (1, 1), 1, "zeros", "contiguous", True
+    )
+    with env("auto"):
+        assert _call(small) is None and _call(with_multiplier) is not None
+        x = torch.randn(1, 8, 14, 14).contiguous(memory_format=torch.channels_last)
+        for mult, taken in ((1, False), (2, True)):
+            weight = torch.randn(8 * mult, 1, 3, 3)
+            plan = small.plan()
+            out = dispatch.depthwise(x, weight, None, (1, 1), (1, 1), plan, "zeros")
+            assert (out is not None) is taken
+
+
 def test_unknown_env_value_warns_and_means_auto(kernels_built, monkeypatch):
     monkeypatch.setattr(dispatch, "_warned", set())
     with env("fast"), pytest.warns(RuntimeWarning, match="SEPCONV_KERNELS"):

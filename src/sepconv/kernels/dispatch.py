@@ -232,7 +232,9 @@ def separable(
     )
     if g is None or not _fits_int32(g):
         return None
-    if current == "auto" and _pytorch_wins_separable(g):
+    # With a depth multiplier PyTorch leaves its specialised depthwise kernels (3-10x slower
+    # than the fused kernel at every size measured), so only M == 1 may go to PyTorch.
+    if current == "auto" and mult == 1 and _pytorch_wins_separable(g):
         return None
     if not _load_or_decline(current):
         return None
@@ -268,9 +270,11 @@ def depthwise(
     # oneDNN is already fast on channels_last 2d depthwise; the kernel only wins there when the
     # output is large enough for fresh-allocation page faults to dominate (the kernel reuses
     # pooled outputs). See docs/performance.md.
+    # Not with a depth multiplier, which oneDNN runs 1.1-3x slower than the kernel.
+    mult = weight.shape[0] // x.shape[1]
     channels_last_2d = rank == 2 and x.stride(1) == 1 and x.shape[1] > 1
-    out_bytes = x.numel() * (weight.shape[0] // x.shape[1]) * x.element_size()
-    if current == "auto" and channels_last_2d and out_bytes < (16 << 20):
+    out_bytes = x.numel() * mult * x.element_size()
+    if current == "auto" and channels_last_2d and mult == 1 and out_bytes < (16 << 20):
         return None
     amounts = _amounts(x, plan, padding_mode)
     if amounts is None:

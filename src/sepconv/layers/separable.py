@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules import module as _torch_module
 
 from sepconv import _validation as check
 from sepconv.functional.conv import separable_forward
@@ -211,7 +212,7 @@ class _SeparableConvNd(_SeparableBase):
         """
         if self.has_mid_layers or _any_global_hooks():
             return False
-        return all(_is_plain_stage(stage) for stage in (self.depthwise, self.pointwise))
+        return _is_plain_stage(self.depthwise) and _is_plain_stage(self.pointwise)
 
     def to_dense(self) -> nn.Module:
         """One equivalent dense conv (exact), when nothing sits between the stages.
@@ -238,25 +239,23 @@ class _SeparableConvNd(_SeparableBase):
 
 
 def _is_plain_stage(stage: nn.Module) -> bool:
-    hooks = (
-        stage._forward_hooks,
-        stage._forward_pre_hooks,
-        stage._backward_hooks,
-        stage._backward_pre_hooks,
+    hooked = (
+        stage._forward_hooks
+        or stage._forward_pre_hooks
+        or stage._backward_hooks
+        or stage._backward_pre_hooks
     )
-    return not any(hooks) and "weight" in stage._parameters
+    return not hooked and "weight" in stage._parameters
 
 
 def _any_global_hooks() -> bool:
-    from torch.nn.modules import module as torch_module
-
-    hooks = (
-        torch_module._global_forward_hooks,
-        torch_module._global_forward_pre_hooks,
-        torch_module._global_backward_hooks,
-        torch_module._global_backward_pre_hooks,
+    m = _torch_module
+    return bool(
+        m._global_forward_hooks
+        or m._global_forward_pre_hooks
+        or m._global_backward_hooks
+        or m._global_backward_pre_hooks
     )
-    return any(hooks)
 
 
 def _dense_conv_like(
