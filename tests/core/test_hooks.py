@@ -85,3 +85,21 @@ def test_parametrized_weight_is_used():
     parametrize.register_parametrization(layer.pointwise, "weight", Doubled())
     bias = layer.pointwise.bias.view(1, -1, 1, 1)
     torch.testing.assert_close(layer(x), 2 * (before - bias) + bias)
+
+
+def test_a_replaced_or_patched_stage_runs_its_own_forward():
+    class Scaled(sepconv.PointwiseConv2d):
+        def forward(self, x):
+            return 10 * super().forward(x)
+
+    layer = sepconv.SeparableConv2d(3, 4, 3)
+    x = torch.randn(1, 3, 6, 6)
+    plain = layer(x).detach()
+    scaled = Scaled(3, 4)
+    scaled.load_state_dict(layer.pointwise.state_dict())
+    layer.pointwise = scaled
+    torch.testing.assert_close(layer(x), 10 * plain)
+    layer.pointwise = sepconv.PointwiseConv2d(3, 4)
+    layer.pointwise.load_state_dict(scaled.state_dict())
+    layer.depthwise.forward = lambda inp: torch.zeros(1, 3, 4, 4)
+    torch.testing.assert_close(layer(x), layer.pointwise.bias.view(1, -1, 1, 1).expand(1, 4, 4, 4))

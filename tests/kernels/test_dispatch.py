@@ -276,3 +276,11 @@ def test_declines_under_dispatch_modes(kernels_built, count_calls):
             layer(x)
     assert counter.get_total_flops() > 0
     assert count_calls["separable"] == 0
+
+
+def test_autocast_gets_the_pytorch_path_and_its_dtype(kernels_built, count_calls):
+    layer = SeparableConv2d(8, 16, 3, padding=1, depth_multiplier=2)
+    x = torch.randn(2, 8, 64, 64)
+    with env("auto"), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    assert out.dtype == torch.bfloat16 and count_calls == {"separable": 0, "depthwise": 0}

@@ -370,14 +370,16 @@ def torch_separable(x, wd, wp, bd, bp, g: Geometry) -> Tensor:
 
 
 def _recompute_grads(fn, inputs, needs, gy):
+    """Gradients of ``fn(*inputs)`` through PyTorch, themselves differentiable.
+
+    The saved tensors are used as they are, not detached: the gradients must stay connected
+    to the real input and weights, or a double backward (gradient penalties) would be wrong.
+    """
     with torch.enable_grad():
-        detached = [
-            None if t is None else t.detach().requires_grad_(n) for t, n in zip(inputs, needs)
-        ]
-        out = fn(*detached)
-        wanted = [t for t, n in zip(detached, needs) if t is not None and n]
+        out = fn(*inputs)
+        wanted = [t for t, n in zip(inputs, needs) if t is not None and n]
         grads = iter(torch.autograd.grad(out, wanted, gy, create_graph=True, allow_unused=True))
-    return tuple(next(grads) if (t is not None and n) else None for t, n in zip(detached, needs))
+    return tuple(next(grads) if (t is not None and n) else None for t, n in zip(inputs, needs))
 
 
 # ----------------------------------------------------------------------------- autograd

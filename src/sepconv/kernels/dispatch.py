@@ -79,6 +79,13 @@ def _tracing() -> bool:
     return bool(check())
 
 
+def _autocast_on() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # pragma: no cover - torch < 2.4 takes no device type
+        return torch.is_autocast_cpu_enabled()
+
+
 def _bf16_supported() -> bool:
     global _bf16_ok
     if _bf16_ok is None:
@@ -107,6 +114,8 @@ def _plain(t: Tensor | None, dtype: torch.dtype) -> bool:
 def _common_checks(x, tensors) -> tuple[bool, bool] | None:
     """``(ok, grad_needed)``-style pre-checks; None to decline."""
     if not isinstance(x, torch.Tensor) or _tracing() or x.dim() not in (3, 4):
+        return None
+    if _autocast_on():  # autocast picks the conv's dtype; PyTorch's path applies it
         return None
     dtype = x.dtype
     if dtype not in (torch.float32, torch.float64, torch.bfloat16):

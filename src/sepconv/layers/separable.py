@@ -206,13 +206,16 @@ class _SeparableConvNd(_SeparableBase):
     def _can_fuse_stages(self) -> bool:
         """Whether both stages may run as one fused call, skipping their own ``forward``.
 
-        Only when nothing sits between them and nothing observes or rewrites a stage: no
-        module or global hooks (pruning and weight norm use pre-hooks) and no
+        Only when nothing sits between them and nothing observes or rewrites a stage: both
+        stages are the layer's own classes with their own ``forward`` (not replaced by, say,
+        a QAT conv), no module or global hooks (pruning and weight norm use pre-hooks) and no
         parametrization (then ``weight`` is no longer a plain parameter).
         """
         if self.has_mid_layers or _any_global_hooks():
             return False
-        return _is_plain_stage(self.depthwise) and _is_plain_stage(self.pointwise)
+        return _is_plain_stage(self.depthwise, self._depthwise_cls) and _is_plain_stage(
+            self.pointwise, self._pointwise_cls
+        )
 
     def to_dense(self) -> nn.Module:
         """One equivalent dense conv (exact), when nothing sits between the stages.
@@ -238,7 +241,10 @@ class _SeparableConvNd(_SeparableBase):
         return self._dense_or_sequential(dense)
 
 
-def _is_plain_stage(stage: nn.Module) -> bool:
+def _is_plain_stage(stage: nn.Module, expected: type) -> bool:
+    """The stage is the layer's own class with its own ``forward``, unhooked, unpruned."""
+    if type(stage) is not expected or "forward" in stage.__dict__:
+        return False  # replaced (e.g. a QAT conv) or patched: its forward must run
     hooked = (
         stage._forward_hooks
         or stage._forward_pre_hooks
