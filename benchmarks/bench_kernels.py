@@ -219,6 +219,27 @@ def _onnx_runner(model: nn.Module, x: torch.Tensor) -> Callable[[], object] | No
     return lambda: session.run(None, feed)
 
 
+def in_mode(fn: Callable[[], object], mode: str) -> Callable[[], object]:
+    """``fn`` run under ``SEPCONV_KERNELS=mode`` and ``torch.inference_mode``."""
+
+    def run():
+        os.environ["SEPCONV_KERNELS"] = mode
+        with torch.inference_mode():
+            return fn()
+
+    return run
+
+
+def _bandwidth(times: dict[str, float], nbytes: float, peaks) -> dict[str, dict[str, float]]:
+    """Achieved GB/s of each timing (ms) and its share of the copy bandwidth."""
+    return {
+        "bandwidth_GBs": {n: nbytes / (t / 1e3) / 1e9 for n, t in times.items()},
+        "fraction_of_copy": {
+            n: nbytes / (t / 1e3) / peaks.copy_bandwidth for n, t in times.items()
+        },
+    }
+
+
 def bench_separable(shape: Shape, peaks, compile_it: bool) -> Row:
     torch.manual_seed(0)
     ref = _pytorch_pair(shape)
@@ -235,14 +256,6 @@ def bench_separable(shape: Shape, peaks, compile_it: bool) -> Row:
         scale = expected.abs().max().item()
         if (got - expected).abs().max().item() > 1e-4 * max(scale, 1.0):
             raise AssertionError(f"sepconv output differs from PyTorch on {shape.label}")
-
-    def in_mode(fn, mode):
-        def run():
-            os.environ["SEPCONV_KERNELS"] = mode
-            with torch.inference_mode():
-                return fn()
-
-        return run
 
     fns["pytorch_nchw"] = in_mode(lambda: ref(x), "off")
     fns["pytorch_cl"] = in_mode(lambda: ref_cl(x_cl), "off")
@@ -294,30 +307,18 @@ def bench_depthwise(peaks) -> list[dict]:
         )
         ref_cl.load_state_dict(ref.state_dict())
 
-        def run(fn, mode):
-            def inner():
-                os.environ["SEPCONV_KERNELS"] = mode
-                with torch.inference_mode():
-                    return fn()
-
-            return inner
-
         times = time_interleaved(
             {
-                "pytorch_nchw": run(lambda ref=ref: ref(x), "off"),
-                "pytorch_cl": run(lambda ref_cl=ref_cl: ref_cl(x_cl), "off"),
-                "sepconv_nchw": run(lambda layer=layer: layer(x), "on"),
-                "sepconv_cl": run(lambda layer=layer: layer(x_cl), "on"),
+                "pytorch_nchw": in_mode(lambda ref=ref: ref(x), "off"),
+                "pytorch_cl": in_mode(lambda ref_cl=ref_cl: ref_cl(x_cl), "off"),
+                "sepconv_nchw": in_mode(lambda layer=layer: layer(x), "on"),
+                "sepconv_cl": in_mode(lambda layer=layer: layer(x_cl), "on"),
             },
             0.8,
         )
         nbytes = 2 * 4 * x.numel()
         entry = {"shape": f"{N}x{C}x{H}x{H} k{k}", "times_ms": times, "bytes": nbytes}
-        entry["bandwidth_GBs"] = {n: nbytes / (t / 1e3) / 1e9 for n, t in times.items()}
-        entry["fraction_of_copy"] = {
-            n: nbytes / (t / 1e3) / peaks.copy_bandwidth for n, t in times.items()
-        }
-        results.append(entry)
+        results.append({**entry, **_bandwidth(times, nbytes, peaks)})
     os.environ.pop("SEPCONV_KERNELS", None)
     return results
 
@@ -332,32 +333,18 @@ def bench_mamba(peaks) -> dict:
     ref = nn.Conv1d(C, C, 4, padding=3, groups=C).eval()
     ref.load_state_dict({"weight": layer.weight.detach(), "bias": layer.bias.detach()})
 
-    def run(fn, mode):
-        def inner():
-            os.environ["SEPCONV_KERNELS"] = mode
-            with torch.inference_mode():
-                return fn()
-
-        return inner
-
     times = time_interleaved(
         {
-            "pytorch (conv1d pad 3, slice)": run(lambda: ref(x)[..., :L], "off"),
-            "pytorch (sepconv off)": run(lambda: layer(x), "off"),
-            "sepconv": run(lambda: layer(x), "on"),
+            "pytorch (conv1d pad 3, slice)": in_mode(lambda: ref(x)[..., :L], "off"),
+            "pytorch (sepconv off)": in_mode(lambda: layer(x), "off"),
+            "sepconv": in_mode(lambda: layer(x), "on"),
         },
         1.0,
     )
     os.environ.pop("SEPCONV_KERNELS", None)
     nbytes = 2 * 4 * x.numel()
-    return {
-        "shape": f"{N}x{C}x{L} k4 causal",
-        "times_ms": times,
-        "bandwidth_GBs": {n: nbytes / (t / 1e3) / 1e9 for n, t in times.items()},
-        "fraction_of_copy": {
-            n: nbytes / (t / 1e3) / peaks.copy_bandwidth for n, t in times.items()
-        },
-    }
+    entry = {"shape": f"{N}x{C}x{L} k4 causal", "times_ms": times}
+    return {**entry, **_bandwidth(times, nbytes, peaks)}
 
 
 _TRAIN_SCRIPT = r"""

@@ -16,13 +16,18 @@ import sepconv
 BLOCKS = ((16, 32, 1), (32, 64, 2), (64, 64, 1), (64, 128, 2))
 
 
-def mobilenet_stack(num_classes: int = 10, width: int = 1) -> nn.Sequential:
-    """MobileNet-style stack for ``(N, 3, H, W)`` inputs (H, W >= 8)."""
-    layers: list[nn.Module] = [
+def _stem(width: int) -> list[nn.Module]:
+    """The stride-2 conv-BN-ReLU6 stem both stacks share."""
+    return [
         nn.Conv2d(3, 16 * width, 3, stride=2, padding=1, bias=False),
         nn.BatchNorm2d(16 * width),
         nn.ReLU6(inplace=True),
     ]
+
+
+def mobilenet_stack(num_classes: int = 10, width: int = 1) -> nn.Sequential:
+    """MobileNet-style stack for ``(N, 3, H, W)`` inputs (H, W >= 8)."""
+    layers = _stem(width)
     for c, o, s in BLOCKS:
         layers.append(
             sepconv.SeparableConv2d(
@@ -46,11 +51,7 @@ def mobilenet_stack(num_classes: int = 10, width: int = 1) -> nn.Sequential:
 
 def dense_stack(num_classes: int = 10, width: int = 1) -> nn.Sequential:
     """``mobilenet_stack`` with each separable block replaced by a dense 3x3 conv."""
-    layers: list[nn.Module] = [
-        nn.Conv2d(3, 16 * width, 3, stride=2, padding=1, bias=False),
-        nn.BatchNorm2d(16 * width),
-        nn.ReLU6(inplace=True),
-    ]
+    layers = _stem(width)
     for c, o, s in BLOCKS:
         layers.append(
             nn.Sequential(

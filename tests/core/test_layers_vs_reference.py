@@ -32,6 +32,23 @@ def _input(case):
     return torch.randn(*case.input_shape, dtype=torch.float64)
 
 
+def _separable(case, out_channels=None, **kwargs):
+    """The float64 separable layer of ``case`` (its geometry, modes and bias)."""
+    return SEPARABLE[case.rank](
+        case.in_channels,
+        case.out_channels if out_channels is None else out_channels,
+        case.kernel_size,
+        case.stride,
+        case.padding,
+        case.dilation,
+        case.depth_multiplier,
+        case.bias,
+        case.padding_mode,
+        dtype=torch.float64,
+        **kwargs,
+    )
+
+
 @given(case=conv_cases())
 def test_depthwise_layer(case):
     layer = DEPTHWISE[case.rank](
@@ -63,20 +80,7 @@ def test_depthwise_layer(case):
 def test_separable_layer(case, pointwise_groups):
     mid = case.in_channels * case.depth_multiplier
     groups = pointwise_groups if mid % pointwise_groups == 0 else 1
-    out_channels = case.out_channels * groups
-    layer = SEPARABLE[case.rank](
-        case.in_channels,
-        out_channels,
-        case.kernel_size,
-        case.stride,
-        case.padding,
-        case.dilation,
-        case.depth_multiplier,
-        case.bias,
-        case.padding_mode,
-        pointwise_groups=groups,
-        dtype=torch.float64,
-    )
+    layer = _separable(case, case.out_channels * groups, pointwise_groups=groups)
     x = _input(case)
     dw, pw = layer.depthwise, layer.pointwise
     expected = reference.separable_conv(
@@ -230,18 +234,7 @@ def test_padded_conv_layer(case, groups):
 
 @given(case=conv_cases(), data=st.data())
 def test_separable_to_dense_is_exact(case, data):
-    layer = SEPARABLE[case.rank](
-        case.in_channels,
-        case.out_channels,
-        case.kernel_size,
-        case.stride,
-        case.padding,
-        case.dilation,
-        case.depth_multiplier,
-        case.bias,
-        case.padding_mode,
-        dtype=torch.float64,
-    )
+    layer = _separable(case)
     dense = layer.to_dense()
     assert isinstance(dense, torch.nn.modules.conv._ConvNd)
     x = _input(case)

@@ -17,39 +17,7 @@ from pathlib import Path
 
 import torch
 
-from sepconv.cli import CLIError
-
-
-def _shape(text: str) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(part) for part in text.lower().replace(",", "x").split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"input shape must look like 1x3x32x32, got {text!r}"
-        ) from None
-    if not shape or any(n < 1 for n in shape):
-        raise argparse.ArgumentTypeError(f"input shape must hold positive sizes, got {text!r}")
-    return shape
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
-    return value
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+from sepconv.cli import CLIError, arguments
 
 
 def register(subparsers) -> None:
@@ -68,25 +36,29 @@ def register(subparsers) -> None:
         help="package.module:factory, path/to/file.py:factory, or a saved .pt file",
     )
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--rank", type=_positive, help="depth multiplier of every converted layer")
     group.add_argument(
-        "--energy", type=_fraction, help="keep this share of squared singular values per layer"
+        "--rank", type=arguments.positive_int, help="depth multiplier of every converted layer"
+    )
+    group.add_argument(
+        "--energy",
+        type=arguments.fraction,
+        help="keep this share of squared singular values per layer",
     )
     group.add_argument(
         "--budget",
-        type=_fraction,
+        type=arguments.fraction,
         help="target share of the model's convolution MACs (needs --input)",
     )
     parser.add_argument(
         "--calibrate",
-        type=_positive,
+        type=arguments.positive_int,
         metavar="N",
         help="refit pointwise stages on N random batches of --input (a weak stand-in for real "
         "data; use sepconv.to_separable(calibration=...) for that)",
     )
     parser.add_argument(
         "--input",
-        type=_shape,
+        type=arguments.shape,
         metavar="SHAPE",
         help="model input shape, batch included, e.g. 1x3x32x32 (MACs per sample; "
         "calibration batches)",

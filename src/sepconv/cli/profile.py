@@ -14,7 +14,7 @@ import contextlib
 import sys
 from collections.abc import Iterator
 
-from sepconv.cli import CLIError
+from sepconv.cli import CLIError, arguments
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -93,12 +93,20 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="only count (no timing): params, MACs, bytes and roofline bounds",
     )
     parser.add_argument(
-        "--repeat", type=_positive, default=10, help="timed runs; times are medians (default 10)"
+        "--repeat",
+        type=arguments.positive_int,
+        default=10,
+        help="timed runs; times are medians (default 10)",
     )
     parser.add_argument(
-        "--warmup", type=_non_negative, default=2, help="untimed runs first (default 2)"
+        "--warmup",
+        type=arguments.non_negative_int,
+        default=2,
+        help="untimed runs first (default 2)",
     )
-    parser.add_argument("--threads", type=_positive, help="torch threads (default: torch's)")
+    parser.add_argument(
+        "--threads", type=arguments.positive_int, help="torch threads (default: torch's)"
+    )
     parser.add_argument(
         "--weights", metavar="FILE", help="state dict to load into a factory's model"
     )
@@ -106,31 +114,6 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--trust", action="store_true", help="allow loading a pickled whole model (runs code)"
     )
     parser.add_argument("--force", action="store_true", help="overwrite output files that exist")
-
-
-def _positive(text: str) -> int:
-    value = _non_negative(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
-    return value
-
-
-def parse_shape(text: str) -> tuple[int, ...]:
-    """``"1x3x224x224" -> (1, 3, 224, 224)``; raises CLIError on anything else."""
-    parts = text.strip().lower().replace("×", "x").split("x")
-    if not text.strip() or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
-        raise CLIError(f"--input {text!r} is not a shape of positive ints like 1x3x224x224")
-    return tuple(int(p) for p in parts)
 
 
 def _prepare(args: argparse.Namespace):
@@ -143,7 +126,10 @@ def _prepare(args: argparse.Namespace):
         dtype = resolve_dtype(args.dtype)
     except ValueError as error:
         raise CLIError(str(error)) from None
-    shapes = [parse_shape(text) for text in args.input]
+    try:
+        shapes = [arguments.parse_shape(text) for text in args.input]
+    except ValueError as error:
+        raise CLIError(f"--input {error}") from None
     if args.threads:
         torch.set_num_threads(args.threads)
     generator = torch.Generator().manual_seed(0)

@@ -113,6 +113,13 @@ def same_pad_amounts(
     return tuple(pad)
 
 
+def pad_pairs(amounts: tuple[int, ...], rank: int) -> list[tuple[int, int]]:
+    """``F.pad`` amounts (last dim first) as ``(low, high)`` per spatial dim, first dim first."""
+    return [
+        (amounts[2 * (rank - 1 - axis)], amounts[2 * (rank - 1 - axis) + 1]) for axis in range(rank)
+    ]
+
+
 def pad_input(x: torch.Tensor, plan: PaddingPlan, mode: str) -> torch.Tensor:
     """Pad ``x`` (shape ``(N, C, *spatial)``) explicitly as ``plan`` says; a no-op for zero padding.
 
@@ -134,9 +141,7 @@ def _check_mode_fits(amounts: tuple[int, ...], mode: str, spatial: tuple[int, ..
     """Reflect padding must be smaller than the input, circular padding at most its size."""
     if mode not in ("reflect", "circular"):
         return  # zeros and replicate accept any amount of padding
-    rank = len(spatial)
-    for axis in range(rank):
-        lo, hi = amounts[2 * (rank - 1 - axis)], amounts[2 * (rank - 1 - axis) + 1]
+    for axis, (lo, hi) in enumerate(pad_pairs(amounts, len(spatial))):
         too_big = max(lo, hi) >= spatial[axis] if mode == "reflect" else max(lo, hi) > spatial[axis]
         if too_big:
             raise ValueError(
@@ -153,10 +158,9 @@ def check_input_fits(spatial: tuple[int, ...], plan: PaddingPlan) -> None:
     """
     if torch.jit.is_tracing():
         return  # sizes are traced values then; a Python check would bake one size into the graph
-    rank = len(plan.kernel_size)
-    amounts = plan.amounts(spatial)
-    for axis in range(rank):
-        padded = spatial[axis] + amounts[2 * (rank - 1 - axis)] + amounts[2 * (rank - 1 - axis) + 1]
+    pairs = pad_pairs(plan.amounts(spatial), len(plan.kernel_size))
+    for axis, (lo, hi) in enumerate(pairs):
+        padded = spatial[axis] + lo + hi
         span = plan.dilation[axis] * (plan.kernel_size[axis] - 1) + 1
         if padded < span:
             raise ValueError(

@@ -29,7 +29,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from sepconv.functional.padding import PaddingPlan
+from sepconv.functional.padding import PaddingPlan, pad_pairs
 
 _MODES = ("auto", "on", "off")
 _warned: set[str] = set()
@@ -144,9 +144,7 @@ def _amounts(x: Tensor, plan: PaddingPlan, padding_mode: str) -> tuple[int, ...]
     if padding_mode not in ("zeros", "reflect", "replicate", "circular"):
         return None
     if padding_mode != "zeros":
-        for axis in range(rank):
-            lo, hi = amounts[2 * (rank - 1 - axis)], amounts[2 * (rank - 1 - axis) + 1]
-            size = spatial[axis]
+        for (lo, hi), size in zip(pad_pairs(amounts, rank), spatial):
             # Reflect/circular beyond the input: the PyTorch path raises its error. Replicate
             # beyond it (rare): the PyTorch path runs it.
             if padding_mode == "reflect" and max(lo, hi) >= size:

@@ -724,6 +724,33 @@ struct Tiles {
   i64 TH, TW, ny, nx, count;
 };
 
+// Input rows (or columns) that `outs` consecutive output rows (columns) read.
+inline i64 input_span(i64 outs, i64 stride, i64 kernel, i64 dilation) {
+  return (outs - 1) * stride + (kernel - 1) * dilation + 1;
+}
+
+// Output tile number `t` (outer index `n`, then tile rows, then tile columns): its first
+// output row/column oy0/ox0, size th x tw (P pixels), and the input window it reads, R x Q
+// from row r0, column q0 (before padding).
+struct Tile {
+  i64 n, oy0, ox0, th, tw, P, R, Q, r0, q0;
+};
+
+inline Tile tile_at(const Tiles& tl, const Geo& g, i64 t) {
+  Tile s;
+  s.n = t / (tl.ny * tl.nx);
+  s.oy0 = ((t / tl.nx) % tl.ny) * tl.TH;
+  s.ox0 = (t % tl.nx) * tl.TW;
+  s.th = std::min(tl.TH, g.OH - s.oy0);
+  s.tw = std::min(tl.TW, g.OW - s.ox0);
+  s.P = s.th * s.tw;
+  s.R = input_span(s.th, g.sy, g.KH, g.dy);
+  s.Q = input_span(s.tw, g.sx, g.KW, g.dx);
+  s.r0 = s.oy0 * g.sy;
+  s.q0 = s.ox0 * g.sx;
+  return s;
+}
+
 // Output tiles: whole rows when a row fits the budget, else pieces of one row.
 Tiles make_tiles(const Geo& g, i64 bytes_per_pixel, i64 want) {
   Tiles t;
@@ -859,13 +886,7 @@ void sep_forward_split(const float* x, const std::vector<float>& w, const std::v
   const i64 oblocks = g.G * ((g.Og + OB - 1) / OB);
   const i64 cblock = nhwc ? std::max<i64>(1, 64 / g.M) : 1;  // input channels per dw task
   for (i64 t = 0; t < tl.count; ++t) {
-    const i64 n = t / (tl.ny * tl.nx), ty = (t / tl.nx) % tl.ny, tx = t % tl.nx;
-    const i64 oy0 = ty * tl.TH, ox0 = tx * tl.TW;
-    const i64 th = std::min(tl.TH, g.OH - oy0), tw = std::min(tl.TW, g.OW - ox0);
-    const i64 P = th * tw;
-    const i64 R = (th - 1) * g.sy + (g.KH - 1) * g.dy + 1;
-    const i64 Q = (tw - 1) * g.sx + (g.KW - 1) * g.dx + 1;
-    const i64 r0 = oy0 * g.sy, q0 = ox0 * g.sx;
+    const auto [n, oy0, ox0, th, tw, P, R, Q, r0, q0] = tile_at(tl, g, t);
     const float* xn = x + n * g.xs[0];
     float* o = out + n * g.os[0] + oy0 * g.os[2] + ox0 * g.os[3];
     const i64 ctasks = (g.C + cblock - 1) / cblock;
@@ -957,21 +978,15 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
 #pragma omp parallel num_threads(g.threads)
   {
     const i64 Pmax = tl.TH * tl.TW;
-    const i64 Rmax = (tl.TH - 1) * g.sy + (g.KH - 1) * g.dy + 1;
-    const i64 Qmax = (tl.TW - 1) * g.sx + (g.KW - 1) * g.dx + 1;
+    const i64 Rmax = input_span(tl.TH, g.sy, g.KH, g.dy);
+    const i64 Qmax = input_span(tl.TW, g.sx, g.KW, g.dx);
     const i64 qrow_max = ((Qmax + g.sx - 1) / g.sx) * g.sx;
     std::vector<S> mid(Pmax * g.CM + kSlack);
     std::vector<A> buf(nhwc ? Rmax * Qmax * g.CM : Rmax * qrow_max + kSlack);
     std::vector<float> ftmp(std::is_same<S, bf16>::value ? Pmax * g.Og : 0);
 #pragma omp for schedule(dynamic, 1)
     for (i64 t = 0; t < tl.count; ++t) {
-      const i64 n = t / (tl.ny * tl.nx), ty = (t / tl.nx) % tl.ny, tx = t % tl.nx;
-      const i64 oy0 = ty * tl.TH, ox0 = tx * tl.TW;
-      const i64 th = std::min(tl.TH, g.OH - oy0), tw = std::min(tl.TW, g.OW - ox0);
-      const i64 P = th * tw;
-      const i64 R = (th - 1) * g.sy + (g.KH - 1) * g.dy + 1;
-      const i64 Q = (tw - 1) * g.sx + (g.KW - 1) * g.dx + 1;
-      const i64 r0 = oy0 * g.sy, q0 = ox0 * g.sx;
+      const auto [n, oy0, ox0, th, tw, P, R, Q, r0, q0] = tile_at(tl, g, t);
       const S* xn = x + n * g.xs[0];
       if (nhwc) {
         pad_nhwc<S, A>(xn, g.xs[2], g.xs[3], g.xs[1], g, ymap.data(), xmap.data(), r0, R, q0, Q, 0,
@@ -1032,18 +1047,14 @@ void dw_forward(const S* x, const S* wd, const S* bd, S* out, const i64* geo) {
 #pragma omp parallel num_threads(g.threads)
     {
       t_stream = stream;
-      const i64 Rmax = (tl.TH - 1) * g.sy + (g.KH - 1) * g.dy + 1;
-      const i64 Qmax = (tl.TW - 1) * g.sx + (g.KW - 1) * g.dx + 1;
+      const i64 Rmax = input_span(tl.TH, g.sy, g.KH, g.dy);
+      const i64 Qmax = input_span(tl.TW, g.sx, g.KW, g.dx);
       std::vector<A> buf(Rmax * Qmax * g.CM);
 #pragma omp for schedule(dynamic, 1)
       for (i64 t = 0; t < tl.count; ++t) {
-        const i64 n = t / (tl.ny * tl.nx), ty = (t / tl.nx) % tl.ny, tx = t % tl.nx;
-        const i64 oy0 = ty * tl.TH, ox0 = tx * tl.TW;
-        const i64 th = std::min(tl.TH, g.OH - oy0), tw = std::min(tl.TW, g.OW - ox0);
-        const i64 R = (th - 1) * g.sy + (g.KH - 1) * g.dy + 1;
-        const i64 Q = (tw - 1) * g.sx + (g.KW - 1) * g.dx + 1;
+        const auto [n, oy0, ox0, th, tw, P, R, Q, r0, q0] = tile_at(tl, g, t);
         pad_nhwc<S, A>(x + n * g.xs[0], g.xs[2], g.xs[3], g.xs[1], g, ymap.data(), xmap.data(),
-                       oy0 * g.sy, R, ox0 * g.sx, Q, 0, g.C, buf.data());
+                       r0, R, q0, Q, 0, g.C, buf.data());
         conv_nhwc<S, A>(buf.data(), Q, g.CM, wT.data(), g.CM, b.data(), th, tw, g,
                         out + n * g.os[0] + oy0 * g.os[2] + ox0 * g.os[3], g.os[2], g.os[3]);
       }
@@ -1061,20 +1072,16 @@ void dw_forward(const S* x, const S* wd, const S* bd, S* out, const i64* geo) {
 #pragma omp parallel num_threads(g.threads)
   {
     t_stream = stream;
-    const i64 Rmax = (tl.TH - 1) * g.sy + (g.KH - 1) * g.dy + 1;
-    const i64 Qmax = (tl.TW - 1) * g.sx + (g.KW - 1) * g.dx + 1;
+    const i64 Rmax = input_span(tl.TH, g.sy, g.KH, g.dy);
+    const i64 Qmax = input_span(tl.TW, g.sx, g.KW, g.dx);
     std::vector<A> buf(Rmax * (((Qmax + g.sx - 1) / g.sx) * g.sx) + kSlack);
 #pragma omp for schedule(dynamic, 4)
     for (i64 t = 0; t < tasks; ++t) {
-      const i64 nc = t / (tl.ny * tl.nx), ty = (t / tl.nx) % tl.ny, tx = t % tl.nx;
+      const auto [nc, oy0, ox0, th, tw, P, R, Q, r0, q0] = tile_at(tl, g, t);
       const i64 n = nc / g.C, c = nc % g.C;
-      const i64 oy0 = ty * tl.TH, ox0 = tx * tl.TW;
-      const i64 th = std::min(tl.TH, g.OH - oy0), tw = std::min(tl.TW, g.OW - ox0);
-      const i64 R = (th - 1) * g.sy + (g.KH - 1) * g.dy + 1;
-      const i64 Q = (tw - 1) * g.sx + (g.KW - 1) * g.dx + 1;
       const i64 qs = (Q + g.sx - 1) / g.sx, qrow = qs * g.sx;
       pad_planar<S, A>(x + n * g.xs[0] + c * g.xs[1], g.xs[2], g.xs[3], g, ymap.data(), xmap.data(),
-                       oy0 * g.sy, R, ox0 * g.sx, Q, buf.data());
+                       r0, R, q0, Q, buf.data());
       for (i64 m = 0; m < g.M; ++m) {
         const i64 cm = c * g.M + m;
         conv_planar<S, A>(buf.data(), qrow, qs, w.data() + cm * g.T, b[cm], th, tw, g,
