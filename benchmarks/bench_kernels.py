@@ -58,6 +58,8 @@ class Row:
     shape: Shape
     times_ms: dict[str, float] = field(default_factory=dict)
     floor_ms: float = 0.0
+    # What SEPCONV_KERNELS=auto measured fastest for the NCHW and channels_last input.
+    auto_choice: dict[str, str | None] = field(default_factory=dict)
 
     def best_pytorch(self) -> float:
         return min(self.times_ms["pytorch_nchw"], self.times_ms["pytorch_cl"])
@@ -276,7 +278,11 @@ def bench_separable(shape: Shape, peaks, compile_it: bool) -> Row:
     fns["auto_nchw"] = in_mode(lambda: layer(x), "auto")
     fns["auto_cl"] = in_mode(lambda: layer(x_cl), "auto")
     budget = 0.4 if QUICK else 0.8
+    from sepconv.kernels import dispatch
+
+    dispatch._calls.clear()  # auto measures this row's problems afresh
     row = Row(shape, time_interleaved(fns, budget))
+    row.auto_choice = _auto_choices(dispatch, x, x_cl)
     os.environ.pop("SEPCONV_KERNELS", None)
     oh = (shape.H + 2 * (shape.k // 2) - shape.k) // shape.s + 1
     flops = 2.0 * shape.N * oh * oh * shape.C * shape.O
@@ -285,6 +291,17 @@ def bench_separable(shape: Shape, peaks, compile_it: bool) -> Row:
     )
     row.floor_ms = 1e3 * peaks.bound_seconds(flops, nbytes)
     return row
+
+
+def _auto_choices(dispatch, x: torch.Tensor, x_cl: torch.Tensor) -> dict[str, str | None]:
+    """The path ``auto`` measured fastest for the NCHW and the channels_last input."""
+    choices: dict[str, str | None] = {"nchw": None, "cl": None}
+    for key, call in dispatch._calls.items():
+        if call is not None and key[0] == "separable":
+            layout = "cl" if key[2] == x_cl.stride() else "nchw" if key[2] == x.stride() else None
+            if layout:
+                choices[layout] = call.measured
+    return choices
 
 
 # ----------------------------------------------------------------------------- other targets
@@ -597,6 +614,7 @@ def print_table(rows: list[Row]) -> None:
         "xbest",
         "floor",
         "%floor",
+        "auto picks (NCHW / CL)",
     ]
     print(" | ".join(head))
     for r in rows:
@@ -607,6 +625,7 @@ def print_table(rows: list[Row]) -> None:
             f"{r.best_pytorch() / r.sepconv_best():.2f}x",
             f"{r.floor_ms:.2f}",
             f"{100 * r.floor_ms / r.sepconv_best():.0f}%",
+            f"{r.auto_choice.get('nchw')} / {r.auto_choice.get('cl')}",
         ]
         print(" | ".join(cells))
 
@@ -713,6 +732,7 @@ def main(out_dir: Path) -> dict:
                 "label": r.shape.label,
                 "times_ms": r.times_ms,
                 "floor_ms": r.floor_ms,
+                "auto_choice": r.auto_choice,
             }
             for r in rows
         ],

@@ -24,3 +24,13 @@ def kernels_on(monkeypatch, kernels_built):
 @pytest.fixture
 def kernels_off(monkeypatch):
     monkeypatch.setenv("SEPCONV_KERNELS", "off")
+
+
+@pytest.fixture(autouse=True)
+def fresh_decisions():
+    """Each test starts with no remembered problems (``auto``'s measured choices)."""
+    from sepconv.kernels import dispatch
+
+    dispatch._calls.clear()
+    yield
+    dispatch._calls.clear()

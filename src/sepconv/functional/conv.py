@@ -58,9 +58,16 @@ def depthwise_forward(
     padding_mode: str,
 ) -> Tensor:
     """Depthwise conv of ``x`` ``(N, C, *spatial)`` with ``weight`` ``(C*M, 1, *kernel)``."""
-    out = dispatch.depthwise(x, weight, bias, stride, dilation, plan, padding_mode)
+    out = dispatch.depthwise(
+        x, weight, bias, stride, dilation, plan, padding_mode, reference=_pytorch_depthwise
+    )
     if out is not None:
         return out
+    return _pytorch_depthwise(x, weight, bias, stride, dilation, plan, padding_mode)
+
+
+def _pytorch_depthwise(x, weight, bias, stride, dilation, plan, padding_mode) -> Tensor:
+    """PyTorch's depthwise conv (what runs when the fast kernels decline)."""
     return conv_forward(x, weight, bias, stride, dilation, x.shape[1], plan, padding_mode)
 
 
@@ -90,11 +97,37 @@ def separable_forward(
         dilation,
         plan,
         padding_mode,
+        reference=_pytorch_separable,
     )
     if out is not None:
         return out
-    mid = conv_forward(
-        x, depthwise_weight, depthwise_bias, stride, dilation, x.shape[1], plan, padding_mode
+    return _pytorch_separable(
+        x,
+        depthwise_weight,
+        pointwise_weight,
+        depthwise_bias,
+        pointwise_bias,
+        stride,
+        dilation,
+        plan,
+        padding_mode,
+    )
+
+
+def _pytorch_separable(
+    x,
+    depthwise_weight,
+    pointwise_weight,
+    depthwise_bias,
+    pointwise_bias,
+    stride,
+    dilation,
+    plan,
+    padding_mode,
+) -> Tensor:
+    """PyTorch's two convolutions (what runs when the fast kernels decline)."""
+    mid = _pytorch_depthwise(
+        x, depthwise_weight, depthwise_bias, stride, dilation, plan, padding_mode
     )
     groups = depthwise_weight.shape[0] // pointwise_weight.shape[1]
     return _CONV[len(stride)](mid, pointwise_weight, pointwise_bias, 1, 0, 1, groups)

@@ -8,6 +8,7 @@ supported; the functions here assume it.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import threading
 from dataclasses import dataclass
@@ -118,7 +119,9 @@ def strides4(t: Tensor, rank: int) -> tuple[int, int, int, int]:
     return (s[0], s[1], 0, s[2]) if rank == 1 else (s[0], s[1], s[2], s[3])
 
 
-def _budget() -> int:
+@functools.cache
+def tile_budget() -> int:
+    """``SEPCONV_KERNELS_TILE_BYTES`` (0: the library's default), read once per process."""
     try:
         return int(os.environ.get("SEPCONV_KERNELS_TILE_BYTES", "0"))
     except ValueError:
@@ -147,7 +150,7 @@ def _geo_array(g: Geometry, xs, os_, out_nhwc: bool = False) -> ctypes.Array:
         g.G,
         torch.get_num_threads(),
         int(g.nhwc),
-        _budget(),
+        tile_budget(),
         *xs,
         *os_,
         int(out_nhwc),
@@ -173,21 +176,23 @@ _pool_bytes = 0
 _POOL_PER_SIZE = 4
 
 
+@functools.cache
 def _pool_limit() -> int:
+    """``SEPCONV_KERNELS_POOL_MB`` in bytes, read once per process."""
     try:
         return int(float(os.environ.get("SEPCONV_KERNELS_POOL_MB", "512")) * 2**20)
     except ValueError:
         return 512 * 2**20
 
 
-def pooled_empty(shape, strides, dtype: torch.dtype) -> Tensor:
-    """An uninitialised tensor of ``shape``/``strides``, reusing a free pooled storage."""
+def pooled_empty(shape, strides, dtype: torch.dtype, nbytes: int | None = None) -> Tensor:
+    """An uninitialised tensor of ``shape``/``strides``, reusing a free pooled storage.
+
+    ``nbytes`` (the storage size, :func:`storage_bytes`) may be given when it is known.
+    """
     global _pool_bytes
-    numel = 1
-    for size in shape:
-        numel *= size
-    extent = 1 + sum((size - 1) * stride for size, stride in zip(shape, strides)) if numel else 0
-    nbytes = extent * torch.empty((), dtype=dtype).element_size()
+    if nbytes is None:
+        nbytes = storage_bytes(shape, strides, dtype)
     limit = _pool_limit()
     if nbytes < (1 << 20) or limit <= 0:  # small: the allocator is fine
         return torch.empty_strided(shape, strides, dtype=dtype)
@@ -204,6 +209,17 @@ def pooled_empty(shape, strides, dtype: torch.dtype) -> Tensor:
     return torch.empty_strided(shape, strides, dtype=dtype)
 
 
+def storage_bytes(shape, strides, dtype: torch.dtype) -> int:
+    """Bytes of the smallest storage holding a tensor of ``shape``/``strides``."""
+    if any(size == 0 for size in shape):
+        return 0
+    extent = 1 + sum((size - 1) * stride for size, stride in zip(shape, strides))
+    return extent * _ITEMSIZE[dtype]
+
+
+_ITEMSIZE = {torch.float32: 4, torch.float64: 8, torch.bfloat16: 2}
+
+
 def clear_pool() -> None:
     """Drop the pool's references (storages still in use stay alive with their tensors)."""
     global _pool_bytes
@@ -212,22 +228,25 @@ def clear_pool() -> None:
         _pool_bytes = 0
 
 
-def _empty_like_layout(shape, like: Tensor, rank: int, channels_inner: bool) -> Tensor:
-    """An empty tensor of ``shape`` with channels innermost when ``channels_inner``."""
-    shape = tuple(int(s) for s in shape)
+def _layout_strides(shape, rank: int, channels_inner: bool) -> tuple[int, ...]:
+    """Dense strides of ``shape``, with channels innermost when ``channels_inner``."""
     if not channels_inner:
         strides, acc = [], 1
         for size in reversed(shape):
             strides.append(acc)
             acc *= size
-        strides = tuple(reversed(strides))
-    elif rank == 1:
+        return tuple(reversed(strides))
+    if rank == 1:
         _, c, length = shape
-        strides = (length * c, 1, c)
-    else:
-        _, c, h, w = shape
-        strides = (h * w * c, 1, w * c, c)
-    return pooled_empty(shape, strides, like.dtype)
+        return (length * c, 1, c)
+    _, c, h, w = shape
+    return (h * w * c, 1, w * c, c)
+
+
+def _empty_like_layout(shape, like: Tensor, rank: int, channels_inner: bool) -> Tensor:
+    """An empty tensor of ``shape`` with channels innermost when ``channels_inner``."""
+    shape = tuple(int(s) for s in shape)
+    return pooled_empty(shape, _layout_strides(shape, rank, channels_inner), like.dtype)
 
 
 def _out_channels_last(x: Tensor, rank: int) -> bool:
@@ -249,38 +268,90 @@ def _check(rc: int) -> None:
 # ----------------------------------------------------------------------------- raw calls
 
 
-def separable_forward_raw(x, wd, wp, bd, bp, g: Geometry) -> Tensor:
+@dataclass(frozen=True)
+class Launch:
+    """What a forward call hands the library besides pointers, worked out once per problem
+    (input shape, strides and dtype): the geometry array and the output's layout."""
+
+    g: Geometry
+    geo: ctypes.Array
+    out_shape: tuple[int, ...]
+    out_strides: tuple[int, ...]
+    out_nbytes: int
+
+    def empty_output(self, dtype: torch.dtype) -> Tensor:
+        return pooled_empty(self.out_shape, self.out_strides, dtype, self.out_nbytes)
+
+
+def _launch(x: Tensor, g: Geometry, channels: int, out_nhwc: bool) -> Launch:
+    shape = _out_shape(g, channels)
+    strides = _layout_strides(shape, g.rank, out_nhwc)
+    out_s4 = (strides[0], strides[1], 0, strides[2]) if g.rank == 1 else strides
+    geo = _geo_array(g, strides4(x, g.rank), out_s4, out_nhwc)
+    return Launch(g, geo, shape, strides, storage_bytes(shape, strides, x.dtype))
+
+
+def separable_launch(x: Tensor, g: Geometry) -> Launch:
+    """The :class:`Launch` of a fused separable forward of ``x``."""
+    return _launch(x, g, g.O, _out_channels_last(x, g.rank))
+
+
+def depthwise_launch(x: Tensor, g: Geometry) -> Launch:
+    """The :class:`Launch` of a depthwise forward of ``x``.
+
+    The output layout follows the computation: channels innermost iff the input has them so
+    (2d channels_last; a transposed 1d input gets a contiguous output, computed planar).
+    """
+    out_nhwc = g.nhwc and g.rank == 2 and _out_channels_last(x, 2)
+    if g.nhwc and not out_nhwc:
+        g = _replace(g, nhwc=False)
+    return _launch(x, g, g.C * g.M, out_nhwc)
+
+
+def separable_forward_raw(x, wd, wp, bd, bp, g: Geometry, launch: Launch | None = None) -> Tensor:
+    """Fused forward ``(N, C, *spatial) -> (N, O, *spatial_out)`` (``launch`` from
+    :func:`separable_launch`, computed here when not given)."""
     lib = _build.load()
-    out_nhwc = _out_channels_last(x, g.rank)
-    out = _empty_like_layout(_out_shape(g, g.O), x, g.rank, out_nhwc)
-    wd, wp = wd.contiguous(), wp.contiguous()
-    bd = None if bd is None else bd.contiguous()
-    bp = None if bp is None else bp.contiguous()
-    geo = _geo_array(g, strides4(x, g.rank), strides4(out, g.rank), out_nhwc)
+    launch = launch or separable_launch(x, g)
+    out = launch.empty_output(x.dtype)
+    # Named, so that contiguous copies stay alive during the call.
+    wd, wp, bd, bp = _contiguous(wd), _contiguous(wp), _contiguous(bd), _contiguous(bp)
     _check(
         lib.sepconv_sep_forward(
-            DTYPE_CODE[x.dtype], _ptr(x), _ptr(wd), _ptr(bd), _ptr(wp), _ptr(bp), _ptr(out), geo
+            DTYPE_CODE[x.dtype],
+            x.data_ptr(),
+            _ptr(wd),
+            _ptr(bd),
+            _ptr(wp),
+            _ptr(bp),
+            out.data_ptr(),
+            launch.geo,
         )
     )
     return out
 
 
-def depthwise_forward_raw(x, wd, bd, g: Geometry) -> Tensor:
+def depthwise_forward_raw(x, wd, bd, g: Geometry, launch: Launch | None = None) -> Tensor:
+    """Depthwise forward ``(N, C, *spatial) -> (N, C*M, *spatial_out)``."""
     lib = _build.load()
-    # Output layout follows the computation: channels innermost iff the input has them so
-    # (2d channels_last; a transposed 1d input gets a contiguous output, computed planar).
-    out_nhwc = g.nhwc and g.rank == 2 and _out_channels_last(x, 2)
-    if out_nhwc:
-        out = _empty_like_layout(_out_shape(g, g.C * g.M), x, 2, True)
-    else:
-        if g.nhwc:
-            g = _replace(g, nhwc=False)
-        out = _empty_like_layout(_out_shape(g, g.C * g.M), x, g.rank, False)
-    wd = wd.contiguous()
-    bd = None if bd is None else bd.contiguous()
-    geo = _geo_array(g, strides4(x, g.rank), strides4(out, g.rank), out_nhwc)
-    _check(lib.sepconv_dw_forward(DTYPE_CODE[x.dtype], _ptr(x), _ptr(wd), _ptr(bd), _ptr(out), geo))
+    launch = launch or depthwise_launch(x, g)
+    out = launch.empty_output(x.dtype)
+    wd, bd = _contiguous(wd), _contiguous(bd)  # named: copies stay alive during the call
+    _check(
+        lib.sepconv_dw_forward(
+            DTYPE_CODE[x.dtype],
+            x.data_ptr(),
+            _ptr(wd),
+            _ptr(bd),
+            out.data_ptr(),
+            launch.geo,
+        )
+    )
     return out
+
+
+def _contiguous(t: Tensor | None) -> Tensor | None:
+    return t if t is None or t.is_contiguous() else t.contiguous()
 
 
 def _replace(g: Geometry, **changes) -> Geometry:
@@ -389,11 +460,11 @@ class SeparableFunction(torch.autograd.Function):
     """Fused forward; backward recomputes the intermediate, so only the input is saved."""
 
     @staticmethod
-    def forward(ctx, x, wd, wp, bd, bp, g):
+    def forward(ctx, x, wd, wp, bd, bp, g, launch=None):
         ctx.g = g
         ctx.has_bd, ctx.has_bp = bd is not None, bp is not None
         ctx.save_for_backward(x, wd, wp, bd, bp)
-        return separable_forward_raw(x, wd, wp, bd, bp, g)
+        return separable_forward_raw(x, wd, wp, bd, bp, g, launch)
 
     @staticmethod
     def backward(ctx, gy):
@@ -405,6 +476,7 @@ class SeparableFunction(torch.autograd.Function):
                 *_recompute_grads(
                     lambda *a: torch_separable(*a, g), (x, wd, wp, bd, bp), needs, gy
                 ),
+                None,
                 None,
             )
         gx, gwd, gbd, gwp = backward_raw(
@@ -425,18 +497,16 @@ class SeparableFunction(torch.autograd.Function):
         gwp = gwp.to(wp.dtype).view(wp.shape) if gwp is not None else None
         gbd = gbd.to(bd.dtype) if gbd is not None else None
         gbp = gy_sum.to(bp.dtype) if (bp is not None and needs[4]) else None
-        return gx, gwd, gwp, gbd, gbp, None
+        return gx, gwd, gwp, gbd, gbp, None, None
 
 
 class DepthwiseFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, wd, bd, g):
-        ctx.g = g
+    def forward(ctx, x, wd, bd, g, launch=None):
         ctx.save_for_backward(x, wd, bd)
-        out = depthwise_forward_raw(x, wd, bd, g)
-        # The computation layout decides the backward's layout.
-        ctx.g = _replace(g, nhwc=g.nhwc and g.rank == 2 and _out_channels_last(x, 2))
-        return out
+        launch = launch or depthwise_launch(x, g)
+        ctx.g = launch.g  # the computation layout decides the backward's layout
+        return depthwise_forward_raw(x, wd, bd, g, launch)
 
     @staticmethod
     def backward(ctx, gy):
@@ -447,10 +517,11 @@ class DepthwiseFunction(torch.autograd.Function):
             return (
                 *_recompute_grads(lambda *a: torch_depthwise(*a, g), (x, wd, bd), needs, gy),
                 None,
+                None,
             )
         gx, gwd, gbd, _ = backward_raw(
             x, wd, None, gy, g, needs[0], needs[2] and bd is not None, False
         )
         gwd = gwd.to(wd.dtype).view_as(wd) if needs[1] else None
         gbd = gbd.to(bd.dtype) if gbd is not None else None
-        return gx, gwd, gbd, None
+        return gx, gwd, gbd, None, None

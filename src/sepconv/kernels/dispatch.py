@@ -25,11 +25,15 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor
 
 from sepconv.functional.padding import PaddingPlan, pad_pairs
+from sepconv.kernels import _ops
 
 _MODES = ("auto", "on", "off")
 _warned: set[str] = set()
@@ -96,43 +100,50 @@ def _bf16_supported() -> bool:
     return _bf16_ok
 
 
-def _plain(t: Tensor | None, dtype: torch.dtype) -> bool:
-    if t is None:
-        return True
-    if type(t) is not torch.Tensor and type(t) is not torch.nn.Parameter:
-        return False
-    if t.device.type != "cpu" or t.layout != torch.strided or t.dtype != dtype or t.is_quantized:
-        return False
+_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
+_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
+
+
+def _functorch_active() -> bool:
+    """Inside a torch.func transform (vmap, grad, jvp, functionalize): tensors are wrapped."""
     try:
-        if torch._C._functorch.is_functorch_wrapped_tensor(t):
+        return torch._C._functorch.peek_interpreter_stack() is not None
+    except AttributeError:  # pragma: no cover - older torch
+        return False
+
+
+def _plain(tensors, dtype: torch.dtype) -> bool:
+    """Every tensor (None allowed) is a plain strided CPU tensor of ``dtype``: no subclass,
+    no sparse layout (quantized tensors have other dtypes)."""
+    for t in tensors:
+        if t is None:
+            continue
+        if type(t) not in _TENSOR_TYPES or not t.is_cpu or t.dtype != dtype:
             return False
-    except AttributeError:  # pragma: no cover
-        pass
+        if t.layout != torch.strided:
+            return False
     return True
 
 
-def _common_checks(x, tensors) -> tuple[bool, bool] | None:
-    """``(ok, grad_needed)``-style pre-checks; None to decline."""
-    if not isinstance(x, torch.Tensor) or _tracing() or x.dim() not in (3, 4):
+def _common_checks(x, tensors) -> bool | None:
+    """Whether the call records autograd history, or None to decline it."""
+    if type(x) not in _TENSOR_TYPES or x.dim() not in (3, 4) or x.dtype not in _DTYPES:
         return None
-    if _autocast_on():  # autocast picks the conv's dtype; PyTorch's path applies it
+    if _tracing() or _autocast_on():  # autocast picks the dtype; PyTorch's path applies it
         return None
     dtype = x.dtype
-    if dtype not in (torch.float32, torch.float64, torch.bfloat16):
-        return None
     if dtype == torch.bfloat16 and not _bf16_supported():
         return None
-    if not all(_plain(t, dtype) for t in (x, *tensors)):
+    if not _plain((x, *tensors), dtype) or x.numel() == 0 or _functorch_active():
         return None
-    if x.numel() == 0:
+    if torch.autograd.forward_ad._current_level >= 0:
         return None
-    fw_level = getattr(torch.autograd.forward_ad, "_current_level", -1)
-    if fw_level >= 0:
-        return None
-    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *tensors))
+    grad = torch.is_grad_enabled() and (
+        x.requires_grad or any(t is not None and t.requires_grad for t in tensors)
+    )
     if grad and dtype == torch.bfloat16:
         return None
-    return True, grad
+    return grad
 
 
 def _amounts(x: Tensor, plan: PaddingPlan, padding_mode: str) -> tuple[int, ...] | None:
@@ -173,20 +184,98 @@ def _load_or_decline(current: str) -> bool:
 
 
 def _fits_int32(g) -> bool:
-    from sepconv.kernels._ops import INT32_MAX
-
     sizes = (g.OH * g.OW, g.C * g.M, g.O, g.W * g.C, g.OW * max(g.O, g.C * g.M))
-    return all(s < INT32_MAX for s in sizes)
+    return all(s < _ops.INT32_MAX for s in sizes)
 
 
 def _pytorch_wins_separable(g) -> bool:
-    """Where ``auto`` leaves a separable call to PyTorch, from the benchmark (see
-    docs/performance.md): small output planes (at most 28x28) with little work, and tiny
-    planes (under 100 pixels), where oneDNN's kernels beat the fused kernel's per-channel
-    overhead."""
+    """The rule for separable calls that record autograd history under ``auto`` (inference
+    calls are measured instead, :mod:`sepconv.kernels.autotune`): small output planes (at
+    most 28x28) with little work, and tiny planes (under 100 pixels), where oneDNN's kernels
+    beat the fused kernel's per-channel overhead (docs/performance.md)."""
     plane = g.OH * g.OW
     flops = 2.0 * g.N * plane * g.C * g.M * (g.O // g.G)
     return plane <= 784 and (plane < 100 or flops < 5e8)
+
+
+@dataclass
+class _Call:
+    """What is worked out once per problem: the kernel launch and ``auto``'s choices."""
+
+    launch: object  # sepconv.kernels._ops.Launch
+    rule: bool  # auto, calls recording autograd history: use the kernel
+    measured: str | None = None  # auto, inference calls: the fastest path (None: not yet)
+
+
+#: Problems seen in this process (key: shapes, strides, dtype, conv arguments, threads):
+#: their _Call, or None when the kernels decline them.
+_calls: dict[tuple, _Call | None] = {}
+_MAX_CALLS = 4096
+_MISSING = object()
+
+
+def _remember(key: tuple, call: _Call | None) -> _Call | None:
+    if len(_calls) >= _MAX_CALLS:  # a process that sees endless new shapes: start over
+        _calls.clear()
+    _calls[key] = call
+    return call
+
+
+def _problem_key(kind: str, x: Tensor, tensors, stride, dilation, plan, padding_mode) -> tuple:
+    shapes = tuple(None if t is None else t.shape for t in tensors)
+    return (
+        kind,
+        x.shape,
+        x.stride(),
+        x.dtype,
+        shapes,
+        tuple(stride),
+        tuple(dilation),
+        plan,
+        padding_mode,
+        torch.get_num_threads(),
+    )
+
+
+KERNEL, PYTORCH, PYTORCH_CHANNELS_LAST = "kernel", "pytorch", "pytorch channels_last"
+
+
+def _run(current: str, call: _Call, grad: bool, kernel, pytorch, x: Tensor) -> Tensor | None:
+    """The output of the path ``current`` picks, or None to leave the call to PyTorch.
+
+    ``kernel(x)``/``pytorch(x)`` run the forward each way (``pytorch`` may be None: then
+    the rule decides inference calls too).
+    """
+    if current == "auto":
+        if grad or pytorch is None:
+            if not call.rule:
+                return None
+        else:
+            if call.measured is None:
+                if not _load_or_decline(current):
+                    return None
+                call.measured = _measure(kernel, pytorch, x)
+            if call.measured == PYTORCH_CHANNELS_LAST:
+                return _via_channels_last(pytorch, x)
+            if call.measured != KERNEL:
+                return None
+    if not _load_or_decline(current):
+        return None
+    return kernel(x)
+
+
+def _measure(kernel, pytorch, x: Tensor) -> str:
+    from sepconv.kernels.autotune import fastest
+
+    candidates = {KERNEL: partial(kernel, x), PYTORCH: partial(pytorch, x)}
+    if x.dim() == 4 and x.shape[1] > 1 and x.shape[2] * x.shape[3] > 1 and x.is_contiguous():
+        candidates[PYTORCH_CHANNELS_LAST] = partial(_via_channels_last, pytorch, x)
+    return fastest(candidates)
+
+
+def _via_channels_last(pytorch, x: Tensor) -> Tensor:
+    """PyTorch's convolution of a channels_last copy of NCHW ``x``, returned NCHW."""
+    return pytorch(x.contiguous(memory_format=torch.channels_last)).contiguous()
 
 
 def separable(
@@ -199,17 +288,59 @@ def separable(
     dilation: tuple[int, ...],
     plan: PaddingPlan,
     padding_mode: str,
+    reference: Callable[..., Tensor] | None = None,
 ) -> Tensor | None:
-    """Fused depthwise+pointwise forward of ``x`` ``(N, C, *spatial)``, or ``None`` to decline."""
+    """Fused depthwise+pointwise forward of ``x`` ``(N, C, *spatial)``, or ``None`` to decline.
+
+    ``reference`` is the PyTorch path, called with the same arguments, which ``auto``
+    times against the kernel on a problem's first inference call.
+    """
     current = mode()
     if current == "off":
         return None
-    checked = _common_checks(
-        x, (depthwise_weight, pointwise_weight, depthwise_bias, pointwise_bias)
-    )
-    if checked is None:
+    tensors = (depthwise_weight, pointwise_weight, depthwise_bias, pointwise_bias)
+    grad = _common_checks(x, tensors)
+    if grad is None:
         return None
-    _, grad = checked
+    key = _problem_key("separable", x, tensors, stride, dilation, plan, padding_mode)
+    call = _calls.get(key, _MISSING)
+    if call is _MISSING:
+        call = _remember(
+            key,
+            _plan_separable(
+                x, depthwise_weight, pointwise_weight, stride, dilation, plan, padding_mode
+            ),
+        )
+    if call is None:
+        return None
+
+    launch = call.launch
+    if grad:
+        kernel = partial(_apply_separable, tensors, launch)
+    else:
+        kernel = partial(_raw_separable, tensors, launch)
+    pytorch = None
+    if reference is not None:
+        pytorch = partial(
+            _reference_call, reference, tensors, (stride, dilation, plan, padding_mode)
+        )
+    return _run(current, call, grad, kernel, pytorch, x)
+
+
+def _apply_separable(tensors, launch, x):
+    return _ops.SeparableFunction.apply(x, *tensors, launch.g, launch)
+
+
+def _raw_separable(tensors, launch, x):
+    return _ops.separable_forward_raw(x, *tensors, launch.g, launch)
+
+
+def _reference_call(reference, tensors, conv_args, x):
+    return reference(x, *tensors, *conv_args)
+
+
+def _plan_separable(x, depthwise_weight, pointwise_weight, stride, dilation, plan, padding_mode):
+    """The :class:`_Call` of a separable problem, or None when the kernels decline it."""
     rank = x.dim() - 2
     mid = depthwise_weight.shape[0]
     out_channels, per_group = pointwise_weight.shape[0], pointwise_weight.shape[1]
@@ -224,8 +355,6 @@ def separable(
     amounts = _amounts(x, plan, padding_mode)
     if amounts is None:
         return None
-    from sepconv.kernels import _ops
-
     g = _ops.geometry(
         x,
         tuple(depthwise_weight.shape[2:]),
@@ -241,17 +370,8 @@ def separable(
         return None
     # With a depth multiplier PyTorch leaves its specialised depthwise kernels (3-10x slower
     # than the fused kernel at every size measured), so only M == 1 may go to PyTorch.
-    if current == "auto" and mult == 1 and _pytorch_wins_separable(g):
-        return None
-    if not _load_or_decline(current):
-        return None
-    if grad:
-        return _ops.SeparableFunction.apply(
-            x, depthwise_weight, pointwise_weight, depthwise_bias, pointwise_bias, g
-        )
-    return _ops.separable_forward_raw(
-        x, depthwise_weight, pointwise_weight, depthwise_bias, pointwise_bias, g
-    )
+    rule = mult > 1 or not _pytorch_wins_separable(g)
+    return _Call(_ops.separable_launch(x, g), rule)
 
 
 def depthwise(
@@ -262,37 +382,64 @@ def depthwise(
     dilation: tuple[int, ...],
     plan: PaddingPlan,
     padding_mode: str,
+    reference: Callable[..., Tensor] | None = None,
 ) -> Tensor | None:
-    """Depthwise forward of ``x`` ``(N, C, *spatial)`` with ``weight`` ``(C*M, 1, *kernel)``, or ``None``."""
+    """Depthwise forward of ``x`` ``(N, C, *spatial)`` with ``weight`` ``(C*M, 1, *kernel)``,
+    or ``None`` to decline; ``reference`` as in :func:`separable`."""
     current = mode()
     if current == "off":
         return None
-    checked = _common_checks(x, (weight, bias))
-    if checked is None:
+    grad = _common_checks(x, (weight, bias))
+    if grad is None:
         return None
-    _, grad = checked
+    key = _problem_key("depthwise", x, (weight, bias), stride, dilation, plan, padding_mode)
+    call = _calls.get(key, _MISSING)
+    if call is _MISSING:
+        call = _remember(key, _plan_depthwise(x, weight, stride, dilation, plan, padding_mode))
+    if call is None:
+        return None
+
+    launch = call.launch
+    tensors = (weight, bias)
+    if grad:
+        kernel = partial(_apply_depthwise, tensors, launch)
+    else:
+        kernel = partial(_raw_depthwise, tensors, launch)
+    pytorch = None
+    if reference is not None:
+        pytorch = partial(
+            _reference_call, reference, tensors, (stride, dilation, plan, padding_mode)
+        )
+    return _run(current, call, grad, kernel, pytorch, x)
+
+
+def _apply_depthwise(tensors, launch, x):
+    return _ops.DepthwiseFunction.apply(x, *tensors, launch.g, launch)
+
+
+def _raw_depthwise(tensors, launch, x):
+    return _ops.depthwise_forward_raw(x, *tensors, launch.g, launch)
+
+
+def _plan_depthwise(x, weight, stride, dilation, plan, padding_mode):
+    """The :class:`_Call` of a depthwise problem, or None when the kernels decline it."""
     rank = x.dim() - 2
     if weight.dim() != rank + 2 or weight.shape[0] % x.shape[1]:
-        return None
-    # oneDNN is already fast on channels_last 2d depthwise; the kernel only wins there when the
-    # output is large enough for fresh-allocation page faults to dominate (the kernel reuses
-    # pooled outputs). See docs/performance.md.
-    # Not with a depth multiplier, which oneDNN runs 1.1-3x slower than the kernel.
-    mult = weight.shape[0] // x.shape[1]
-    channels_last_2d = rank == 2 and x.stride(1) == 1 and x.shape[1] > 1
-    out_bytes = x.numel() * mult * x.element_size()
-    if current == "auto" and channels_last_2d and mult == 1 and out_bytes < (16 << 20):
         return None
     amounts = _amounts(x, plan, padding_mode)
     if amounts is None:
         return None
-    from sepconv.kernels import _ops
-
     g = _ops.geometry(
         x, tuple(weight.shape[2:]), weight.shape[0], stride, dilation, amounts, padding_mode
     )
-    if g is None or not _fits_int32(g) or not _load_or_decline(current):
+    if g is None or not _fits_int32(g):
         return None
-    if grad:
-        return _ops.DepthwiseFunction.apply(x, weight, bias, g)
-    return _ops.depthwise_forward_raw(x, weight, bias, g)
+    # The rule for calls recording autograd history: oneDNN is already fast on channels_last
+    # 2d depthwise; the kernel only wins there when the output is large enough for
+    # fresh-allocation page faults to dominate (the kernel reuses pooled outputs), or with a
+    # depth multiplier, which oneDNN runs 1.1-3x slower than the kernel.
+    mult = weight.shape[0] // x.shape[1]
+    channels_last_2d = rank == 2 and x.stride(1) == 1 and x.shape[1] > 1
+    out_bytes = x.numel() * mult * x.element_size()
+    rule = not (channels_last_2d and mult == 1 and out_bytes < (16 << 20))
+    return _Call(_ops.depthwise_launch(x, g), rule)

@@ -29,6 +29,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include <omp.h>
@@ -800,6 +801,30 @@ void transpose_groups(const S* src, S* dst, i64 G, i64 Og, i64 CMg) {
   }
 }
 
+// Pointwise weight (G groups of Og x CMg, row-major) packed per group in 64-column panels,
+// panel[j][k][0..64) = wp[j*64 + ., k], zero past Og. In blocks of 16 k, so that the 16
+// destination rows being written stay in L1 while the source rows are read contiguously,
+// and over the threads: with large weights and few pixels (batch 1) packing is a real part
+// of the call.
+void pack_panels(const float* wp, i64 G, i64 Og, i64 CMg, i64 threads, float* dst) {
+  constexpr i64 KB = 16;
+  const i64 panels = (Og + 63) / 64, kblocks = (CMg + KB - 1) / KB;
+  const i64 tasks = G * panels * kblocks;
+  const i64 nth = G * Og * CMg >= (i64(1) << 16) ? threads : 1;
+#pragma omp parallel for num_threads(nth) schedule(static)
+  for (i64 t = 0; t < tasks; ++t) {
+    const i64 gi = t / (panels * kblocks), j = (t / kblocks) % panels, k0 = (t % kblocks) * KB;
+    const i64 k1 = std::min(CMg, k0 + KB), ob = std::min<i64>(64, Og - j * 64);
+    float* d = dst + (gi * panels + j) * CMg * 64;
+    for (i64 o = 0; o < ob; ++o) {
+      const float* src = wp + (gi * Og + j * 64 + o) * CMg;
+      for (i64 k = k0; k < k1; ++k) d[k * 64 + o] = src[k];
+    }
+    for (i64 o = ob; o < 64; ++o)
+      for (i64 k = k0; k < k1; ++k) d[k * 64 + o] = 0.0f;
+  }
+}
+
 // ------------------------------------------------------------------ separable forward
 
 // Gemm "mid x pointwise -> out tile" for one tile; mid is planar (cm, p) with row stride P
@@ -940,7 +965,8 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
   const auto ymap = make_map(g.Hu, g.H, g.pt, g.mode);
   const auto xmap = make_map(g.Wu, g.W, g.pl, g.mode);
   const bool nhwc = g.nhwc != 0;
-  std::vector<float> wpT_buf, bp_buf;
+  std::unique_ptr<float[]> wpT_buf;
+  std::vector<float> bp_buf;
   if constexpr (std::is_same<S, float>::value) {
     // Per group: wpT[k, o] = wp[o, k] (CMg x Og), plus slack for vector reads past Og.
     if (nhwc && g.out_nhwc) {  // only the nhwc -> nhwc tile GEMM reads them
@@ -948,18 +974,15 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
       // so that the GEMM streams each panel contiguously (a plain transpose has a row
       // stride of Og, which thrashes the TLB when Og is large).
       const i64 panels = (g.Og + 63) / 64;
-      wpT_buf.assign(g.G * panels * g.CMg * 64 + kSlack, 0.0f);
-      for (i64 gi = 0; gi < g.G; ++gi)
-        for (i64 j = 0; j < panels; ++j) {
-          float* dst = wpT_buf.data() + (gi * panels + j) * g.CMg * 64;
-          for (i64 o = j * 64; o < std::min(g.Og, j * 64 + 64); ++o) {
-            const float* src = wp + (gi * g.Og + o) * g.CMg;
-            for (i64 k = 0; k < g.CMg; ++k) dst[k * 64 + (o - j * 64)] = src[k];
-          }
-        }
+      // Not a std::vector: zero-filling megabytes of weights on every call costs as much as
+      // packing them. pack_panels writes every element but the slack.
+      const i64 packed = g.G * panels * g.CMg * 64;
+      wpT_buf.reset(new float[packed + kSlack]);
+      std::fill(wpT_buf.get() + packed, wpT_buf.get() + packed + kSlack, 0.0f);
+      pack_panels(wp, g.G, g.Og, g.CMg, g.threads, wpT_buf.get());
       bp_buf.assign(g.O + kSlack, 0.0f);
       if (bp) std::memcpy(bp_buf.data(), bp, sizeof(float) * g.O);
-      g.wpT = wpT_buf.data();
+      g.wpT = wpT_buf.get();
       g.bp_pad = bp_buf.data();
     }
   }

@@ -1,0 +1,61 @@
+"""Measured choice between the C++ kernels and PyTorch, for ``SEPCONV_KERNELS=auto``.
+
+Which path is faster depends on the CPU (MKL and oneDNN pick different code on Intel and
+AMD), the thread count, the layout and the shape; fixed thresholds tuned on one machine
+are wrong on the next (docs/performance.md). So the first inference call of each problem
+(input shape, strides, dtype, weights' shapes, stride, dilation, padding, threads) runs
+both paths a few times, interleaved, and the faster one is used for every later call of
+that problem in the process, as ``torch.backends.cudnn.benchmark`` does on GPUs. Both paths
+compute the same convolution, so the choice changes speed, never the result beyond
+rounding. The candidates are the kernel, PyTorch, and, for NCHW 2d inputs, PyTorch on a
+channels_last copy of the input (oneDNN's channels_last depthwise kernels are often several
+times faster than its NCHW ones; the output is converted back, so callers still get the
+layout PyTorch would give them).
+
+Calls that record autograd history are not measured here (their backward differs too):
+:mod:`sepconv.kernels.dispatch` decides those by a rule.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+
+#: Interleaved rounds per candidate (each round one timed sample per candidate).
+ROUNDS = 3
+#: A sample repeats short calls until it lasts about this long (seconds), so that timer
+#: resolution and one-off interruptions weigh less.
+SAMPLE_SECONDS = 2e-4
+#: Calls slower than this (seconds) are timed once per candidate: the choice matters less
+#: than the time spent choosing.
+SLOW_CALL_SECONDS = 0.05
+
+
+def _seconds(fn: Callable[[], object], reps: int) -> float:
+    start = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - start) / reps
+
+
+def fastest(candidates: dict[str, Callable[[], object]]) -> str:
+    """The name of the fastest of ``candidates`` here, measured.
+
+    Each candidate is called once untimed (first-call costs: output pools, oneDNN primitive
+    caches, lazy initialisation), then timed in ``ROUNDS`` interleaved rounds; the minimum
+    of each is compared, since interruptions by other processes only ever add time. Ties go
+    to the first candidate.
+    """
+    with torch.no_grad():
+        first = {name: _seconds(fn, 1) for name, fn in candidates.items()}
+        rounds = 1 if max(first.values()) > SLOW_CALL_SECONDS else ROUNDS
+        reps = {
+            name: min(50, max(1, int(SAMPLE_SECONDS / max(t, 1e-7)))) for name, t in first.items()
+        }
+        best = dict.fromkeys(candidates, float("inf"))
+        for _ in range(rounds):
+            for name, fn in candidates.items():
+                best[name] = min(best[name], _seconds(fn, reps[name]))
+    return min(best, key=lambda name: best[name])

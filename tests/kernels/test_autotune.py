@@ -1,0 +1,139 @@
+"""``auto`` measures kernel against PyTorch on a problem's first inference call."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from sepconv import DepthwiseConv2d, SeparableConv2d
+from sepconv.kernels import autotune, dispatch
+from tests.kernels.helpers import env
+
+
+def _sleeper(seconds: float):
+    def run():
+        time.sleep(seconds)
+
+    return run
+
+
+def _noop():
+    return None
+
+
+def test_fastest_picks_the_fastest_candidate():
+    assert autotune.fastest({"a": _noop, "b": _sleeper(0.002)}) == "a"
+    assert autotune.fastest({"a": _sleeper(0.002), "b": _noop, "c": _sleeper(0.001)}) == "b"
+
+
+def test_slow_calls_are_timed_once(monkeypatch):
+    calls = {"kernel": 0, "pytorch": 0}
+
+    def counted(name, seconds):
+        def run():
+            calls[name] += 1
+            time.sleep(seconds)
+
+        return run
+
+    monkeypatch.setattr(autotune, "SLOW_CALL_SECONDS", 0.001)
+    winner = autotune.fastest(
+        {"kernel": counted("kernel", 0.002), "pytorch": counted("pytorch", 0.003)}
+    )
+    assert winner == "kernel"
+    assert calls == {"kernel": 2, "pytorch": 2}  # one untimed, one timed each
+
+
+@pytest.fixture
+def verdicts(monkeypatch):
+    """Replace the measurement by a scripted verdict; record each problem it was asked about."""
+    asked = []
+    state = {"winner": dispatch.KERNEL}
+
+    def fake(candidates):
+        asked.append(candidates)
+        return state["winner"]
+
+    monkeypatch.setattr(autotune, "fastest", fake)
+    return asked, state
+
+
+WINNERS = [dispatch.KERNEL, dispatch.PYTORCH, dispatch.PYTORCH_CHANNELS_LAST]
+
+
+@pytest.mark.parametrize("winner", WINNERS)
+@pytest.mark.parametrize("make", ["separable", "depthwise"])
+def test_auto_follows_the_measurement_once_per_problem(kernels_built, verdicts, winner, make):
+    asked, state = verdicts
+    state["winner"] = winner
+    layer = SeparableConv2d(8, 16, 3, padding=1) if make == "separable" else DepthwiseConv2d(8, 3)
+    layer.eval()
+    x = torch.randn(2, 8, 20, 20)
+    seen = []
+    from sepconv.kernels import _ops
+
+    raw = _ops.separable_forward_raw if make == "separable" else _ops.depthwise_forward_raw
+
+    def counted(*args):
+        seen.append(1)
+        return raw(*args)
+
+    name = "separable_forward_raw" if make == "separable" else "depthwise_forward_raw"
+    with pytest.MonkeyPatch.context() as mp, env("auto"), torch.no_grad():
+        mp.setattr(_ops, name, counted)
+        first, second = layer(x), layer(x)
+        layer(x[:1])  # another problem: measured again
+        with env("off"):
+            expected = layer(x)
+    assert len(asked) == 2
+    assert set(asked[0]) == set(WINNERS)  # NCHW input: channels_last is a candidate
+    assert (len(seen) > 0) is (winner == dispatch.KERNEL)
+    for out in (first, second):
+        assert out.is_contiguous()  # the layout PyTorch gives an NCHW input, whatever ran
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_measured_candidates_compute_the_convolution(kernels_built, verdicts):
+    """What the measurement runs is the real kernel and the real PyTorch path."""
+    asked, _ = verdicts
+    layer = SeparableConv2d(6, 10, 3, stride=2, padding="same").eval()
+    x = torch.randn(1, 6, 17, 17)
+    with env("auto"), torch.no_grad():
+        layer(x)
+        with env("off"):
+            expected = layer(x)
+    for name, run in asked[0].items():
+        out = run()
+        assert out.is_contiguous(), name
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_channels_last_inputs_have_two_candidates(kernels_built, verdicts):
+    asked, _ = verdicts
+    layer = SeparableConv2d(6, 10, 3, padding=1).eval()
+    x = torch.randn(1, 6, 9, 9).contiguous(memory_format=torch.channels_last)
+    with env("auto"), torch.no_grad():
+        out = layer(x)
+    assert set(asked[0]) == {dispatch.KERNEL, dispatch.PYTORCH}
+    assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_training_calls_use_the_rule_not_the_measurement(kernels_built, verdicts):
+    asked, _ = verdicts
+    layer = SeparableConv2d(8, 16, 3, padding=1)
+    with env("auto"):
+        layer(torch.randn(2, 8, 40, 40)).sum().backward()
+    assert asked == []
+
+
+def test_on_and_off_never_measure(kernels_built, verdicts):
+    asked, _ = verdicts
+    layer = SeparableConv2d(8, 16, 3, padding=1).eval()
+    with torch.no_grad():
+        for value in ("on", "off"):
+            with env(value):
+                layer(torch.randn(1, 8, 12, 12))
+    assert asked == []
+    assert len(dispatch._calls) == 1  # "on" planned the problem; "off" never looks
