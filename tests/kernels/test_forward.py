@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -11,7 +12,7 @@ from hypothesis import given, settings
 
 from sepconv import reference
 from sepconv.functional.conv import depthwise_forward, separable_forward
-from sepconv.kernels import dispatch
+from sepconv.kernels import _build, dispatch
 from tests.conftest import assert_close_to_reference
 from tests.kernels.helpers import Case, cases, env, output_fits
 
@@ -116,68 +117,109 @@ def test_output_layout_follows_pytorch(layout, kernels_on):
     )
 
 
+MANY_TILE_CASES = (
+    Case(
+        2,
+        3,
+        64,
+        1,
+        48,
+        1,
+        (37, 45),
+        (3, 3),
+        (1, 1),
+        (1, 1),
+        "same",
+        "zeros",
+        "contiguous",
+        True,
+    ),
+    Case(
+        2,
+        3,
+        64,
+        1,
+        48,
+        1,
+        (37, 45),
+        (5, 5),
+        (2, 2),
+        (1, 1),
+        "same",
+        "reflect",
+        "channels_last",
+        True,
+    ),
+    Case(1, 2, 96, 1, 32, 1, (3000,), (4,), (1,), (1,), "causal", "zeros", "contiguous", True),
+    # several 64-channel weight panels per pointwise group, channels_last
+    Case(2, 2, 32, 1, 160, 2, (9, 9), (3, 3), (1, 1), (1, 1), 1, "zeros", "channels_last", True),
+    Case(2, 1, 48, 2, 200, 1, (7, 7), (3, 3), (1, 1), (1, 1), 1, "reflect", "channels_last", True),
+    Case(
+        1,
+        2,
+        96,
+        2,
+        32,
+        2,
+        (3001,),
+        (3,),
+        (2,),
+        (2,),
+        "same",
+        "circular",
+        "channels_last",
+        False,
+    ),
+)
+
+# Few tiles for two threads (batch 1, small planes): the threads share each tile.
+FEW_TILE_CASES = (
+    Case(2, 1, 64, 1, 160, 1, (7, 7), (3, 3), (1, 1), (1, 1), 1, "zeros", "contiguous", True),
+    Case(2, 1, 64, 1, 160, 1, (7, 7), (3, 3), (1, 1), (1, 1), 1, "zeros", "channels_last", True),
+    Case(2, 1, 32, 2, 96, 2, (14, 14), (3, 3), (2, 2), (1, 1), 1, "zeros", "channels_last", False),
+)
+
+
 def test_many_tiles_and_threads(kernels_on):
     """Shapes that cut into many tiles (whole rows and pieces of long 1d rows)."""
-    for case in (
-        Case(
-            2,
-            3,
-            64,
-            1,
-            48,
-            1,
-            (37, 45),
-            (3, 3),
-            (1, 1),
-            (1, 1),
-            "same",
-            "zeros",
-            "contiguous",
-            True,
-        ),
-        Case(
-            2,
-            3,
-            64,
-            1,
-            48,
-            1,
-            (37, 45),
-            (5, 5),
-            (2, 2),
-            (1, 1),
-            "same",
-            "reflect",
-            "channels_last",
-            True,
-        ),
-        Case(1, 2, 96, 1, 32, 1, (3000,), (4,), (1,), (1,), "causal", "zeros", "contiguous", True),
-        # several 64-channel weight panels per pointwise group, channels_last
-        Case(
-            2, 2, 32, 1, 160, 2, (9, 9), (3, 3), (1, 1), (1, 1), 1, "zeros", "channels_last", True
-        ),
-        Case(
-            2, 1, 48, 2, 200, 1, (7, 7), (3, 3), (1, 1), (1, 1), 1, "reflect", "channels_last", True
-        ),
-        Case(
-            1,
-            2,
-            96,
-            2,
-            32,
-            2,
-            (3001,),
-            (3,),
-            (2,),
-            (2,),
-            "same",
-            "circular",
-            "channels_last",
-            False,
-        ),
-    ):
+    for case in MANY_TILE_CASES:
         check_separable(case)
         check_depthwise(case)
+
+
+@contextlib.contextmanager
+def tile_gemm(name: str):
+    """Run the tile GEMMs one way: own kernel, MKL, or by layout and tile count."""
+    lib = _build.load()
+    old = lib.sepconv_set_own_gemm(_build.TILE_GEMM[name])
+    try:
+        yield
+    finally:
+        lib.sepconv_set_own_gemm(old)
+
+
+GEMMS = sorted(_build.TILE_GEMM)
+
+
+@pytest.mark.parametrize("gemm", GEMMS)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_every_tile_gemm_agrees(gemm, threads, kernels_on):
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with tile_gemm(gemm):
+            for case in MANY_TILE_CASES + FEW_TILE_CASES:
+                check_separable(case)
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("gemm", GEMMS)
+@settings(max_examples=20)
+@given(case=cases(max_size=30, rank=2))
+def test_every_tile_gemm_agrees_on_random_cases(gemm, case, kernels_built):
+    with env("on"), tile_gemm(gemm):
+        check_separable(case)
 
 
 @pytest.mark.parametrize("threads", [1, 2])

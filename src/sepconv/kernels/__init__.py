@@ -53,10 +53,16 @@ def info() -> dict[str, Any]:
         "built": path.exists(),
         "threads": torch.get_num_threads(),
         "bfloat16": dispatch._bf16_supported(),
-        "cpu": _build.cpu_fingerprint().splitlines()[0].split(":", 1)[-1].strip()
-        if _build.cpu_fingerprint()
-        else "unknown",
+        "tile_gemm": _build.tile_gemm_choice(),
+        "cpu": _cpu_model(_build.cpu_fingerprint()),
     }
+
+
+def _cpu_model(fingerprint: str) -> str:
+    for line in fingerprint.splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
 
 
 __all__ = ["available", "build", "info"]

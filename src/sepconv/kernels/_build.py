@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "sepconv_kernels.cpp"
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -52,7 +52,14 @@ def cpu_fingerprint() -> str:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
             for line in handle:
                 key = line.split(":", 1)[0].strip()
-                if key in ("model name", "flags", "Features", "CPU implementer", "CPU part"):
+                if key in (
+                    "vendor_id",
+                    "model name",
+                    "flags",
+                    "Features",
+                    "CPU implementer",
+                    "CPU part",
+                ):
                     text += line
                 if not line.strip() and text:
                     break  # first processor is enough
@@ -164,6 +171,25 @@ def build(verbose: bool = False, force: bool = False) -> Path:
     return path
 
 
+#: Which tile GEMMs use the kernels' own AVX-512 GEMM rather than MKL (the library's codes).
+TILE_GEMM = {"blas": 0, "own": 1, "mixed": 2}
+
+
+def tile_gemm_choice() -> str:
+    """A key of :data:`TILE_GEMM`: ``SEPCONV_KERNELS_GEMM`` when it names one, else by CPU.
+
+    On AMD CPUs MKL runs its AVX2 code and the own GEMM is about twice as fast: ``own``. On
+    Intel CPUs MKL runs its AVX-512 code and, measured in the tile loop, was 1.0-1.1x faster
+    on NCHW calls with many tiles and 1.2-2.3x on channels_last calls with few (batch 1,
+    small planes), 0.6-0.7x on NCHW calls with few tiles: ``mixed`` picks by layout and tile
+    count (docs/performance.md).
+    """
+    value = os.environ.get("SEPCONV_KERNELS_GEMM", "").strip().lower()
+    if value in TILE_GEMM:
+        return value
+    return "mixed" if "GenuineIntel" in cpu_fingerprint() else "own"
+
+
 def _declare(lib: ctypes.CDLL) -> None:
     p, i64p, c_int = ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int
     lib.sepconv_abi_version.restype = c_int
@@ -173,6 +199,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.sepconv_dw_forward.restype = c_int
     lib.sepconv_backward.argtypes = [c_int, p, p, p, p, i64p, p, i64p, p, p, p, i64p]
     lib.sepconv_backward.restype = c_int
+    lib.sepconv_set_own_gemm.argtypes = [c_int]
+    lib.sepconv_set_own_gemm.restype = c_int
 
 
 def load() -> ctypes.CDLL:
@@ -196,6 +224,7 @@ def load() -> ctypes.CDLL:
         except (BuildError, OSError) as error:
             _error = str(error)
             raise BuildError(_error) from error
+        lib.sepconv_set_own_gemm(TILE_GEMM[tile_gemm_choice()])
         _lib = lib
         return lib
 

@@ -7,9 +7,12 @@ answer: anything it does not support returns ``None``.
 
 ``SEPCONV_KERNELS`` (read on every call):
 
-- ``auto`` (default): use the C++ kernels where they are faster than PyTorch (see
-  docs/performance.md: not for small output planes with little work, nor channels_last 2d
-  depthwise with small outputs); if they cannot be built, warn once and use PyTorch.
+- ``auto`` (default): the fastest path, measured. The first inference call of each problem
+  (shapes, strides, dtype, conv arguments, threads) times the kernel, PyTorch and, for NCHW
+  2d inputs, PyTorch on a channels_last copy (:mod:`sepconv.kernels.autotune`); later calls
+  of that problem take the winner. Calls that record autograd history follow a rule
+  instead (:func:`_pytorch_wins_separable`, :func:`_plan_depthwise`). If the kernels cannot
+  be built: warn once and use PyTorch.
 - ``on``: use the kernels for every call they support; raise if they cannot be built.
 - ``off``: always the PyTorch path (the reference).
 

@@ -120,7 +120,9 @@ inline V<float>::t vldS(const bf16* p) {
 
 // Output stores of the depthwise kernels: non-temporal (bypassing the caches, no read for
 // ownership) while a thread streams a large output, when the address is 64-byte aligned.
-thread_local bool t_stream = false;
+// initial-exec: a thread_local of a dlopen'ed library is otherwise reached through
+// __tls_get_addr on every store (a few percent of the depthwise kernel's time).
+thread_local bool t_stream __attribute__((tls_model("initial-exec"))) = false;
 inline void vstOut(float* p, V<float>::t v) {
 #if defined(__AVX512F__)
   if (t_stream && (reinterpret_cast<uintptr_t>(p) & 63) == 0) {
@@ -160,6 +162,7 @@ struct Geo {
   i64 xs[4], os[4];
   const float* wpT = nullptr;     // pointwise weight packed in 64-column panels (own GEMM)
   const float* bp_pad = nullptr;  // pointwise bias with slack (own GEMM)
+  bool own_gemm = false;          // forward tile GEMMs: own kernel (else BLAS)
 };
 
 Geo make_geo(const i64* g) {
@@ -381,13 +384,16 @@ void gemm_f32(i64 M, i64 N, i64 K, const float* a, i64 lda, const float* b, i64 
   }
 }
 
-// Whether the own GEMM is used (SEPCONV_KERNELS_GEMM=blas in the environment switches it off).
-bool own_gemm_enabled() {
-  static const bool enabled = [] {
-    const char* v = std::getenv("SEPCONV_KERNELS_GEMM");
-    return !(v && std::strcmp(v, "blas") == 0);
-  }();
-  return enabled;
+// Which tile GEMMs use the own kernel rather than BLAS: 1 all, 0 none, 2 by layout and tile
+// count (own_gemm_for). Set from Python at load (sepconv_set_own_gemm): MKL runs its
+// AVX-512 code on Intel CPUs but its AVX2 code on AMD ones, so which is faster depends on
+// the CPU and the layout (docs/performance.md).
+int g_own_gemm = 1;
+
+// Mode 2 (Intel): MKL was faster except on planar calls with few tiles (the own GEMM lets
+// the threads share a tile) and channels-last calls with many (no per-tile transposition).
+bool own_gemm_for(bool nhwc, bool few_tiles) {
+  return g_own_gemm == 1 || (g_own_gemm == 2 && nhwc != few_tiles);
 }
 
 // ------------------------------------------------------------------ padded buffers
@@ -439,6 +445,20 @@ void pad_planar(const S* plane, i64 sh, i64 sw, const Geo& g, const i64* ymap, c
       }
     }
   }
+}
+
+// Prefetch (into L2) the input rows [r0, r0+R) and columns [q0, q0+Q) (padded coordinates;
+// only those inside the plane) of one plane with unit column stride.
+template <typename S>
+inline void prefetch_window(const S* plane, const Geo& g, i64 r0, i64 R, i64 q0, i64 Q) {
+  if (g.xs[3] != 1) return;
+  const i64 line = 64 / i64(sizeof(S));
+  const i64 rlo = std::max<i64>(0, r0 - g.pt), rhi = std::min<i64>(g.H, r0 + R - g.pt);
+  const i64 clo = std::max<i64>(0, q0 - g.pl), chi = std::min<i64>(g.W, q0 + Q - g.pl);
+  if (chi <= clo) return;
+  for (i64 r = rlo; r < rhi; ++r)
+    for (i64 q = clo; q < chi + line; q += line)
+      __builtin_prefetch(plane + r * g.xs[2] + std::min(q, chi - 1), 0, 1);
 }
 
 // Planar depthwise core: TH x TW outputs of one filter from a padded buffer (row length
@@ -838,7 +858,7 @@ void tile_gemm(const Geo& g, const S* mid, bool mid_nhwc, i64 P, const S* wp, co
                i64 ocs, i64 ops, float*) {
   typedef S A;
   if constexpr (std::is_same<S, float>::value) {
-    if (own_gemm_enabled()) {
+    if (g.own_gemm) {
       if (!mid_nhwc && !g.out_nhwc && ops == 1) {
         // out[o, p] = sum_k wp[o, k] * mid[k, p]
         for (i64 gi = 0; gi < g.G; ++gi)
@@ -965,17 +985,21 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
   const auto ymap = make_map(g.Hu, g.H, g.pt, g.mode);
   const auto xmap = make_map(g.Wu, g.W, g.pl, g.mode);
   const bool nhwc = g.nhwc != 0;
+  const i64 bpp = g.CM * (i64(sizeof(S)) + (nhwc ? i64(sizeof(A)) * g.sy * g.sx : 0));
+  const Tiles tl = make_tiles(g, bpp, 3 * g.threads);
+  // Few tiles (batch 1, small images): the threads share each tile (own GEMM only).
+  const bool few_tiles = g.threads > 1 && tl.count < 2 * g.threads;
   std::unique_ptr<float[]> wpT_buf;
   std::vector<float> bp_buf;
   if constexpr (std::is_same<S, float>::value) {
-    // Per group: wpT[k, o] = wp[o, k] (CMg x Og), plus slack for vector reads past Og.
-    if (nhwc && g.out_nhwc) {  // only the nhwc -> nhwc tile GEMM reads them
-      // Packed per group and per 64 output channels: panel[j][k][0..64) = wp[o0 + j*64 + ., k],
-      // so that the GEMM streams each panel contiguously (a plain transpose has a row
-      // stride of Og, which thrashes the TLB when Og is large).
-      const i64 panels = (g.Og + 63) / 64;
+    g.own_gemm = own_gemm_for(nhwc, few_tiles);
+    if (nhwc && g.out_nhwc && g.own_gemm) {  // only the own nhwc GEMM reads them
+      // Per group, per 64 output channels: panel[j][k][0..64) = wp[o0 + j*64 + ., k], so
+      // that the GEMM streams each panel contiguously (a plain transpose has a row stride
+      // of Og, which thrashes the TLB when Og is large); slack for vector reads past Og.
       // Not a std::vector: zero-filling megabytes of weights on every call costs as much as
       // packing them. pack_panels writes every element but the slack.
+      const i64 panels = (g.Og + 63) / 64;
       const i64 packed = g.G * panels * g.CMg * 64;
       wpT_buf.reset(new float[packed + kSlack]);
       std::fill(wpT_buf.get() + packed, wpT_buf.get() + packed + kSlack, 0.0f);
@@ -985,14 +1009,10 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
       g.wpT = wpT_buf.get();
       g.bp_pad = bp_buf.data();
     }
-  }
-  const i64 bpp = g.CM * (i64(sizeof(S)) + (nhwc ? i64(sizeof(A)) * g.sy * g.sx : 0));
-  const Tiles tl = make_tiles(g, bpp, 3 * g.threads);
-  if constexpr (std::is_same<S, float>::value) {
     // Output layout from the caller (strides alone are ambiguous when a dimension is 1).
     const bool out_nhwc = g.out_nhwc != 0;
-    const bool own = own_gemm_enabled() && (nhwc ? (out_nhwc && g.wpT) : (!out_nhwc && g.os[3] == 1));
-    if (own && g.threads > 1 && tl.count < 2 * g.threads) {
+    const bool split_ok = nhwc ? (out_nhwc && g.wpT) : (!out_nhwc && g.os[3] == 1);
+    if (g.own_gemm && split_ok && few_tiles) {
       sep_forward_split(x, w, wT, b, wp, bp, out, g, tl, ymap.data(), xmap.data(), out_nhwc);
       return;
     }
@@ -1018,18 +1038,10 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
                         tw * g.CM, g.CM);
       } else {
         const i64 qs = (Q + g.sx - 1) / g.sx, qrow = qs * g.sx;
-        const i64 rlo = std::max<i64>(0, r0 - g.pt), rhi = std::min<i64>(g.H, r0 + R - g.pt);
-        const i64 line = 64 / i64(sizeof(S));
         for (i64 c = 0; c < g.C; ++c) {
-          if (c + 2 < g.C && g.xs[3] == 1) {
-            // Prefetch a later channel's rows: each channel's piece is short, which the
-            // hardware prefetcher does not anticipate.
-            const S* nx = xn + (c + 2) * g.xs[1];
-            const i64 clo = std::max<i64>(0, q0 - g.pl), chi = std::min<i64>(g.W, q0 + Q - g.pl);
-            for (i64 r = rlo; r < rhi; ++r)
-              for (i64 q = clo; q < chi + line; q += line)
-                __builtin_prefetch(nx + r * g.xs[2] + std::min(q, chi - 1), 0, 1);
-          }
+          // A later channel's rows: each channel's piece is short, which the hardware
+          // prefetcher does not anticipate.
+          if (c + 2 < g.C) prefetch_window(xn + (c + 2) * g.xs[1], g, r0, R, q0, Q);
           pad_planar<S, A>(xn + c * g.xs[1], g.xs[2], g.xs[3], g, ymap.data(), xmap.data(), r0, R,
                            q0, Q, buf.data());
           for (i64 m = 0; m < g.M; ++m) {
@@ -1105,6 +1117,14 @@ void dw_forward(const S* x, const S* wd, const S* bd, S* out, const i64* geo) {
       const i64 qs = (Q + g.sx - 1) / g.sx, qrow = qs * g.sx;
       pad_planar<S, A>(x + n * g.xs[0] + c * g.xs[1], g.xs[2], g.xs[3], g, ymap.data(), xmap.data(),
                        r0, R, q0, Q, buf.data());
+      // The next task's window (usually this thread's, and the next channel), fetched while
+      // this one computes: otherwise each thread alternates between waiting for its input
+      // and computing, and memory sits idle in the second phase.
+      if (t + 1 < tasks) {
+        const Tile nt = tile_at(tl, g, t + 1);
+        const i64 nn = nt.n / g.C, ncn = nt.n % g.C;
+        prefetch_window(x + nn * g.xs[0] + ncn * g.xs[1], g, nt.r0, nt.R, nt.q0, nt.Q);
+      }
       for (i64 m = 0; m < g.M; ++m) {
         const i64 cm = c * g.M + m;
         conv_planar<S, A>(buf.data(), qrow, qs, w.data() + cm * g.T, b[cm], th, tw, g,
@@ -1381,7 +1401,7 @@ void backward(const S* x, const S* wd, const S* wp, const S* gy, const i64* gys,
         Mat W_{wp + gi * g.Og * g.CMg + coff, g.CMg, 1};
         bool done = false;
         if constexpr (std::is_same<S, float>::value) {
-          if (own_gemm_enabled()) {
+          if (own_gemm_for(nhwc, false)) {
             if (!nhwc && gys[3] == 1 && gys[2] == g.OW) {
               // gmid[j, p] = sum_o wpT[coff + j, o] * gy[o, p]
               gemm_f32(cbm, P, g.Og, wpT.data() + gi * g.CMg * g.Og + coff * g.Og, g.Og,
@@ -1474,7 +1494,15 @@ void backward(const S* x, const S* wd, const S* wp, const S* gy, const i64* gys,
 
 extern "C" {
 
-int sepconv_abi_version() { return 2; }
+int sepconv_abi_version() { return 3; }
+
+// Tile GEMMs: 1 the own AVX-512 kernel, 0 BLAS (MKL from libtorch), 2 by layout and tile
+// count (own_gemm_for). Returns the old value. Not to be changed while a kernel runs.
+int sepconv_set_own_gemm(int mode) {
+  const int old = g_own_gemm;
+  g_own_gemm = (mode >= 0 && mode <= 2) ? mode : 1;
+  return old;
+}
 
 int sepconv_sep_forward(int dtype, const void* x, const void* wd, const void* bd, const void* wp,
                         const void* bp, void* out, const i64* geo) {
