@@ -125,3 +125,30 @@ class env:
             os.environ.pop("SEPCONV_KERNELS", None)
         else:
             os.environ["SEPCONV_KERNELS"] = self.old
+
+
+@st.composite
+def stride1_square_cases(draw, max_size: int = 40) -> Case:
+    """2d planar cases of the row-blocked path: square 3/5/7 kernels, stride and dilation 1,
+    widths that are and are not multiples of the vector width, heights of every remainder
+    modulo the row block, every padding mode."""
+    k = draw(st.sampled_from((3, 5, 7)))
+    spatial = (draw(st.integers(k, max_size)), draw(st.integers(k, max_size)))
+    padding = draw(st.sampled_from(("valid", "same", k // 2, (k // 2, 1))))
+    mode = "zeros" if padding == "valid" else draw(st.sampled_from(MODES))
+    return Case(
+        2,
+        draw(st.integers(1, 2)),
+        draw(st.integers(1, 4)),
+        draw(st.integers(1, 2)),
+        draw(st.integers(1, 5)),
+        1,
+        spatial,
+        (k, k),
+        (1, 1),
+        (1, 1),
+        padding,
+        mode,
+        draw(st.sampled_from(("contiguous", "strided"))),
+        draw(st.booleans()),
+    )

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 
 from sepconv.functional.conv import depthwise_forward, separable_forward
 from sepconv.kernels import _ops
-from tests.kernels.helpers import Case, cases, env, output_fits
+from tests.kernels.helpers import Case, cases, env, output_fits, stride1_square_cases
 
 
 def _grads(fn, inputs, seed=3):
@@ -67,6 +67,16 @@ def test_gradients_match_pytorch_float64(case, kernels_built):
 def test_gradients_match_pytorch_float32(case, kernels_built):
     if not output_fits(case):
         return
+    _compare(case, torch.float32, 1e-4, depthwise_only=False)
+    _compare(case, torch.float32, 1e-4, depthwise_only=True)
+
+
+@settings(max_examples=10)
+@given(case=stride1_square_cases(max_size=24))
+def test_gradients_of_the_row_blocked_path(case, kernels_built):
+    if not output_fits(case):
+        return
+    # float32: the row-blocked loop is the float32 one (float64 keeps the general loop)
     _compare(case, torch.float32, 1e-4, depthwise_only=False)
     _compare(case, torch.float32, 1e-4, depthwise_only=True)
 

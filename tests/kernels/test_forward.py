@@ -14,7 +14,7 @@ from sepconv import reference
 from sepconv.functional.conv import depthwise_forward, separable_forward
 from sepconv.kernels import _build, dispatch
 from tests.conftest import assert_close_to_reference
-from tests.kernels.helpers import Case, cases, env, output_fits
+from tests.kernels.helpers import Case, cases, env, output_fits, stride1_square_cases
 
 RTOL = 1e-5
 
@@ -99,6 +99,15 @@ def test_depthwise_forward_matches(case, kernels_built):
 @given(case=cases(max_size=40, rank=2))
 def test_larger_planes(case, kernels_built):
     """Planes larger than one vector, so full and partial vectors and several tiles run."""
+    with env("on"):
+        check_separable(case)
+        check_depthwise(case)
+
+
+@settings(max_examples=40)
+@given(case=stride1_square_cases())
+def test_row_blocked_stride1_path(case, kernels_built):
+    """Square 3/5/7 kernels at stride 1 take the row-blocked depthwise loop."""
     with env("on"):
         check_separable(case)
         check_depthwise(case)

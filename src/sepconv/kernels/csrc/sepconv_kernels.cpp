@@ -526,6 +526,76 @@ inline void conv_block(const A* b, i64 qrow, i64 dy, i64 KH, i64 kw_rt, const i6
   }
 }
 
+// Stride 1, dilation 1, K x K filter: R consecutive output rows of one column vector at a
+// time. Each input row is loaded once (two vectors), its K shifted copies are made in
+// registers (one permute each), and every output row that reads the row takes its taps
+// from them: about (R + K - 1) * (K + 2) / R vector operations besides the K * K FMAs per
+// output vector, where conv_block needs K * K unaligned loads (half of them split across
+// cache lines). Reads up to 31 elements past the column start of each row (buffers carry
+// kSlack elements of slack); stores only the `last` valid lanes.
+// SEPCONV_KERNELS_ROWS=0 turns the row-blocked stride-1 path off (for comparison).
+inline bool s1_rows_enabled() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("SEPCONV_KERNELS_ROWS");
+    return !(v && std::strcmp(v, "0") == 0);
+  }();
+  return enabled;
+}
+
+typedef int32_t vi32 __attribute__((vector_size(64)));
+
+inline V<float>::t shifted(V<float>::t lo, V<float>::t hi, int k) {
+  const vi32 lanes = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  return __builtin_shuffle(lo, hi, lanes + k);
+}
+
+template <int K, int R, typename S>
+inline void rows_s1(const float* b, i64 qrow, const float* w, float bias, S* d, i64 drs, i64 last) {
+  typedef V<float>::t vec;
+  vec acc[R];
+  for (int i = 0; i < R; ++i) acc[i] = vset<float>(bias);
+#pragma GCC unroll 16
+  for (int r = 0; r < R + K - 1; ++r) {
+    const vec lo = vld<float>(b + r * qrow), hi = vld<float>(b + r * qrow + 16);
+#pragma GCC unroll 16
+    for (int kx = 0; kx < K; ++kx) {
+      const vec sh = kx == 0 ? lo : shifted(lo, hi, kx);
+#pragma GCC unroll 8
+      for (int i = 0; i < R; ++i) {
+        const int ky = r - i;
+        if (ky >= 0 && ky < K) acc[i] += w[ky * K + kx] * sh;
+      }
+    }
+  }
+  for (int i = 0; i < R; ++i) {
+    if (last == 16) {
+      vstOut(d + i * drs, acc[i]);
+    } else {
+      for (i64 l = 0; l < last; ++l) fromA(acc[i][l], d + i * drs + l);
+    }
+  }
+}
+
+template <int K, typename S>
+void conv_planar_s1(const float* buf, i64 qrow, const float* w, float bias, i64 TH, i64 TW, S* dst,
+                    i64 drs) {
+  constexpr i64 L = 16, R = 4;
+  for (i64 j = 0; j < TW; j += L) {
+    const i64 last = std::min(L, TW - j);
+    i64 i = 0;
+    for (; i + R <= TH; i += R)
+      rows_s1<K, R, S>(buf + i * qrow + j, qrow, w, bias, dst + i * drs + j, drs, last);
+    const float* b = buf + i * qrow + j;
+    S* d = dst + i * drs + j;
+    switch (TH - i) {
+      case 3: rows_s1<K, 3, S>(b, qrow, w, bias, d, drs, last); break;
+      case 2: rows_s1<K, 2, S>(b, qrow, w, bias, d, drs, last); break;
+      case 1: rows_s1<K, 1, S>(b, qrow, w, bias, d, drs, last); break;
+      default: break;
+    }
+  }
+}
+
 template <int KW, typename S, typename A>
 void conv_planar_k(const A* buf, i64 qrow, i64 qs, const A* w, A bias, i64 TH, i64 TW,
                    const Geo& g, S* dst, i64 drs) {
@@ -569,6 +639,16 @@ void conv_planar_k(const A* buf, i64 qrow, i64 qs, const A* w, A bias, i64 TH, i
 template <typename S, typename A>
 void conv_planar(const A* buf, i64 qrow, i64 qs, const A* w, A bias, i64 TH, i64 TW, const Geo& g,
                  S* dst, i64 drs) {
+  if constexpr (std::is_same<A, float>::value) {
+    if (g.sx == 1 && g.sy == 1 && g.dx == 1 && g.dy == 1 && g.KH == g.KW && s1_rows_enabled()) {
+      switch (g.KW) {
+        case 3: conv_planar_s1<3, S>(buf, qrow, w, bias, TH, TW, dst, drs); return;
+        case 5: conv_planar_s1<5, S>(buf, qrow, w, bias, TH, TW, dst, drs); return;
+        case 7: conv_planar_s1<7, S>(buf, qrow, w, bias, TH, TW, dst, drs); return;
+        default: break;
+      }
+    }
+  }
   switch (g.KW) {
     case 1: conv_planar_k<1, S, A>(buf, qrow, qs, w, bias, TH, TW, g, dst, drs); break;
     case 3: conv_planar_k<3, S, A>(buf, qrow, qs, w, bias, TH, TW, g, dst, drs); break;
