@@ -284,3 +284,19 @@ def test_autocast_gets_the_pytorch_path_and_its_dtype(kernels_built, count_calls
     with env("auto"), torch.autocast("cpu", dtype=torch.bfloat16):
         out = layer(x)
     assert out.dtype == torch.bfloat16 and count_calls == {"separable": 0, "depthwise": 0}
+
+
+def test_pool_makes_room_for_new_sizes(kernels_on, monkeypatch):
+    """Free storages of old sizes leave the pool when a new size would not fit."""
+    _ops.clear_pool()
+    monkeypatch.setattr(_ops, "_pool_limit", lambda: 3 << 20)
+    first = _ops.pooled_empty((2 << 20,), (1,), torch.uint8)  # 2 MiB: pooled
+    assert _ops._pool_bytes == 2 << 20
+    held = _ops.pooled_empty((1 << 20,), (1,), torch.uint8)  # 1 MiB: pooled, kept alive
+    del first  # free: may be evicted
+    second = _ops.pooled_empty((3 << 19,), (1,), torch.uint8)  # 1.5 MiB: evicts the free 2 MiB
+    assert _ops._pool_bytes == (1 << 20) + (3 << 19)
+    assert set(_ops._pool) == {1 << 20, 3 << 19}
+    again = _ops.pooled_empty((3 << 19,), (1,), torch.uint8)  # second still alive: a new one
+    assert again.data_ptr() != second.data_ptr() and held.numel() == 1 << 20
+    _ops.clear_pool()

@@ -58,12 +58,9 @@ def depthwise_forward(
     padding_mode: str,
 ) -> Tensor:
     """Depthwise conv of ``x`` ``(N, C, *spatial)`` with ``weight`` ``(C*M, 1, *kernel)``."""
-    out = dispatch.depthwise(
-        x, weight, bias, stride, dilation, plan, padding_mode, reference=_pytorch_depthwise
-    )
-    if out is not None:
-        return out
-    return _pytorch_depthwise(x, weight, bias, stride, dilation, plan, padding_mode)
+    args = (x, weight, bias, stride, dilation, plan, padding_mode)
+    out = dispatch.depthwise(*args, reference=_pytorch_depthwise)
+    return out if out is not None else _pytorch_depthwise(*args)
 
 
 def _pytorch_depthwise(x, weight, bias, stride, dilation, plan, padding_mode) -> Tensor:
@@ -87,21 +84,7 @@ def separable_forward(
     ``depthwise_weight`` is ``(C*M, 1, *kernel)``; ``pointwise_weight`` is
     ``(O, C*M/G, 1, ..., 1)`` for a pointwise stage with ``G`` groups.
     """
-    out = dispatch.separable(
-        x,
-        depthwise_weight,
-        pointwise_weight,
-        depthwise_bias,
-        pointwise_bias,
-        stride,
-        dilation,
-        plan,
-        padding_mode,
-        reference=_pytorch_separable,
-    )
-    if out is not None:
-        return out
-    return _pytorch_separable(
+    args = (
         x,
         depthwise_weight,
         pointwise_weight,
@@ -112,6 +95,8 @@ def separable_forward(
         plan,
         padding_mode,
     )
+    out = dispatch.separable(*args, reference=_pytorch_separable)
+    return out if out is not None else _pytorch_separable(*args)
 
 
 def _pytorch_separable(

@@ -201,6 +201,8 @@ def pooled_empty(shape, strides, dtype: torch.dtype, nbytes: int | None = None) 
         for storage in entries:
             if torch._C._storage_Use_Count(storage._cdata) == 1 and storage.nbytes() >= nbytes:
                 return torch.empty(0, dtype=dtype).set_(storage, 0, shape, strides)
+        if len(entries) < _POOL_PER_SIZE and nbytes <= limit:
+            _evict_free(limit - nbytes, nbytes)
         if len(entries) < _POOL_PER_SIZE and _pool_bytes + nbytes <= limit:
             storage = torch.UntypedStorage(nbytes)
             entries.append(storage)
@@ -209,15 +211,31 @@ def pooled_empty(shape, strides, dtype: torch.dtype, nbytes: int | None = None) 
     return torch.empty_strided(shape, strides, dtype=dtype)
 
 
+def _evict_free(keep: int, wanted: int) -> None:
+    """Drop free pooled storages of sizes other than ``wanted``, oldest sizes first, until
+    the pool holds at most ``keep`` bytes (or nothing more is free). Without it, the first sizes a process sees would fill
+    the pool for good and later, larger outputs would page-fault on every call."""
+    global _pool_bytes
+    for size in list(_pool):
+        if _pool_bytes <= keep:
+            return
+        if size == wanted:
+            continue
+        entries = _pool[size]
+        for storage in list(entries):
+            if _pool_bytes > keep and torch._C._storage_Use_Count(storage._cdata) == 1:
+                entries.remove(storage)
+                _pool_bytes -= size
+        if not entries:
+            del _pool[size]
+
+
 def storage_bytes(shape, strides, dtype: torch.dtype) -> int:
     """Bytes of the smallest storage holding a tensor of ``shape``/``strides``."""
     if any(size == 0 for size in shape):
         return 0
     extent = 1 + sum((size - 1) * stride for size, stride in zip(shape, strides))
-    return extent * _ITEMSIZE[dtype]
-
-
-_ITEMSIZE = {torch.float32: 4, torch.float64: 8, torch.bfloat16: 2}
+    return extent * dtype.itemsize
 
 
 def clear_pool() -> None:

@@ -23,13 +23,15 @@ from collections.abc import Callable
 
 import torch
 
-#: Interleaved rounds per candidate (each round one timed sample per candidate).
-ROUNDS = 3
+#: Interleaved rounds per candidate (each round one timed sample per candidate). On the
+#: shared 2-core development VMs single samples vary by 30-50 %, and 3 rounds still picked
+#: the slower path now and then.
+ROUNDS = 5
 #: A sample repeats short calls until it lasts about this long (seconds), so that timer
 #: resolution and one-off interruptions weigh less.
-SAMPLE_SECONDS = 2e-4
-#: Calls slower than this (seconds) are timed once per candidate: the choice matters less
-#: than the time spent choosing.
+SAMPLE_SECONDS = 1e-3
+#: Calls slower than this (seconds) get 2 rounds: the choice matters less than the time
+#: spent choosing.
 SLOW_CALL_SECONDS = 0.05
 
 
@@ -50,7 +52,7 @@ def fastest(candidates: dict[str, Callable[[], object]]) -> str:
     """
     with torch.no_grad():
         first = {name: _seconds(fn, 1) for name, fn in candidates.items()}
-        rounds = 1 if max(first.values()) > SLOW_CALL_SECONDS else ROUNDS
+        rounds = 2 if max(first.values()) > SLOW_CALL_SECONDS else ROUNDS
         reps = {
             name: min(50, max(1, int(SAMPLE_SECONDS / max(t, 1e-7)))) for name, t in first.items()
         }

@@ -281,6 +281,31 @@ def _via_channels_last(pytorch, x: Tensor) -> Tensor:
     return pytorch(x.contiguous(memory_format=torch.channels_last)).contiguous()
 
 
+def _offer(kind: str, x: Tensor, tensors, conv_args, plan_problem, runners, reference):
+    """What :func:`separable` and :func:`depthwise` share: checks, the problem's remembered
+    :class:`_Call` (``plan_problem()`` makes it the first time), and ``_run``.
+
+    ``runners`` is ``(with autograd, without)``: functions ``(tensors, launch, x)``.
+    """
+    current = mode()
+    if current == "off":
+        return None
+    grad = _common_checks(x, tensors)
+    if grad is None:
+        return None
+    key = _problem_key(kind, x, tensors, *conv_args)
+    call = _calls.get(key, _MISSING)
+    if call is _MISSING:
+        call = _remember(key, plan_problem())
+    if call is None:
+        return None
+    kernel = partial(runners[0] if grad else runners[1], tensors, call.launch)
+    pytorch = None
+    if reference is not None:
+        pytorch = partial(_reference_call, reference, tensors, conv_args)
+    return _run(current, call, grad, kernel, pytorch, x)
+
+
 def separable(
     x: Tensor,
     depthwise_weight: Tensor,
@@ -298,36 +323,13 @@ def separable(
     ``reference`` is the PyTorch path, called with the same arguments, which ``auto``
     times against the kernel on a problem's first inference call.
     """
-    current = mode()
-    if current == "off":
-        return None
     tensors = (depthwise_weight, pointwise_weight, depthwise_bias, pointwise_bias)
-    grad = _common_checks(x, tensors)
-    if grad is None:
-        return None
-    key = _problem_key("separable", x, tensors, stride, dilation, plan, padding_mode)
-    call = _calls.get(key, _MISSING)
-    if call is _MISSING:
-        call = _remember(
-            key,
-            _plan_separable(
-                x, depthwise_weight, pointwise_weight, stride, dilation, plan, padding_mode
-            ),
-        )
-    if call is None:
-        return None
+    conv_args = (stride, dilation, plan, padding_mode)
 
-    launch = call.launch
-    if grad:
-        kernel = partial(_apply_separable, tensors, launch)
-    else:
-        kernel = partial(_raw_separable, tensors, launch)
-    pytorch = None
-    if reference is not None:
-        pytorch = partial(
-            _reference_call, reference, tensors, (stride, dilation, plan, padding_mode)
-        )
-    return _run(current, call, grad, kernel, pytorch, x)
+    def plan_problem():
+        return _plan_separable(x, depthwise_weight, pointwise_weight, *conv_args)
+
+    return _offer("separable", x, tensors, conv_args, plan_problem, _SEPARABLE, reference)
 
 
 def _apply_separable(tensors, launch, x):
@@ -336,6 +338,9 @@ def _apply_separable(tensors, launch, x):
 
 def _raw_separable(tensors, launch, x):
     return _ops.separable_forward_raw(x, *tensors, launch.g, launch)
+
+
+_SEPARABLE = (_apply_separable, _raw_separable)
 
 
 def _reference_call(reference, tensors, conv_args, x):
@@ -389,31 +394,12 @@ def depthwise(
 ) -> Tensor | None:
     """Depthwise forward of ``x`` ``(N, C, *spatial)`` with ``weight`` ``(C*M, 1, *kernel)``,
     or ``None`` to decline; ``reference`` as in :func:`separable`."""
-    current = mode()
-    if current == "off":
-        return None
-    grad = _common_checks(x, (weight, bias))
-    if grad is None:
-        return None
-    key = _problem_key("depthwise", x, (weight, bias), stride, dilation, plan, padding_mode)
-    call = _calls.get(key, _MISSING)
-    if call is _MISSING:
-        call = _remember(key, _plan_depthwise(x, weight, stride, dilation, plan, padding_mode))
-    if call is None:
-        return None
+    conv_args = (stride, dilation, plan, padding_mode)
 
-    launch = call.launch
-    tensors = (weight, bias)
-    if grad:
-        kernel = partial(_apply_depthwise, tensors, launch)
-    else:
-        kernel = partial(_raw_depthwise, tensors, launch)
-    pytorch = None
-    if reference is not None:
-        pytorch = partial(
-            _reference_call, reference, tensors, (stride, dilation, plan, padding_mode)
-        )
-    return _run(current, call, grad, kernel, pytorch, x)
+    def plan_problem():
+        return _plan_depthwise(x, weight, *conv_args)
+
+    return _offer("depthwise", x, (weight, bias), conv_args, plan_problem, _DEPTHWISE, reference)
 
 
 def _apply_depthwise(tensors, launch, x):
@@ -422,6 +408,9 @@ def _apply_depthwise(tensors, launch, x):
 
 def _raw_depthwise(tensors, launch, x):
     return _ops.depthwise_forward_raw(x, *tensors, launch.g, launch)
+
+
+_DEPTHWISE = (_apply_depthwise, _raw_depthwise)
 
 
 def _plan_depthwise(x, weight, stride, dilation, plan, padding_mode):
