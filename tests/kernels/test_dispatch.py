@@ -204,12 +204,9 @@ def test_cli_build_and_info(kernels_built, capsys):
     assert "SEPCONV_KERNELS" in capsys.readouterr().out
 
 
-def test_large_tensors_are_documented_not_run():
-    """Inputs over 2^31 elements: all kernel indexing is int64 (see docs/performance.md).
-
-    A real >2^31-element run needs >16 GB and minutes on this machine, so it is not part of
-    the suite; the BLAS calls take 32-bit sizes and the dispatcher declines beyond them.
-    """
+def test_sizes_beyond_32_bit_blas_arguments_decline():
+    """The BLAS calls take 32-bit sizes (one tile's matrix sizes and leading dimensions): the
+    dispatcher declines beyond them. (Offsets are 64-bit: tests/kernels/test_large.py.)"""
     big = 2**16
     g = _ops.Geometry(
         rank=2,
