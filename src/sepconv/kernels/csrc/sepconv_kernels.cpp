@@ -544,16 +544,24 @@ inline bool s1_rows_enabled() {
 
 typedef int32_t vi32 __attribute__((vector_size(64)));
 
-inline V<float>::t shifted(V<float>::t lo, V<float>::t hi, int k) {
+__attribute__((always_inline)) inline V<float>::t shifted(V<float>::t lo, V<float>::t hi, int k) {
   const vi32 lanes = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
   return __builtin_shuffle(lo, hi, lanes + k);
 }
 
+// always_inline: as a call per four vectors, the prologue, the permute masks' loads and
+// the accumulators' trip through the stack cost as much as a 3x3 block's arithmetic.
 template <int K, int R, typename S>
-inline void rows_s1(const float* b, i64 qrow, const float* w, float bias, S* d, i64 drs, i64 last) {
+__attribute__((always_inline)) inline void rows_s1(const float* b, i64 qrow, const float* w, float bias, S* d, i64 drs, i64 last) {
   typedef V<float>::t vec;
-  vec acc[R];
-  for (int i = 0; i < R; ++i) acc[i] = vset<float>(bias);
+  // Two partial sums per output row (even and odd kernel columns): 2 * R independent FMA
+  // chains, enough to cover the FMA latency with two FMA units (R chains alone ran at half
+  // the FMA rate).
+  vec acc[2][R];
+  for (int i = 0; i < R; ++i) {
+    acc[0][i] = vset<float>(bias);
+    acc[1][i] = vzero<float>();
+  }
 #pragma GCC unroll 16
   for (int r = 0; r < R + K - 1; ++r) {
     const vec lo = vld<float>(b + r * qrow), hi = vld<float>(b + r * qrow + 16);
@@ -563,15 +571,16 @@ inline void rows_s1(const float* b, i64 qrow, const float* w, float bias, S* d, 
 #pragma GCC unroll 8
       for (int i = 0; i < R; ++i) {
         const int ky = r - i;
-        if (ky >= 0 && ky < K) acc[i] += w[ky * K + kx] * sh;
+        if (ky >= 0 && ky < K) acc[kx & 1][i] += w[ky * K + kx] * sh;
       }
     }
   }
   for (int i = 0; i < R; ++i) {
+    const vec z = acc[0][i] + acc[1][i];
     if (last == 16) {
-      vstOut(d + i * drs, acc[i]);
+      vstOut(d + i * drs, z);
     } else {
-      for (i64 l = 0; l < last; ++l) fromA(acc[i][l], d + i * drs + l);
+      for (i64 l = 0; l < last; ++l) fromA(z[l], d + i * drs + l);
     }
   }
 }
