@@ -736,8 +736,11 @@ inline void nhwc_block_s1(const A* b, i64 cb, i64 rstep, i64 KH, const A* wT, i6
     const A* r = b + ky * rstep + c;
     const A* w = wT + ky * KW * ldw + c;
     vec xv[PB + KW - 1];
+    // One pointer stepped by cb: with q * cb offsets the compiler ran out of registers for
+    // the 14 addresses (7x7) and shuttled them through vector registers.
+    const A* rq = r;
 #pragma GCC unroll 16
-    for (int q = 0; q < PB + KW - 1; ++q) xv[q] = vld<A>(r + q * cb);
+    for (int q = 0; q < PB + KW - 1; ++q, rq += cb) xv[q] = vld<A>(rq);
 #pragma GCC unroll 8
     for (int kx = 0; kx < KW; ++kx) {
       const vec wv = vld<A>(w + kx * ldw);
@@ -757,13 +760,16 @@ bool conv_nhwc_s1(const A* buf, i64 Q, i64 cb, const A* wT, i64 ldw, const A* bi
   for (i64 i = 0; i < TH; ++i) {
     const A* brow = buf + i * g.sy * Q * cb;
     S* drow = dst + i * drs;
-    i64 j = 0;
-    for (; j + 8 <= TW; j += 8)
-      for (i64 c = 0; c < cv; c += L)
+    // Channel vectors outside, pixels inside: the blocks of one channel vector along a row
+    // share most of their input lines, which stay in L1 (pixels outside touched all
+    // channels of 7 x 14 pixels per block, about L1's size, for 7x7).
+    for (i64 c = 0; c < cv; c += L) {
+      i64 j = 0;
+      for (; j + 8 <= TW; j += 8)
         nhwc_block_s1<8, KW, S, A>(brow + j * cb, cb, rstep, g.KH, wT, ldw, bias, c, drow + j * dps, dps);
-    for (; j < TW; ++j)
-      for (i64 c = 0; c < cv; c += L)
+      for (; j < TW; ++j)
         nhwc_block_s1<1, KW, S, A>(brow + j * cb, cb, rstep, g.KH, wT, ldw, bias, c, drow + j * dps, dps);
+    }
   }
   return cv == cb;
 }
