@@ -99,23 +99,11 @@ def separable_forward(
     return out if out is not None else _pytorch_separable(*args)
 
 
-def _pytorch_separable(
-    x,
-    depthwise_weight,
-    pointwise_weight,
-    depthwise_bias,
-    pointwise_bias,
-    stride,
-    dilation,
-    plan,
-    padding_mode,
-) -> Tensor:
-    """PyTorch's two convolutions (what runs when the fast kernels decline)."""
-    mid = _pytorch_depthwise(
-        x, depthwise_weight, depthwise_bias, stride, dilation, plan, padding_mode
-    )
-    groups = depthwise_weight.shape[0] // pointwise_weight.shape[1]
-    return _CONV[len(stride)](mid, pointwise_weight, pointwise_bias, 1, 0, 1, groups)
+def _pytorch_separable(x, wd, wp, bd, bp, stride, dilation, plan, padding_mode) -> Tensor:
+    """PyTorch's two convolutions (what runs when the fast kernels decline); arguments as
+    :func:`separable_forward`'s, weights and biases abbreviated."""
+    mid = _pytorch_depthwise(x, wd, bd, stride, dilation, plan, padding_mode)
+    return _CONV[len(stride)](mid, wp, bp, 1, 0, 1, wd.shape[0] // wp.shape[1])
 
 
 # ----------------------------------------------------------------------------- public API
