@@ -60,12 +60,7 @@ def verdicts(monkeypatch):
     return asked, state
 
 
-WINNERS = [
-    dispatch.KERNEL,
-    dispatch.PYTORCH,
-    dispatch.KERNEL_CHANNELS_LAST,
-    dispatch.PYTORCH_CHANNELS_LAST,
-]
+WINNERS = [dispatch.KERNEL, dispatch.PYTORCH, dispatch.PYTORCH_CHANNELS_LAST]
 
 
 @pytest.mark.parametrize("winner", WINNERS)
@@ -88,17 +83,13 @@ def test_auto_follows_the_measurement_once_per_problem(kernels_built, verdicts, 
     name = "separable_forward_raw" if make == "separable" else "depthwise_forward_raw"
     with pytest.MonkeyPatch.context() as mp, env("auto"), torch.no_grad():
         mp.setattr(_ops, name, counted)
-        first = layer(x)  # measures
-        seen.clear()
-        second = layer(x)  # follows the verdict
-        kernel_calls = len(seen)
+        first, second = layer(x), layer(x)
         layer(x[:1])  # another problem: measured again
         with env("off"):
             expected = layer(x)
     assert len(asked) == 2
-    assert set(asked[0]) == set(WINNERS)  # NCHW input: channels_last copies are candidates
-    kernel_ran = winner in (dispatch.KERNEL, dispatch.KERNEL_CHANNELS_LAST)
-    assert kernel_calls == (1 if kernel_ran else 0)
+    assert set(asked[0]) == set(WINNERS)  # NCHW input: channels_last is a candidate
+    assert (len(seen) > 0) is (winner == dispatch.KERNEL)
     for out in (first, second):
         assert out.is_contiguous()  # the layout PyTorch gives an NCHW input, whatever ran
         torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)

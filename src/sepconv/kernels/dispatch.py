@@ -240,47 +240,39 @@ def _problem_key(kind: str, x: Tensor, tensors, stride, dilation, plan, padding_
     )
 
 
-KERNEL, PYTORCH = "kernel", "pytorch"
-KERNEL_CHANNELS_LAST, PYTORCH_CHANNELS_LAST = "kernel channels_last", "pytorch channels_last"
+KERNEL, PYTORCH, PYTORCH_CHANNELS_LAST = "kernel", "pytorch", "pytorch channels_last"
 
 
-def _run(current: str, call: _Call, grad: bool, paths: dict, x: Tensor) -> Tensor | None:
+def _run(current: str, call: _Call, grad: bool, kernel, pytorch, x: Tensor) -> Tensor | None:
     """The output of the path ``current`` picks, or None to leave the call to PyTorch.
 
-    ``paths`` maps path names to functions of ``x`` that run the forward that way
-    (:func:`_paths`); without ``PYTORCH`` in it the rule decides inference calls too.
+    ``kernel(x)``/``pytorch(x)`` run the forward each way (``pytorch`` may be None: then
+    the rule decides inference calls too).
     """
     if current == "auto":
-        if grad or PYTORCH not in paths:
+        if grad or pytorch is None:
             if not call.rule:
                 return None
         else:
             if call.measured is None:
                 if not _load_or_decline(current):
                     return None
-                call.measured = _measure(paths, x)
-            if call.measured == PYTORCH:
+                call.measured = _measure(kernel, pytorch, x)
+            if call.measured == PYTORCH_CHANNELS_LAST:
+                return _via_channels_last(pytorch, x)
+            if call.measured != KERNEL:
                 return None
-            return paths[call.measured](x)
     if not _load_or_decline(current):
         return None
-    return paths[KERNEL](x)
+    return kernel(x)
 
 
-def _measure(paths: dict, x: Tensor) -> str:
-    """The fastest of ``paths`` for ``x``; the channels_last ones only for NCHW 2d inputs
-    (they copy the input to channels_last and the output back)."""
+def _measure(kernel, pytorch, x: Tensor) -> str:
     from sepconv.kernels.autotune import fastest
 
-    nchw_2d = x.dim() == 4 and x.shape[1] > 1 and x.shape[2] * x.shape[3] > 1
-    nchw_2d = nchw_2d and x.is_contiguous()
-    candidates = {}
-    for name, run in paths.items():
-        if name in (KERNEL_CHANNELS_LAST, PYTORCH_CHANNELS_LAST) and not nchw_2d:
-            continue
-        if name == KERNEL_CHANNELS_LAST and run(x) is None:
-            continue  # the kernels decline the channels_last problem
-        candidates[name] = partial(run, x)
+    candidates = {KERNEL: partial(kernel, x), PYTORCH: partial(pytorch, x)}
+    if x.dim() == 4 and x.shape[1] > 1 and x.shape[2] * x.shape[3] > 1 and x.is_contiguous():
+        candidates[PYTORCH_CHANNELS_LAST] = partial(_via_channels_last, pytorch, x)
     return fastest(candidates)
 
 
@@ -289,18 +281,9 @@ def _via_channels_last(pytorch, x: Tensor) -> Tensor:
     return pytorch(x.contiguous(memory_format=torch.channels_last)).contiguous()
 
 
-def _known_call(kind: str, x: Tensor, tensors, conv_args, plan_problem) -> _Call | None:
-    """The remembered :class:`_Call` of this problem (``plan_problem(x)`` makes it once)."""
-    key = _problem_key(kind, x, tensors, *conv_args)
-    call = _calls.get(key, _MISSING)
-    if call is _MISSING:
-        call = _remember(key, plan_problem(x))
-    return call
-
-
 def _offer(kind: str, x: Tensor, tensors, conv_args, plan_problem, runners, reference):
     """What :func:`separable` and :func:`depthwise` share: checks, the problem's remembered
-    :class:`_Call`, the paths and ``_run``.
+    :class:`_Call` (``plan_problem()`` makes it the first time), and ``_run``.
 
     ``runners`` is ``(with autograd, without)``: functions ``(tensors, launch, x)``.
     """
@@ -310,25 +293,17 @@ def _offer(kind: str, x: Tensor, tensors, conv_args, plan_problem, runners, refe
     grad = _common_checks(x, tensors)
     if grad is None:
         return None
-    call = _known_call(kind, x, tensors, conv_args, plan_problem)
+    key = _problem_key(kind, x, tensors, *conv_args)
+    call = _calls.get(key, _MISSING)
+    if call is _MISSING:
+        call = _remember(key, plan_problem())
     if call is None:
         return None
-    paths = {KERNEL: partial(runners[0] if grad else runners[1], tensors, call.launch)}
-    if reference is not None and not grad:
+    kernel = partial(runners[0] if grad else runners[1], tensors, call.launch)
+    pytorch = None
+    if reference is not None:
         pytorch = partial(_reference_call, reference, tensors, conv_args)
-        paths[PYTORCH] = pytorch
-        paths[PYTORCH_CHANNELS_LAST] = partial(_via_channels_last, pytorch)
-
-        def kernel_channels_last(x_: Tensor) -> Tensor | None:
-            """The kernel on a channels_last copy of NCHW ``x_``, returned NCHW."""
-            xc = x_.contiguous(memory_format=torch.channels_last)
-            cl_call = _known_call(kind, xc, tensors, conv_args, plan_problem)
-            if cl_call is None:
-                return None
-            return runners[1](tensors, cl_call.launch, xc).contiguous()
-
-        paths[KERNEL_CHANNELS_LAST] = kernel_channels_last
-    return _run(current, call, grad, paths, x)
+    return _run(current, call, grad, kernel, pytorch, x)
 
 
 def separable(
@@ -351,8 +326,8 @@ def separable(
     tensors = (depthwise_weight, pointwise_weight, depthwise_bias, pointwise_bias)
     conv_args = (stride, dilation, plan, padding_mode)
 
-    def plan_problem(x_: Tensor) -> _Call | None:
-        return _plan_separable(x_, depthwise_weight, pointwise_weight, *conv_args)
+    def plan_problem():
+        return _plan_separable(x, depthwise_weight, pointwise_weight, *conv_args)
 
     return _offer("separable", x, tensors, conv_args, plan_problem, _SEPARABLE, reference)
 
@@ -421,8 +396,8 @@ def depthwise(
     or ``None`` to decline; ``reference`` as in :func:`separable`."""
     conv_args = (stride, dilation, plan, padding_mode)
 
-    def plan_problem(x_: Tensor) -> _Call | None:
-        return _plan_depthwise(x_, weight, *conv_args)
+    def plan_problem():
+        return _plan_depthwise(x, weight, *conv_args)
 
     return _offer("depthwise", x, (weight, bias), conv_args, plan_problem, _DEPTHWISE, reference)
 
