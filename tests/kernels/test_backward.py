@@ -65,6 +65,10 @@ def test_gradients_match_pytorch_float64(case, kernels_built):
 @settings(max_examples=10)
 @given(case=cases(max_size=30))
 def test_gradients_match_pytorch_float32(case, kernels_built):
+    _compare_float32(case)
+
+
+def _compare_float32(case: Case) -> None:
     if not output_fits(case):
         return
     _compare(case, torch.float32, 1e-4, depthwise_only=False)
@@ -74,11 +78,8 @@ def test_gradients_match_pytorch_float32(case, kernels_built):
 @settings(max_examples=10)
 @given(case=stride1_square_cases(max_size=24))
 def test_gradients_of_the_row_blocked_path(case, kernels_built):
-    if not output_fits(case):
-        return
     # float32: the row-blocked loop is the float32 one (float64 keeps the general loop)
-    _compare(case, torch.float32, 1e-4, depthwise_only=False)
-    _compare(case, torch.float32, 1e-4, depthwise_only=True)
+    _compare_float32(case)
 
 
 GRADCHECK_CASES = [

@@ -115,7 +115,11 @@ def geometry(
 
 
 def strides4(t: Tensor, rank: int) -> tuple[int, int, int, int]:
-    s = t.stride()
+    return _as4(t.stride(), rank)
+
+
+def _as4(s: tuple[int, ...], rank: int) -> tuple[int, int, int, int]:
+    """Strides of a rank-1 or rank-2 conv tensor as the library's (N, C, H, W) four."""
     return (s[0], s[1], 0, s[2]) if rank == 1 else (s[0], s[1], s[2], s[3])
 
 
@@ -203,18 +207,19 @@ def pooled_empty(shape, strides, dtype: torch.dtype, nbytes: int | None = None) 
                 return torch.empty(0, dtype=dtype).set_(storage, 0, shape, strides)
         if len(entries) < _POOL_PER_SIZE and nbytes <= limit:
             _evict_free(limit - nbytes, nbytes)
-        if len(entries) < _POOL_PER_SIZE and _pool_bytes + nbytes <= limit:
-            storage = torch.UntypedStorage(nbytes)
-            entries.append(storage)
-            _pool_bytes += nbytes
-            return torch.empty(0, dtype=dtype).set_(storage, 0, shape, strides)
+            if _pool_bytes + nbytes <= limit:
+                storage = torch.UntypedStorage(nbytes)
+                entries.append(storage)
+                _pool_bytes += nbytes
+                return torch.empty(0, dtype=dtype).set_(storage, 0, shape, strides)
     return torch.empty_strided(shape, strides, dtype=dtype)
 
 
 def _evict_free(keep: int, wanted: int) -> None:
     """Drop free pooled storages of sizes other than ``wanted``, oldest sizes first, until
-    the pool holds at most ``keep`` bytes (or nothing more is free). Without it, the first sizes a process sees would fill
-    the pool for good and later, larger outputs would page-fault on every call."""
+    the pool holds at most ``keep`` bytes (or nothing more is free). Without it, the first
+    sizes a process sees would fill the pool for good and later, larger outputs would
+    page-fault on every call."""
     global _pool_bytes
     for size in list(_pool):
         if _pool_bytes <= keep:
@@ -304,8 +309,7 @@ class Launch:
 def _launch(x: Tensor, g: Geometry, channels: int, out_nhwc: bool) -> Launch:
     shape = _out_shape(g, channels)
     strides = _layout_strides(shape, g.rank, out_nhwc)
-    out_s4 = (strides[0], strides[1], 0, strides[2]) if g.rank == 1 else strides
-    geo = _geo_array(g, strides4(x, g.rank), out_s4, out_nhwc)
+    geo = _geo_array(g, strides4(x, g.rank), _as4(strides, g.rank), out_nhwc)
     return Launch(g, geo, shape, strides, storage_bytes(shape, strides, x.dtype))
 
 

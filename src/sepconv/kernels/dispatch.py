@@ -205,7 +205,7 @@ def _pytorch_wins_separable(g) -> bool:
 class _Call:
     """What is worked out once per problem: the kernel launch and ``auto``'s choices."""
 
-    launch: object  # sepconv.kernels._ops.Launch
+    launch: _ops.Launch
     rule: bool  # auto, calls recording autograd history: use the kernel
     measured: str | None = None  # auto, inference calls: the fastest path (None: not yet)
 

@@ -552,7 +552,8 @@ __attribute__((always_inline)) inline V<float>::t shifted(V<float>::t lo, V<floa
 // always_inline: as a call per four vectors, the prologue, the permute masks' loads and
 // the accumulators' trip through the stack cost as much as a 3x3 block's arithmetic.
 template <int K, int R, typename S>
-__attribute__((always_inline)) inline void rows_s1(const float* b, i64 qrow, const float* w, float bias, S* d, i64 drs, i64 last) {
+__attribute__((always_inline)) inline void rows_s1(const float* b, i64 qrow, const float* w,
+                                                   float bias, S* d, i64 drs, i64 last) {
   typedef V<float>::t vec;
   // Two partial sums per output row (even and odd kernel columns): 2 * R independent FMA
   // chains, enough to cover the FMA latency with two FMA units (R chains alone ran at half
