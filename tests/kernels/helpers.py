@@ -131,10 +131,12 @@ class env:
 def stride1_square_cases(draw, max_size: int = 40) -> Case:
     """2d planar cases of the row-blocked path: square 3/5/7 kernels, stride and dilation 1,
     widths that are and are not multiples of the vector width, heights of every remainder
-    modulo the row block, every padding mode."""
+    modulo the row block, every padding mode, paddings from 0 to k - 1."""
     k = draw(st.sampled_from((3, 5, 7)))
     spatial = (draw(st.integers(k, max_size)), draw(st.integers(k, max_size)))
-    padding = draw(st.sampled_from(("valid", "same", k // 2, (k // 2, 1))))
+    # Padding up to k - 1 on a side: the depthwise forward reads zero-padded contiguous
+    # planes straight from the input, and these move the masked edge columns and zero rows.
+    padding = draw(st.sampled_from(("valid", "same", k // 2, (k // 2, 1), (k - 1, 0), (0, k - 1))))
     mode = "zeros" if padding == "valid" else draw(st.sampled_from(MODES))
     return Case(
         2,

@@ -419,6 +419,46 @@ bool own_gemm_for(bool nhwc, bool few_tiles) {
 
 // ------------------------------------------------------------------ padded buffers
 
+#if defined(__AVX512F__)
+// Stride-2 phase split of src[qa, qb): element q to d[(q & 1) * qs + (q >> 1)], 32 elements
+// at a time by two permutes (element by element it took five times as long as the
+// convolution that reads it).
+inline void deinterleave2(const float* src, i64 qa, i64 qb, float* d, i64 qs) {
+  i64 q = qa;
+  if ((q & 1) && q < qb) {
+    d[qs + (q >> 1)] = src[q];
+    ++q;
+  }
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  for (; q < qb; q += 32) {  // q even
+    const i64 n = std::min<i64>(32, qb - q);
+    const __mmask16 m0 = __mmask16((1u << std::min<i64>(n, 16)) - 1);
+    const __mmask16 m1 = __mmask16((1u << std::max<i64>(n - 16, 0)) - 1);
+    const __m512 a = _mm512_maskz_loadu_ps(m0, src + q), b = _mm512_maskz_loadu_ps(m1, src + q + 16);
+    _mm512_mask_storeu_ps(d + (q >> 1), __mmask16((1u << ((n + 1) / 2)) - 1),
+                          _mm512_permutex2var_ps(a, even, b));
+    _mm512_mask_storeu_ps(d + qs + (q >> 1), __mmask16((1u << (n / 2)) - 1),
+                          _mm512_permutex2var_ps(a, odd, b));
+  }
+}
+
+// One row of pad_planar at stride 2 (unit column stride, float): padded columns [0, Q)
+// from q0, interior [qa, qb), each phase segment qs long.
+__attribute__((noinline)) void pad_row_s2(const float* row, const Geo& g, const i64* xmap, i64 q0,
+                                          i64 Q, i64 qa, i64 qb, i64 qs, float* d) {
+  auto edge = [&](i64 q) {
+    const i64 s = xmap[q0 + q];
+    d[(q & 1) * qs + (q >> 1)] = s < 0 ? 0.0f : row[s];
+  };
+  for (i64 q = 0; q < qa; ++q) edge(q);
+  deinterleave2(row + q0 - g.pl, qa, qb, d, qs);
+  for (i64 q = qb; q < Q; ++q) edge(q);
+  for (i64 ph = 0; ph < 2; ++ph)
+    std::fill(d + ph * qs + (Q - ph + 1) / 2, d + (ph + 1) * qs, 0.0f);
+}
+#endif
+
 // Planar: padded rows [r0, r0+R) and columns [q0, q0+Q) of one input plane into buf
 // (R rows of Qrow = sx*ceil(Q/sx) elements, stride-phase layout).
 template <typename S, typename A>
@@ -434,6 +474,16 @@ void pad_planar(const S* plane, i64 sh, i64 sw, const Geo& g, const i64* ymap, c
       continue;
     }
     const S* row = plane + sr * sh;
+#if defined(__AVX512F__)
+    if constexpr (std::is_same<S, float>::value && std::is_same<A, float>::value) {
+      // 0.6-0.85x the time of the element-by-element split on rows 28-112 wide (1.05x on
+      // 14-wide ones, which are a small part of any network's time).
+      if (g.sx == 2 && sw == 1 && qb > qa) {
+        pad_row_s2(row, g, xmap, q0, Q, qa, qb, qs, d);
+        continue;
+      }
+    }
+#endif
     if (g.sx == 1) {
       for (i64 q = 0; q < qa; ++q) { i64 s = xmap[q0 + q]; d[q] = s < 0 ? A(0) : toA(row[s * sw]); }
       const S* src = row + (q0 + qa - g.pl) * sw;
@@ -574,9 +624,11 @@ __attribute__((always_inline)) inline V<float>::t shifted(V<float>::t lo, V<floa
 
 // always_inline: as a call per four vectors, the prologue, the permute masks' loads and
 // the accumulators' trip through the stack cost as much as a 3x3 block's arithmetic.
-template <int K, int R, typename S>
-__attribute__((always_inline)) inline void rows_s1(const float* b, i64 qrow, const float* w,
-                                                   float bias, S* d, i64 drs, i64 last) {
+// load(r, half): the vector at columns [16 * half, 16 * half + 16) of the block's input row r
+// (padded coordinates, relative to the block's first row and column).
+template <int K, int R, typename S, typename Load>
+__attribute__((always_inline)) inline void rows_s1(Load load, const float* w, float bias, S* d,
+                                                   i64 drs, i64 last) {
   typedef V<float>::t vec;
   // Two partial sums per output row (even and odd kernel columns): 2 * R independent FMA
   // chains, enough to cover the FMA latency with two FMA units (R chains alone ran at half
@@ -588,7 +640,7 @@ __attribute__((always_inline)) inline void rows_s1(const float* b, i64 qrow, con
   }
 #pragma GCC unroll 16
   for (int r = 0; r < R + K - 1; ++r) {
-    const vec lo = vld<float>(b + r * qrow), hi = vld<float>(b + r * qrow + 16);
+    const vec lo = load(r, 0), hi = load(r, 1);
 #pragma GCC unroll 16
     for (int kx = 0; kx < K; ++kx) {
       const vec sh = kx == 0 ? lo : shifted(lo, hi, kx);
@@ -609,24 +661,99 @@ __attribute__((always_inline)) inline void rows_s1(const float* b, i64 qrow, con
   }
 }
 
+// Output rows [0, TH) of one column vector in blocks of four rows (rows_s1); block(i, R)
+// computes rows [i, i + R).
+template <typename Block>
+__attribute__((always_inline)) inline void row_blocks(i64 TH, Block block) {
+  i64 i = 0;
+  for (; i + 4 <= TH; i += 4) block(i, std::integral_constant<int, 4>());
+  switch (TH - i) {
+    case 3: block(i, std::integral_constant<int, 3>()); break;
+    case 2: block(i, std::integral_constant<int, 2>()); break;
+    case 1: block(i, std::integral_constant<int, 1>()); break;
+    default: break;
+  }
+}
+
 template <int K, typename S>
 void conv_planar_s1(const float* buf, i64 qrow, const float* w, float bias, i64 TH, i64 TW, S* dst,
                     i64 drs) {
-  constexpr i64 L = 16, R = 4;
+  constexpr i64 L = 16;
   for (i64 j = 0; j < TW; j += L) {
     const i64 last = std::min(L, TW - j);
-    i64 i = 0;
-    for (; i + R <= TH; i += R)
-      rows_s1<K, R, S>(buf + i * qrow + j, qrow, w, bias, dst + i * drs + j, drs, last);
-    const float* b = buf + i * qrow + j;
-    S* d = dst + i * drs + j;
-    switch (TH - i) {
-      case 3: rows_s1<K, 3, S>(b, qrow, w, bias, d, drs, last); break;
-      case 2: rows_s1<K, 2, S>(b, qrow, w, bias, d, drs, last); break;
-      case 1: rows_s1<K, 1, S>(b, qrow, w, bias, d, drs, last); break;
-      default: break;
-    }
+    row_blocks(TH, [&](i64 i, auto R) {
+      const float* b = buf + i * qrow + j;
+      rows_s1<K, decltype(R)::value, S>([&](int r, int half) { return vld<float>(b + r * qrow + 16 * half); },
+                             w, bias, dst + i * drs + j, drs, last);
+    });
   }
+}
+
+#if defined(__AVX512F__)
+// Zero padding, stride 1, dilation 1, K x K filter, straight from the input plane (unit
+// column stride, row stride sh) instead of a padded copy: masked loads supply the zero
+// columns and a zero row the zero rows. Output rows [oy0, oy0 + TH), columns [ox0, ox0 + TW)
+// to dst (row stride drs). zrow: at least 32 zeros.
+//
+// Used by the depthwise forward, where the copy is a store and a reload of every input
+// element (3x3: 0.80-0.90x the time of the copy path; 5x5 and 7x7 0.93-1.0x).
+template <int K, typename S>
+void conv_direct_s1(const float* plane, i64 sh, const Geo& g, i64 oy0, i64 ox0, i64 TH, i64 TW,
+                    const float* w, float bias, S* dst, i64 drs, const float* zrow) {
+  constexpr i64 L = 16;
+  for (i64 j = 0; j < TW; j += L) {
+    const i64 last = std::min(L, TW - j);
+    const i64 c0 = ox0 + j - g.pl;  // input column of the block's first padded column
+    // Lanes inside the row: columns [c0, c0 + 16) and the K - 1 columns after them.
+    auto inside = [&](i64 first, i64 lanes) {
+      uint32_t m = 0;
+      for (i64 l = 0; l < lanes; ++l) m |= uint32_t(first + l >= 0 && first + l < g.W) << l;
+      return __mmask16(m);
+    };
+    const __mmask16 mlo = inside(c0, L), mhi = inside(c0 + L, K - 1);
+    row_blocks(TH, [&](i64 i, auto R) {
+      const float* rows[decltype(R)::value + K - 1];
+      for (i64 r = 0; r < decltype(R)::value + K - 1; ++r) {
+        const i64 y = oy0 + i + r - g.pt;
+        rows[r] = y >= 0 && y < g.H ? plane + y * sh + c0 : zrow;
+      }
+      rows_s1<K, decltype(R)::value, S>(
+          [&](int r, int half) {
+            return (V<float>::t)_mm512_maskz_loadu_ps(half ? mhi : mlo, rows[r] + 16 * half);
+          },
+          w, bias, dst + i * drs + j, drs, last);
+    });
+  }
+}
+#endif
+
+// Whether conv_direct applies: float input, zero padding, unit column stride, stride and
+// dilation 1, a square 3, 5 or 7 filter.
+inline bool direct_ok(const Geo& g, bool is_float) {
+#if defined(__AVX512F__)
+  return is_float && g.mode == 0 && g.xs[3] == 1 && g.sx == 1 && g.sy == 1 && g.dx == 1 &&
+         g.dy == 1 && g.KH == g.KW && (g.KW == 3 || g.KW == 5 || g.KW == 7) && s1_rows_enabled();
+#else
+  (void)g;
+  (void)is_float;
+  return false;
+#endif
+}
+
+// One plane's depthwise output through conv_direct_s1 (direct_ok(g) holds).
+template <typename S>
+void conv_direct(const float* plane, const Geo& g, i64 oy0, i64 ox0, i64 TH, i64 TW,
+                 const float* w, float bias, S* dst, i64 drs, const float* zrow) {
+#if defined(__AVX512F__)
+  switch (g.KW) {
+    case 3: conv_direct_s1<3, S>(plane, g.xs[2], g, oy0, ox0, TH, TW, w, bias, dst, drs, zrow); break;
+    case 5: conv_direct_s1<5, S>(plane, g.xs[2], g, oy0, ox0, TH, TW, w, bias, dst, drs, zrow); break;
+    default: conv_direct_s1<7, S>(plane, g.xs[2], g, oy0, ox0, TH, TW, w, bias, dst, drs, zrow); break;
+  }
+#else
+  (void)plane, (void)g, (void)oy0, (void)ox0, (void)TH, (void)TW, (void)w, (void)bias, (void)dst,
+      (void)drs, (void)zrow;
+#endif
 }
 
 template <int KW, typename S, typename A>
@@ -694,6 +821,31 @@ void conv_planar(const A* buf, i64 qrow, i64 qs, const A* w, A bias, i64 TH, i64
 
 // Elements of slack at the end of every buffer conv_planar reads (see its partial vector).
 constexpr i64 kSlack = 64;
+
+// Zeros that conv_direct reads for rows outside the plane.
+alignas(64) const float kZeroRow[32] = {};
+
+// The depthwise output of one input channel's M filters (weights w[m * T + t], biases b[m])
+// over one output tile (first row/column oy0/ox0, th x tw, reading the padded window of R x Q
+// from r0/q0): straight from the plane where `direct` (direct_ok), else through the padded
+// copy in buf. Filter m's output goes to dst + m * dms, row stride drs.
+template <typename S, typename A, typename D>
+void channel_tile(const S* plane, const Geo& g, bool direct, i64 oy0, i64 ox0, i64 th, i64 tw,
+                  i64 r0, i64 R, i64 q0, i64 Q, const i64* ymap, const i64* xmap, A* buf,
+                  const A* w, const A* b, D* dst, i64 dms, i64 drs) {
+  if constexpr (std::is_same<S, float>::value) {
+    if (direct) {
+      for (i64 m = 0; m < g.M; ++m)
+        conv_direct<D>(plane, g, oy0, ox0, th, tw, w + m * g.T, b[m], dst + m * dms, drs,
+                       kZeroRow);
+      return;
+    }
+  }
+  pad_planar<S, A>(plane, g.xs[2], g.xs[3], g, ymap, xmap, r0, R, q0, Q, buf);
+  const i64 qs = (Q + g.sx - 1) / g.sx, qrow = qs * g.sx;
+  for (i64 m = 0; m < g.M; ++m)
+    conv_planar<D, A>(buf, qrow, qs, w + m * g.T, b[m], th, tw, g, dst + m * dms, drs);
+}
 
 // NHWC: padded rows [r0, r0+R), columns [q0, q0+Q) of input channels [c0, c0+cin) of one
 // image into buf[R][Q][cin*M] (each input channel repeated M times).
@@ -1046,6 +1198,10 @@ void tile_gemm<bf16>(const Geo& g, bf16* mid, bool mid_nhwc, i64 P, const bf16* 
   }
 }
 
+// The fused forward reads the input through the padded copy, not conv_direct: straight from
+// the plane measured no faster there (0.93-1.05x the time; docs/performance.md, run H).
+constexpr bool kFusedDirect = false;
+
 // Few tiles (batch 1, small images): the threads share each tile instead, first the
 // depthwise over channels, then the GEMM over output-channel blocks.
 void sep_forward_split(const float* x, const std::vector<float>& w, const std::vector<float>& wT,
@@ -1065,7 +1221,7 @@ void sep_forward_split(const float* x, const std::vector<float>& w, const std::v
     const i64 ctasks = (g.C + cblock - 1) / cblock;
 #pragma omp parallel num_threads(g.threads)
     {
-      const i64 qs = (Q + g.sx - 1) / g.sx, qrow = qs * g.sx;
+      const i64 qrow = ((Q + g.sx - 1) / g.sx) * g.sx;
       std::vector<float> buf(nhwc ? R * Q * cblock * g.M : R * qrow + kSlack);
 #pragma omp for schedule(dynamic, 4)
       for (i64 ct = 0; ct < ctasks; ++ct) {
@@ -1076,11 +1232,9 @@ void sep_forward_split(const float* x, const std::vector<float>& w, const std::v
           conv_nhwc<float, float>(buf.data(), Q, cin * g.M, wT.data() + cm0, g.CM, b.data() + cm0,
                                   th, tw, g, mid.data() + cm0, tw * g.CM, g.CM);
         } else {
-          pad_planar<float, float>(xn + c0 * g.xs[1], g.xs[2], g.xs[3], g, ymap, xmap, r0, R, q0,
-                                   Q, buf.data());
-          for (i64 m = 0; m < g.M; ++m)
-            conv_planar<float, float>(buf.data(), qrow, qs, w.data() + (cm0 + m) * g.T, b[cm0 + m],
-                                      th, tw, g, mid.data() + (cm0 + m) * P, tw);
+          channel_tile<float, float, float>(xn + c0 * g.xs[1], g, kFusedDirect, oy0, ox0, th, tw, r0, R,
+                                            q0, Q, ymap, xmap, buf.data(), w.data() + cm0 * g.T,
+                                            b.data() + cm0, mid.data() + cm0 * P, P, tw);
         }
       }
       // (implicit barrier: the whole intermediate tile is ready)
@@ -1175,18 +1329,14 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
         conv_nhwc<S, A>(buf.data(), Q, g.CM, wT.data(), g.CM, b.data(), th, tw, g, mid.data(),
                         tw * g.CM, g.CM);
       } else {
-        const i64 qs = (Q + g.sx - 1) / g.sx, qrow = qs * g.sx;
         for (i64 c = 0; c < g.C; ++c) {
           // A later channel's rows: each channel's piece is short, which the hardware
           // prefetcher does not anticipate.
           if (c + 2 < g.C) prefetch_window(xn + (c + 2) * g.xs[1], g, r0, R, q0, Q);
-          pad_planar<S, A>(xn + c * g.xs[1], g.xs[2], g.xs[3], g, ymap.data(), xmap.data(), r0, R,
-                           q0, Q, buf.data());
-          for (i64 m = 0; m < g.M; ++m) {
-            const i64 cm = c * g.M + m;
-            conv_planar<S, A>(buf.data(), qrow, qs, w.data() + cm * g.T, b[cm], th, tw, g,
-                              mid.data() + cm * P, tw);
-          }
+          const i64 cm = c * g.M;
+          channel_tile<S, A, S>(xn + c * g.xs[1], g, kFusedDirect, oy0, ox0, th, tw, r0, R, q0, Q,
+                                ymap.data(), xmap.data(), buf.data(), w.data() + cm * g.T,
+                                b.data() + cm, mid.data() + cm * P, P, tw);
         }
       }
       // Output tile: pixels are consecutive in (oy, ox) order (whole rows, or one row piece).
@@ -1242,6 +1392,7 @@ void dw_forward(const S* x, const S* wd, const S* bd, S* out, const i64* geo) {
   g1.budget = per_budget;
   const Tiles tl = make_tiles(g1, i64(sizeof(A)) * g.sy * g.sx, 1);
   const i64 tasks = g.N * g.C * tl.ny * tl.nx;
+  const bool direct = direct_ok(g, std::is_same<S, float>::value);
 #pragma omp parallel num_threads(g.threads)
   {
     t_stream = stream;
@@ -1251,10 +1402,7 @@ void dw_forward(const S* x, const S* wd, const S* bd, S* out, const i64* geo) {
 #pragma omp for schedule(dynamic, 4)
     for (i64 t = 0; t < tasks; ++t) {
       const auto [nc, oy0, ox0, th, tw, P, R, Q, r0, q0] = tile_at(tl, g, t);
-      const i64 n = nc / g.C, c = nc % g.C;
-      const i64 qs = (Q + g.sx - 1) / g.sx, qrow = qs * g.sx;
-      pad_planar<S, A>(x + n * g.xs[0] + c * g.xs[1], g.xs[2], g.xs[3], g, ymap.data(), xmap.data(),
-                       r0, R, q0, Q, buf.data());
+      const i64 n = nc / g.C, c = nc % g.C, cm = c * g.M;
       // The next task's window (usually this thread's, and the next channel), fetched while
       // this one computes: otherwise each thread alternates between waiting for its input
       // and computing, and memory sits idle in the second phase.
@@ -1263,11 +1411,11 @@ void dw_forward(const S* x, const S* wd, const S* bd, S* out, const i64* geo) {
         const i64 nn = nt.n / g.C, ncn = nt.n % g.C;
         prefetch_window(x + nn * g.xs[0] + ncn * g.xs[1], g, nt.r0, nt.R, nt.q0, nt.Q);
       }
-      for (i64 m = 0; m < g.M; ++m) {
-        const i64 cm = c * g.M + m;
-        conv_planar<S, A>(buf.data(), qrow, qs, w.data() + cm * g.T, b[cm], th, tw, g,
-                          out + n * g.os[0] + cm * g.os[1] + oy0 * g.os[2] + ox0 * g.os[3], g.os[2]);
-      }
+      channel_tile<S, A, S>(x + n * g.xs[0] + c * g.xs[1], g, direct, oy0, ox0, th, tw, r0, R, q0,
+                            Q, ymap.data(), xmap.data(), buf.data(), w.data() + cm * g.T,
+                            b.data() + cm,
+                            out + n * g.os[0] + cm * g.os[1] + oy0 * g.os[2] + ox0 * g.os[3],
+                            g.os[1], g.os[2]);
     }
     stream_fence();
     t_stream = false;
