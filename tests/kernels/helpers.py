@@ -128,21 +128,24 @@ class env:
 
 
 @st.composite
-def stride1_square_cases(draw, max_size: int = 40) -> Case:
+def stride1_square_cases(draw, max_size: int = 40, direct: bool = False) -> Case:
     """2d planar cases of the row-blocked path: square 3/5/7 kernels, stride and dilation 1,
     widths that are and are not multiples of the vector width, heights of every remainder
-    modulo the row block, every padding mode, paddings from 0 to k - 1."""
+    modulo the row block, every padding mode, paddings from 0 to k - 1.
+
+    ``direct``: only the cases the kernels compute straight from the planes (zero padding,
+    contiguous input, one filter per channel in the input gradient)."""
     k = draw(st.sampled_from((3, 5, 7)))
     spatial = (draw(st.integers(k, max_size)), draw(st.integers(k, max_size)))
     # Padding up to k - 1 on a side: the depthwise forward reads zero-padded contiguous
     # planes straight from the input, and these move the masked edge columns and zero rows.
     padding = draw(st.sampled_from(("valid", "same", k // 2, (k // 2, 1), (k - 1, 0), (0, k - 1))))
-    mode = "zeros" if padding == "valid" else draw(st.sampled_from(MODES))
+    mode = "zeros" if padding == "valid" or direct else draw(st.sampled_from(MODES))
     return Case(
         2,
         draw(st.integers(1, 2)),
         draw(st.integers(1, 4)),
-        draw(st.integers(1, 2)),
+        1 if direct else draw(st.integers(1, 2)),
         draw(st.integers(1, 5)),
         1,
         spatial,
@@ -151,6 +154,6 @@ def stride1_square_cases(draw, max_size: int = 40) -> Case:
         (1, 1),
         padding,
         mode,
-        draw(st.sampled_from(("contiguous", "strided"))),
+        "contiguous" if direct else draw(st.sampled_from(("contiguous", "strided"))),
         draw(st.booleans()),
     )

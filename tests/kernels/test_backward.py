@@ -75,10 +75,21 @@ def _compare_float32(case: Case) -> None:
     _compare(case, torch.float32, 1e-4, depthwise_only=True)
 
 
-@settings(max_examples=10)
-@given(case=stride1_square_cases(max_size=24))
+@settings(max_examples=15)
+@given(case=stride1_square_cases(max_size=48))
 def test_gradients_of_the_row_blocked_path(case, kernels_built):
-    # float32: the row-blocked loop is the float32 one (float64 keeps the general loop)
+    # float32: the row-blocked loops (forward recompute, weight gradient, input gradient as a
+    # convolution of the output gradient) are float32 ones; float64 keeps the general loops.
+    # Sizes up to 48: rows of one, two and three vectors, full and partial.
+    _compare_float32(case)
+
+
+@settings(max_examples=15)
+@given(case=stride1_square_cases(max_size=70, direct=True))
+def test_gradients_of_the_direct_paths(case, kernels_built):
+    # Zero padding, contiguous, one filter per channel: the input gradient is computed from
+    # the output gradient's planes directly (masked edge columns, zero rows), rows up to
+    # five vectors wide.
     _compare_float32(case)
 
 

@@ -113,6 +113,15 @@ def test_row_blocked_stride1_path(case, kernels_built):
         check_depthwise(case)
 
 
+@settings(max_examples=15)
+@given(case=stride1_square_cases(max_size=70, direct=True))
+def test_depthwise_direct_path(case, kernels_built):
+    """Zero-padded contiguous planes: the depthwise forward reads them straight from the
+    input (masked edge columns, zero rows), rows up to five vectors wide."""
+    with env("on"):
+        check_depthwise(case)
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_output_layout_follows_pytorch(layout, kernels_on):
     case = Case(2, 2, 8, 1, 16, 1, (20, 20), (3, 3), (1, 1), (1, 1), 1, "zeros", layout, True)

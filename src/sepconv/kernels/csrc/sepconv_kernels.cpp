@@ -1424,26 +1424,18 @@ void dw_forward(const S* x, const S* wd, const S* bd, S* out, const i64* geo) {
 
 // ------------------------------------------------------------------ backward
 
-// Depthwise weight/bias gradient and padded-input gradient of one planar channel:
-// gm (OH x OW, row stride gs, col stride 1), buf the padded input plane (Hu x qrow).
+// Weight and bias gradient of one planar channel, any stride and dilation: dw[t] +=
+// sum_{i,j} gm[i, j] * buf[i * sy * qrow + off[t] + j] (off: the taps' buffer offsets),
+// db += sum gm. gm: OH x OW, row stride gs.
 template <typename A>
-void bwd_planar_channel(const Geo& g, const A* buf, const A* gm, i64 gs, const A* w, A* dw, A* db,
-                        A* gbuf /* Hu x qrow, accumulated */, bool need_gx) {
+void bwd_weight_any(const Geo& g, const A* buf, const A* gm, i64 gs, const i64* off, A* dw, A* db) {
   typedef typename V<A>::t vec;
   const i64 L = V<A>::L;
-  const i64 T = g.T, qrow = g.Qrow, qs = g.Qs;
-  i64 off[T];
-  for (i64 ky = 0; ky < g.KH; ++ky)
-    for (i64 kx = 0; kx < g.KW; ++kx) {
-      i64 q = kx * g.dx;
-      off[ky * g.KW + kx] = ky * g.dy * qrow + (q % g.sx) * qs + q / g.sx;
-    }
-  // Weight gradient: dw[t] = sum_{i,j} gm[i,j] * buf[i*sy*qrow + off[t] + j].
-  for (i64 t = 0; t < T; ++t) {
+  for (i64 t = 0; t < g.T; ++t) {
     vec acc = vzero<A>();
     A tail = 0;
     for (i64 i = 0; i < g.OH; ++i) {
-      const A* b = buf + i * g.sy * qrow + off[t];
+      const A* b = buf + i * g.sy * g.Qrow + off[t];
       const A* r = gm + i * gs;
       i64 j = 0;
       for (; j + L <= g.OW; j += L) acc += vld<A>(r + j) * vld<A>(b + j);
@@ -1462,6 +1454,84 @@ void bwd_planar_channel(const Geo& g, const A* buf, const A* gm, i64 gs, const A
     }
     *db += hsum<A>(acc) + tail;
   }
+}
+
+#if defined(__AVX512F__)
+// Weight and bias gradient of one planar channel at stride 1, dilation 1, K x K filter:
+// dw[ky, kx] += sum_{i,j} gm[i, j] * buf[i + ky, j + kx], db += sum gm. Per kernel row, each
+// gm vector is loaded once for its K taps (unaligned input loads), two vectors at a time for
+// 2K independent FMA chains, and a row's last partial vector is masked (element by element,
+// a 56-wide row's tail took more time than its three full vectors). Reads up to 15 + K
+// elements past a buffer row (buffers carry kSlack elements of slack).
+template <int K>
+void bwd_weight_s1(const float* buf, i64 qrow, const float* gm, i64 gs, i64 OH, i64 OW, float* dw,
+                   float* db) {
+  typedef V<float>::t vec;
+  const i64 full = OW / 16;
+  const __mmask16 tail = __mmask16((1u << (OW % 16)) - 1);
+  vec bsum = vzero<float>();
+  for (int ky = 0; ky < K; ++ky) {
+    vec acc[2][K];
+    for (int kx = 0; kx < K; ++kx) acc[0][kx] = acc[1][kx] = vzero<float>();
+    auto step = [&](int a, const vec gv, const float* b) {
+#pragma GCC unroll 8
+      for (int kx = 0; kx < K; ++kx) acc[a][kx] += gv * vld<float>(b + kx);
+      if (ky == 0) bsum += gv;
+    };
+    for (i64 i = 0; i < OH; ++i) {
+      const float* r = gm + i * gs;
+      const float* b = buf + (i + ky) * qrow;
+      i64 v = 0;
+      for (; v + 2 <= full; v += 2) {
+        step(0, vld<float>(r + 16 * v), b + 16 * v);
+        step(1, vld<float>(r + 16 * v + 16), b + 16 * v + 16);
+      }
+      if (v < full) step(0, vld<float>(r + 16 * v), b + 16 * v), ++v;
+      if (tail) step(1, (vec)_mm512_maskz_loadu_ps(tail, r + 16 * v), b + 16 * v);
+    }
+    for (int kx = 0; kx < K; ++kx) dw[ky * K + kx] += hsum<float>(acc[0][kx] + acc[1][kx]);
+  }
+  if (db) *db += hsum<float>(bsum);
+}
+#endif
+
+// Whether bwd_weight_s1 applies to a planar channel of g (in accumulator type A).
+template <typename A>
+inline bool bwd_weight_s1_ok(const Geo& g) {
+#if defined(__AVX512F__)
+  return std::is_same<A, float>::value && g.sx == 1 && g.sy == 1 && g.dx == 1 && g.dy == 1 &&
+         g.KH == g.KW && (g.KW == 3 || g.KW == 5 || g.KW == 7);
+#else
+  (void)g;
+  return false;
+#endif
+}
+
+// Depthwise weight/bias gradient and padded-input gradient of one planar channel:
+// gm (OH x OW, row stride gs, col stride 1), buf the padded input plane (Hu x qrow).
+template <typename A>
+void bwd_planar_channel(const Geo& g, const A* buf, const A* gm, i64 gs, const A* w, A* dw, A* db,
+                        A* gbuf /* Hu x qrow, accumulated */, bool need_gx) {
+  const i64 L = V<A>::L;
+  const i64 T = g.T, qrow = g.Qrow, qs = g.Qs;
+  i64 off[T];
+  for (i64 ky = 0; ky < g.KH; ++ky)
+    for (i64 kx = 0; kx < g.KW; ++kx) {
+      i64 q = kx * g.dx;
+      off[ky * g.KW + kx] = ky * g.dy * qrow + (q % g.sx) * qs + q / g.sx;
+    }
+  if (!bwd_weight_s1_ok<A>(g)) bwd_weight_any<A>(g, buf, gm, gs, off, dw, db);
+#if defined(__AVX512F__)
+  if constexpr (std::is_same<A, float>::value) {
+    if (bwd_weight_s1_ok<A>(g)) {
+      switch (g.KW) {
+        case 3: bwd_weight_s1<3>(buf, qrow, gm, gs, g.OH, g.OW, dw, db); break;
+        case 5: bwd_weight_s1<5>(buf, qrow, gm, gs, g.OH, g.OW, dw, db); break;
+        default: bwd_weight_s1<7>(buf, qrow, gm, gs, g.OH, g.OW, dw, db); break;
+      }
+    }
+  }
+#endif
   if (!need_gx) return;
   // Input gradient (in padded coordinates): gbuf[i*sy + ky*dy, j*sx + kx*dx] += w[t] * gm[i, j].
   for (i64 i = 0; i < g.OH; ++i) {
@@ -1619,6 +1689,19 @@ void backward(const S* x, const S* wd, const S* wp, const S* gy, const i64* gys,
   const auto xmap = make_map(g.Wu, g.W, g.pl, g.mode);
   const bool nhwc = g.nhwc != 0;
   const i64 P = g.OH * g.OW, HWu = g.Hu * (nhwc ? g.Wu : g.Qrow);
+  // Planar, zero padding, stride and dilation 1, square 3/5/7 filter, one filter per channel:
+  // the input gradient is the convolution of the zero-padded intermediate gradient (OH x OW,
+  // padded by K - 1 - padding) with the flipped filter, written straight into gx by the
+  // forward's conv_direct, instead of scattered into a padded plane and folded back.
+  const bool gx_direct = gx && !nhwc && g.M == 1 && gxs[3] == 1 &&
+                         direct_ok(g, std::is_same<S, float>::value);
+  Geo gt = g;  // the transposed problem conv_direct solves
+  gt.H = g.OH, gt.W = g.OW, gt.OH = g.H, gt.OW = g.W;
+  gt.pt = g.KH - 1 - g.pt, gt.pl = g.KW - 1 - g.pl;
+  gt.xs[2] = g.OW, gt.xs[3] = 1;
+  std::vector<float> wflip(gx_direct ? g.CM * g.T : 0);
+  for (i64 cm = 0; gx_direct && cm < g.CM; ++cm)
+    for (i64 t = 0; t < g.T; ++t) wflip[cm * g.T + t] = float(w[cm * g.T + g.T - 1 - t]);
   // Channel blocks: ranges of input channels inside one pointwise group.
   const i64 cin_group = sep ? g.CMg / g.M : g.C;
   const i64 per_ch = g.M * (HWu * 2 + P * (sep ? 3 : 0)) * i64(sizeof(A));
@@ -1739,16 +1822,22 @@ void backward(const S* x, const S* wd, const S* wp, const S* gy, const i64* gys,
                           gxs[2], gxs[3], gxs[1]);
       } else {
         for (i64 c = 0; c < cin; ++c) {
-          if (gx) std::fill(gb.begin(), gb.end(), A(0));
+          const bool fold = gx && !gx_direct;  // input gradient through gb and fold_planar
+          if (fold) std::fill(gb.begin(), gb.end(), A(0));
           for (i64 m = 0; m < g.M; ++m) {
             const i64 j = c * g.M + m;
             bwd_planar_channel<A>(g, xb.data() + c * HWu, gm + j * gm_cs, g.OW,
                                   w.data() + (cm0 + j) * g.T, my_dwd + (cm0 + j) * g.T,
-                                  my_dbd ? my_dbd + cm0 + j : nullptr, gb.data(), gx != nullptr);
+                                  my_dbd ? my_dbd + cm0 + j : nullptr, gb.data(), fold);
           }
-          if (gx)
-            fold_planar<S, A>(g, gb.data(), ymap.data(), xmap.data(),
-                              gx + n * gxs[0] + (c0 + c) * gxs[1], gxs[2], gxs[3]);
+          S* gxc = gx ? gx + n * gxs[0] + (c0 + c) * gxs[1] : nullptr;
+          if (fold) {
+            fold_planar<S, A>(g, gb.data(), ymap.data(), xmap.data(), gxc, gxs[2], gxs[3]);
+          } else if (gx) {
+            if constexpr (std::is_same<S, float>::value)
+              conv_direct<S>(gm + c * gm_cs, gt, 0, 0, g.H, g.W, wflip.data() + (cm0 + c) * g.T,
+                             0.0f, gxc, gxs[2], kZeroRow);
+          }
         }
       }
     }
