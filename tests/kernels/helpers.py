@@ -133,18 +133,21 @@ def stride1_square_cases(draw, max_size: int = 40, direct: bool = False) -> Case
     widths that are and are not multiples of the vector width, heights of every remainder
     modulo the row block, every padding mode, paddings from 0 to k - 1.
 
-    ``direct``: only the cases the kernels compute straight from the planes (zero padding,
-    contiguous input, one filter per channel in the input gradient)."""
+    ``direct``: only the cases the kernels compute without a padded copy of the input or a
+    scatter of the input gradient (zero padding, contiguous or channels_last input, one
+    filter per channel)."""
     k = draw(st.sampled_from((3, 5, 7)))
     spatial = (draw(st.integers(k, max_size)), draw(st.integers(k, max_size)))
     # Padding up to k - 1 on a side: the depthwise forward reads zero-padded contiguous
     # planes straight from the input, and these move the masked edge columns and zero rows.
     padding = draw(st.sampled_from(("valid", "same", k // 2, (k // 2, 1), (k - 1, 0), (0, k - 1))))
     mode = "zeros" if padding == "valid" or direct else draw(st.sampled_from(MODES))
+    # Whole channel vectors too: the channels_last loops have a path for blocks of them.
+    channels = st.sampled_from((1, 2, 3, 16, 32, 64)) if direct else st.integers(1, 4)
     return Case(
         2,
         draw(st.integers(1, 2)),
-        draw(st.integers(1, 4)),
+        draw(channels),
         1 if direct else draw(st.integers(1, 2)),
         draw(st.integers(1, 5)),
         1,
@@ -154,6 +157,6 @@ def stride1_square_cases(draw, max_size: int = 40, direct: bool = False) -> Case
         (1, 1),
         padding,
         mode,
-        "contiguous" if direct else draw(st.sampled_from(("contiguous", "strided"))),
+        draw(st.sampled_from(("contiguous", "channels_last" if direct else "strided"))),
         draw(st.booleans()),
     )

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sepconv.functional.conv import depthwise_forward, separable_forward
 from sepconv.kernels import _ops
@@ -87,10 +90,17 @@ def test_gradients_of_the_row_blocked_path(case, kernels_built):
 @settings(max_examples=15)
 @given(case=stride1_square_cases(max_size=70, direct=True))
 def test_gradients_of_the_direct_paths(case, kernels_built):
-    # Zero padding, contiguous, one filter per channel: the input gradient is computed from
-    # the output gradient's planes directly (masked edge columns, zero rows), rows up to
-    # five vectors wide.
+    # Zero padding, one filter per channel: the input gradient is the convolution of the
+    # output gradient with the flipped filter (planar: masked edge columns and zero rows;
+    # channels_last: a zero-padded copy), rows up to five vectors wide.
     _compare_float32(case)
+
+
+@settings(max_examples=10)
+@given(case=stride1_square_cases(max_size=70, direct=True), channels=st.sampled_from((16, 32, 64)))
+def test_gradients_of_channels_last_vector_blocks(case, channels, kernels_built):
+    # channels_last blocks of whole channel vectors take the row-by-row weight gradient.
+    _compare_float32(replace(case, C=channels, layout="channels_last"))
 
 
 GRADCHECK_CASES = [

@@ -1574,8 +1574,8 @@ void fold_planar(const Geo& g, const A* gbuf, const i64* ymap, const i64* xmap, 
   }
 }
 
-// NHWC: weight/bias gradient and padded-input gradient for a block of cb channels
-// (expanded). gm pixel p, channel c at gm[p*gps + c]; buf/gbuf [Hu][Wu][cb].
+// NHWC: weight/bias gradient (dwT non-null) and padded-input gradient (need_gx) for a block
+// of cb channels (expanded). gm pixel p, channel c at gm[p*gps + c]; buf/gbuf [Hu][Wu][cb].
 template <typename A>
 void bwd_nhwc_block(const Geo& g, i64 cb, const A* buf, const A* gm, i64 gps, const A* wT, i64 ldw,
                     A* dwT /* [t][cb] */, A* db, A* gbuf, bool need_gx) {
@@ -1587,8 +1587,9 @@ void bwd_nhwc_block(const Geo& g, i64 cb, const A* buf, const A* gm, i64 gps, co
     for (i64 kx = 0; kx < g.KW; ++kx) off[ky * g.KW + kx] = (ky * g.dy * Q + kx * g.dx) * cb;
   const i64 cv = cb / L * L;
   const i64 P = g.OH * g.OW;
-  // Weight and bias gradients: one register accumulator per (tap, channel vector).
-  for (i64 c = 0; c < cv; c += L) {
+  // Weight and bias gradients (unless dwT is null): one register accumulator per (tap,
+  // channel vector).
+  for (i64 c = 0; dwT && c < cv; c += L) {
     for (i64 t = 0; t < T; ++t) {
       vec a0 = vzero<A>(), a1 = vzero<A>();
       for (i64 i = 0; i < g.OH; ++i) {
@@ -1610,7 +1611,7 @@ void bwd_nhwc_block(const Geo& g, i64 cb, const A* buf, const A* gm, i64 gps, co
       for (int l = 0; l < L; ++l) db[c + l] += a0[l];
     }
   }
-  for (i64 c = cv; c < cb; ++c) {
+  for (i64 c = cv; dwT && c < cb; ++c) {
     for (i64 t = 0; t < T; ++t) {
       A a = 0;
       for (i64 i = 0; i < g.OH; ++i)
@@ -1638,6 +1639,88 @@ void bwd_nhwc_block(const Geo& g, i64 cb, const A* buf, const A* gm, i64 gps, co
       for (i64 c = cv; c < cb; ++c)
         for (i64 t = 0; t < T; ++t) gb[off[t] + c] += gp[c] * wT[t * ldw + c];
     }
+}
+
+// NHWC weight and bias gradient at stride 1, dilation 1 (KH x KW filter), cb a multiple of
+// the vector width: dwT[t][c] += sum_{i,j} gm[i, j, c] * buf[i + ky, j + kx, c], db[c] +=
+// sum gm. Row by row, so that a row of gm and the KH buffer rows it meets stay in L1 (one
+// pass over the whole block per tap streamed megabytes through L2); each gm vector is loaded
+// once for its KW taps, two pixels at a time for independent FMA chains.
+template <int KW>
+void bwd_nhwc_weight_s1(const Geo& g, i64 cb, const float* buf, const float* gm, i64 gps,
+                        float* dwT, float* db) {
+  typedef V<float>::t vec;
+  const i64 Q = g.Wu, OW = g.OW;
+  for (i64 i = 0; i < g.OH; ++i) {
+    const float* gr = gm + i * OW * gps;
+    for (i64 c = 0; c < cb; c += 16) {
+      vec bsum = vzero<float>();
+      for (i64 ky = 0; ky < g.KH; ++ky) {
+        const float* br = buf + ((i + ky) * Q) * cb + c;
+        vec acc[2][KW];
+        for (int kx = 0; kx < KW; ++kx) acc[0][kx] = acc[1][kx] = vzero<float>();
+        auto pixel = [&](int a, i64 j) {
+          const vec gv = vld<float>(gr + j * gps + c);
+#pragma GCC unroll 8
+          for (int kx = 0; kx < KW; ++kx) acc[a][kx] += gv * vld<float>(br + (j + kx) * cb);
+          if (ky == 0) bsum += gv;
+        };
+        i64 j = 0;
+        for (; j + 2 <= OW; j += 2) pixel(0, j), pixel(1, j + 1);
+        if (j < OW) pixel(0, j);
+        for (int kx = 0; kx < KW; ++kx) {
+          float* d = dwT + (ky * KW + kx) * cb + c;
+          vst<float>(d, vld<float>(d) + acc[0][kx] + acc[1][kx]);
+        }
+      }
+      if (db) vst<float>(db + c, vld<float>(db + c) + bsum);
+    }
+  }
+}
+
+// Whether bwd_nhwc_weight_s1 applies (float accumulators, stride and dilation 1, 1-7 taps per
+// row, whole channel vectors).
+template <typename A>
+inline bool bwd_nhwc_weight_s1_ok(const Geo& g, i64 cb) {
+  return std::is_same<A, float>::value && g.sx == 1 && g.sy == 1 && g.dx == 1 && g.dy == 1 &&
+         g.KW >= 1 && g.KW <= 7 && cb % V<float>::L == 0;
+}
+
+template <typename A>
+void bwd_nhwc_weight(const Geo& g, i64 cb, const A* buf, const A* gm, i64 gps, A* dwT, A* db) {
+  if constexpr (std::is_same<A, float>::value) {
+    switch (g.KW) {
+      case 1: bwd_nhwc_weight_s1<1>(g, cb, buf, gm, gps, dwT, db); return;
+      case 2: bwd_nhwc_weight_s1<2>(g, cb, buf, gm, gps, dwT, db); return;
+      case 3: bwd_nhwc_weight_s1<3>(g, cb, buf, gm, gps, dwT, db); return;
+      case 4: bwd_nhwc_weight_s1<4>(g, cb, buf, gm, gps, dwT, db); return;
+      case 5: bwd_nhwc_weight_s1<5>(g, cb, buf, gm, gps, dwT, db); return;
+      case 6: bwd_nhwc_weight_s1<6>(g, cb, buf, gm, gps, dwT, db); return;
+      default: bwd_nhwc_weight_s1<7>(g, cb, buf, gm, gps, dwT, db); return;
+    }
+  }
+}
+
+// The NHWC output gradient gm (OH x OW pixels, pixel stride gps, cb channels) zero-padded by
+// (pt, pl) into buf[R][Q][cb] (the input of the transposed convolution).
+template <typename A>
+void pad_grad_nhwc(const A* gm, i64 gps, i64 OH, i64 OW, i64 cb, i64 pt, i64 pl, i64 R, i64 Q,
+                   A* buf) {
+  for (i64 r = 0; r < R; ++r) {
+    A* d = buf + r * Q * cb;
+    const i64 i = r - pt;
+    if (i < 0 || i >= OH) {
+      std::fill(d, d + Q * cb, A(0));
+      continue;
+    }
+    for (i64 q = 0; q < Q; ++q) {
+      const i64 j = q - pl;
+      if (j < 0 || j >= OW)
+        std::fill(d + q * cb, d + (q + 1) * cb, A(0));
+      else
+        std::memcpy(d + q * cb, gm + (i * OW + j) * gps, sizeof(A) * cb);
+    }
+  }
 }
 
 template <typename S, typename A>
@@ -1689,19 +1772,26 @@ void backward(const S* x, const S* wd, const S* wp, const S* gy, const i64* gys,
   const auto xmap = make_map(g.Wu, g.W, g.pl, g.mode);
   const bool nhwc = g.nhwc != 0;
   const i64 P = g.OH * g.OW, HWu = g.Hu * (nhwc ? g.Wu : g.Qrow);
-  // Planar, zero padding, stride and dilation 1, square 3/5/7 filter, one filter per channel:
-  // the input gradient is the convolution of the zero-padded intermediate gradient (OH x OW,
-  // padded by K - 1 - padding) with the flipped filter, written straight into gx by the
-  // forward's conv_direct, instead of scattered into a padded plane and folded back.
-  const bool gx_direct = gx && !nhwc && g.M == 1 && gxs[3] == 1 &&
-                         direct_ok(g, std::is_same<S, float>::value);
-  Geo gt = g;  // the transposed problem conv_direct solves
+  // Zero padding, stride and dilation 1, one filter per channel: the input gradient is the
+  // convolution of the output gradient (OH x OW, zero-padded by K - 1 - padding) with the
+  // flipped filter, written straight into gx by the forward's loops (planar: conv_direct,
+  // square 3/5/7 filters; NHWC: conv_nhwc on a padded copy, channels innermost in gx)
+  // instead of scattered into a padded plane and folded back.
+  const bool s1_zero = g.mode == 0 && g.M == 1 && g.sx == 1 && g.sy == 1 && g.dx == 1 &&
+                       g.dy == 1 && std::is_same<A, float>::value;
+  const bool gx_direct = gx && s1_zero &&
+                         (nhwc ? gxs[1] == 1 : gxs[3] == 1 && direct_ok(g, true));
+  Geo gt = g;  // the transposed problem
   gt.H = g.OH, gt.W = g.OW, gt.OH = g.H, gt.OW = g.W;
   gt.pt = g.KH - 1 - g.pt, gt.pl = g.KW - 1 - g.pl;
+  gt.Hu = g.H + g.KH - 1, gt.Wu = g.W + g.KW - 1;  // its padded input (NHWC copy)
   gt.xs[2] = g.OW, gt.xs[3] = 1;
-  std::vector<float> wflip(gx_direct ? g.CM * g.T : 0);
+  std::vector<A> wflip(gx_direct ? g.CM * g.T : 0), wflipT(gx_direct ? g.T * g.CM : 0);
   for (i64 cm = 0; gx_direct && cm < g.CM; ++cm)
-    for (i64 t = 0; t < g.T; ++t) wflip[cm * g.T + t] = float(w[cm * g.T + g.T - 1 - t]);
+    for (i64 t = 0; t < g.T; ++t) {
+      wflip[cm * g.T + t] = w[cm * g.T + g.T - 1 - t];
+      wflipT[t * g.CM + cm] = w[cm * g.T + g.T - 1 - t];
+    }
   // Channel blocks: ranges of input channels inside one pointwise group.
   const i64 cin_group = sep ? g.CMg / g.M : g.C;
   const i64 per_ch = g.M * (HWu * 2 + P * (sep ? 3 : 0)) * i64(sizeof(A));
@@ -1714,7 +1804,12 @@ void backward(const S* x, const S* wd, const S* wp, const S* gy, const i64* gys,
   cblk = std::min(cblk, cin_group);
   // Enough tasks for the threads.
   const i64 groups = sep ? g.G : 1;
-  while (cblk > 1 && g.N * groups * ((cin_group + cblk - 1) / cblk) < 2 * g.threads) cblk = (cblk + 1) / 2;
+  // NHWC blocks stay whole channel vectors where they can (bwd_nhwc_weight_s1).
+  const i64 vec_ch = nhwc && g.M <= V<A>::L ? V<A>::L / g.M : 1;
+  while (cblk > 1 && g.N * groups * ((cin_group + cblk - 1) / cblk) < 2 * g.threads) {
+    const i64 half = (cblk + 1) / 2;
+    cblk = half >= vec_ch && half % vec_ch != 0 ? half / vec_ch * vec_ch : half;
+  }
   const i64 nblk = (cin_group + cblk - 1) / cblk;
   const i64 tasks = g.N * groups * nblk;
   const i64 nth = g.threads;
@@ -1726,7 +1821,9 @@ void backward(const S* x, const S* wd, const S* wp, const S* gy, const i64* gys,
     const int tid = omp_get_thread_num();
     const i64 cbm_max = cblk * g.M;
     std::vector<A> xb(nhwc ? HWu * cbm_max : HWu * cblk + kSlack);
-    std::vector<A> gb(gx ? (nhwc ? HWu * cbm_max : HWu) : 0);
+    std::vector<A> gb(gx && !gx_direct ? (nhwc ? HWu * cbm_max : HWu) : 0);
+    std::vector<A> gpad(gx_direct && nhwc ? gt.Hu * gt.Wu * cbm_max : 0);
+    const std::vector<A> zeros(cbm_max, A(0));
     std::vector<S> mid(sep ? P * cbm_max : 0);
     std::vector<A> gmid(sep ? P * cbm_max : 0);
     std::vector<A> dwT_local(nhwc ? g.T * cbm_max : 0);
@@ -1808,18 +1905,33 @@ void backward(const S* x, const S* wd, const S* wp, const S* gy, const i64* gys,
       }
       // 3. Depthwise weight/bias gradients and the input gradient.
       if (nhwc) {
-        if (gx) std::fill(gb.begin(), gb.begin() + HWu * cbm, A(0));
+        const bool fold = gx && !gx_direct;  // input gradient through gb and fold_nhwc
+        if (fold) std::fill(gb.begin(), gb.begin() + HWu * cbm, A(0));
         std::fill(dwT_local.begin(), dwT_local.end(), A(0));
         std::vector<A> dbl(cbm, A(0));
-        bwd_nhwc_block<A>(g, cbm, xb.data(), gm, gm_ps, wT.data() + cm0, g.CM, dwT_local.data(),
-                          my_dbd ? dbl.data() : nullptr, gb.data(), gx != nullptr);
+        A* dbp = my_dbd ? dbl.data() : nullptr;
+        if (bwd_nhwc_weight_s1_ok<A>(g, cbm)) {
+          bwd_nhwc_weight<A>(g, cbm, xb.data(), gm, gm_ps, dwT_local.data(), dbp);
+          if (fold)  // the scatter alone
+            bwd_nhwc_block<A>(g, cbm, xb.data(), gm, gm_ps, wT.data() + cm0, g.CM, nullptr,
+                              nullptr, gb.data(), true);
+        } else {
+          bwd_nhwc_block<A>(g, cbm, xb.data(), gm, gm_ps, wT.data() + cm0, g.CM,
+                            dwT_local.data(), dbp, gb.data(), fold);
+        }
         for (i64 tt = 0; tt < g.T; ++tt)
           for (i64 j = 0; j < cbm; ++j) my_dwd[(cm0 + j) * g.T + tt] += dwT_local[tt * cbm + j];
         if (my_dbd)
           for (i64 j = 0; j < cbm; ++j) my_dbd[cm0 + j] += dbl[j];
-        if (gx)
-          fold_nhwc<S, A>(g, cin, gb.data(), ymap.data(), xmap.data(), gx + n * gxs[0] + c0 * gxs[1],
-                          gxs[2], gxs[3], gxs[1]);
+        S* gxb = gx ? gx + n * gxs[0] + c0 * gxs[1] : nullptr;
+        if (fold) {
+          fold_nhwc<S, A>(g, cin, gb.data(), ymap.data(), xmap.data(), gxb, gxs[2], gxs[3],
+                          gxs[1]);
+        } else if (gx) {
+          pad_grad_nhwc<A>(gm, gm_ps, g.OH, g.OW, cbm, gt.pt, gt.pl, gt.Hu, gt.Wu, gpad.data());
+          conv_nhwc<S, A>(gpad.data(), gt.Wu, cbm, wflipT.data() + cm0, g.CM, zeros.data(), g.H,
+                          g.W, gt, gxb, gxs[2], gxs[3]);
+        }
       } else {
         for (i64 c = 0; c < cin; ++c) {
           const bool fold = gx && !gx_direct;  // input gradient through gb and fold_planar
