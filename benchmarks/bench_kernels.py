@@ -114,9 +114,11 @@ def time_interleaved(
     fns: dict[str, Callable[[], object]], budget_s: float = 0.6
 ) -> dict[str, float]:
     """Milliseconds per call of each function: the minimum, over interleaved rounds, of the
-    round's mean. The machine is shared, so a round that another process interrupted is
-    slower, never faster; the minimum is the least disturbed estimate, and interleaving puts
-    the candidates under the same conditions."""
+    round's mean (each round's timed calls follow one untimed call). The machine is shared,
+    so a round that another process interrupted is slower, never faster; the minimum is the
+    least disturbed estimate, and interleaving puts the candidates under the same
+    conditions. A function with a ``settle_s`` attribute is followed by that long a pause,
+    for threads that go on spinning after it returns."""
     for fn in fns.values():  # warm up (and first-call costs)
         fn()
         fn()
@@ -130,10 +132,12 @@ def time_interleaved(
     for _ in range(rounds):
         for name, fn in fns.items():
             reps = max(1, int(budget_s / rounds / len(fns) / per_call[name]))
+            fn()  # untimed: wakes the threads a pause (below) put to sleep
             start = time.perf_counter()
             for _ in range(reps):
                 fn()
             samples[name].append((time.perf_counter() - start) / reps)
+            time.sleep(getattr(fn, "settle_s", 0.0))
     return {name: 1e3 * min(values) for name, values in samples.items()}
 
 
@@ -218,7 +222,15 @@ def _onnx_runner(model: nn.Module, x: torch.Tensor) -> Callable[[], object] | No
         print(f"  (ONNX Runtime skipped: {type(error).__name__}: {error})")
         return None
     feed = {session.get_inputs()[0].name: x.numpy()}
-    return lambda: session.run(None, feed)
+
+    def run():
+        return session.run(None, feed)
+
+    # ORT's worker threads spin for tens of milliseconds after a run; with as many threads as
+    # cores they took a core from whatever ran next (sepconv's row 1 forward: 7.8 ms right
+    # after ORT, 5.2 ms otherwise; 5.3 ms after a 0.1 s pause).
+    run.settle_s = 0.1
+    return run
 
 
 def in_mode(fn: Callable[[], object], mode: str) -> Callable[[], object]:
