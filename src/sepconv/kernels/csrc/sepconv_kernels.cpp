@@ -143,25 +143,20 @@ inline void vstOut(double* p, V<double>::t v) {
   vst<double>(p, v);
 }
 inline void vstOut(bf16* p, V<float>::t v) { vstS(p, v); }
-// The first n (< L) lanes of v into storage type S: one masked store where AVX-512 has it
-// (a lane-by-lane loop cost as much as the FMAs of a 3x3 output vector).
-inline void vstPart(float* p, V<float>::t v, i64 n) {
-#if defined(__AVX512F__)
-  _mm512_mask_storeu_ps(p, __mmask16((1u << n) - 1), (__m512)v);
-#else
-  for (i64 l = 0; l < n; ++l) p[l] = v[l];
-#endif
-}
-inline void vstPart(double* p, V<double>::t v, i64 n) {
-#if defined(__AVX512F__)
-  _mm512_mask_storeu_pd(p, __mmask8((1u << n) - 1), (__m512d)v);
-#else
-  for (i64 l = 0; l < n; ++l) p[l] = v[l];
-#endif
-}
-inline void vstPart(bf16* p, V<float>::t v, i64 n) {
+// The first n (< L) lanes of v into storage type S: lane by lane, or one masked store where
+// AVX-512 has it (the lane-by-lane loop cost as much as the FMAs of a 3x3 output vector).
+template <typename S, typename Vec>
+inline void vstPart(S* p, Vec v, i64 n) {
   for (i64 l = 0; l < n; ++l) fromA(v[l], p + l);
 }
+#if defined(__AVX512F__)
+inline void vstPart(float* p, V<float>::t v, i64 n) {
+  _mm512_mask_storeu_ps(p, __mmask16((1u << n) - 1), (__m512)v);
+}
+inline void vstPart(double* p, V<double>::t v, i64 n) {
+  _mm512_mask_storeu_pd(p, __mmask8((1u << n) - 1), (__m512d)v);
+}
+#endif
 inline void stream_fence() {
 #if defined(__AVX512F__)
   _mm_sfence();
