@@ -407,9 +407,12 @@ void gemm_f32(i64 M, i64 N, i64 K, const float* a, i64 lda, const float* b, i64 
 int g_own_gemm = 1;
 
 // Mode 2 (Intel): MKL was faster except on planar calls with few tiles (the own GEMM lets
-// the threads share a tile) and channels-last calls with many (no per-tile transposition).
-bool own_gemm_for(bool nhwc, bool few_tiles) {
-  return g_own_gemm == 1 || (g_own_gemm == 2 && nhwc != few_tiles);
+// the threads share a tile) and channels-last calls with many tiles and a pointwise weight
+// of more than 64 KiB (MKL re-reads a large weight for every tile; the own GEMM's panels
+// stay in L2). weight: elements of the pointwise weight.
+bool own_gemm_for(bool nhwc, bool few_tiles, i64 weight) {
+  if (g_own_gemm != 2) return g_own_gemm == 1;
+  return nhwc ? !few_tiles && weight > (i64(16) << 10) : few_tiles;
 }
 
 // ------------------------------------------------------------------ padded buffers
@@ -1115,7 +1118,8 @@ void pack_panels(const float* wp, i64 G, i64 Og, i64 CMg, i64 threads, float* ds
 
 // Gemm "mid x pointwise -> out tile" for one tile; mid is planar (cm, p) with row stride P
 // or nhwc (p, cm) with row stride CM. out tile: pixel p, channel o at out[o*ocs + p*ops].
-// mid has room for one more channel row (planar: P elements after the CM rows).
+// mid has room for one more channel (planar: P elements after the CM rows; nhwc: pixel
+// stride CM + 1 when g.wpb is set).
 template <typename S>
 void tile_gemm(const Geo& g, S* mid, bool mid_nhwc, i64 P, const S* wp, const S* bp, S* out,
                i64 ocs, i64 ops, float* ftmp);
@@ -1125,12 +1129,18 @@ void tile_gemm(const Geo& g, S* mid, bool mid_nhwc, i64 P, const S* wp, const S*
                i64 ocs, i64 ops, float*) {
   typedef S A;
   if constexpr (std::is_same<S, float>::value) {
-    if (g.wpb != nullptr && !mid_nhwc) {
+    if (g.wpb != nullptr) {
       // The bias as one more GEMM input channel of ones: writing the bias into the output
       // first and accumulating onto it (beta = 1) made a separate pass over an output tile
       // that is not yet in cache, about a fifth of the GEMM's time.
-      std::fill(mid + g.CM * P, mid + (g.CM + 1) * P, 1.0f);
-      mm<A>(P, g.O, g.CM + 1, Mat{mid, 1, P}, Mat{g.wpb, 1, g.CM + 1}, out, ops, ocs, A(0));
+      const i64 K = g.CM + 1;
+      if (mid_nhwc) {
+        for (i64 p = 0; p < P; ++p) mid[p * K + g.CM] = 1.0f;
+      } else {
+        std::fill(mid + g.CM * P, mid + K * P, 1.0f);
+      }
+      const Mat mid_ = mid_nhwc ? Mat{mid, K, 1} : Mat{mid, 1, P};
+      mm<A>(P, g.O, K, mid_, Mat{g.wpb, 1, K}, out, ops, ocs, A(0));
       return;
     }
     if (g.own_gemm) {
@@ -1269,7 +1279,7 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
   std::unique_ptr<float[]> wpT_buf;
   std::vector<float> bp_buf, wpb_buf;
   if constexpr (std::is_same<S, float>::value) {
-    g.own_gemm = own_gemm_for(nhwc, few_tiles);
+    g.own_gemm = own_gemm_for(nhwc, few_tiles, g.O * g.CMg);
     if (nhwc && g.out_nhwc && g.own_gemm) {  // only the own nhwc GEMM reads them
       // Per group, per 64 output channels: panel[j][k][0..64) = wp[o0 + j*64 + ., k], so
       // that the GEMM streams each panel contiguously (a plain transpose has a row stride
@@ -1287,8 +1297,10 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
       g.bp_pad = bp_buf.data();
     }
     // Bias as an extra GEMM input channel (tile_gemm) where copying the weight costs at most
-    // a quarter of the output pass it saves.
-    if (!nhwc && !g.own_gemm && bp && g.G == 1 && 4 * g.CM <= g.N * g.OH * g.OW) {
+    // a quarter of the output pass it saves. Not channels_last with few tiles: MKL was up
+    // to 1.9x slower there with the odd row stride (CM + 1) this gives the intermediate.
+    if (!g.own_gemm && bp && g.G == 1 && 4 * g.CM <= g.N * g.OH * g.OW &&
+        !(nhwc && few_tiles)) {
       wpb_buf.resize(g.O * (g.CM + 1));
       for (i64 o = 0; o < g.O; ++o) {
         std::memcpy(wpb_buf.data() + o * (g.CM + 1), wp + o * g.CM, sizeof(float) * g.CM);
@@ -1321,8 +1333,9 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
       if (nhwc) {
         pad_nhwc<S, A>(xn, g.xs[2], g.xs[3], g.xs[1], g, ymap.data(), xmap.data(), r0, R, q0, Q, 0,
                        g.C, buf.data());
+        const i64 mps = g.wpb ? g.CM + 1 : g.CM;  // room for tile_gemm's channel of ones
         conv_nhwc<S, A>(buf.data(), Q, g.CM, wT.data(), g.CM, b.data(), th, tw, g, mid.data(),
-                        tw * g.CM, g.CM);
+                        tw * mps, mps);
       } else {
         for (i64 c = 0; c < g.C; ++c) {
           // A later channel's rows: each channel's piece is short, which the hardware
@@ -1862,7 +1875,7 @@ void backward(const S* x, const S* wd, const S* wp, const S* gy, const i64* gys,
         Mat W_{wp + gi * g.Og * g.CMg + coff, g.CMg, 1};
         bool done = false;
         if constexpr (std::is_same<S, float>::value) {
-          if (own_gemm_for(nhwc, false)) {
+          if (own_gemm_for(nhwc, false, g.O * g.CMg)) {
             if (!nhwc && gys[3] == 1 && gys[2] == g.OW) {
               // gmid[j, p] = sum_o wpT[coff + j, o] * gy[o, p]
               gemm_f32(cbm, P, g.Og, wpT.data() + gi * g.CMg * g.Og + coff * g.Og, g.Og,
