@@ -899,8 +899,10 @@ inline void nhwc_block(const A* b, i64 pstep, const i64* off, i64 T, const A* wT
 
 // Stride 1, dilation 1 along the row: the PB + KW - 1 input vectors of a kernel row are
 // loaded once and reused by all KW taps (register sliding window).
+// always_inline: called per block, the accumulators went through the stack before and after
+// (in-cache 4x56 pixels x 16 channels: 8.4 ns per output vector as a call, 6.9 inlined).
 template <int PB, int KW, typename S, typename A>
-inline void nhwc_block_s1(const A* b, i64 cb, i64 rstep, i64 KH, const A* wT, i64 ldw,
+__attribute__((always_inline)) inline void nhwc_block_s1(const A* b, i64 cb, i64 rstep, i64 KH, const A* wT, i64 ldw,
                           const A* bias, i64 c, S* d, i64 dps) {
   typedef typename V<A>::t vec;
   vec acc[PB];
@@ -931,13 +933,16 @@ bool conv_nhwc_s1(const A* buf, i64 Q, i64 cb, const A* wT, i64 ldw, const A* bi
   const i64 L = V<A>::L;
   const i64 cv = cb / L * L;
   const i64 rstep = g.dy * Q * cb;
+  // Channel vectors outermost, then rows, then pixels: the blocks of one channel vector share
+  // most of their input lines, which then stay in L1 from one output row to the next (with
+  // the channels inside the rows, the other channels evicted them in between; pixels
+  // inside channels: 7x7 blocks touched all channels of 7 x 14 pixels, about L1's size).
+  // In-cache 4x56 pixels x 128 channels: 10.8 ns per output vector, against 12.0 rows-outer.
+  for (i64 c = 0; c < cv; c += L)
   for (i64 i = 0; i < TH; ++i) {
     const A* brow = buf + i * g.sy * Q * cb;
     S* drow = dst + i * drs;
-    // Channel vectors outside, pixels inside: the blocks of one channel vector along a row
-    // share most of their input lines, which stay in L1 (pixels outside touched all
-    // channels of 7 x 14 pixels per block, about L1's size, for 7x7).
-    for (i64 c = 0; c < cv; c += L) {
+    {
       i64 j = 0;
       for (; j + 8 <= TW; j += 8)
         nhwc_block_s1<8, KW, S, A>(brow + j * cb, cb, rstep, g.KH, wT, ldw, bias, c, drow + j * dps, dps);
