@@ -73,22 +73,34 @@ def test_env_on_and_auto_use_the_kernels(kernels_built):
             assert _call(_big_case()) is not None
 
 
-def test_auto_leaves_small_planes_to_pytorch(kernels_built):
+def _variant(spatial=(14, 14), stride=(1, 1), layout="contiguous", mult=1):
+    return Case(2, 2, 8, mult, 12, 1, spatial, (3, 3), stride, (1, 1), 1, "zeros", layout, True)
+
+
+def test_auto_rule_without_a_measurement(kernels_built):
+    # The rule (no reference to time against, as for calls that record autograd history):
+    # PyTorch at stride > 1, on planes under 100 pixels and on channels_last planes up to
+    # 28x28; the kernels otherwise.
+    to_pytorch = [
+        _variant(spatial=(8, 8)),
+        _variant(stride=(2, 2)),
+        _variant(layout="channels_last"),
+    ]
+    to_kernel = [_variant(), _variant(spatial=(30, 30), layout="channels_last")]
     with env("auto"):
-        assert _call() is None  # 14x14 output, little work: PyTorch is faster
+        assert all(_call(case) is None for case in to_pytorch)
+        assert all(_call(case) is not None for case in to_kernel)
     with env("on"):
-        assert _call() is not None
+        assert all(_call(case) is not None for case in to_pytorch + to_kernel)
 
 
 def test_auto_takes_small_planes_with_a_depth_multiplier(kernels_built):
     # PyTorch's depthwise path with a multiplier is its slow generic one (docs/performance.md)
-    small = _case()
-    with_multiplier = Case(
-        2, 2, 8, 2, 12, 1, (14, 14), (3, 3), (1, 1), (1, 1), 1, "zeros", "contiguous", True
-    )
+    small = _variant(spatial=(8, 8))
+    with_multiplier = _variant(spatial=(8, 8), mult=2)
     with env("auto"):
         assert _call(small) is None and _call(with_multiplier) is not None
-        x = torch.randn(1, 8, 14, 14).contiguous(memory_format=torch.channels_last)
+        x = torch.randn(1, 8, 8, 8).contiguous(memory_format=torch.channels_last)
         for mult, taken in ((1, False), (2, True)):
             weight = torch.randn(8 * mult, 1, 3, 3)
             plan = small.plan()

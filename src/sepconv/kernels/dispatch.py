@@ -193,12 +193,14 @@ def _fits_int32(g) -> bool:
 
 def _pytorch_wins_separable(g) -> bool:
     """The rule for separable calls that record autograd history under ``auto`` (inference
-    calls are measured instead, :mod:`sepconv.kernels.autotune`): small output planes (at
-    most 28x28) with little work, and tiny planes (under 100 pixels), where oneDNN's kernels
-    beat the fused kernel's per-channel overhead (docs/performance.md)."""
+    calls are measured instead, :mod:`sepconv.kernels.autotune`), fitted to forward +
+    backward steps of the benchmark's 37 rows (docs/performance.md, run H): PyTorch at
+    stride > 1 (the kernels' strided backward scatters tap by tap: 1.05-1.9x PyTorch's time
+    on every strided row in at least one layout), on planes under 100 pixels, and on channels_last planes of at
+    most 28x28, where oneDNN's channels_last kernels were as fast or faster."""
     plane = g.OH * g.OW
-    flops = 2.0 * g.N * plane * g.C * g.M * (g.O // g.G)
-    return plane <= 784 and (plane < 100 or flops < 5e8)
+    strided = g.sy > 1 or g.sx > 1
+    return strided or plane < 100 or (g.nhwc and plane <= 784)
 
 
 @dataclass
