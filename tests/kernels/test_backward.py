@@ -71,6 +71,14 @@ def test_gradients_match_pytorch_float32(case, kernels_built):
     _compare_float32(case)
 
 
+@settings(max_examples=15)
+@given(case=cases(max_size=90, rank=1))
+def test_gradients_of_wide_rows_float32(case, kernels_built):
+    # 1d rows up to 90 wide (also strided and dilated): several vectors and a partial one
+    # per row in the general weight-gradient loop and the strided fold.
+    _compare_float32(case)
+
+
 def _compare_float32(case: Case) -> None:
     if not output_fits(case):
         return

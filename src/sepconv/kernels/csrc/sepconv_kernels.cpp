@@ -1452,6 +1452,15 @@ void bwd_weight_any(const Geo& g, const A* buf, const A* gm, i64 gs, const i64* 
       const A* r = gm + i * gs;
       i64 j = 0;
       for (; j + L <= g.OW; j += L) acc += vld<A>(r + j) * vld<A>(b + j);
+#if defined(__AVX512F__)
+      if constexpr (std::is_same<A, float>::value) {
+        if (j < g.OW) {  // the row's last partial vector, masked (see bwd_weight_s1)
+          const __mmask16 m = __mmask16((1u << (g.OW - j)) - 1);
+          acc += (vec)_mm512_maskz_loadu_ps(m, r + j) * (vec)_mm512_maskz_loadu_ps(m, b + j);
+          continue;
+        }
+      }
+#endif
       for (; j < g.OW; ++j) tail += r[j] * b[j];
     }
     dw[t] += hsum<A>(acc) + tail;
@@ -1565,6 +1574,17 @@ template <typename S, typename A>
 void fold_planar(const Geo& g, const A* gbuf, const i64* ymap, const i64* xmap, S* gx, i64 sh,
                  i64 sw) {
   std::vector<A> acc(g.H * g.W, A(0));
+  // Strided: the padded columns that land inside the plane and their buffer positions, once
+  // (phase_pos per element and row divided by a run-time stride: half the strided
+  // backward's time).
+  struct Col {
+    i64 x, pos;
+  };
+  std::vector<Col> cols;
+  if (g.sx > 1)
+    for (i64 q = 0; q < g.Wu; ++q)
+      if (xmap[q] >= 0) cols.push_back({xmap[q], phase_pos(q, g.sx, g.Qs)});
+  const i64 n_cols = i64(cols.size());
   for (i64 r = 0; r < g.Hu; ++r) {
     const i64 sr = ymap[r];
     if (sr < 0) continue;
@@ -1576,8 +1596,7 @@ void fold_planar(const Geo& g, const A* gbuf, const i64* ymap, const i64* xmap, 
       for (i64 q = qa; q < qb; ++q) a[q - g.pl] += b[q];
       for (i64 q = qb; q < g.Wu; ++q) if (xmap[q] >= 0) a[xmap[q]] += b[q];
     } else {
-      for (i64 q = 0; q < g.Wu; ++q)
-        if (xmap[q] >= 0) a[xmap[q]] += b[phase_pos(q, g.sx, g.Qs)];
+      for (i64 k = 0; k < n_cols; ++k) a[cols[k].x] += b[cols[k].pos];
     }
   }
   for (i64 y = 0; y < g.H; ++y) {
