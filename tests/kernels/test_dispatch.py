@@ -79,14 +79,19 @@ def _variant(spatial=(14, 14), stride=(1, 1), layout="contiguous", mult=1):
 
 def test_auto_rule_without_a_measurement(kernels_built):
     # The rule (no reference to time against, as for calls that record autograd history):
-    # PyTorch at stride > 1, on planes under 100 pixels and on channels_last planes up to
-    # 28x28; the kernels otherwise.
+    # PyTorch on planes under 100 pixels, on channels_last planes up to 28x28 or strided,
+    # and on strided NCHW calls with outputs under 28x28; the kernels otherwise.
     to_pytorch = [
         _variant(spatial=(8, 8)),
         _variant(stride=(2, 2)),
         _variant(layout="channels_last"),
+        _variant(spatial=(60, 60), stride=(2, 2), layout="channels_last"),
     ]
-    to_kernel = [_variant(), _variant(spatial=(30, 30), layout="channels_last")]
+    to_kernel = [
+        _variant(),
+        _variant(spatial=(30, 30), layout="channels_last"),
+        _variant(spatial=(60, 60), stride=(2, 2)),
+    ]
     with env("auto"):
         assert all(_call(case) is None for case in to_pytorch)
         assert all(_call(case) is not None for case in to_kernel)

@@ -194,13 +194,16 @@ def _fits_int32(g) -> bool:
 def _pytorch_wins_separable(g) -> bool:
     """The rule for separable calls that record autograd history under ``auto`` (inference
     calls are measured instead, :mod:`sepconv.kernels.autotune`), fitted to forward +
-    backward steps of the benchmark's 37 rows (docs/performance.md, run H): PyTorch at
-    stride > 1 (the kernels' strided backward scatters tap by tap: 1.05-1.9x PyTorch's time
-    on every strided row in at least one layout), on planes under 100 pixels, and on channels_last planes of at
-    most 28x28, where oneDNN's channels_last kernels were as fast or faster."""
+    backward steps of the benchmark's 37 rows (docs/performance.md, run H): PyTorch on
+    planes under 100 pixels, on channels_last planes of at most 28x28 and strided
+    channels_last calls (oneDNN's channels_last kernels were as fast or faster), and on
+    strided NCHW calls with output planes under 28x28 (the strided backward still scatters
+    tap by tap)."""
     plane = g.OH * g.OW
     strided = g.sy > 1 or g.sx > 1
-    return strided or plane < 100 or (g.nhwc and plane <= 784)
+    if g.nhwc:
+        return strided or plane <= 784
+    return plane < 100 or (strided and plane < 784)
 
 
 @dataclass
