@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from sepconv import DepthwiseConv1d, SeparableConv1d, SeparableConv2d
+from sepconv.functional.padding import resolve_padding
 from sepconv.kernels import _build, _ops, dispatch
 from tests.kernels.helpers import Case, env
 
@@ -97,6 +98,24 @@ def test_auto_rule_without_a_measurement(kernels_built):
         assert all(_call(case) is not None for case in to_kernel)
     with env("on"):
         assert all(_call(case) is not None for case in to_pytorch + to_kernel)
+
+
+def test_auto_rule_for_depthwise_without_a_measurement(kernels_built):
+    # PyTorch at stride > 1, on NCHW planes under 100 pixels and on channels_last 3x3 calls
+    # with small outputs; the kernels otherwise (channels_last 5x5/7x7, larger NCHW planes).
+    def offered(size, k, stride, channels_last):
+        x = torch.randn(1, 8, size, size)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        plan = resolve_padding(k // 2, (k, k), (stride, stride), (1, 1))
+        weight = torch.randn(8, 1, k, k)
+        s = (stride, stride)
+        return dispatch.depthwise(x, weight, None, s, (1, 1), plan, "zeros") is not None
+
+    with env("auto"):
+        assert not offered(30, 3, 2, False) and not offered(30, 3, 2, True)
+        assert not offered(8, 3, 1, False) and not offered(20, 3, 1, True)
+        assert offered(20, 3, 1, False) and offered(20, 7, 1, True)
 
 
 def test_auto_takes_small_planes_with_a_depth_multiplier(kernels_built):

@@ -11,7 +11,7 @@ answer: anything it does not support returns ``None``.
   (shapes, strides, dtype, conv arguments, threads) times the kernel, PyTorch and, for NCHW
   2d inputs, PyTorch on a channels_last copy (:mod:`sepconv.kernels.autotune`); later calls
   of that problem take the winner. Calls that record autograd history follow a rule
-  instead (:func:`_pytorch_wins_separable`, :func:`_plan_depthwise`). If the kernels cannot
+  instead (:func:`_pytorch_wins_separable`, :func:`_pytorch_wins_depthwise`). If the kernels cannot
   be built: warn once and use PyTorch.
 - ``on``: use the kernels for every call they support; raise if they cannot be built.
 - ``off``: always the PyTorch path (the reference).
@@ -431,12 +431,24 @@ def _plan_depthwise(x, weight, stride, dilation, plan, padding_mode):
     )
     if g is None or not _fits_int32(g):
         return None
-    # The rule for calls recording autograd history: oneDNN is already fast on channels_last
-    # 2d depthwise; the kernel only wins there when the output is large enough for
-    # fresh-allocation page faults to dominate (the kernel reuses pooled outputs), or with a
-    # depth multiplier, which oneDNN runs 1.1-3x slower than the kernel.
     mult = weight.shape[0] // x.shape[1]
-    channels_last_2d = rank == 2 and x.stride(1) == 1 and x.shape[1] > 1
-    out_bytes = x.numel() * mult * x.element_size()
-    rule = not (channels_last_2d and mult == 1 and out_bytes < (16 << 20))
+    rule = mult > 1 or not _pytorch_wins_depthwise(g, x)
     return _Call(_ops.depthwise_launch(x, g), rule)
+
+
+def _pytorch_wins_depthwise(g, x: Tensor) -> bool:
+    """The rule for depthwise calls (one filter per channel) that record autograd history,
+    fitted to forward + backward steps (docs/performance.md, run H); with a depth multiplier
+    the kernels always win (oneDNN runs those 1.1-3x slower). 2d: PyTorch at stride > 1
+    (the kernels took 1.2-2.2x its time), on NCHW planes under 100 pixels (1.3x), and on
+    channels_last 3x3 calls with outputs under 16 MB (0.9-1.7x; larger outputs cost PyTorch
+    fresh-allocation page faults, which the pooled outputs avoid); the kernels take
+    channels_last 5x5 and 7x7 (0.34-0.38x) and NCHW otherwise (0.09-0.67x)."""
+    if g.rank != 2:
+        return False
+    if g.sy > 1 or g.sx > 1:
+        return True
+    if g.nhwc:
+        out_bytes = x.numel() * x.element_size()
+        return max(g.KH, g.KW) <= 3 and out_bytes < (16 << 20)
+    return g.OH * g.OW < 100

@@ -1828,18 +1828,16 @@ void backward(const S* x, const S* wd, const S* wp, const S* gy, const i64* gys,
   const i64 cin_group = sep ? g.CMg / g.M : g.C;
   const i64 per_ch = g.M * (HWu * 2 + P * (sep ? 3 : 0)) * i64(sizeof(A));
   i64 cblk = std::max<i64>(1, g.budget * 3 / std::max<i64>(per_ch, 1));
-  if (nhwc) {
-    const i64 L = V<A>::L;
-    if (cblk * g.M >= L) cblk = std::max<i64>(1, (cblk * g.M / L * L) / g.M);
-  }
+  // NHWC blocks are whole channel vectors where they can be (the vector loops; blocks of a
+  // few channels take the scalar-tail path: 1x32x112x112 channels_last took 5.8x PyTorch's
+  // time in blocks of 8 channels, the depthwise backward 10x in blocks of 7), even when one
+  // vector's planes exceed the budget.
+  const i64 vec_ch = nhwc && g.M <= V<A>::L ? V<A>::L / g.M : 1;
+  if (nhwc) cblk = std::max(vec_ch, cblk / vec_ch * vec_ch);
   if (sep) cblk = std::max<i64>(cblk, (64 + g.M - 1) / g.M);  // wide enough GEMMs
   cblk = std::min(cblk, cin_group);
-  // Enough tasks for the threads.
+  // Enough tasks for the threads, but blocks of at least one vector.
   const i64 groups = sep ? g.G : 1;
-  // NHWC blocks stay whole channel vectors where they can (bwd_nhwc_weight_s1).
-  const i64 vec_ch = nhwc && g.M <= V<A>::L ? V<A>::L / g.M : 1;
-  // (never below one vector: 1x32x112x112 channels_last took 5.8x PyTorch's time in blocks
-  // of 8 channels, the scalar-tail path)
   while (cblk > vec_ch && g.N * groups * ((cin_group + cblk - 1) / cblk) < 2 * g.threads) {
     const i64 half = (cblk + 1) / 2;
     cblk = std::max(vec_ch, half % vec_ch != 0 ? half / vec_ch * vec_ch : half);
