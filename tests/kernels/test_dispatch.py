@@ -13,12 +13,12 @@ from sepconv.kernels import _build, _ops, dispatch
 from tests.kernels.helpers import Case, env
 
 
-def _case():
-    return Case(2, 2, 8, 1, 12, 1, (14, 14), (3, 3), (1, 1), (1, 1), 1, "zeros", "contiguous", True)
+def _variant(spatial=(14, 14), stride=(1, 1), layout="contiguous", mult=1):
+    return Case(2, 2, 8, mult, 12, 1, spatial, (3, 3), stride, (1, 1), 1, "zeros", layout, True)
 
 
 def _call(case=None):
-    case = case or _case()
+    case = case or _variant()
     x = case.input()
     wd, wp, bd, bp = case.weights()
     return dispatch.separable(x, wd, wp, bd, bp, case.stride, case.dilation, case.plan(), case.mode)
@@ -72,10 +72,6 @@ def test_env_on_and_auto_use_the_kernels(kernels_built):
     for value in ("on", "auto", "AUTO", ""):
         with env(value):
             assert _call(_big_case()) is not None
-
-
-def _variant(spatial=(14, 14), stride=(1, 1), layout="contiguous", mult=1):
-    return Case(2, 2, 8, mult, 12, 1, spatial, (3, 3), stride, (1, 1), 1, "zeros", layout, True)
 
 
 def test_auto_rule_without_a_measurement(kernels_built):
@@ -174,7 +170,7 @@ def test_mid_layers_keep_the_pytorch_path(kernels_built, count_calls):
 
 
 def test_declines_unsupported(kernels_built):
-    case = _case()
+    case = _variant()
     wd, wp, bd, bp = case.weights()
     plan = case.plan()
     with env("on"):

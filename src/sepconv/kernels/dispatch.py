@@ -11,8 +11,8 @@ answer: anything it does not support returns ``None``.
   (shapes, strides, dtype, conv arguments, threads) times the kernel, PyTorch and, for NCHW
   2d inputs, PyTorch on a channels_last copy (:mod:`sepconv.kernels.autotune`); later calls
   of that problem take the winner. Calls that record autograd history follow a rule
-  instead (:func:`_pytorch_wins_separable`, :func:`_pytorch_wins_depthwise`). If the kernels cannot
-  be built: warn once and use PyTorch.
+  instead (:func:`_pytorch_wins_separable`, :func:`_pytorch_wins_depthwise`). If the
+  kernels cannot be built: warn once and use PyTorch.
 - ``on``: use the kernels for every call they support; raise if they cannot be built.
 - ``off``: always the PyTorch path (the reference).
 

@@ -226,6 +226,9 @@ std::vector<i64> make_map(i64 count, i64 n, i64 lo, i64 mode) {
   return m;
 }
 
+// Stride 1 and dilation 1 in both directions (what the row-blocked and direct loops need).
+inline bool unit_steps(const Geo& g) { return g.sx == 1 && g.sy == 1 && g.dx == 1 && g.dy == 1; }
+
 // Position of padded column q (relative to a buffer start) in the stride-phase layout:
 // columns with the same q % sx are stored together, so that every tap of a strided
 // convolution reads consecutive elements.
@@ -727,32 +730,32 @@ void conv_direct_s1(const float* plane, i64 sh, const Geo& g, i64 oy0, i64 ox0, 
 
 // Whether conv_direct applies: float input, zero padding, unit column stride, stride and
 // dilation 1, a square 3, 5 or 7 filter.
-inline bool direct_ok(const Geo& g, bool is_float) {
 #if defined(__AVX512F__)
-  return is_float && g.mode == 0 && g.xs[3] == 1 && g.sx == 1 && g.sy == 1 && g.dx == 1 &&
-         g.dy == 1 && g.KH == g.KW && (g.KW == 3 || g.KW == 5 || g.KW == 7) && s1_rows_enabled();
-#else
-  (void)g;
-  (void)is_float;
-  return false;
-#endif
+inline bool direct_ok(const Geo& g, bool is_float) {
+  return is_float && g.mode == 0 && g.xs[3] == 1 && unit_steps(g) && g.KH == g.KW &&
+         (g.KW == 3 || g.KW == 5 || g.KW == 7) && s1_rows_enabled();
 }
+#else
+inline bool direct_ok(const Geo&, bool) { return false; }
+#endif
 
-// One plane's depthwise output through conv_direct_s1 (direct_ok(g) holds).
+// One plane's depthwise output through conv_direct_s1 (direct_ok(g) holds; without AVX-512
+// it never does).
+#if defined(__AVX512F__)
 template <typename S>
 void conv_direct(const float* plane, const Geo& g, i64 oy0, i64 ox0, i64 TH, i64 TW,
                  const float* w, float bias, S* dst, i64 drs, const float* zrow) {
-#if defined(__AVX512F__)
   switch (g.KW) {
     case 3: conv_direct_s1<3, S>(plane, g.xs[2], g, oy0, ox0, TH, TW, w, bias, dst, drs, zrow); break;
     case 5: conv_direct_s1<5, S>(plane, g.xs[2], g, oy0, ox0, TH, TW, w, bias, dst, drs, zrow); break;
     default: conv_direct_s1<7, S>(plane, g.xs[2], g, oy0, ox0, TH, TW, w, bias, dst, drs, zrow); break;
   }
-#else
-  (void)plane, (void)g, (void)oy0, (void)ox0, (void)TH, (void)TW, (void)w, (void)bias, (void)dst,
-      (void)drs, (void)zrow;
-#endif
 }
+#else
+template <typename S>
+void conv_direct(const float*, const Geo&, i64, i64, i64, i64, const float*, float, S*, i64,
+                 const float*) {}
+#endif
 
 template <int KW, typename S, typename A>
 void conv_planar_k(const A* buf, i64 qrow, i64 qs, const A* w, A bias, i64 TH, i64 TW,
@@ -798,7 +801,7 @@ template <typename S, typename A>
 void conv_planar(const A* buf, i64 qrow, i64 qs, const A* w, A bias, i64 TH, i64 TW, const Geo& g,
                  S* dst, i64 drs) {
   if constexpr (std::is_same<A, float>::value) {
-    if (g.sx == 1 && g.sy == 1 && g.dx == 1 && g.dy == 1 && g.KH == g.KW && s1_rows_enabled()) {
+    if (unit_steps(g) && g.KH == g.KW && s1_rows_enabled()) {
       switch (g.KW) {
         case 3: conv_planar_s1<3, S>(buf, qrow, w, bias, TH, TW, dst, drs); return;
         case 5: conv_planar_s1<5, S>(buf, qrow, w, bias, TH, TW, dst, drs); return;
@@ -1517,16 +1520,23 @@ void bwd_weight_s1(const float* buf, i64 qrow, const float* gm, i64 gs, i64 OH, 
 }
 #endif
 
-// Whether bwd_weight_s1 applies to a planar channel of g (in accumulator type A).
+// Weight and bias gradient of one planar channel: bwd_weight_s1 where it applies (float,
+// stride and dilation 1, square 3/5/7 filter), else bwd_weight_any.
 template <typename A>
-inline bool bwd_weight_s1_ok(const Geo& g) {
+void bwd_weight(const Geo& g, const A* buf, const A* gm, i64 gs, const i64* off, A* dw, A* db) {
 #if defined(__AVX512F__)
-  return std::is_same<A, float>::value && g.sx == 1 && g.sy == 1 && g.dx == 1 && g.dy == 1 &&
-         g.KH == g.KW && (g.KW == 3 || g.KW == 5 || g.KW == 7);
-#else
-  (void)g;
-  return false;
+  if constexpr (std::is_same<A, float>::value) {
+    if (unit_steps(g) && g.KH == g.KW) {
+      switch (g.KW) {
+        case 3: bwd_weight_s1<3>(buf, g.Qrow, gm, gs, g.OH, g.OW, dw, db); return;
+        case 5: bwd_weight_s1<5>(buf, g.Qrow, gm, gs, g.OH, g.OW, dw, db); return;
+        case 7: bwd_weight_s1<7>(buf, g.Qrow, gm, gs, g.OH, g.OW, dw, db); return;
+        default: break;
+      }
+    }
+  }
 #endif
+  bwd_weight_any<A>(g, buf, gm, gs, off, dw, db);
 }
 
 // Depthwise weight/bias gradient and padded-input gradient of one planar channel:
@@ -1542,18 +1552,7 @@ void bwd_planar_channel(const Geo& g, const A* buf, const A* gm, i64 gs, const A
       i64 q = kx * g.dx;
       off[ky * g.KW + kx] = ky * g.dy * qrow + (q % g.sx) * qs + q / g.sx;
     }
-  if (!bwd_weight_s1_ok<A>(g)) bwd_weight_any<A>(g, buf, gm, gs, off, dw, db);
-#if defined(__AVX512F__)
-  if constexpr (std::is_same<A, float>::value) {
-    if (bwd_weight_s1_ok<A>(g)) {
-      switch (g.KW) {
-        case 3: bwd_weight_s1<3>(buf, qrow, gm, gs, g.OH, g.OW, dw, db); break;
-        case 5: bwd_weight_s1<5>(buf, qrow, gm, gs, g.OH, g.OW, dw, db); break;
-        default: bwd_weight_s1<7>(buf, qrow, gm, gs, g.OH, g.OW, dw, db); break;
-      }
-    }
-  }
-#endif
+  bwd_weight<A>(g, buf, gm, gs, off, dw, db);
   if (!need_gx) return;
   // Input gradient (in padded coordinates): gbuf[i*sy + ky*dy, j*sx + kx*dx] += w[t] * gm[i, j].
   for (i64 i = 0; i < g.OH; ++i) {
@@ -1714,8 +1713,8 @@ void bwd_nhwc_weight_s1(const Geo& g, i64 cb, const float* buf, const float* gm,
 // row, whole channel vectors).
 template <typename A>
 inline bool bwd_nhwc_weight_s1_ok(const Geo& g, i64 cb) {
-  return std::is_same<A, float>::value && g.sx == 1 && g.sy == 1 && g.dx == 1 && g.dy == 1 &&
-         g.KW >= 1 && g.KW <= 7 && cb % V<float>::L == 0;
+  return std::is_same<A, float>::value && unit_steps(g) && g.KW >= 1 && g.KW <= 7 &&
+         cb % V<float>::L == 0;
 }
 
 template <typename A>
@@ -1729,28 +1728,6 @@ void bwd_nhwc_weight(const Geo& g, i64 cb, const A* buf, const A* gm, i64 gps, A
       case 5: bwd_nhwc_weight_s1<5>(g, cb, buf, gm, gps, dwT, db); return;
       case 6: bwd_nhwc_weight_s1<6>(g, cb, buf, gm, gps, dwT, db); return;
       default: bwd_nhwc_weight_s1<7>(g, cb, buf, gm, gps, dwT, db); return;
-    }
-  }
-}
-
-// The NHWC output gradient gm (OH x OW pixels, pixel stride gps, cb channels) zero-padded by
-// (pt, pl) into buf[R][Q][cb] (the input of the transposed convolution).
-template <typename A>
-void pad_grad_nhwc(const A* gm, i64 gps, i64 OH, i64 OW, i64 cb, i64 pt, i64 pl, i64 R, i64 Q,
-                   A* buf) {
-  for (i64 r = 0; r < R; ++r) {
-    A* d = buf + r * Q * cb;
-    const i64 i = r - pt;
-    if (i < 0 || i >= OH) {
-      std::fill(d, d + Q * cb, A(0));
-      continue;
-    }
-    for (i64 q = 0; q < Q; ++q) {
-      const i64 j = q - pl;
-      if (j < 0 || j >= OW)
-        std::fill(d + q * cb, d + (q + 1) * cb, A(0));
-      else
-        std::memcpy(d + q * cb, gm + (i * OW + j) * gps, sizeof(A) * cb);
     }
   }
 }
@@ -1809,8 +1786,7 @@ void backward(const S* x, const S* wd, const S* wp, const S* gy, const i64* gys,
   // flipped filter, written straight into gx by the forward's loops (planar: conv_direct,
   // square 3/5/7 filters; NHWC: conv_nhwc on a padded copy, channels innermost in gx)
   // instead of scattered into a padded plane and folded back.
-  const bool s1_zero = g.mode == 0 && g.M == 1 && g.sx == 1 && g.sy == 1 && g.dx == 1 &&
-                       g.dy == 1 && std::is_same<A, float>::value;
+  const bool s1_zero = g.mode == 0 && g.M == 1 && unit_steps(g) && std::is_same<A, float>::value;
   const bool gx_direct = gx && s1_zero &&
                          (nhwc ? gxs[1] == 1 : gxs[3] == 1 && direct_ok(g, true));
   Geo gt = g;  // the transposed problem
@@ -1818,12 +1794,14 @@ void backward(const S* x, const S* wd, const S* wp, const S* gy, const i64* gys,
   gt.pt = g.KH - 1 - g.pt, gt.pl = g.KW - 1 - g.pl;
   gt.Hu = g.H + g.KH - 1, gt.Wu = g.W + g.KW - 1;  // its padded input (NHWC copy)
   gt.xs[2] = g.OW, gt.xs[3] = 1;
-  std::vector<A> wflip(gx_direct ? g.CM * g.T : 0), wflipT(gx_direct ? g.T * g.CM : 0);
+  // Flipped filters: planar wflip[cm][t], NHWC wflip[t][cm] (conv_nhwc's layout).
+  std::vector<A> wflip(gx_direct ? g.CM * g.T : 0);
   for (i64 cm = 0; gx_direct && cm < g.CM; ++cm)
-    for (i64 t = 0; t < g.T; ++t) {
-      wflip[cm * g.T + t] = w[cm * g.T + g.T - 1 - t];
-      wflipT[t * g.CM + cm] = w[cm * g.T + g.T - 1 - t];
-    }
+    for (i64 t = 0; t < g.T; ++t)
+      wflip[nhwc ? t * g.CM + cm : cm * g.T + t] = w[cm * g.T + g.T - 1 - t];
+  // NHWC: index maps of the transposed problem's zero-padded input (pad_nhwc).
+  const auto tymap = gx_direct && nhwc ? make_map(gt.Hu, g.OH, gt.pt, 0) : std::vector<i64>();
+  const auto txmap = gx_direct && nhwc ? make_map(gt.Wu, g.OW, gt.pl, 0) : std::vector<i64>();
   // Channel blocks: ranges of input channels inside one pointwise group.
   const i64 cin_group = sep ? g.CMg / g.M : g.C;
   const i64 per_ch = g.M * (HWu * 2 + P * (sep ? 3 : 0)) * i64(sizeof(A));
@@ -1960,8 +1938,9 @@ void backward(const S* x, const S* wd, const S* wp, const S* gy, const i64* gys,
           fold_nhwc<S, A>(g, cin, gb.data(), ymap.data(), xmap.data(), gxb, gxs[2], gxs[3],
                           gxs[1]);
         } else if (gx) {
-          pad_grad_nhwc<A>(gm, gm_ps, g.OH, g.OW, cbm, gt.pt, gt.pl, gt.Hu, gt.Wu, gpad.data());
-          conv_nhwc<S, A>(gpad.data(), gt.Wu, cbm, wflipT.data() + cm0, g.CM, zeros.data(), g.H,
+          pad_nhwc<A, A>(gm, g.OW * gm_ps, gm_ps, 1, gt, tymap.data(), txmap.data(), 0, gt.Hu, 0,
+                         gt.Wu, 0, cbm, gpad.data());
+          conv_nhwc<S, A>(gpad.data(), gt.Wu, cbm, wflip.data() + cm0, g.CM, zeros.data(), g.H,
                           g.W, gt, gxb, gxs[2], gxs[3]);
         }
       } else {
