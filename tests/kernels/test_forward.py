@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sepconv import reference
 from sepconv.functional.conv import depthwise_forward, separable_forward
@@ -119,6 +121,21 @@ def test_depthwise_direct_path(case, kernels_built):
     """Zero-padded contiguous planes: the depthwise forward reads them straight from the
     input (masked edge columns, zero rows), rows up to five vectors wide."""
     with env("on"):
+        check_depthwise(case)
+
+
+@settings(max_examples=12)
+@given(
+    case=stride1_square_cases(max_size=30),
+    channels=st.sampled_from((128, 256)),
+    multiplier=st.sampled_from((1, 2)),
+)
+def test_channels_last_channel_blocks(case, channels, multiplier, kernels_built):
+    """channels_last pixels a multiple of 512 bytes apart: the padded window is copied in
+    blocks of one channel vector (every padding mode, depth multipliers, row tails)."""
+    case = replace(case, C=channels // multiplier, M=multiplier, layout="channels_last")
+    with env("on"):
+        check_separable(case)
         check_depthwise(case)
 
 

@@ -706,10 +706,10 @@ void conv_direct_s1(const float* plane, i64 sh, const Geo& g, i64 oy0, i64 ox0, 
     const i64 last = std::min(L, TW - j);
     const i64 c0 = ox0 + j - g.pl;  // input column of the block's first padded column
     // Lanes inside the row: columns [c0, c0 + 16) and the K - 1 columns after them.
+    // (As arithmetic: a loop over the lanes took a third of a 3x3 block's time.)
     auto inside = [&](i64 first, i64 lanes) {
-      uint32_t m = 0;
-      for (i64 l = 0; l < lanes; ++l) m |= uint32_t(first + l >= 0 && first + l < g.W) << l;
-      return __mmask16(m);
+      const i64 lo = std::clamp<i64>(-first, 0, lanes), hi = std::clamp<i64>(g.W - first, lo, lanes);
+      return __mmask16(((uint32_t(1) << hi) - 1) & ~((uint32_t(1) << lo) - 1));
     };
     const __mmask16 mlo = inside(c0, L), mhi = inside(c0 + L, K - 1);
     row_blocks(TH, [&](i64 i, auto R) {
@@ -848,12 +848,61 @@ void channel_tile(const S* plane, const Geo& g, bool direct, i64 oy0, i64 ox0, i
     conv_planar<D, A>(buf, qrow, qs, w + m * g.T, b[m], th, tw, g, dst + m * dms, drs);
 }
 
+// Block stride of pad_nhwc's channel-blocked layout for an R x Q window of cb channels, or 0
+// where conv_nhwc cannot read it (it does for its stride-1 3/5/7 path). With all channels of a
+// pixel together, 128 or more channels put a channel vector's input lines 512 B apart, on 8 of
+// L1's 64 sets, and the 3x3 block ran at a third of its FMA rate from L2; blocked, its lines
+// are contiguous (in-cache 4x56 pixels x 128 channels: 14.4 -> 8.6 cycles per output vector).
+template <typename A>
+inline i64 nhwc_block_stride(const Geo& g, i64 cb, i64 R, i64 Q) {
+  const bool s1 = g.sx == 1 && g.dx == 1 && (g.KW == 3 || g.KW == 5 || g.KW == 7);
+  return s1 && (cb * i64(sizeof(A))) % 512 == 0 ? R * Q * V<A>::L : 0;
+}
+
+// pad_nhwc into the channel-blocked layout (bs > 0, cin * M a multiple of L).
+template <typename S, typename A>
+void pad_nhwc_blocked(const S* img, i64 sh, i64 sw, i64 sc, const Geo& g, const i64* ymap,
+                      const i64* xmap, i64 r0, i64 R, i64 q0, i64 Q, i64 c0, i64 cin, A* buf,
+                      i64 bs) {
+  constexpr i64 L = V<A>::L;
+  const i64 M = g.M, cb = cin * M;
+  const bool plain = M == 1 && sc == 1 && std::is_same<S, A>::value;
+  // Block by block, so that the writes are sequential (pixel by pixel, each pixel's writes
+  // went to cb / L places a block apart: twice the time).
+  for (i64 k0 = 0; k0 < cb; k0 += L) {
+    A* dk = buf + (k0 / L) * bs;
+    for (i64 r = 0; r < R; ++r) {
+      const i64 sr = ymap[r0 + r];
+      for (i64 q = 0; q < Q; ++q) {
+        A* d = dk + (r * Q + q) * L;
+        const i64 sq = xmap[q0 + q];
+        if (sr < 0 || sq < 0) {
+          std::memset(d, 0, sizeof(A) * L);
+          continue;
+        }
+        const S* p = img + sr * sh + sq * sw + c0 * sc;
+        if (plain) {
+          std::memcpy(d, p + k0, sizeof(A) * L);
+        } else {
+          for (i64 k = 0; k < L; ++k) d[k] = toA(p[((k0 + k) / M) * sc]);
+        }
+      }
+    }
+  }
+}
+
 // NHWC: padded rows [r0, r0+R), columns [q0, q0+Q) of input channels [c0, c0+cin) of one
-// image into buf[R][Q][cin*M] (each input channel repeated M times).
+// image into buf[R][Q][cin*M] (each input channel repeated M times); or, with a block stride
+// bs > 0 (nhwc_block_stride), in blocks of one channel vector: channel k of pixel (r, q) at
+// buf[(k / L) * bs + (r * Q + q) * L + k % L].
 template <typename S, typename A>
 void pad_nhwc(const S* img, i64 sh, i64 sw, i64 sc, const Geo& g, const i64* ymap, const i64* xmap,
-              i64 r0, i64 R, i64 q0, i64 Q, i64 c0, i64 cin, A* buf) {
+              i64 r0, i64 R, i64 q0, i64 Q, i64 c0, i64 cin, A* buf, i64 bs = 0) {
   const i64 M = g.M, cb = cin * M;
+  if (bs > 0) {
+    pad_nhwc_blocked<S, A>(img, sh, sw, sc, g, ymap, xmap, r0, R, q0, Q, c0, cin, buf, bs);
+    return;
+  }
   for (i64 r = 0; r < R; ++r) {
     const i64 sr = ymap[r0 + r];
     for (i64 q = 0; q < Q; ++q) {
@@ -901,69 +950,95 @@ inline void nhwc_block(const A* b, i64 pstep, const i64* off, i64 T, const A* wT
 }
 
 // Stride 1, dilation 1 along the row: the PB + KW - 1 input vectors of a kernel row are
-// loaded once and reused by all KW taps (register sliding window).
+// loaded once and reused by all KW taps (register sliding window). b, w, bias and d point at
+// the block's channel vector; input pixels are ps apart, rows rstep; weights ldw per tap.
+// Fewer than 8 pixels (row tails) of 5x5 and 7x7 filters keep 8 / PB partial sums per pixel:
+// one chain each ran at the FMA latency (7x7 rows 14 wide: 81 cycles per output vector for
+// 25 of FMAs). 3x3 tails do not gain from them (their short chains overlap anyway).
 // always_inline: called per block, the accumulators went through the stack before and after
 // (in-cache 4x56 pixels x 16 channels: 8.4 ns per output vector as a call, 6.9 inlined).
 template <int PB, int KW, typename S, typename A>
-__attribute__((always_inline)) inline void nhwc_block_s1(const A* b, i64 cb, i64 rstep, i64 KH, const A* wT, i64 ldw,
-                          const A* bias, i64 c, S* d, i64 dps) {
+__attribute__((always_inline)) inline void nhwc_block_s1(const A* b, i64 ps, i64 rstep, i64 KH,
+                                                         const A* w, i64 ldw, const A* bias,
+                                                         S* d, i64 dps) {
   typedef typename V<A>::t vec;
-  vec acc[PB];
-  const vec b0 = vld<A>(bias + c);
-  for (int p = 0; p < PB; ++p) acc[p] = b0;
+  constexpr int CH = PB >= 8 || KW == 3 ? 1 : 8 / PB;
+  vec acc[CH][PB];
+  for (int p = 0; p < PB; ++p) {
+    acc[0][p] = vld<A>(bias);
+    for (int h = 1; h < CH; ++h) acc[h][p] = vzero<A>();
+  }
   for (i64 ky = 0; ky < KH; ++ky) {
-    const A* r = b + ky * rstep + c;
-    const A* w = wT + ky * KW * ldw + c;
+    const A* r = b + ky * rstep;
+    const A* wr = w + ky * KW * ldw;
     vec xv[PB + KW - 1];
-    // One pointer stepped by cb: with q * cb offsets the compiler ran out of registers for
-    // the 14 addresses (7x7) and shuttled them through vector registers.
+    // One pointer stepped by ps, kept opaque (the empty asm): otherwise the compiler
+    // precomputes all PB + KW - 1 addresses, runs out of registers and shuttles them through
+    // vector registers (42 vmovq per 8-pixel 3x3 block, on the FMA ports; C = 16 in L1:
+    // 12.0 cycles per output vector, 5.5 with the opaque pointer).
     const A* rq = r;
 #pragma GCC unroll 16
-    for (int q = 0; q < PB + KW - 1; ++q, rq += cb) xv[q] = vld<A>(rq);
+    for (int q = 0; q < PB + KW - 1; ++q, rq += ps) {
+      xv[q] = vld<A>(rq);
+      asm("" : "+r"(rq));
+    }
 #pragma GCC unroll 8
     for (int kx = 0; kx < KW; ++kx) {
-      const vec wv = vld<A>(w + kx * ldw);
+      const vec wv = vld<A>(wr + kx * ldw);
 #pragma GCC unroll 8
-      for (int p = 0; p < PB; ++p) acc[p] += wv * xv[p + kx];
+      for (int p = 0; p < PB; ++p) acc[(ky * KW + kx) % CH][p] += wv * xv[p + kx];
     }
   }
-  for (int p = 0; p < PB; ++p) vstOut(d + p * dps + c, acc[p]);
+  S* dq = d;
+  for (int p = 0; p < PB; ++p, dq += dps) {
+    vec z = acc[0][p];
+    for (int h = 1; h < CH; ++h) z += acc[h][p];
+    vstOut(dq, z);
+    asm("" : "+r"(dq));  // (as above)
+  }
 }
 
+// The stride-1 path of conv_nhwc (cb a multiple of L): from buf[R][Q][cb], or with block
+// stride bs > 0 from pad_nhwc's channel-blocked layout.
 template <int KW, typename S, typename A>
-bool conv_nhwc_s1(const A* buf, i64 Q, i64 cb, const A* wT, i64 ldw, const A* bias, i64 TH,
-                  i64 TW, const Geo& g, S* dst, i64 drs, i64 dps) {
+void conv_nhwc_s1(const A* buf, i64 Q, i64 cb, const A* wT, i64 ldw, const A* bias, i64 TH,
+                  i64 TW, const Geo& g, S* dst, i64 drs, i64 dps, i64 bs) {
   const i64 L = V<A>::L;
-  const i64 cv = cb / L * L;
-  const i64 rstep = g.dy * Q * cb;
+  const i64 ps = bs > 0 ? L : cb;  // pixel step in the buffer
+  const i64 rstep = g.dy * Q * ps;
   // Channel vectors outermost, then rows, then pixels: the blocks of one channel vector share
   // most of their input lines, which then stay in L1 from one output row to the next (with
   // the channels inside the rows, the other channels evicted them in between; pixels
   // inside channels: 7x7 blocks touched all channels of 7 x 14 pixels, about L1's size).
   // In-cache 4x56 pixels x 128 channels: 10.8 ns per output vector, against 12.0 rows-outer.
-  for (i64 c = 0; c < cv; c += L)
-  for (i64 i = 0; i < TH; ++i) {
-    const A* brow = buf + i * g.sy * Q * cb;
-    S* drow = dst + i * drs;
-    {
+  for (i64 c = 0; c < cb; c += L) {
+    const A* bc = bs > 0 ? buf + (c / L) * bs : buf + c;
+    for (i64 i = 0; i < TH; ++i) {
+      const A* brow = bc + i * g.sy * Q * ps;
+      S* drow = dst + i * drs + c;
+      auto block = [&](i64 j, auto pb) __attribute__((always_inline)) {
+        nhwc_block_s1<decltype(pb)::value, KW, S, A>(brow + j * ps, ps, rstep, g.KH, wT + c, ldw,
+                                                     bias + c, drow + j * dps, dps);
+      };
       i64 j = 0;
-      for (; j + 8 <= TW; j += 8)
-        nhwc_block_s1<8, KW, S, A>(brow + j * cb, cb, rstep, g.KH, wT, ldw, bias, c, drow + j * dps, dps);
-      for (; j < TW; ++j)
-        nhwc_block_s1<1, KW, S, A>(brow + j * cb, cb, rstep, g.KH, wT, ldw, bias, c, drow + j * dps, dps);
+      for (; j + 8 <= TW; j += 8) block(j, std::integral_constant<int, 8>());
+      if (j + 4 <= TW) block(j, std::integral_constant<int, 4>()), j += 4;
+      if (j + 2 <= TW) block(j, std::integral_constant<int, 2>()), j += 2;
+      if (j < TW) block(j, std::integral_constant<int, 1>());
     }
   }
-  return cv == cb;
 }
 
+// NHWC depthwise of TH x TW output pixels and cb channels from pad_nhwc's buffer (block
+// stride bs as given to pad_nhwc; 0 for buf[R][Q][cb], which every geometry can use).
 template <typename S, typename A>
 void conv_nhwc(const A* buf, i64 Q, i64 cb, const A* wT, i64 ldw, const A* bias, i64 TH, i64 TW,
-               const Geo& g, S* dst, i64 drs, i64 dps) {
+               const Geo& g, S* dst, i64 drs, i64 dps, i64 bs = 0) {
   if (g.sx == 1 && g.dx == 1 && cb % V<A>::L == 0) {
     switch (g.KW) {
-      case 3: conv_nhwc_s1<3, S, A>(buf, Q, cb, wT, ldw, bias, TH, TW, g, dst, drs, dps); return;
-      case 5: conv_nhwc_s1<5, S, A>(buf, Q, cb, wT, ldw, bias, TH, TW, g, dst, drs, dps); return;
-      case 7: conv_nhwc_s1<7, S, A>(buf, Q, cb, wT, ldw, bias, TH, TW, g, dst, drs, dps); return;
+      case 3: conv_nhwc_s1<3, S, A>(buf, Q, cb, wT, ldw, bias, TH, TW, g, dst, drs, dps, bs); return;
+      case 5: conv_nhwc_s1<5, S, A>(buf, Q, cb, wT, ldw, bias, TH, TW, g, dst, drs, dps, bs); return;
+      case 7: conv_nhwc_s1<7, S, A>(buf, Q, cb, wT, ldw, bias, TH, TW, g, dst, drs, dps, bs); return;
       default: break;
     }
   }
@@ -1211,9 +1286,6 @@ void tile_gemm<bf16>(const Geo& g, bf16* mid, bool mid_nhwc, i64 P, const bf16* 
   }
 }
 
-// The fused forward reads the input through the padded copy, not conv_direct: straight from
-// the plane measured no faster there (0.93-1.05x the time; docs/performance.md, run H).
-constexpr bool kFusedDirect = false;
 
 // Few tiles (batch 1, small images): the threads share each tile instead, first the
 // depthwise over channels, then the GEMM over output-channel blocks.
@@ -1222,6 +1294,7 @@ void sep_forward_split(const float* x, const std::vector<float>& w, const std::v
                        const Geo& g, const Tiles& tl, const i64* ymap, const i64* xmap,
                        bool out_nhwc) {
   const bool nhwc = g.nhwc != 0;
+  const bool direct = direct_ok(g, true);  // planar input straight from the planes
   const i64 Pmax = tl.TH * tl.TW;
   std::vector<float> mid(Pmax * g.CM + kSlack);
   const i64 OB = 16;  // output channels per GEMM task
@@ -1240,12 +1313,13 @@ void sep_forward_split(const float* x, const std::vector<float>& w, const std::v
       for (i64 ct = 0; ct < ctasks; ++ct) {
         const i64 c0 = ct * cblock, cin = std::min(cblock, g.C - c0), cm0 = c0 * g.M;
         if (nhwc) {
+          const i64 bs = nhwc_block_stride<float>(g, cin * g.M, R, Q);
           pad_nhwc<float, float>(xn, g.xs[2], g.xs[3], g.xs[1], g, ymap, xmap, r0, R, q0, Q, c0,
-                                 cin, buf.data());
+                                 cin, buf.data(), bs);
           conv_nhwc<float, float>(buf.data(), Q, cin * g.M, wT.data() + cm0, g.CM, b.data() + cm0,
-                                  th, tw, g, mid.data() + cm0, tw * g.CM, g.CM);
+                                  th, tw, g, mid.data() + cm0, tw * g.CM, g.CM, bs);
         } else {
-          channel_tile<float, float, float>(xn + c0 * g.xs[1], g, kFusedDirect, oy0, ox0, th, tw, r0, R,
+          channel_tile<float, float, float>(xn + c0 * g.xs[1], g, direct, oy0, ox0, th, tw, r0, R,
                                             q0, Q, ymap, xmap, buf.data(), w.data() + cm0 * g.T,
                                             b.data() + cm0, mid.data() + cm0 * P, P, tw);
         }
@@ -1280,6 +1354,9 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
   const auto ymap = make_map(g.Hu, g.H, g.pt, g.mode);
   const auto xmap = make_map(g.Wu, g.W, g.pl, g.mode);
   const bool nhwc = g.nhwc != 0;
+  // Planar input straight from the planes where conv_direct applies (with the mask fix,
+  // 0.93-0.98x the time of the padded copy; docs/performance.md, run I).
+  const bool direct = direct_ok(g, std::is_same<S, float>::value);
   const i64 bpp = g.CM * (i64(sizeof(S)) + (nhwc ? i64(sizeof(A)) * g.sy * g.sx : 0));
   const Tiles tl = make_tiles(g, bpp, 3 * g.threads);
   // Few tiles (batch 1, small images): the threads share each tile (own GEMM only).
@@ -1339,18 +1416,19 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
       const auto [n, oy0, ox0, th, tw, P, R, Q, r0, q0] = tile_at(tl, g, t);
       const S* xn = x + n * g.xs[0];
       if (nhwc) {
+        const i64 bs = nhwc_block_stride<A>(g, g.CM, R, Q);
         pad_nhwc<S, A>(xn, g.xs[2], g.xs[3], g.xs[1], g, ymap.data(), xmap.data(), r0, R, q0, Q, 0,
-                       g.C, buf.data());
+                       g.C, buf.data(), bs);
         const i64 mps = g.wpb ? g.CM + 1 : g.CM;  // room for tile_gemm's channel of ones
         conv_nhwc<S, A>(buf.data(), Q, g.CM, wT.data(), g.CM, b.data(), th, tw, g, mid.data(),
-                        tw * mps, mps);
+                        tw * mps, mps, bs);
       } else {
         for (i64 c = 0; c < g.C; ++c) {
           // A later channel's rows: each channel's piece is short, which the hardware
           // prefetcher does not anticipate.
           if (c + 2 < g.C) prefetch_window(xn + (c + 2) * g.xs[1], g, r0, R, q0, Q);
           const i64 cm = c * g.M;
-          channel_tile<S, A, S>(xn + c * g.xs[1], g, kFusedDirect, oy0, ox0, th, tw, r0, R, q0, Q,
+          channel_tile<S, A, S>(xn + c * g.xs[1], g, direct, oy0, ox0, th, tw, r0, R, q0, Q,
                                 ymap.data(), xmap.data(), buf.data(), w.data() + cm * g.T,
                                 b.data() + cm, mid.data() + cm * P, P, tw);
         }
@@ -1392,10 +1470,11 @@ void dw_forward(const S* x, const S* wd, const S* bd, S* out, const i64* geo) {
 #pragma omp for schedule(dynamic, 1)
       for (i64 t = 0; t < tl.count; ++t) {
         const auto [n, oy0, ox0, th, tw, P, R, Q, r0, q0] = tile_at(tl, g, t);
+        const i64 bs = nhwc_block_stride<A>(g, g.CM, R, Q);
         pad_nhwc<S, A>(x + n * g.xs[0], g.xs[2], g.xs[3], g.xs[1], g, ymap.data(), xmap.data(),
-                       r0, R, q0, Q, 0, g.C, buf.data());
+                       r0, R, q0, Q, 0, g.C, buf.data(), bs);
         conv_nhwc<S, A>(buf.data(), Q, g.CM, wT.data(), g.CM, b.data(), th, tw, g,
-                        out + n * g.os[0] + oy0 * g.os[2] + ox0 * g.os[3], g.os[2], g.os[3]);
+                        out + n * g.os[0] + oy0 * g.os[2] + ox0 * g.os[3], g.os[2], g.os[3], bs);
       }
       stream_fence();
       t_stream = false;
@@ -1938,10 +2017,11 @@ void backward(const S* x, const S* wd, const S* wp, const S* gy, const i64* gys,
           fold_nhwc<S, A>(g, cin, gb.data(), ymap.data(), xmap.data(), gxb, gxs[2], gxs[3],
                           gxs[1]);
         } else if (gx) {
+          const i64 bs = nhwc_block_stride<A>(gt, cbm, gt.Hu, gt.Wu);
           pad_nhwc<A, A>(gm, g.OW * gm_ps, gm_ps, 1, gt, tymap.data(), txmap.data(), 0, gt.Hu, 0,
-                         gt.Wu, 0, cbm, gpad.data());
+                         gt.Wu, 0, cbm, gpad.data(), bs);
           conv_nhwc<S, A>(gpad.data(), gt.Wu, cbm, wflip.data() + cm0, g.CM, zeros.data(), g.H,
-                          g.W, gt, gxb, gxs[2], gxs[3]);
+                          g.W, gt, gxb, gxs[2], gxs[3], bs);
         }
       } else {
         for (i64 c = 0; c < cin; ++c) {
