@@ -625,8 +625,10 @@ __attribute__((always_inline)) inline V<float>::t shifted(V<float>::t lo, V<floa
 
 // always_inline: as a call per four vectors, the prologue, the permute masks' loads and
 // the accumulators' trip through the stack cost as much as a 3x3 block's arithmetic.
-// load(r, half): the vector at columns [16 * half, 16 * half + 16) of the block's input row r
-// (padded coordinates, relative to the block's first row and column).
+// load(lo, hi): the vectors at columns [0, 16) and [16, 32) of the block's next input row
+// (padded coordinates, relative to the block's first column); called for rows 0, 1, ... in
+// order, so that the callers step one opaque row pointer (precomputed, the R + K - 1 row
+// addresses went through the stack and vector registers: a third more time per block).
 template <int K, int R, typename S, typename Load>
 __attribute__((always_inline)) inline void rows_s1(Load load, const float* w, float bias, S* d,
                                                    i64 drs, i64 last) {
@@ -641,7 +643,8 @@ __attribute__((always_inline)) inline void rows_s1(Load load, const float* w, fl
   }
 #pragma GCC unroll 16
   for (int r = 0; r < R + K - 1; ++r) {
-    const vec lo = load(r, 0), hi = load(r, 1);
+    vec lo, hi;
+    load(lo, hi);
 #pragma GCC unroll 16
     for (int kx = 0; kx < K; ++kx) {
       const vec sh = kx == 0 ? lo : shifted(lo, hi, kx);
@@ -652,13 +655,14 @@ __attribute__((always_inline)) inline void rows_s1(Load load, const float* w, fl
       }
     }
   }
-  for (int i = 0; i < R; ++i) {
+  for (int i = 0; i < R; ++i, d += drs) {
     const vec z = acc[0][i] + acc[1][i];
     if (last == 16) {
-      vstOut(d + i * drs, z);
+      vstOut(d, z);
     } else {
-      vstPart(d + i * drs, z, last);
+      vstPart(d, z, last);
     }
+    asm("" : "+r"(d));  // (as for the rows)
   }
 }
 
@@ -684,8 +688,13 @@ void conv_planar_s1(const float* buf, i64 qrow, const float* w, float bias, i64 
     const i64 last = std::min(L, TW - j);
     row_blocks(TH, [&](i64 i, auto R) {
       const float* b = buf + i * qrow + j;
-      rows_s1<K, decltype(R)::value, S>([&](int r, int half) { return vld<float>(b + r * qrow + 16 * half); },
-                             w, bias, dst + i * drs + j, drs, last);
+      auto load = [&](V<float>::t& lo, V<float>::t& hi) __attribute__((always_inline)) {
+        lo = vld<float>(b);
+        hi = vld<float>(b + 16);
+        b += qrow;
+        asm("" : "+r"(b));
+      };
+      rows_s1<K, decltype(R)::value, S>(load, w, bias, dst + i * drs + j, drs, last);
     });
   }
 }
@@ -713,16 +722,17 @@ void conv_direct_s1(const float* plane, i64 sh, const Geo& g, i64 oy0, i64 ox0, 
     };
     const __mmask16 mlo = inside(c0, L), mhi = inside(c0 + L, K - 1);
     row_blocks(TH, [&](i64 i, auto R) {
-      const float* rows[decltype(R)::value + K - 1];
-      for (i64 r = 0; r < decltype(R)::value + K - 1; ++r) {
-        const i64 y = oy0 + i + r - g.pt;
-        rows[r] = y >= 0 && y < g.H ? plane + y * sh + c0 : zrow;
-      }
-      rows_s1<K, decltype(R)::value, S>(
-          [&](int r, int half) {
-            return (V<float>::t)_mm512_maskz_loadu_ps(half ? mhi : mlo, rows[r] + 16 * half);
-          },
-          w, bias, dst + i * drs + j, drs, last);
+      i64 y = oy0 + i - g.pt;  // the next row's input row
+      const float* p = plane + y * sh + c0;
+      auto load = [&](V<float>::t& lo, V<float>::t& hi) __attribute__((always_inline)) {
+        const float* q = uint64_t(y) < uint64_t(g.H) ? p : zrow;
+        lo = (V<float>::t)_mm512_maskz_loadu_ps(mlo, q);
+        hi = (V<float>::t)_mm512_maskz_loadu_ps(mhi, q + 16);
+        p += sh;
+        ++y;
+        asm("" : "+r"(p));
+      };
+      rows_s1<K, decltype(R)::value, S>(load, w, bias, dst + i * drs + j, drs, last);
     });
   }
 }
