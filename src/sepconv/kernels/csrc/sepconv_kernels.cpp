@@ -859,43 +859,41 @@ void channel_tile(const S* plane, const Geo& g, bool direct, i64 oy0, i64 ox0, i
 }
 
 // Block stride of pad_nhwc's channel-blocked layout for an R x Q window of cb channels, or 0
-// where conv_nhwc cannot read it (it does for its stride-1 3/5/7 path). With all channels of a
-// pixel together, 128 or more channels put a channel vector's input lines 512 B apart, on 8 of
-// L1's 64 sets, and the 3x3 block ran at a third of its FMA rate from L2; blocked, its lines
-// are contiguous (in-cache 4x56 pixels x 128 channels: 14.4 -> 8.6 cycles per output vector).
+// where conv_nhwc cannot read it (it does for its stride-1 3/5/7 path) or gains nothing from
+// it. With all channels of a pixel together and a pixel stride that is a multiple of 512 B
+// (128, 256, ... float channels), a channel vector's input lines fall on 8 or fewer of L1's
+// 64 sets, and the 3x3 block ran at a third of its FMA rate from L2; blocked, its lines are
+// contiguous (in-cache 4x56 pixels x 128 channels: 14.4 -> 8.6 cycles per output vector).
+// Other strides measured 0.98-1.13x with it (the blocked copy costs more than it saves).
 template <typename A>
 inline i64 nhwc_block_stride(const Geo& g, i64 cb, i64 R, i64 Q) {
   const bool s1 = g.sx == 1 && g.dx == 1 && (g.KW == 3 || g.KW == 5 || g.KW == 7);
   return s1 && (cb * i64(sizeof(A))) % 512 == 0 ? R * Q * V<A>::L : 0;
 }
 
-// pad_nhwc into the channel-blocked layout (bs > 0, cin * M a multiple of L).
+// Channels [k0, k0 + kn) of pad_nhwc's window (channel k = input channel c0 + k / M) into
+// dk + (r * Q + q) * ps.
 template <typename S, typename A>
-void pad_nhwc_blocked(const S* img, i64 sh, i64 sw, i64 sc, const Geo& g, const i64* ymap,
-                      const i64* xmap, i64 r0, i64 R, i64 q0, i64 Q, i64 c0, i64 cin, A* buf,
-                      i64 bs) {
-  constexpr i64 L = V<A>::L;
-  const i64 M = g.M, cb = cin * M;
-  const bool plain = M == 1 && sc == 1 && std::is_same<S, A>::value;
-  // Block by block, so that the writes are sequential (pixel by pixel, each pixel's writes
-  // went to cb / L places a block apart: twice the time).
-  for (i64 k0 = 0; k0 < cb; k0 += L) {
-    A* dk = buf + (k0 / L) * bs;
-    for (i64 r = 0; r < R; ++r) {
-      const i64 sr = ymap[r0 + r];
-      for (i64 q = 0; q < Q; ++q) {
-        A* d = dk + (r * Q + q) * L;
-        const i64 sq = xmap[q0 + q];
-        if (sr < 0 || sq < 0) {
-          std::memset(d, 0, sizeof(A) * L);
-          continue;
-        }
-        const S* p = img + sr * sh + sq * sw + c0 * sc;
-        if (plain) {
-          std::memcpy(d, p + k0, sizeof(A) * L);
-        } else {
-          for (i64 k = 0; k < L; ++k) d[k] = toA(p[((k0 + k) / M) * sc]);
-        }
+void pad_nhwc_piece(const S* img, i64 sh, i64 sw, i64 sc, const Geo& g, const i64* ymap,
+                    const i64* xmap, i64 r0, i64 R, i64 q0, i64 Q, i64 c0, i64 k0, i64 kn, A* dk,
+                    i64 ps) {
+  const i64 M = g.M;
+  for (i64 r = 0; r < R; ++r) {
+    const i64 sr = ymap[r0 + r];
+    for (i64 q = 0; q < Q; ++q) {
+      A* d = dk + (r * Q + q) * ps;
+      const i64 sq = xmap[q0 + q];
+      if (sr < 0 || sq < 0) {
+        std::memset(d, 0, sizeof(A) * kn);
+        continue;
+      }
+      const S* p = img + sr * sh + sq * sw + c0 * sc;
+      if (M == 1 && sc == 1 && std::is_same<S, A>::value) {
+        std::memcpy(d, p + k0, sizeof(A) * kn);
+      } else if (M == 1) {
+        for (i64 k = 0; k < kn; ++k) d[k] = toA(p[(k0 + k) * sc]);
+      } else {
+        for (i64 k = 0; k < kn; ++k) d[k] = toA(p[((k0 + k) / M) * sc]);
       }
     }
   }
@@ -904,38 +902,20 @@ void pad_nhwc_blocked(const S* img, i64 sh, i64 sw, i64 sc, const Geo& g, const 
 // NHWC: padded rows [r0, r0+R), columns [q0, q0+Q) of input channels [c0, c0+cin) of one
 // image into buf[R][Q][cin*M] (each input channel repeated M times); or, with a block stride
 // bs > 0 (nhwc_block_stride), in blocks of one channel vector: channel k of pixel (r, q) at
-// buf[(k / L) * bs + (r * Q + q) * L + k % L].
+// buf[(k / L) * bs + (r * Q + q) * L + k % L], written block by block so that the writes are
+// sequential (pixel by pixel, each pixel's writes went to cb / L places a block apart: twice
+// the time).
 template <typename S, typename A>
 void pad_nhwc(const S* img, i64 sh, i64 sw, i64 sc, const Geo& g, const i64* ymap, const i64* xmap,
               i64 r0, i64 R, i64 q0, i64 Q, i64 c0, i64 cin, A* buf, i64 bs = 0) {
-  const i64 M = g.M, cb = cin * M;
-  if (bs > 0) {
-    pad_nhwc_blocked<S, A>(img, sh, sw, sc, g, ymap, xmap, r0, R, q0, Q, c0, cin, buf, bs);
+  const i64 cb = cin * g.M, L = V<A>::L;
+  if (bs == 0) {
+    pad_nhwc_piece<S, A>(img, sh, sw, sc, g, ymap, xmap, r0, R, q0, Q, c0, 0, cb, buf, cb);
     return;
   }
-  for (i64 r = 0; r < R; ++r) {
-    const i64 sr = ymap[r0 + r];
-    for (i64 q = 0; q < Q; ++q) {
-      A* d = buf + (r * Q + q) * cb;
-      const i64 sq = xmap[q0 + q];
-      if (sr < 0 || sq < 0) {
-        std::memset(d, 0, sizeof(A) * cb);
-        continue;
-      }
-      const S* p = img + sr * sh + sq * sw + c0 * sc;
-      if (M == 1) {
-        if (sc == 1)
-          for (i64 c = 0; c < cin; ++c) d[c] = toA(p[c]);
-        else
-          for (i64 c = 0; c < cin; ++c) d[c] = toA(p[c * sc]);
-      } else {
-        for (i64 c = 0; c < cin; ++c) {
-          A v = toA(p[c * sc]);
-          for (i64 m = 0; m < M; ++m) d[c * M + m] = v;
-        }
-      }
-    }
-  }
+  for (i64 k0 = 0; k0 < cb; k0 += L)
+    pad_nhwc_piece<S, A>(img, sh, sw, sc, g, ymap, xmap, r0, R, q0, Q, c0, k0, L,
+                         buf + (k0 / L) * bs, L);
 }
 
 // NHWC depthwise core: TH x TW pixels, cb channels, from buf[R][Q][cb]; weights wT[t*ldw + c],
