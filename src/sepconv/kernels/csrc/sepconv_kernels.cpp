@@ -628,7 +628,7 @@ __attribute__((always_inline)) inline V<float>::t shifted(V<float>::t lo, V<floa
 // load(lo, hi): the vectors at columns [0, 16) and [16, 32) of the block's next input row
 // (padded coordinates, relative to the block's first column); called for rows 0, 1, ... in
 // order, so that the callers step one opaque row pointer (precomputed, the R + K - 1 row
-// addresses went through the stack and vector registers: a third more time per block).
+// addresses went through the stack and vector registers: 1.2x the time per block).
 template <int K, int R, typename S, typename Load>
 __attribute__((always_inline)) inline void rows_s1(Load load, const float* w, float bias, S* d,
                                                    i64 drs, i64 last) {
@@ -858,8 +858,16 @@ void channel_tile(const S* plane, const Geo& g, bool direct, i64 oy0, i64 ox0, i
     conv_planar<D, A>(buf, qrow, qs, w + m * g.T, b[m], th, tw, g, dst + m * dms, drs);
 }
 
+// Whether conv_nhwc takes its stride-1 path (conv_nhwc_s1), the one that can read the
+// channel-blocked layout: stride and dilation 1 along the row, whole channel vectors, a
+// 3, 5 or 7 wide filter.
+template <typename A>
+inline bool nhwc_s1_ok(const Geo& g, i64 cb) {
+  return g.sx == 1 && g.dx == 1 && cb % V<A>::L == 0 && (g.KW == 3 || g.KW == 5 || g.KW == 7);
+}
+
 // Block stride of pad_nhwc's channel-blocked layout for an R x Q window of cb channels, or 0
-// where conv_nhwc cannot read it (it does for its stride-1 3/5/7 path) or gains nothing from
+// where conv_nhwc cannot read it (its stride-1 path, nhwc_s1_ok, can) or gains nothing from
 // it. With all channels of a pixel together and a pixel stride that is a multiple of 512 B
 // (128, 256, ... float channels), a channel vector's input lines fall on 8 or fewer of L1's
 // 64 sets, and the 3x3 block ran at a third of its FMA rate from L2; blocked, its lines are
@@ -867,8 +875,7 @@ void channel_tile(const S* plane, const Geo& g, bool direct, i64 oy0, i64 ox0, i
 // Other strides measured 0.98-1.13x with it (the blocked copy costs more than it saves).
 template <typename A>
 inline i64 nhwc_block_stride(const Geo& g, i64 cb, i64 R, i64 Q) {
-  const bool s1 = g.sx == 1 && g.dx == 1 && (g.KW == 3 || g.KW == 5 || g.KW == 7);
-  return s1 && (cb * i64(sizeof(A))) % 512 == 0 ? R * Q * V<A>::L : 0;
+  return nhwc_s1_ok<A>(g, cb) && (cb * i64(sizeof(A))) % 512 == 0 ? R * Q * V<A>::L : 0;
 }
 
 // Channels [k0, k0 + kn) of pad_nhwc's window (channel k = input channel c0 + k / M) into
@@ -1024,12 +1031,11 @@ void conv_nhwc_s1(const A* buf, i64 Q, i64 cb, const A* wT, i64 ldw, const A* bi
 template <typename S, typename A>
 void conv_nhwc(const A* buf, i64 Q, i64 cb, const A* wT, i64 ldw, const A* bias, i64 TH, i64 TW,
                const Geo& g, S* dst, i64 drs, i64 dps, i64 bs = 0) {
-  if (g.sx == 1 && g.dx == 1 && cb % V<A>::L == 0) {
+  if (nhwc_s1_ok<A>(g, cb)) {
     switch (g.KW) {
       case 3: conv_nhwc_s1<3, S, A>(buf, Q, cb, wT, ldw, bias, TH, TW, g, dst, drs, dps, bs); return;
       case 5: conv_nhwc_s1<5, S, A>(buf, Q, cb, wT, ldw, bias, TH, TW, g, dst, drs, dps, bs); return;
-      case 7: conv_nhwc_s1<7, S, A>(buf, Q, cb, wT, ldw, bias, TH, TW, g, dst, drs, dps, bs); return;
-      default: break;
+      default: conv_nhwc_s1<7, S, A>(buf, Q, cb, wT, ldw, bias, TH, TW, g, dst, drs, dps, bs); return;
     }
   }
   const i64 L = V<A>::L;
