@@ -117,10 +117,11 @@ def test_row_blocked_stride1_path(case, kernels_built):
 
 @settings(max_examples=15)
 @given(case=stride1_square_cases(max_size=70, direct=True))
-def test_depthwise_direct_path(case, kernels_built):
-    """Zero-padded contiguous planes: the depthwise forward reads them straight from the
-    input (masked edge columns, zero rows), rows up to five vectors wide."""
+def test_direct_paths(case, kernels_built):
+    """Zero-padded contiguous planes: the depthwise and the fused forward read them straight
+    from the input (masked edge columns, zero rows), rows up to five vectors wide."""
     with env("on"):
+        check_separable(case)
         check_depthwise(case)
 
 
