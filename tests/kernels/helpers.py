@@ -26,7 +26,7 @@ class Case:
     dilation: tuple[int, ...]
     padding: object
     mode: str
-    layout: str  # "contiguous", "channels_last", "strided"
+    layout: str  # "contiguous", "channels_last", "strided", "channels_last_strided" (2d)
     bias: bool
 
     def plan(self):
@@ -35,8 +35,11 @@ class Case:
     def input(self, dtype=torch.float32, seed=0) -> torch.Tensor:
         gen = torch.Generator().manual_seed(seed)
         shape = (self.N, self.C, *self.spatial)
-        if self.layout == "strided":  # every other element of a larger tensor, last dim
+        if self.layout in ("strided", "channels_last_strided"):
+            # every other element of a larger tensor, last dim
             big = torch.randn(*shape[:-1], 2 * shape[-1] + 1, generator=gen, dtype=torch.float64)
+            if self.layout == "channels_last_strided":  # channels innermost, pixels 2C apart
+                big = big.contiguous(memory_format=torch.channels_last)
             return big[..., 1::2].to(dtype)
         x = torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
         if self.layout == "channels_last":
@@ -158,5 +161,49 @@ def stride1_square_cases(draw, max_size: int = 40, direct: bool = False) -> Case
         padding,
         mode,
         draw(st.sampled_from(("contiguous", "channels_last" if direct else "strided"))),
+        draw(st.booleans()),
+    )
+
+
+@st.composite
+def inner_pixel_cases(draw) -> Case:
+    """2d channels_last cases whose inner pixels (window inside the image) the kernels read
+    straight from the input: whole channel vectors, one filter per channel, more than 16
+    output columns, strides 1-3 with any filter, or dilation 2, or 3-wide filters at stride 1
+    (5- and 7-wide ones at stride 1 keep the padded copy); every padding mode, padding up to
+    k - 1, pixels C or 2C apart."""
+    kernel = (draw(st.integers(1, 7)), draw(st.integers(1, 7)))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    if stride[1] == 1 and dilation[1] == 1 and kernel[1] in (5, 7):
+        stride = (stride[0], 2)
+    span = [d * (k - 1) + 1 for k, d in zip(kernel, dilation)]
+    height = draw(st.integers(span[0], span[0] + 12))
+    width = draw(st.integers(16 * stride[1] + span[1], 16 * stride[1] + span[1] + 24))
+    padding = draw(
+        st.sampled_from(
+            (
+                "valid",
+                "same",
+                (kernel[0] // 2, kernel[1] // 2),
+                (kernel[0] - 1, 0),
+                (0, kernel[1] - 1),
+            )
+        )
+    )
+    return Case(
+        2,
+        draw(st.integers(1, 2)),
+        draw(st.sampled_from((16, 32, 48, 128))),
+        1,
+        draw(st.integers(1, 5)),
+        1,
+        (height, width),
+        kernel,
+        stride,
+        dilation,
+        padding,
+        "zeros" if padding == "valid" else draw(st.sampled_from(MODES)),
+        draw(st.sampled_from(("channels_last", "channels_last_strided"))),
         draw(st.booleans()),
     )

@@ -16,7 +16,14 @@ from sepconv import reference
 from sepconv.functional.conv import depthwise_forward, separable_forward
 from sepconv.kernels import _build, dispatch
 from tests.conftest import assert_close_to_reference
-from tests.kernels.helpers import Case, cases, env, output_fits, stride1_square_cases
+from tests.kernels.helpers import (
+    Case,
+    cases,
+    env,
+    inner_pixel_cases,
+    output_fits,
+    stride1_square_cases,
+)
 
 RTOL = 1e-5
 
@@ -136,6 +143,32 @@ def test_channels_last_channel_blocks(case, channels, multiplier, kernels_built)
     blocks of one channel vector (every padding mode, depth multipliers, row tails)."""
     case = replace(case, C=channels // multiplier, M=multiplier, layout="channels_last")
     with env("on"):
+        check_separable(case)
+        check_depthwise(case)
+
+
+@settings(max_examples=25)
+@given(case=inner_pixel_cases())
+def test_channels_last_inner_pixels(case, kernels_built):
+    """channels_last inner pixels read straight from the input, border strips through the
+    padded copy."""
+    with env("on"):
+        check_separable(case)
+        check_depthwise(case)
+
+
+# Output rows in pieces (a row of 256 channels is more than the tile budget): pieces that
+# start and end inside the image, around the inner columns.
+ROW_PIECE_CASES = (
+    Case(2, 1, 256, 1, 8, 1, (4, 300), (3, 3), (1, 1), (1, 1), 1, "reflect", "channels_last", True),
+    Case(
+        2, 1, 64, 1, 8, 1, (5, 900), (5, 3), (1, 2), (1, 1), "same", "zeros", "channels_last", False
+    ),
+)
+
+
+def test_channels_last_row_pieces(kernels_on):
+    for case in ROW_PIECE_CASES:
         check_separable(case)
         check_depthwise(case)
 

@@ -26,6 +26,7 @@
 // into the per-tile buffer, through row/column index maps (-1 = zero).
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -1177,6 +1178,122 @@ Tiles make_tiles(const Geo& g, i64 bytes_per_pixel, i64 want) {
   return t;
 }
 
+// Output rows (or columns) [lo, hi) whose whole window lies inside the input: n input rows,
+// low padding p, stride s, kernel k, dilation d, `outs` output rows.
+inline void inner_range(i64 n, i64 p, i64 s, i64 k, i64 d, i64 outs, i64* lo, i64* hi) {
+  *lo = std::min(outs, (p + s - 1) / s);
+  const i64 last = n - 1 + p - (k - 1) * d;  // padded coordinate of the last inner window start
+  *hi = std::max(*lo, last < 0 ? i64(0) : std::min(outs, last / s + 1));
+}
+
+// The output pixels whose windows lie inside the image: rows [b[0], b[1]), columns [b[2], b[3]).
+inline std::array<i64, 4> inner_box(const Geo& g) {
+  std::array<i64, 4> b;
+  inner_range(g.H, g.pt, g.sy, g.KH, g.dy, g.OH, &b[0], &b[1]);
+  inner_range(g.W, g.pl, g.sx, g.KW, g.dx, g.OW, &b[2], &b[3]);
+  return b;
+}
+
+// Whether nhwc_tile reads inner pixels straight from the input: its storage type is the
+// accumulator type, one filter per channel (no repeated channels to build), channels
+// innermost and whole channel vectors. Measured against the padded copy (docs/performance.md,
+// run J): stride 2 and 3-wide filters 0.62-0.93x the time; 5- and 7-wide filters at stride 1
+// 1.0-1.13x (their copy's contiguous lines stay in L1 from row to row; read in place, a
+// channel vector's lines are a pixel apart), and images of 16 or fewer columns 1.03-1.11x.
+template <typename S, typename A>
+inline bool nhwc_inner_ok(const Geo& g) {
+  return std::is_same<S, A>::value && g.M == 1 && g.xs[1] == 1 && g.CM % V<A>::L == 0 &&
+         g.OW > 16 && !(nhwc_s1_ok<A>(g, g.CM) && g.KW > 3);
+}
+
+// wT[t][cm] (prep_weights) in blocks of one channel vector, wB[(c / L) * T * L + t * L + c % L]
+// (cm a multiple of L): a block's weights on consecutive lines. In wT they are a row apart,
+// which for 128, 256, ... channels puts a 7x7 filter's 49 lines on 8 of L1's 64 sets.
+template <typename A>
+std::vector<A> block_weights(const std::vector<A>& wT, const Geo& g) {
+  const i64 L = V<A>::L;
+  std::vector<A> wB(g.T * g.CM);
+  for (i64 c = 0; c < g.CM; ++c)
+    for (i64 t = 0; t < g.T; ++t) wB[(c / L) * g.T * L + t * L + c % L] = wT[t * g.CM + c];
+  return wB;
+}
+
+// NHWC depthwise of TH x TW output pixels whose windows lie inside the image, straight from it
+// (nhwc_inner_ok): x at the first output's first input pixel, pixels sw apart, rows sh; dst
+// as for conv_nhwc. Pixel blocks outermost and channel vectors inside, unlike conv_nhwc_s1: a
+// channel vector's lines of one row are sw apart, which for 128, 256, ... channels puts them
+// on 8 of L1's 64 sets; the channels of a block share no lines, so nothing is lost.
+template <typename S, typename A>
+void conv_nhwc_inner(const A* x, i64 sh, i64 sw, const A* wB, const A* bias, i64 TH, i64 TW,
+                     const Geo& g, S* dst, i64 drs, i64 dps) {
+  const i64 L = V<A>::L, cb = g.CM;
+  const bool s1 = g.sx == 1 && g.dx == 1 && (g.KW == 3 || g.KW == 5 || g.KW == 7);
+  std::vector<i64> off(s1 ? 0 : g.T);
+  for (i64 t = 0; t < i64(off.size()); ++t)
+    off[t] = (t / g.KW) * g.dy * sh + (t % g.KW) * g.dx * sw;
+  for (i64 i = 0; i < TH; ++i) {
+    const A* xrow = x + i * g.sy * sh;
+    S* drow = dst + i * drs;
+    auto block = [&](i64 j, auto pb) __attribute__((always_inline)) {
+      constexpr int PB = decltype(pb)::value;
+      const A* xb = xrow + j * g.sx * sw;
+      S* db = drow + j * dps;
+      const A* w = wB;
+      for (i64 c = 0; c < cb; c += L, w += g.T * L) {
+        if (!s1) {
+          nhwc_block<PB, S, A>(xb + c, g.sx * sw, off.data(), g.T, w, L, bias + c, 0, db + c, dps);
+          continue;
+        }
+        switch (g.KW) {
+          case 3: nhwc_block_s1<PB, 3, S, A>(xb + c, sw, g.dy * sh, g.KH, w, L, bias + c, db + c, dps); break;
+          case 5: nhwc_block_s1<PB, 5, S, A>(xb + c, sw, g.dy * sh, g.KH, w, L, bias + c, db + c, dps); break;
+          default: nhwc_block_s1<PB, 7, S, A>(xb + c, sw, g.dy * sh, g.KH, w, L, bias + c, db + c, dps); break;
+        }
+      }
+    };
+    i64 j = 0;
+    for (; j + 8 <= TW; j += 8) block(j, std::integral_constant<int, 8>());
+    if (j + 4 <= TW) block(j, std::integral_constant<int, 4>()), j += 4;
+    if (j + 2 <= TW) block(j, std::integral_constant<int, 2>()), j += 2;
+    if (j < TW) block(j, std::integral_constant<int, 1>());
+  }
+}
+
+// NHWC depthwise of one output tile, all channels of image img: output rows [oy0, oy0 + th)
+// and columns [ox0, ox0 + tw) to dst (row stride drs, pixel stride dps). Where `inner`
+// (nhwc_inner_ok), the pixels whose windows lie inside the image (rows/columns [in[0], in[1])
+// x [in[2], in[3]), inner_range) are read straight from it and only the border strips go
+// through pad_nhwc's copy in buf; the copy was a store and a reload of every input element.
+template <typename S, typename A>
+void nhwc_tile(const S* img, const Geo& g, const i64* ymap, const i64* xmap, bool inner,
+               const i64* in, i64 oy0, i64 ox0, i64 th, i64 tw, A* buf, const A* wT,
+               const A* wB, const A* bias, S* dst, i64 drs, i64 dps) {
+  // Tile rows [i0, i1), columns [j0, j1) through the padded copy.
+  auto padded = [&](i64 i0, i64 i1, i64 j0, i64 j1) {
+    if (i0 >= i1 || j0 >= j1) return;
+    const i64 R = input_span(i1 - i0, g.sy, g.KH, g.dy), Q = input_span(j1 - j0, g.sx, g.KW, g.dx);
+    const i64 bs = nhwc_block_stride<A>(g, g.CM, R, Q);
+    pad_nhwc<S, A>(img, g.xs[2], g.xs[3], g.xs[1], g, ymap, xmap, (oy0 + i0) * g.sy, R,
+                   (ox0 + j0) * g.sx, Q, 0, g.C, buf, bs);
+    conv_nhwc<S, A>(buf, Q, g.CM, wT, g.CM, bias, i1 - i0, j1 - j0, g, dst + i0 * drs + j0 * dps,
+                    drs, dps, bs);
+  };
+  if (!inner) return padded(0, th, 0, tw);
+  const i64 ia = std::clamp(in[0] - oy0, i64(0), th), ib = std::clamp(in[1] - oy0, ia, th);
+  const i64 ja = std::clamp(in[2] - ox0, i64(0), tw), jb = std::clamp(in[3] - ox0, ja, tw);
+  padded(0, ia, 0, tw);
+  padded(ib, th, 0, tw);
+  padded(ia, ib, 0, ja);
+  padded(ia, ib, jb, tw);
+  if constexpr (std::is_same<S, A>::value) {
+    if (ia < ib && ja < jb) {
+      const A* x0 = img + ((oy0 + ia) * g.sy - g.pt) * g.xs[2] + ((ox0 + ja) * g.sx - g.pl) * g.xs[3];
+      conv_nhwc_inner<S, A>(x0, g.xs[2], g.xs[3], wB, bias, ib - ia, jb - ja, g,
+                            dst + ia * drs + ja * dps, drs, dps);
+    }
+  }
+}
+
 // dst[g][k][o] = src[g][o][k] for each group: (Og x CMg) -> (CMg x Og), blocked for caches.
 template <typename S>
 void transpose_groups(const S* src, S* dst, i64 G, i64 Og, i64 CMg) {
@@ -1419,6 +1536,9 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
     }
   }
 
+  const bool inner = nhwc && nhwc_inner_ok<S, A>(g);
+  const std::vector<A> wB = inner ? block_weights(wT, g) : std::vector<A>();
+  const auto in = inner_box(g);
 #pragma omp parallel num_threads(g.threads)
   {
     const i64 Pmax = tl.TH * tl.TW;
@@ -1433,12 +1553,9 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
       const auto [n, oy0, ox0, th, tw, P, R, Q, r0, q0] = tile_at(tl, g, t);
       const S* xn = x + n * g.xs[0];
       if (nhwc) {
-        const i64 bs = nhwc_block_stride<A>(g, g.CM, R, Q);
-        pad_nhwc<S, A>(xn, g.xs[2], g.xs[3], g.xs[1], g, ymap.data(), xmap.data(), r0, R, q0, Q, 0,
-                       g.C, buf.data(), bs);
         const i64 mps = g.wpb ? g.CM + 1 : g.CM;  // room for tile_gemm's channel of ones
-        conv_nhwc<S, A>(buf.data(), Q, g.CM, wT.data(), g.CM, b.data(), th, tw, g, mid.data(),
-                        tw * mps, mps, bs);
+        nhwc_tile<S, A>(xn, g, ymap.data(), xmap.data(), inner, in.data(), oy0, ox0, th, tw, buf.data(),
+                        wT.data(), wB.data(), b.data(), mid.data(), tw * mps, mps);
       } else {
         for (i64 c = 0; c < g.C; ++c) {
           // A later channel's rows: each channel's piece is short, which the hardware
@@ -1478,6 +1595,9 @@ void dw_forward(const S* x, const S* wd, const S* bd, S* out, const i64* geo) {
     // Tiles of pixels, all channels; output written straight to out (channel stride 1).
     const i64 bpp = g.CM * i64(sizeof(A)) * g.sy * g.sx;
     const Tiles tl = make_tiles(g, bpp, 4 * g.threads);
+    const bool inner = nhwc_inner_ok<S, A>(g);
+    const std::vector<A> wB = inner ? block_weights(wT, g) : std::vector<A>();
+    const auto in = inner_box(g);
 #pragma omp parallel num_threads(g.threads)
     {
       t_stream = stream;
@@ -1486,12 +1606,11 @@ void dw_forward(const S* x, const S* wd, const S* bd, S* out, const i64* geo) {
       std::vector<A> buf(Rmax * Qmax * g.CM);
 #pragma omp for schedule(dynamic, 1)
       for (i64 t = 0; t < tl.count; ++t) {
-        const auto [n, oy0, ox0, th, tw, P, R, Q, r0, q0] = tile_at(tl, g, t);
-        const i64 bs = nhwc_block_stride<A>(g, g.CM, R, Q);
-        pad_nhwc<S, A>(x + n * g.xs[0], g.xs[2], g.xs[3], g.xs[1], g, ymap.data(), xmap.data(),
-                       r0, R, q0, Q, 0, g.C, buf.data(), bs);
-        conv_nhwc<S, A>(buf.data(), Q, g.CM, wT.data(), g.CM, b.data(), th, tw, g,
-                        out + n * g.os[0] + oy0 * g.os[2] + ox0 * g.os[3], g.os[2], g.os[3], bs);
+        const Tile s = tile_at(tl, g, t);
+        nhwc_tile<S, A>(x + s.n * g.xs[0], g, ymap.data(), xmap.data(), inner, in.data(), s.oy0, s.ox0,
+                        s.th, s.tw, buf.data(), wT.data(), wB.data(), b.data(),
+                        out + s.n * g.os[0] + s.oy0 * g.os[2] + s.ox0 * g.os[3], g.os[2],
+                        g.os[3]);
       }
       stream_fence();
       t_stream = false;
