@@ -602,12 +602,16 @@ inline void conv_block(const A* b, i64 qrow, i64 dy, i64 KH, i64 kw_rt, const i6
 }
 
 // Stride 1, dilation 1, K x K filter: R consecutive output rows of one column vector at a
-// time. Each input row is loaded once (two vectors), its K shifted copies are made in
-// registers (one permute each), and every output row that reads the row takes its taps
-// from them: about (R + K - 1) * (K + 2) / R vector operations besides the K * K FMAs per
-// output vector, where conv_block needs K * K unaligned loads (half of them split across
-// cache lines). Reads up to 31 elements past the column start of each row (buffers carry
-// kSlack elements of slack); stores only the `last` valid lanes.
+// time, one kernel column after another. The K weights of a kernel column are broadcast
+// into registers once per block; each of the R + K - 1 input rows is then loaded at the
+// column's shift (an unaligned load) and serves every output row that reads it. Per output
+// vector: K * K FMAs, K * (R + K - 1) / R loads and K weight broadcasts per R rows, so that
+// the FMA ports do nothing else. (Before: each input row was loaded once and its K shifts
+// made by permutes, which share the FMA ports, and the weights were broadcast for every
+// FMA: in L1, 3x3 / 5x5 / 7x7 at 6.1 / 15.4 / 28.1 cycles per output vector; now 5.2 /
+// 12.7 / 24.5 with R = 8, the last two at the FMA bound.) Reads up to 15 + K - 1 elements
+// past the column start of each row (buffers carry kSlack elements of slack); stores only
+// the `last` valid lanes.
 // SEPCONV_KERNELS_ROWS=0 turns the row-blocked stride-1 path off (for comparison).
 inline bool s1_rows_enabled() {
   static const bool enabled = [] {
@@ -617,6 +621,99 @@ inline bool s1_rows_enabled() {
   return enabled;
 }
 
+// Input rows of a padded buffer (row length qrow) for rows_s1: begin(kx) starts at the
+// block's first row at column shift kx, next() gives a row and steps to the next one (one
+// pointer, kept opaque: precomputed, the R + K - 1 row addresses went through the stack and
+// vector registers, 1.2x the time per block).
+struct BufferRows {
+  const float* b;
+  i64 qrow;
+  const float* p = nullptr;
+  __attribute__((always_inline)) void begin(int kx) { p = b + kx; }
+  __attribute__((always_inline)) V<float>::t next() {
+    const V<float>::t v = vld<float>(p);
+    p += qrow;
+    asm("" : "+r"(p));
+    return v;
+  }
+};
+
+// Output rows [0, R) of a row block, each the sum of CH partial sums, to d (row stride drs;
+// only the first `last` lanes).
+template <int CH, int R, typename S>
+__attribute__((always_inline)) inline void store_rows(const V<float>::t (&acc)[CH][R], S* d,
+                                                      i64 drs, i64 last) {
+  for (int i = 0; i < R; ++i, d += drs) {
+    V<float>::t z = acc[0][i];
+    for (int h = 1; h < CH; ++h) z += acc[h][i];
+    if (last == 16) {
+      vstOut(d, z);
+    } else {
+      vstPart(d, z, last);
+    }
+    asm("" : "+r"(d));  // (as for the rows)
+  }
+}
+
+// always_inline: as a call per block, the prologue and the accumulators' trip through the
+// stack cost as much as a 3x3 block's arithmetic.
+template <int K, int R, typename S, typename Rows>
+__attribute__((always_inline)) inline void rows_s1(Rows rows, const float* w, float bias, S* d,
+                                                   i64 drs, i64 last) {
+  typedef V<float>::t vec;
+  // Partial sums over kernel columns where R is small: 8 independent FMA chains cover the
+  // FMA latency with two FMA units (R = 4 with one chain per row: 7x7 at 31.4 cycles).
+  constexpr int CH = R >= 8 ? 1 : (R >= 4 ? 2 : 4);
+  vec acc[CH][R];
+  for (int i = 0; i < R; ++i) {
+    acc[0][i] = vset<float>(bias);
+    for (int h = 1; h < CH; ++h) acc[h][i] = vzero<float>();
+  }
+#pragma GCC unroll 8
+  for (int kx = 0; kx < K; ++kx) {
+    vec wk[K];
+#pragma GCC unroll 8
+    for (int ky = 0; ky < K; ++ky) wk[ky] = vset<float>(w[ky * K + kx]);
+    rows.begin(kx);
+#pragma GCC unroll 16
+    for (int r = 0; r < R + K - 1; ++r) {
+      const vec v = rows.next();
+#pragma GCC unroll 8
+      for (int i = 0; i < R; ++i) {
+        const int ky = r - i;
+        if (ky >= 0 && ky < K) acc[kx % CH][i] += wk[ky] * v;
+      }
+    }
+  }
+  store_rows<CH, R>(acc, d, drs, last);
+}
+
+// Output rows [i0, i1) of one column vector in blocks of RMAX (8 or 4) rows, then four,
+// two and one (rows_s1); block(i, R) computes rows [i, i + R).
+template <int RMAX, typename Block>
+__attribute__((always_inline)) inline void row_blocks(i64 i0, i64 i1, Block block) {
+  i64 i = i0;
+  if constexpr (RMAX >= 8)
+    for (; i + 8 <= i1; i += 8) block(i, std::integral_constant<int, 8>());
+  for (; i + 4 <= i1; i += 4) block(i, std::integral_constant<int, 4>());
+  if (i + 2 <= i1) block(i, std::integral_constant<int, 2>()), i += 2;
+  if (i < i1) block(i, std::integral_constant<int, 1>());
+}
+
+template <int K, typename S>
+void conv_planar_s1(const float* buf, i64 qrow, const float* w, float bias, i64 TH, i64 TW, S* dst,
+                    i64 drs) {
+  constexpr i64 L = 16;
+  for (i64 j = 0; j < TW; j += L) {
+    const i64 last = std::min(L, TW - j);
+    row_blocks<8>(0, TH, [&](i64 i, auto R) {
+      rows_s1<K, decltype(R)::value, S>(BufferRows{buf + i * qrow + j, qrow}, w, bias,
+                                        dst + i * drs + j, drs, last);
+    });
+  }
+}
+
+#if defined(__AVX512F__)
 typedef int32_t vi32 __attribute__((vector_size(64)));
 
 __attribute__((always_inline)) inline V<float>::t shifted(V<float>::t lo, V<float>::t hi, int k) {
@@ -624,19 +721,15 @@ __attribute__((always_inline)) inline V<float>::t shifted(V<float>::t lo, V<floa
   return __builtin_shuffle(lo, hi, lanes + k);
 }
 
-// always_inline: as a call per four vectors, the prologue, the permute masks' loads and
-// the accumulators' trip through the stack cost as much as a 3x3 block's arithmetic.
-// load(lo, hi): the vectors at columns [0, 16) and [16, 32) of the block's next input row
-// (padded coordinates, relative to the block's first column); called for rows 0, 1, ... in
-// order, so that the callers step one opaque row pointer (precomputed, the R + K - 1 row
-// addresses went through the stack and vector registers: 1.2x the time per block).
+// rows_s1 for blocks at a plane's left or right edge, whose rows arrive masked: each input
+// row is loaded once, load(lo, hi) giving columns [0, 16) and [16, 32) of the next row, and
+// its K shifts are made by permutes (masked loads at every shift took 1.3x the block's
+// time, most of them split across cache lines). Two partial sums per row (even and odd
+// kernel columns) for 2 * R independent FMA chains.
 template <int K, int R, typename S, typename Load>
-__attribute__((always_inline)) inline void rows_s1(Load load, const float* w, float bias, S* d,
-                                                   i64 drs, i64 last) {
+__attribute__((always_inline)) inline void rows_s1_permuted(Load load, const float* w, float bias,
+                                                            S* d, i64 drs, i64 last) {
   typedef V<float>::t vec;
-  // Two partial sums per output row (even and odd kernel columns): 2 * R independent FMA
-  // chains, enough to cover the FMA latency with two FMA units (R chains alone ran at half
-  // the FMA rate).
   vec acc[2][R];
   for (int i = 0; i < R; ++i) {
     acc[0][i] = vset<float>(bias);
@@ -656,84 +749,102 @@ __attribute__((always_inline)) inline void rows_s1(Load load, const float* w, fl
       }
     }
   }
-  for (int i = 0; i < R; ++i, d += drs) {
-    const vec z = acc[0][i] + acc[1][i];
-    if (last == 16) {
-      vstOut(d, z);
-    } else {
-      vstPart(d, z, last);
-    }
-    asm("" : "+r"(d));  // (as for the rows)
-  }
+  store_rows<2, R>(acc, d, drs, last);
 }
 
-// Output rows [0, TH) of one column vector in blocks of four rows (rows_s1); block(i, R)
-// computes rows [i, i + R).
-template <typename Block>
-__attribute__((always_inline)) inline void row_blocks(i64 TH, Block block) {
-  i64 i = 0;
-  for (; i + 4 <= TH; i += 4) block(i, std::integral_constant<int, 4>());
-  switch (TH - i) {
-    case 3: block(i, std::integral_constant<int, 3>()); break;
-    case 2: block(i, std::integral_constant<int, 2>()); break;
-    case 1: block(i, std::integral_constant<int, 1>()); break;
-    default: break;
-  }
-}
+// Zeros for rows outside the plane (conv_direct_s1).
+alignas(64) const float kZeroRow[32] = {};
 
-template <int K, typename S>
-void conv_planar_s1(const float* buf, i64 qrow, const float* w, float bias, i64 TH, i64 TW, S* dst,
-                    i64 drs) {
-  constexpr i64 L = 16;
-  for (i64 j = 0; j < TW; j += L) {
-    const i64 last = std::min(L, TW - j);
-    row_blocks(TH, [&](i64 i, auto R) {
-      const float* b = buf + i * qrow + j;
-      auto load = [&](V<float>::t& lo, V<float>::t& hi) __attribute__((always_inline)) {
-        lo = vld<float>(b);
-        hi = vld<float>(b + 16);
-        b += qrow;
-        asm("" : "+r"(b));
-      };
-      rows_s1<K, decltype(R)::value, S>(load, w, bias, dst + i * drs + j, drs, last);
-    });
-  }
-}
-
-#if defined(__AVX512F__)
 // Zero padding, stride 1, dilation 1, K x K filter, straight from the input plane (unit
-// column stride, row stride sh) instead of a padded copy: masked loads supply the zero
-// columns and a zero row the zero rows. Output rows [oy0, oy0 + TH), columns [ox0, ox0 + TW)
-// to dst (row stride drs). zrow: at least 32 zeros.
+// column stride, row stride sh) instead of a padded copy. Output rows [oy0, oy0 + TH),
+// columns [ox0, ox0 + TW) to dst (row stride drs). Blocks whose windows lie inside the plane
+// read it in place (rows_s1 with BufferRows). Blocks at its edges need zero columns (masked
+// loads) and zero rows: 5x5 and 7x7 ones gather their window into a small buffer first;
+// 3x3 ones, whose arithmetic is too short to pay for the gather (1.2x the block's time),
+// take masked rows in blocks of four (rows_s1_permuted). In L1, 56 x 56 planes: 3x3 / 5x5 /
+// 7x7 at 6.9 / 14.3 / 25.6 cycles per output vector, against 7.3 / 16.8 / 31.0 with every
+// block as rows_s1_permuted.
 //
-// Used by the depthwise forward, where the copy is a store and a reload of every input
-// element (3x3: 0.80-0.90x the time of the copy path; 5x5 and 7x7 0.93-1.0x).
+// Used by the depthwise and the fused forward, where the copy is a store and a reload of
+// every input element.
 template <int K, typename S>
 void conv_direct_s1(const float* plane, i64 sh, const Geo& g, i64 oy0, i64 ox0, i64 TH, i64 TW,
-                    const float* w, float bias, S* dst, i64 drs, const float* zrow) {
-  constexpr i64 L = 16;
-  for (i64 j = 0; j < TW; j += L) {
+                    const float* w, float bias, S* dst, i64 drs) {
+  typedef V<float>::t vec;
+  constexpr i64 L = 16, WL = 2 * L;  // gathered window: rows of 16 + K - 1 columns, padded
+  alignas(64) float win[(8 + K - 1) * WL];
+  // 3x3: output rows [top, bot) read no row outside the plane, rounded to blocks of four.
+  const i64 top = std::min(TH, (std::clamp<i64>(g.pt - oy0, 0, TH) + 3) / 4 * 4);
+  const i64 bot = std::max(top, TH - (TH - std::clamp<i64>(g.H - K + g.pt - oy0 + 1, 0, TH) + 3) / 4 * 4);
+  // Lanes inside the row: columns [c0, c0 + 16) and the K - 1 columns after them (as
+  // arithmetic: a loop over the lanes took a third of a 3x3 block's time).
+  auto inside = [&](i64 first, i64 lanes) {
+    const i64 lo = std::clamp<i64>(-first, 0, lanes), hi = std::clamp<i64>(g.W - first, lo, lanes);
+    return __mmask16(((uint32_t(1) << hi) - 1) & ~((uint32_t(1) << lo) - 1));
+  };
+  // Row blocks outermost, column vectors inside: the plane is read in its memory order,
+  // which the hardware prefetcher follows (column vectors outermost, each took its column
+  // of every row in turn).
+  // Column vector j of rows [i, i + R): edge blocks (mask and zero rows) or in place.
+  auto block = [&](i64 i, auto R, i64 j, bool edge) __attribute__((always_inline)) {
+    constexpr int RB = decltype(R)::value;
     const i64 last = std::min(L, TW - j);
     const i64 c0 = ox0 + j - g.pl;  // input column of the block's first padded column
-    // Lanes inside the row: columns [c0, c0 + 16) and the K - 1 columns after them.
-    // (As arithmetic: a loop over the lanes took a third of a 3x3 block's time.)
-    auto inside = [&](i64 first, i64 lanes) {
-      const i64 lo = std::clamp<i64>(-first, 0, lanes), hi = std::clamp<i64>(g.W - first, lo, lanes);
-      return __mmask16(((uint32_t(1) << hi) - 1) & ~((uint32_t(1) << lo) - 1));
-    };
+    const i64 y0 = oy0 + i - g.pt;  // input row of the block's first padded row
+    S* d = dst + i * drs + j;
+    if (!edge) {
+      rows_s1<K, RB, S>(BufferRows{plane + y0 * sh + c0, sh}, w, bias, d, drs, last);
+      return;
+    }
     const __mmask16 mlo = inside(c0, L), mhi = inside(c0 + L, K - 1);
-    row_blocks(TH, [&](i64 i, auto R) {
-      i64 y = oy0 + i - g.pt;  // the next row's input row
-      const float* p = plane + y * sh + c0;
-      auto load = [&](V<float>::t& lo, V<float>::t& hi) __attribute__((always_inline)) {
-        const float* q = uint64_t(y) < uint64_t(g.H) ? p : zrow;
-        lo = (V<float>::t)_mm512_maskz_loadu_ps(mlo, q);
-        hi = (V<float>::t)_mm512_maskz_loadu_ps(mhi, q + 16);
-        p += sh;
-        ++y;
-        asm("" : "+r"(p));
-      };
-      rows_s1<K, decltype(R)::value, S>(load, w, bias, dst + i * drs + j, drs, last);
+    // The block's input rows one by one, zero outside the plane: one pointer stepped (and
+    // kept opaque, as in BufferRows).
+    i64 y = y0;
+    const float* p = plane + y0 * sh + c0;
+    auto rows = [&](vec& lo, vec& hi) __attribute__((always_inline)) {
+      const float* q = uint64_t(y) < uint64_t(g.H) ? p : kZeroRow;
+      lo = (vec)_mm512_maskz_loadu_ps(mlo, q);
+      hi = (vec)_mm512_maskz_loadu_ps(mhi, q + L);
+      p += sh;
+      ++y;
+      asm("" : "+r"(p));
+    };
+    if constexpr (K == 3) {
+      rows_s1_permuted<K, RB, S>(rows, w, bias, d, drs, last);
+    } else {
+      for (i64 r = 0; r < RB + K - 1; ++r) {
+        vec lo, hi;
+        rows(lo, hi);
+        vst<float>(win + r * WL, lo);
+        vst<float>(win + r * WL + L, hi);
+      }
+      rows_s1<K, RB, S>(BufferRows{win, WL}, w, bias, d, drs, last);
+    }
+  };
+  auto cols_inside = [&](i64 j) { return ox0 + j - g.pl >= 0 && ox0 + j - g.pl + L + K - 1 <= g.W; };
+  if constexpr (K == 3) {
+    auto edge_rows = [&](i64 i, auto R) {
+      for (i64 j = 0; j < TW; j += L) block(i, R, j, true);
+    };
+    row_blocks<4>(0, top, edge_rows);
+    row_blocks<8>(top, bot, [&](i64 i, auto R) {
+      for (i64 j = 0; j < TW; j += L) {
+        if (cols_inside(j)) {
+          block(i, R, j, false);
+        } else if constexpr (decltype(R)::value == 8) {  // (rows_s1_permuted spills at 8)
+          block(i, std::integral_constant<int, 4>(), j, true);
+          block(i + 4, std::integral_constant<int, 4>(), j, true);
+        } else {
+          block(i, R, j, true);
+        }
+      }
+    });
+    row_blocks<4>(bot, TH, edge_rows);
+  } else {
+    row_blocks<8>(0, TH, [&](i64 i, auto R) {
+      const i64 y0 = oy0 + i - g.pt;
+      const bool rows_inside = y0 >= 0 && y0 + decltype(R)::value + K - 1 <= g.H;
+      for (i64 j = 0; j < TW; j += L) block(i, R, j, !(rows_inside && cols_inside(j)));
     });
   }
 }
@@ -755,17 +866,16 @@ inline bool direct_ok(const Geo&, bool) { return false; }
 #if defined(__AVX512F__)
 template <typename S>
 void conv_direct(const float* plane, const Geo& g, i64 oy0, i64 ox0, i64 TH, i64 TW,
-                 const float* w, float bias, S* dst, i64 drs, const float* zrow) {
+                 const float* w, float bias, S* dst, i64 drs) {
   switch (g.KW) {
-    case 3: conv_direct_s1<3, S>(plane, g.xs[2], g, oy0, ox0, TH, TW, w, bias, dst, drs, zrow); break;
-    case 5: conv_direct_s1<5, S>(plane, g.xs[2], g, oy0, ox0, TH, TW, w, bias, dst, drs, zrow); break;
-    default: conv_direct_s1<7, S>(plane, g.xs[2], g, oy0, ox0, TH, TW, w, bias, dst, drs, zrow); break;
+    case 3: conv_direct_s1<3, S>(plane, g.xs[2], g, oy0, ox0, TH, TW, w, bias, dst, drs); break;
+    case 5: conv_direct_s1<5, S>(plane, g.xs[2], g, oy0, ox0, TH, TW, w, bias, dst, drs); break;
+    default: conv_direct_s1<7, S>(plane, g.xs[2], g, oy0, ox0, TH, TW, w, bias, dst, drs); break;
   }
 }
 #else
 template <typename S>
-void conv_direct(const float*, const Geo&, i64, i64, i64, i64, const float*, float, S*, i64,
-                 const float*) {}
+void conv_direct(const float*, const Geo&, i64, i64, i64, i64, const float*, float, S*, i64) {}
 #endif
 
 template <int KW, typename S, typename A>
@@ -834,9 +944,6 @@ void conv_planar(const A* buf, i64 qrow, i64 qs, const A* w, A bias, i64 TH, i64
 // Elements of slack at the end of every buffer conv_planar reads (see its partial vector).
 constexpr i64 kSlack = 64;
 
-// Zeros that conv_direct reads for rows outside the plane.
-alignas(64) const float kZeroRow[32] = {};
-
 // The depthwise output of one input channel's M filters (weights w[m * T + t], biases b[m])
 // over one output tile (first row/column oy0/ox0, th x tw, reading the padded window of R x Q
 // from r0/q0): straight from the plane where `direct` (direct_ok), else through the padded
@@ -848,8 +955,7 @@ void channel_tile(const S* plane, const Geo& g, bool direct, i64 oy0, i64 ox0, i
   if constexpr (std::is_same<S, float>::value) {
     if (direct) {
       for (i64 m = 0; m < g.M; ++m)
-        conv_direct<D>(plane, g, oy0, ox0, th, tw, w + m * g.T, b[m], dst + m * dms, drs,
-                       kZeroRow);
+        conv_direct<D>(plane, g, oy0, ox0, th, tw, w + m * g.T, b[m], dst + m * dms, drs);
       return;
     }
   }
@@ -2174,7 +2280,7 @@ void backward(const S* x, const S* wd, const S* wp, const S* gy, const i64* gys,
           } else if (gx) {
             if constexpr (std::is_same<S, float>::value)
               conv_direct<S>(gm + c * gm_cs, gt, 0, 0, g.H, g.W, wflip.data() + (cm0 + c) * g.T,
-                             0.0f, gxc, gxs[2], kZeroRow);
+                             0.0f, gxc, gxs[2]);
           }
         }
       }
