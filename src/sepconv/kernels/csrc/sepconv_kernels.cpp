@@ -1305,11 +1305,12 @@ inline std::array<i64, 4> inner_box(const Geo& g) {
 // innermost and whole channel vectors. Measured against the padded copy (docs/performance.md,
 // run J): stride 2 and 3-wide filters 0.62-0.93x the time; 5- and 7-wide filters at stride 1
 // 1.0-1.13x (their copy's contiguous lines stay in L1 from row to row; read in place, a
-// channel vector's lines are a pixel apart), and images of 16 or fewer columns 1.03-1.11x.
+// channel vector's lines are a pixel apart), and stride-1 outputs of 16 or fewer columns
+// 1.03-1.11x (at stride 2 those were 0.75-0.99x).
 template <typename S, typename A>
 inline bool nhwc_inner_ok(const Geo& g) {
   return std::is_same<S, A>::value && g.M == 1 && g.xs[1] == 1 && g.CM % V<A>::L == 0 &&
-         g.OW > 16 && !(nhwc_s1_ok<A>(g, g.CM) && g.KW > 3);
+         (g.OW > 16 || g.sx > 1) && !(nhwc_s1_ok<A>(g, g.CM) && g.KW > 3);
 }
 
 // wT[t][cm] (prep_weights) in blocks of one channel vector, wB[(c / L) * T * L + t * L + c % L]
