@@ -246,6 +246,10 @@ FEW_TILE_CASES = (
     Case(2, 1, 64, 1, 160, 1, (7, 7), (3, 3), (1, 1), (1, 1), 1, "zeros", "contiguous", True),
     Case(2, 1, 64, 1, 160, 1, (7, 7), (3, 3), (1, 1), (1, 1), 1, "zeros", "channels_last", True),
     Case(2, 1, 32, 2, 96, 2, (14, 14), (3, 3), (2, 2), (1, 1), 1, "zeros", "channels_last", False),
+    # inner pixels read in place, per block of 64 channels (the last one 16)
+    Case(
+        2, 1, 144, 1, 40, 1, (15, 15), (3, 3), (2, 2), (1, 1), 1, "reflect", "channels_last", True
+    ),
 )
 
 

@@ -1331,9 +1331,9 @@ std::vector<A> block_weights(const std::vector<A>& wT, const Geo& g) {
 // channel vector's lines of one row are sw apart, which for 128, 256, ... channels puts them
 // on 8 of L1's 64 sets; the channels of a block share no lines, so nothing is lost.
 template <typename S, typename A>
-void conv_nhwc_inner(const A* x, i64 sh, i64 sw, const A* wB, const A* bias, i64 TH, i64 TW,
-                     const Geo& g, S* dst, i64 drs, i64 dps) {
-  const i64 L = V<A>::L, cb = g.CM;
+void conv_nhwc_inner(const A* x, i64 sh, i64 sw, i64 cb, const A* wB, const A* bias, i64 TH,
+                     i64 TW, const Geo& g, S* dst, i64 drs, i64 dps) {
+  const i64 L = V<A>::L;
   const bool s1 = g.sx == 1 && g.dx == 1 && (g.KW == 3 || g.KW == 5 || g.KW == 7);
   std::vector<i64> off(s1 ? 0 : g.T);
   for (i64 t = 0; t < i64(off.size()); ++t)
@@ -1366,24 +1366,27 @@ void conv_nhwc_inner(const A* x, i64 sh, i64 sw, const A* wB, const A* bias, i64
   }
 }
 
-// NHWC depthwise of one output tile, all channels of image img: output rows [oy0, oy0 + th)
-// and columns [ox0, ox0 + tw) to dst (row stride drs, pixel stride dps). Where `inner`
+// NHWC depthwise of one output tile of image img, the filters of input channels [c0, c0 +
+// cin): output rows [oy0, oy0 + th) and columns [ox0, ox0 + tw) to dst (the tile's first
+// pixel, channel 0; row stride drs, pixel stride dps). Where `inner`
 // (nhwc_inner_ok), the pixels whose windows lie inside the image (rows/columns [in[0], in[1])
 // x [in[2], in[3]), inner_range) are read straight from it and only the border strips go
 // through pad_nhwc's copy in buf; the copy was a store and a reload of every input element.
 template <typename S, typename A>
 void nhwc_tile(const S* img, const Geo& g, const i64* ymap, const i64* xmap, bool inner,
-               const i64* in, i64 oy0, i64 ox0, i64 th, i64 tw, A* buf, const A* wT,
-               const A* wB, const A* bias, S* dst, i64 drs, i64 dps) {
+               const i64* in, i64 oy0, i64 ox0, i64 th, i64 tw, i64 c0, i64 cin, A* buf,
+               const A* wT, const A* wB, const A* bias, S* dst, i64 drs, i64 dps) {
+  const i64 cm0 = c0 * g.M, cb = cin * g.M;
+  dst += cm0;
   // Tile rows [i0, i1), columns [j0, j1) through the padded copy.
   auto padded = [&](i64 i0, i64 i1, i64 j0, i64 j1) {
     if (i0 >= i1 || j0 >= j1) return;
     const i64 R = input_span(i1 - i0, g.sy, g.KH, g.dy), Q = input_span(j1 - j0, g.sx, g.KW, g.dx);
-    const i64 bs = nhwc_block_stride<A>(g, g.CM, R, Q);
+    const i64 bs = nhwc_block_stride<A>(g, cb, R, Q);
     pad_nhwc<S, A>(img, g.xs[2], g.xs[3], g.xs[1], g, ymap, xmap, (oy0 + i0) * g.sy, R,
-                   (ox0 + j0) * g.sx, Q, 0, g.C, buf, bs);
-    conv_nhwc<S, A>(buf, Q, g.CM, wT, g.CM, bias, i1 - i0, j1 - j0, g, dst + i0 * drs + j0 * dps,
-                    drs, dps, bs);
+                   (ox0 + j0) * g.sx, Q, c0, cin, buf, bs);
+    conv_nhwc<S, A>(buf, Q, cb, wT + cm0, g.CM, bias + cm0, i1 - i0, j1 - j0, g,
+                    dst + i0 * drs + j0 * dps, drs, dps, bs);
   };
   if (!inner) return padded(0, th, 0, tw);
   const i64 ia = std::clamp(in[0] - oy0, i64(0), th), ib = std::clamp(in[1] - oy0, ia, th);
@@ -1395,8 +1398,8 @@ void nhwc_tile(const S* img, const Geo& g, const i64* ymap, const i64* xmap, boo
   if constexpr (std::is_same<S, A>::value) {
     if (ia < ib && ja < jb) {
       const A* x0 = img + ((oy0 + ia) * g.sy - g.pt) * g.xs[2] + ((ox0 + ja) * g.sx - g.pl) * g.xs[3];
-      conv_nhwc_inner<S, A>(x0, g.xs[2], g.xs[3], wB, bias, ib - ia, jb - ja, g,
-                            dst + ia * drs + ja * dps, drs, dps);
+      conv_nhwc_inner<S, A>(x0 + c0, g.xs[2], g.xs[3], cb, wB + cm0 * g.T, bias + cm0, ib - ia,
+                            jb - ja, g, dst + ia * drs + ja * dps, drs, dps);
     }
   }
 }
@@ -1541,6 +1544,9 @@ void sep_forward_split(const float* x, const std::vector<float>& w, const std::v
   const i64 OB = 16;  // output channels per GEMM task
   const i64 oblocks = g.G * ((g.Og + OB - 1) / OB);
   const i64 cblock = nhwc ? std::max<i64>(1, 64 / g.M) : 1;  // input channels per dw task
+  const bool inner = nhwc && nhwc_inner_ok<float, float>(g);  // (cblock: whole vectors)
+  const std::vector<float> wB = inner ? block_weights(wT, g) : std::vector<float>();
+  const auto in = inner_box(g);
   for (i64 t = 0; t < tl.count; ++t) {
     const auto [n, oy0, ox0, th, tw, P, R, Q, r0, q0] = tile_at(tl, g, t);
     const float* xn = x + n * g.xs[0];
@@ -1554,11 +1560,9 @@ void sep_forward_split(const float* x, const std::vector<float>& w, const std::v
       for (i64 ct = 0; ct < ctasks; ++ct) {
         const i64 c0 = ct * cblock, cin = std::min(cblock, g.C - c0), cm0 = c0 * g.M;
         if (nhwc) {
-          const i64 bs = nhwc_block_stride<float>(g, cin * g.M, R, Q);
-          pad_nhwc<float, float>(xn, g.xs[2], g.xs[3], g.xs[1], g, ymap, xmap, r0, R, q0, Q, c0,
-                                 cin, buf.data(), bs);
-          conv_nhwc<float, float>(buf.data(), Q, cin * g.M, wT.data() + cm0, g.CM, b.data() + cm0,
-                                  th, tw, g, mid.data() + cm0, tw * g.CM, g.CM, bs);
+          nhwc_tile<float, float>(xn, g, ymap, xmap, inner, in.data(), oy0, ox0, th, tw, c0, cin,
+                                  buf.data(), wT.data(), wB.data(), b.data(), mid.data(),
+                                  tw * g.CM, g.CM);
         } else {
           channel_tile<float, float, float>(xn + c0 * g.xs[1], g, direct, oy0, ox0, th, tw, r0, R,
                                             q0, Q, ymap, xmap, buf.data(), w.data() + cm0 * g.T,
@@ -1661,8 +1665,8 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
       const S* xn = x + n * g.xs[0];
       if (nhwc) {
         const i64 mps = g.wpb ? g.CM + 1 : g.CM;  // room for tile_gemm's channel of ones
-        nhwc_tile<S, A>(xn, g, ymap.data(), xmap.data(), inner, in.data(), oy0, ox0, th, tw, buf.data(),
-                        wT.data(), wB.data(), b.data(), mid.data(), tw * mps, mps);
+        nhwc_tile<S, A>(xn, g, ymap.data(), xmap.data(), inner, in.data(), oy0, ox0, th, tw, 0,
+                        g.C, buf.data(), wT.data(), wB.data(), b.data(), mid.data(), tw * mps, mps);
       } else {
         for (i64 c = 0; c < g.C; ++c) {
           // A later channel's rows: each channel's piece is short, which the hardware
@@ -1715,7 +1719,7 @@ void dw_forward(const S* x, const S* wd, const S* bd, S* out, const i64* geo) {
       for (i64 t = 0; t < tl.count; ++t) {
         const Tile s = tile_at(tl, g, t);
         nhwc_tile<S, A>(x + s.n * g.xs[0], g, ymap.data(), xmap.data(), inner, in.data(), s.oy0, s.ox0,
-                        s.th, s.tw, buf.data(), wT.data(), wB.data(), b.data(),
+                        s.th, s.tw, 0, g.C, buf.data(), wT.data(), wB.data(), b.data(),
                         out + s.n * g.os[0] + s.oy0 * g.os[2] + s.ox0 * g.os[3], g.os[2],
                         g.os[3]);
       }
