@@ -167,6 +167,37 @@ ROW_PIECE_CASES = (
 )
 
 
+# A whole call's intermediate (channels_last, at most 4 MiB) beside a pointwise weight of
+# 1 MiB or more: the depthwise of every image first, then one GEMM per block of outputs.
+WHOLE_CALL_CASES = (
+    Case(2, 2, 256, 1, 1024, 1, (9, 9), (3, 3), (1, 1), (1, 1), 1, "zeros", "channels_last", True),
+    Case(
+        2,
+        3,
+        256,
+        1,
+        1100,
+        1,
+        (8, 7),
+        (5, 5),
+        (2, 1),
+        (1, 1),
+        "same",
+        "reflect",
+        "channels_last",
+        False,
+    ),
+    Case(
+        2, 1, 128, 2, 1040, 1, (6, 6), (3, 3), (1, 1), (2, 2), 2, "replicate", "channels_last", True
+    ),
+)
+
+
+@pytest.mark.parametrize("case", WHOLE_CALL_CASES)
+def test_whole_call_intermediate(case, kernels_on):
+    check_separable(case)
+
+
 def test_channels_last_row_pieces(kernels_on):
     for case in ROW_PIECE_CASES:
         check_separable(case)
