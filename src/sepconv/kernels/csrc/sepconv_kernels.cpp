@@ -688,10 +688,10 @@ __attribute__((always_inline)) inline void rows_s1(Rows rows, const float* w, fl
   store_rows<CH, R>(acc, d, drs, last);
 }
 
-// Output rows [i0, i1) of one column vector in blocks of RMAX (8 or 4) rows, then four,
-// two and one (rows_s1); block(i, R) computes rows [i, i + R).
+// Output rows (or pixels) [i0, i1) in blocks of RMAX (8 or 4), then four, two and one;
+// block(i, R) computes [i, i + R), R a std::integral_constant.
 template <int RMAX, typename Block>
-__attribute__((always_inline)) inline void row_blocks(i64 i0, i64 i1, Block block) {
+__attribute__((always_inline)) inline void in_blocks(i64 i0, i64 i1, Block block) {
   i64 i = i0;
   if constexpr (RMAX >= 8)
     for (; i + 8 <= i1; i += 8) block(i, std::integral_constant<int, 8>());
@@ -706,7 +706,7 @@ void conv_planar_s1(const float* buf, i64 qrow, const float* w, float bias, i64 
   constexpr i64 L = 16;
   for (i64 j = 0; j < TW; j += L) {
     const i64 last = std::min(L, TW - j);
-    row_blocks<8>(0, TH, [&](i64 i, auto R) {
+    in_blocks<8>(0, TH, [&](i64 i, auto R) {
       rows_s1<K, decltype(R)::value, S>(BufferRows{buf + i * qrow + j, qrow}, w, bias,
                                         dst + i * drs + j, drs, last);
     });
@@ -762,8 +762,9 @@ alignas(64) const float kZeroRow[32] = {};
 // loads) and zero rows: 5x5 and 7x7 ones gather their window into a small buffer first;
 // 3x3 ones, whose arithmetic is too short to pay for the gather (1.2x the block's time),
 // take masked rows in blocks of four (rows_s1_permuted). In L1, 56 x 56 planes: 3x3 / 5x5 /
-// 7x7 at 6.9 / 14.3 / 25.6 cycles per output vector, against 7.3 / 16.8 / 31.0 with every
-// block as rows_s1_permuted.
+// 7x7 at 6.6 / 15.0 / 25.2 cycles per output vector, against 6.7 / 15.7 / 30.1 with every
+// block as rows_s1_permuted. Row blocks outermost, column vectors inside: the plane is read
+// in its memory order, which the hardware prefetcher follows.
 //
 // Used by the depthwise and the fused forward, where the copy is a store and a reload of
 // every input element.
@@ -775,16 +776,14 @@ void conv_direct_s1(const float* plane, i64 sh, const Geo& g, i64 oy0, i64 ox0, 
   alignas(64) float win[(8 + K - 1) * WL];
   // 3x3: output rows [top, bot) read no row outside the plane, rounded to blocks of four.
   const i64 top = std::min(TH, (std::clamp<i64>(g.pt - oy0, 0, TH) + 3) / 4 * 4);
-  const i64 bot = std::max(top, TH - (TH - std::clamp<i64>(g.H - K + g.pt - oy0 + 1, 0, TH) + 3) / 4 * 4);
+  const i64 inner_end = std::clamp<i64>(g.H - K + g.pt - oy0 + 1, 0, TH);
+  const i64 bot = std::max(top, TH - (TH - inner_end + 3) / 4 * 4);
   // Lanes inside the row: columns [c0, c0 + 16) and the K - 1 columns after them (as
   // arithmetic: a loop over the lanes took a third of a 3x3 block's time).
   auto inside = [&](i64 first, i64 lanes) {
     const i64 lo = std::clamp<i64>(-first, 0, lanes), hi = std::clamp<i64>(g.W - first, lo, lanes);
     return __mmask16(((uint32_t(1) << hi) - 1) & ~((uint32_t(1) << lo) - 1));
   };
-  // Row blocks outermost, column vectors inside: the plane is read in its memory order,
-  // which the hardware prefetcher follows (column vectors outermost, each took its column
-  // of every row in turn).
   // Column vector j of rows [i, i + R): edge blocks (mask and zero rows) or in place.
   auto block = [&](i64 i, auto R, i64 j, bool edge) __attribute__((always_inline)) {
     constexpr int RB = decltype(R)::value;
@@ -821,13 +820,16 @@ void conv_direct_s1(const float* plane, i64 sh, const Geo& g, i64 oy0, i64 ox0, 
       rows_s1<K, RB, S>(BufferRows{win, WL}, w, bias, d, drs, last);
     }
   };
-  auto cols_inside = [&](i64 j) { return ox0 + j - g.pl >= 0 && ox0 + j - g.pl + L + K - 1 <= g.W; };
+  auto cols_inside = [&](i64 j) {
+    const i64 c0 = ox0 + j - g.pl;
+    return c0 >= 0 && c0 + L + K - 1 <= g.W;
+  };
   if constexpr (K == 3) {
     auto edge_rows = [&](i64 i, auto R) {
       for (i64 j = 0; j < TW; j += L) block(i, R, j, true);
     };
-    row_blocks<4>(0, top, edge_rows);
-    row_blocks<8>(top, bot, [&](i64 i, auto R) {
+    in_blocks<4>(0, top, edge_rows);
+    in_blocks<8>(top, bot, [&](i64 i, auto R) {
       for (i64 j = 0; j < TW; j += L) {
         if (cols_inside(j)) {
           block(i, R, j, false);
@@ -839,9 +841,9 @@ void conv_direct_s1(const float* plane, i64 sh, const Geo& g, i64 oy0, i64 ox0, 
         }
       }
     });
-    row_blocks<4>(bot, TH, edge_rows);
+    in_blocks<4>(bot, TH, edge_rows);
   } else {
-    row_blocks<8>(0, TH, [&](i64 i, auto R) {
+    in_blocks<8>(0, TH, [&](i64 i, auto R) {
       const i64 y0 = oy0 + i - g.pt;
       const bool rows_inside = y0 >= 0 && y0 + decltype(R)::value + K - 1 <= g.H;
       for (i64 j = 0; j < TW; j += L) block(i, R, j, !(rows_inside && cols_inside(j)));
@@ -1146,11 +1148,7 @@ void conv_nhwc_s1(const A* buf, i64 Q, i64 cb, const A* wT, i64 ldw, const A* bi
         nhwc_block_s1<decltype(pb)::value, KW, S, A>(brow + j * ps, ps, rstep, g.KH, wT + c, ldw,
                                                      bias + c, drow + j * dps, dps);
       };
-      i64 j = 0;
-      for (; j + 8 <= TW; j += 8) block(j, std::integral_constant<int, 8>());
-      if (j + 4 <= TW) block(j, std::integral_constant<int, 4>()), j += 4;
-      if (j + 2 <= TW) block(j, std::integral_constant<int, 2>()), j += 2;
-      if (j < TW) block(j, std::integral_constant<int, 1>());
+      in_blocks<8>(0, TW, block);
     }
   }
 }
@@ -1351,18 +1349,15 @@ void conv_nhwc_inner(const A* x, i64 sh, i64 sw, i64 cb, const A* wB, const A* b
           nhwc_block<PB, S, A>(xb + c, g.sx * sw, off.data(), g.T, w, L, bias + c, 0, db + c, dps);
           continue;
         }
+        const i64 rs = g.dy * sh;
         switch (g.KW) {
-          case 3: nhwc_block_s1<PB, 3, S, A>(xb + c, sw, g.dy * sh, g.KH, w, L, bias + c, db + c, dps); break;
-          case 5: nhwc_block_s1<PB, 5, S, A>(xb + c, sw, g.dy * sh, g.KH, w, L, bias + c, db + c, dps); break;
-          default: nhwc_block_s1<PB, 7, S, A>(xb + c, sw, g.dy * sh, g.KH, w, L, bias + c, db + c, dps); break;
+          case 3: nhwc_block_s1<PB, 3, S, A>(xb + c, sw, rs, g.KH, w, L, bias + c, db + c, dps); break;
+          case 5: nhwc_block_s1<PB, 5, S, A>(xb + c, sw, rs, g.KH, w, L, bias + c, db + c, dps); break;
+          default: nhwc_block_s1<PB, 7, S, A>(xb + c, sw, rs, g.KH, w, L, bias + c, db + c, dps); break;
         }
       }
     };
-    i64 j = 0;
-    for (; j + 8 <= TW; j += 8) block(j, std::integral_constant<int, 8>());
-    if (j + 4 <= TW) block(j, std::integral_constant<int, 4>()), j += 4;
-    if (j + 2 <= TW) block(j, std::integral_constant<int, 2>()), j += 2;
-    if (j < TW) block(j, std::integral_constant<int, 1>());
+    in_blocks<8>(0, TW, block);
   }
 }
 
@@ -1381,7 +1376,8 @@ void nhwc_tile(const S* img, const Geo& g, const i64* ymap, const i64* xmap, boo
   // Tile rows [i0, i1), columns [j0, j1) through the padded copy.
   auto padded = [&](i64 i0, i64 i1, i64 j0, i64 j1) {
     if (i0 >= i1 || j0 >= j1) return;
-    const i64 R = input_span(i1 - i0, g.sy, g.KH, g.dy), Q = input_span(j1 - j0, g.sx, g.KW, g.dx);
+    const i64 R = input_span(i1 - i0, g.sy, g.KH, g.dy);
+    const i64 Q = input_span(j1 - j0, g.sx, g.KW, g.dx);
     const i64 bs = nhwc_block_stride<A>(g, cb, R, Q);
     pad_nhwc<S, A>(img, g.xs[2], g.xs[3], g.xs[1], g, ymap, xmap, (oy0 + i0) * g.sy, R,
                    (ox0 + j0) * g.sx, Q, c0, cin, buf, bs);
@@ -1397,8 +1393,9 @@ void nhwc_tile(const S* img, const Geo& g, const i64* ymap, const i64* xmap, boo
   padded(ia, ib, jb, tw);
   if constexpr (std::is_same<S, A>::value) {
     if (ia < ib && ja < jb) {
-      const A* x0 = img + ((oy0 + ia) * g.sy - g.pt) * g.xs[2] + ((ox0 + ja) * g.sx - g.pl) * g.xs[3];
-      conv_nhwc_inner<S, A>(x0 + c0, g.xs[2], g.xs[3], cb, wB + cm0 * g.T, bias + cm0, ib - ia,
+      const A* x0 = img + ((oy0 + ia) * g.sy - g.pt) * g.xs[2] +
+                    ((ox0 + ja) * g.sx - g.pl) * g.xs[3] + c0;
+      conv_nhwc_inner<S, A>(x0, g.xs[2], g.xs[3], cb, wB + cm0 * g.T, bias + cm0, ib - ia,
                             jb - ja, g, dst + ia * drs + ja * dps, drs, dps);
     }
   }
@@ -1659,6 +1656,10 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
   std::unique_ptr<float[]> wpT_buf;
   std::vector<float> bp_buf, wpb_buf;
   if constexpr (std::is_same<S, float>::value) {
+    if (whole_ok(g)) {  // (before the weight packing below, which it does not read)
+      sep_forward_whole(x, wT, b, wp, bp, out, g, tl, ymap.data(), xmap.data());
+      return;
+    }
     g.own_gemm = own_gemm_for(nhwc, few_tiles, g.O * g.CMg);
     if (nhwc && g.out_nhwc && g.own_gemm) {  // only the own nhwc GEMM reads them
       // Per group, per 64 output channels: panel[j][k][0..64) = wp[o0 + j*64 + ., k], so
@@ -1687,10 +1688,6 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
         wpb_buf[o * (g.CM + 1) + g.CM] = bp[o];
       }
       g.wpb = wpb_buf.data();
-    }
-    if (whole_ok(g)) {
-      sep_forward_whole(x, wT, b, wp, bp, out, g, tl, ymap.data(), xmap.data());
-      return;
     }
     // Output layout from the caller (strides alone are ambiguous when a dimension is 1).
     const bool out_nhwc = g.out_nhwc != 0;
@@ -1772,8 +1769,8 @@ void dw_forward(const S* x, const S* wd, const S* bd, S* out, const i64* geo) {
 #pragma omp for schedule(dynamic, 1)
       for (i64 t = 0; t < tl.count; ++t) {
         const Tile s = tile_at(tl, g, t);
-        nhwc_tile<S, A>(x + s.n * g.xs[0], g, ymap.data(), xmap.data(), inner, in.data(), s.oy0, s.ox0,
-                        s.th, s.tw, 0, g.C, buf.data(), wT.data(), wB.data(), b.data(),
+        nhwc_tile<S, A>(x + s.n * g.xs[0], g, ymap.data(), xmap.data(), inner, in.data(), s.oy0,
+                        s.ox0, s.th, s.tw, 0, g.C, buf.data(), wT.data(), wB.data(), b.data(),
                         out + s.n * g.os[0] + s.oy0 * g.os[2] + s.ox0 * g.os[3], g.os[2],
                         g.os[3]);
       }
