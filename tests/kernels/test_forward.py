@@ -167,29 +167,19 @@ ROW_PIECE_CASES = (
 )
 
 
-# A whole call's intermediate (channels_last, at most 4 MiB) beside a pointwise weight of
-# 1 MiB or more: the depthwise of every image first, then one GEMM per block of outputs.
-WHOLE_CALL_CASES = (
-    Case(2, 2, 256, 1, 1024, 1, (9, 9), (3, 3), (1, 1), (1, 1), 1, "zeros", "channels_last", True),
-    Case(
-        2,
-        3,
-        256,
-        1,
-        1100,
-        1,
-        (8, 7),
-        (5, 5),
-        (2, 1),
-        (1, 1),
-        "same",
-        "reflect",
-        "channels_last",
-        False,
-    ),
-    Case(
-        2, 1, 128, 2, 1040, 1, (6, 6), (3, 3), (1, 1), (2, 2), 2, "replicate", "channels_last", True
-    ),
+# A whole call's intermediate (at most 4 MiB) beside a pointwise weight of 1 MiB or more: the
+# depthwise of every image first, then one GEMM per block of outputs (channels_last and NCHW;
+# zero padding read in place or any padding copied; depth multipliers, dilation, strides).
+_WHOLE = (
+    # (N, C, M, O), spatial, kernel, stride, dilation, padding, mode, bias
+    ((2, 256, 1, 1024), (9, 9), (3, 3), (1, 1), (1, 1), 1, "zeros", True),
+    ((3, 256, 1, 1100), (8, 7), (5, 5), (2, 1), (1, 1), "same", "reflect", False),
+    ((1, 128, 2, 1040), (6, 6), (3, 3), (1, 1), (2, 2), 2, "replicate", True),
+)
+WHOLE_CALL_CASES = tuple(
+    Case(2, *counts, 1, size, kernel, stride, dilation, padding, mode, layout, bias)
+    for counts, size, kernel, stride, dilation, padding, mode, bias in _WHOLE
+    for layout in ("channels_last", "contiguous", "strided")
 )
 
 

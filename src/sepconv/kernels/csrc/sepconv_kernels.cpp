@@ -1586,52 +1586,83 @@ void sep_forward_split(const float* x, const std::vector<float>& w, const std::v
   }
 }
 
-// Whether sep_forward_whole applies: float, channels_last in and out with the images'
-// pixels one after another in the output, one group, and an intermediate of the whole call of
-// at most 4 MiB (two L2s) next to a pointwise weight of at least 1 MiB. (With 368-590 KiB
-// weights it took 1.1-1.2x the time of the tiles: 1x192x28x28 -> 768 7x7, 8x576x14x14 -> 160
-// s2.)
+// Whether sep_forward_whole applies: float, one group, an output whose images' pixels are
+// one after another (channels_last: all pixels of the call; NCHW: each output plane), and an
+// intermediate of the whole call of at most 4 MiB (two L2s) next to a pointwise weight of at
+// least 1 MiB. (With 368-590 KiB weights it took 1.1-1.2x the time of the tiles: 1x192x28x28
+// -> 768 7x7, 8x576x14x14 -> 160 s2.)
 bool whole_ok(const Geo& g) {
   const i64 P = g.OH * g.OW;
-  return g.nhwc && g.out_nhwc && g.G == 1 && g.os[1] == 1 && g.os[2] == g.OW * g.os[3] &&
-         g.os[0] == P * g.os[3] && g.N * P * g.CM * 4 <= (i64(4) << 20) &&
+  const bool out_ok = g.nhwc ? g.out_nhwc && g.os[1] == 1 && g.os[2] == g.OW * g.os[3] &&
+                                   g.os[0] == P * g.os[3]
+                             : !g.out_nhwc && g.os[3] == 1 && g.os[2] == g.OW;
+  return out_ok && g.G == 1 && g.N * P * g.CM * 4 <= (i64(4) << 20) &&
          g.O * g.CM * 4 >= (i64(1) << 20);
 }
 
 // Small intermediates, large pointwise weights (whole_ok): the depthwise output of the whole
-// call first (N*OH*OW pixels x CM), then one GEMM per thread over a block of output
-// channels. Tile by tile, each GEMM re-reads the whole pointwise weight for a few dozen
-// pixels (ConvNeXt's 768 -> 3072 at 7 x 7: 9.4 MB for 49 pixels).
-void sep_forward_whole(const float* x, const std::vector<float>& wT, const std::vector<float>& b,
-                       const float* wp, const float* bp, float* out, const Geo& g, const Tiles& tl,
-                       const i64* ymap, const i64* xmap) {
+// call first (channels_last: N*OH*OW pixels x CM; NCHW: CM planes of all images' pixels),
+// then one GEMM per thread over a block of output channels (NCHW: into a buffer, from which
+// each image's planes are copied out with the bias). Tile by tile, each GEMM re-reads the
+// whole pointwise weight for a few dozen pixels (ConvNeXt's 768 -> 3072 at 7 x 7: 9.4 MB for
+// 49 pixels).
+void sep_forward_whole(const float* x, const std::vector<float>& w, const std::vector<float>& wT,
+                       const std::vector<float>& b, const float* wp, const float* bp, float* out,
+                       const Geo& g, const Tiles& tl, const i64* ymap, const i64* xmap) {
   const i64 Pimg = g.OH * g.OW, P = g.N * Pimg, ops = g.os[3];
-  std::unique_ptr<float[]> mid(new float[P * g.CM]);
-  const bool inner = nhwc_inner_ok<float, float>(g);
+  std::unique_ptr<float[]> mid(new float[P * g.CM + kSlack]);
+  const bool nhwc = g.nhwc != 0;
+  const bool inner = nhwc && nhwc_inner_ok<float, float>(g);
+  const bool direct = !nhwc && direct_ok(g, true);
   const std::vector<float> wB = inner ? block_weights(wT, g) : std::vector<float>();
   const auto in = inner_box(g);
   // Output channels per thread, in whole vectors.
   const i64 per = ((g.O + g.threads - 1) / g.threads + 15) / 16 * 16;
 #pragma omp parallel num_threads(g.threads)
   {
-    std::vector<float> buf(input_span(tl.TH, g.sy, g.KH, g.dy) *
-                           input_span(tl.TW, g.sx, g.KW, g.dx) * g.CM);
+    std::vector<float> buf(nhwc ? input_span(tl.TH, g.sy, g.KH, g.dy) *
+                                      input_span(tl.TW, g.sx, g.KW, g.dx) * g.CM
+                                : g.Hu * g.Qrow + kSlack);
+    if (nhwc) {
 #pragma omp for schedule(dynamic, 1)
-    for (i64 t = 0; t < tl.count; ++t) {
-      const Tile s = tile_at(tl, g, t);
-      nhwc_tile<float, float>(x + s.n * g.xs[0], g, ymap, xmap, inner, in.data(), s.oy0, s.ox0,
-                              s.th, s.tw, 0, g.C, buf.data(), wT.data(), wB.data(), b.data(),
-                              mid.get() + (s.n * Pimg + s.oy0 * g.OW + s.ox0) * g.CM,
-                              g.OW * g.CM, g.CM);
+      for (i64 t = 0; t < tl.count; ++t) {
+        const Tile s = tile_at(tl, g, t);
+        nhwc_tile<float, float>(x + s.n * g.xs[0], g, ymap, xmap, inner, in.data(), s.oy0,
+                                s.ox0, s.th, s.tw, 0, g.C, buf.data(), wT.data(), wB.data(),
+                                b.data(), mid.get() + (s.n * Pimg + s.oy0 * g.OW + s.ox0) * g.CM,
+                                g.OW * g.CM, g.CM);
+      }
+    } else {
+#pragma omp for schedule(dynamic, 4)
+      for (i64 nc = 0; nc < g.N * g.C; ++nc) {
+        const i64 n = nc / g.C, cm = (nc % g.C) * g.M;
+        channel_tile<float, float, float>(x + n * g.xs[0] + (nc % g.C) * g.xs[1], g, direct, 0, 0,
+                                          g.OH, g.OW, 0, g.Hu, 0, g.Wu, ymap, xmap, buf.data(),
+                                          w.data() + cm * g.T, b.data() + cm,
+                                          mid.get() + cm * P + n * Pimg, P, g.OW);
+      }
     }
     // (implicit barrier: the whole intermediate is ready)
 #pragma omp for schedule(static, 1)
     for (i64 o0 = 0; o0 < g.O; o0 += per) {
       const i64 nb = std::min(per, g.O - o0);
-      if (bp)
-        for (i64 p = 0; p < P; ++p) std::memcpy(out + p * ops + o0, bp + o0, sizeof(float) * nb);
-      mm<float>(P, nb, g.CM, Mat{mid.get(), g.CM, 1}, Mat{wp + o0 * g.CM, 1, g.CM}, out + o0, ops,
-                1, bp ? 1.0f : 0.0f);
+      if (nhwc) {
+        if (bp)
+          for (i64 p = 0; p < P; ++p) std::memcpy(out + p * ops + o0, bp + o0, sizeof(float) * nb);
+        mm<float>(P, nb, g.CM, Mat{mid.get(), g.CM, 1}, Mat{wp + o0 * g.CM, 1, g.CM}, out + o0,
+                  ops, 1, bp ? 1.0f : 0.0f);
+        continue;
+      }
+      std::unique_ptr<float[]> tmp(new float[nb * P]);
+      mm<float>(nb, P, g.CM, Mat{wp + o0 * g.CM, g.CM, 1}, Mat{mid.get(), P, 1}, tmp.get(), P, 1,
+                0.0f);
+      for (i64 n = 0; n < g.N; ++n)
+        for (i64 o = 0; o < nb; ++o) {
+          const float* src = tmp.get() + o * P + n * Pimg;
+          float* dst = out + n * g.os[0] + (o0 + o) * g.os[1];
+          const float bias = bp ? bp[o0 + o] : 0.0f;
+          for (i64 p = 0; p < Pimg; ++p) dst[p] = src[p] + bias;
+        }
     }
   }
 }
@@ -1657,7 +1688,7 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
   std::vector<float> bp_buf, wpb_buf;
   if constexpr (std::is_same<S, float>::value) {
     if (whole_ok(g)) {  // (before the weight packing below, which it does not read)
-      sep_forward_whole(x, wT, b, wp, bp, out, g, tl, ymap.data(), xmap.data());
+      sep_forward_whole(x, w, wT, b, wp, bp, out, g, tl, ymap.data(), xmap.data());
       return;
     }
     g.own_gemm = own_gemm_for(nhwc, few_tiles, g.O * g.CMg);
