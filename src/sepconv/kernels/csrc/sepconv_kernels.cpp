@@ -638,15 +638,15 @@ struct BufferRows {
   }
 };
 
-// Output rows [0, R) of a row block, each the sum of CH partial sums, to d (row stride drs;
-// only the first `last` lanes).
-template <int CH, int R, typename S>
-__attribute__((always_inline)) inline void store_rows(const V<float>::t (&acc)[CH][R], S* d,
+// Outputs [0, R) of a block (output rows, or channels_last pixels), each the sum of CH
+// partial sums in accumulator type A, to d (stride drs; only the first `last` lanes).
+template <int CH, int R, typename A, typename S>
+__attribute__((always_inline)) inline void store_rows(const typename V<A>::t (&acc)[CH][R], S* d,
                                                       i64 drs, i64 last) {
   for (int i = 0; i < R; ++i, d += drs) {
-    V<float>::t z = acc[0][i];
+    typename V<A>::t z = acc[0][i];
     for (int h = 1; h < CH; ++h) z += acc[h][i];
-    if (last == 16) {
+    if (last == V<A>::L) {
       vstOut(d, z);
     } else {
       vstPart(d, z, last);
@@ -685,7 +685,7 @@ __attribute__((always_inline)) inline void rows_s1(Rows rows, const float* w, fl
       }
     }
   }
-  store_rows<CH, R>(acc, d, drs, last);
+  store_rows<CH, R, float>(acc, d, drs, last);
 }
 
 // Output rows (or pixels) [i0, i1) in blocks of RMAX (8 or 4), then four, two and one;
@@ -749,7 +749,7 @@ __attribute__((always_inline)) inline void rows_s1_permuted(Load load, const flo
       }
     }
   }
-  store_rows<2, R>(acc, d, drs, last);
+  store_rows<2, R, float>(acc, d, drs, last);
 }
 
 // Zeros for rows outside the plane (conv_direct_s1).
@@ -774,10 +774,6 @@ void conv_direct_s1(const float* plane, i64 sh, const Geo& g, i64 oy0, i64 ox0, 
   typedef V<float>::t vec;
   constexpr i64 L = 16, WL = 2 * L;  // gathered window: rows of 16 + K - 1 columns, padded
   alignas(64) float win[(8 + K - 1) * WL];
-  // 3x3: output rows [top, bot) read no row outside the plane, rounded to blocks of four.
-  const i64 top = std::min(TH, (std::clamp<i64>(g.pt - oy0, 0, TH) + 3) / 4 * 4);
-  const i64 inner_end = std::clamp<i64>(g.H - K + g.pt - oy0 + 1, 0, TH);
-  const i64 bot = std::max(top, TH - (TH - inner_end + 3) / 4 * 4);
   // Lanes inside the row: columns [c0, c0 + 16) and the K - 1 columns after them (as
   // arithmetic: a loop over the lanes took a third of a 3x3 block's time).
   auto inside = [&](i64 first, i64 lanes) {
@@ -825,6 +821,10 @@ void conv_direct_s1(const float* plane, i64 sh, const Geo& g, i64 oy0, i64 ox0, 
     return c0 >= 0 && c0 + L + K - 1 <= g.W;
   };
   if constexpr (K == 3) {
+    // Output rows [top, bot) read no row outside the plane, rounded to blocks of four.
+    const i64 top = std::min(TH, (std::clamp<i64>(g.pt - oy0, 0, TH) + 3) / 4 * 4);
+    const i64 inner_end = std::clamp<i64>(g.H - K + g.pt - oy0 + 1, 0, TH);
+    const i64 bot = std::max(top, TH - (TH - inner_end + 3) / 4 * 4);
     auto edge_rows = [&](i64 i, auto R) {
       for (i64 j = 0; j < TW; j += L) block(i, R, j, true);
     };
@@ -1117,13 +1117,7 @@ __attribute__((always_inline)) inline void nhwc_block_s1(const A* b, i64 ps, i64
       for (int p = 0; p < PB; ++p) acc[(ky * KW + kx) % CH][p] += wv * xv[p + kx];
     }
   }
-  S* dq = d;
-  for (int p = 0; p < PB; ++p, dq += dps) {
-    vec z = acc[0][p];
-    for (int h = 1; h < CH; ++h) z += acc[h][p];
-    vstOut(dq, z);
-    asm("" : "+r"(dq));  // (as above)
-  }
+  store_rows<CH, PB, A>(acc, d, dps, V<A>::L);
 }
 
 // The stride-1 path of conv_nhwc (cb a multiple of L): from buf[R][Q][cb], or with block
@@ -1323,6 +1317,27 @@ std::vector<A> block_weights(const std::vector<A>& wT, const Geo& g) {
   return wB;
 }
 
+// What nhwc_tile needs to read inner pixels in place: whether it does (channels-innermost
+// input and nhwc_inner_ok), and then the weights in channel-vector blocks (block_weights) and
+// the inner box (inner_box).
+template <typename A>
+struct InnerRead {
+  bool on = false;
+  std::vector<A> wB;
+  std::array<i64, 4> box{};
+};
+
+template <typename S, typename A>
+InnerRead<A> inner_read(const Geo& g, const std::vector<A>& wT) {
+  InnerRead<A> r;
+  r.on = g.nhwc && nhwc_inner_ok<S, A>(g);
+  if (r.on) {
+    r.wB = block_weights(wT, g);
+    r.box = inner_box(g);
+  }
+  return r;
+}
+
 // NHWC depthwise of TH x TW output pixels whose windows lie inside the image, straight from it
 // (nhwc_inner_ok): x at the first output's first input pixel, pixels sw apart, rows sh; dst
 // as for conv_nhwc. Pixel blocks outermost and channel vectors inside, unlike conv_nhwc_s1: a
@@ -1332,7 +1347,7 @@ template <typename S, typename A>
 void conv_nhwc_inner(const A* x, i64 sh, i64 sw, i64 cb, const A* wB, const A* bias, i64 TH,
                      i64 TW, const Geo& g, S* dst, i64 drs, i64 dps) {
   const i64 L = V<A>::L;
-  const bool s1 = g.sx == 1 && g.dx == 1 && (g.KW == 3 || g.KW == 5 || g.KW == 7);
+  const bool s1 = nhwc_s1_ok<A>(g, cb);  // (else nhwc_block, any stride and dilation)
   std::vector<i64> off(s1 ? 0 : g.T);
   for (i64 t = 0; t < i64(off.size()); ++t)
     off[t] = (t / g.KW) * g.dy * sh + (t % g.KW) * g.dx * sw;
@@ -1363,14 +1378,14 @@ void conv_nhwc_inner(const A* x, i64 sh, i64 sw, i64 cb, const A* wB, const A* b
 
 // NHWC depthwise of one output tile of image img, the filters of input channels [c0, c0 +
 // cin): output rows [oy0, oy0 + th) and columns [ox0, ox0 + tw) to dst (the tile's first
-// pixel, channel 0; row stride drs, pixel stride dps). Where `inner`
-// (nhwc_inner_ok), the pixels whose windows lie inside the image (rows/columns [in[0], in[1])
-// x [in[2], in[3]), inner_range) are read straight from it and only the border strips go
-// through pad_nhwc's copy in buf; the copy was a store and a reload of every input element.
+// pixel, channel 0; row stride drs, pixel stride dps). Where ir.on, the pixels whose windows
+// lie inside the image (rows/columns [box[0], box[1]) x [box[2], box[3]), inner_range) are
+// read straight from it and only the border strips go through pad_nhwc's copy in buf; the
+// copy was a store and a reload of every input element.
 template <typename S, typename A>
-void nhwc_tile(const S* img, const Geo& g, const i64* ymap, const i64* xmap, bool inner,
-               const i64* in, i64 oy0, i64 ox0, i64 th, i64 tw, i64 c0, i64 cin, A* buf,
-               const A* wT, const A* wB, const A* bias, S* dst, i64 drs, i64 dps) {
+void nhwc_tile(const S* img, const Geo& g, const i64* ymap, const i64* xmap,
+               const InnerRead<A>& ir, i64 oy0, i64 ox0, i64 th, i64 tw, i64 c0, i64 cin, A* buf,
+               const A* wT, const A* bias, S* dst, i64 drs, i64 dps) {
   const i64 cm0 = c0 * g.M, cb = cin * g.M;
   dst += cm0;
   // Tile rows [i0, i1), columns [j0, j1) through the padded copy.
@@ -1384,7 +1399,8 @@ void nhwc_tile(const S* img, const Geo& g, const i64* ymap, const i64* xmap, boo
     conv_nhwc<S, A>(buf, Q, cb, wT + cm0, g.CM, bias + cm0, i1 - i0, j1 - j0, g,
                     dst + i0 * drs + j0 * dps, drs, dps, bs);
   };
-  if (!inner) return padded(0, th, 0, tw);
+  if (!ir.on) return padded(0, th, 0, tw);
+  const auto& in = ir.box;
   const i64 ia = std::clamp(in[0] - oy0, i64(0), th), ib = std::clamp(in[1] - oy0, ia, th);
   const i64 ja = std::clamp(in[2] - ox0, i64(0), tw), jb = std::clamp(in[3] - ox0, ja, tw);
   padded(0, ia, 0, tw);
@@ -1395,8 +1411,8 @@ void nhwc_tile(const S* img, const Geo& g, const i64* ymap, const i64* xmap, boo
     if (ia < ib && ja < jb) {
       const A* x0 = img + ((oy0 + ia) * g.sy - g.pt) * g.xs[2] +
                     ((ox0 + ja) * g.sx - g.pl) * g.xs[3] + c0;
-      conv_nhwc_inner<S, A>(x0, g.xs[2], g.xs[3], cb, wB + cm0 * g.T, bias + cm0, ib - ia,
-                            jb - ja, g, dst + ia * drs + ja * dps, drs, dps);
+      conv_nhwc_inner<S, A>(x0, g.xs[2], g.xs[3], cb, ir.wB.data() + cm0 * g.T, bias + cm0,
+                            ib - ia, jb - ja, g, dst + ia * drs + ja * dps, drs, dps);
     }
   }
 }
@@ -1541,9 +1557,7 @@ void sep_forward_split(const float* x, const std::vector<float>& w, const std::v
   const i64 OB = 16;  // output channels per GEMM task
   const i64 oblocks = g.G * ((g.Og + OB - 1) / OB);
   const i64 cblock = nhwc ? std::max<i64>(1, 64 / g.M) : 1;  // input channels per dw task
-  const bool inner = nhwc && nhwc_inner_ok<float, float>(g);  // (cblock: whole vectors)
-  const std::vector<float> wB = inner ? block_weights(wT, g) : std::vector<float>();
-  const auto in = inner_box(g);
+  const auto ir = inner_read<float, float>(g, wT);  // (cblock: whole vectors)
   for (i64 t = 0; t < tl.count; ++t) {
     const auto [n, oy0, ox0, th, tw, P, R, Q, r0, q0] = tile_at(tl, g, t);
     const float* xn = x + n * g.xs[0];
@@ -1557,9 +1571,8 @@ void sep_forward_split(const float* x, const std::vector<float>& w, const std::v
       for (i64 ct = 0; ct < ctasks; ++ct) {
         const i64 c0 = ct * cblock, cin = std::min(cblock, g.C - c0), cm0 = c0 * g.M;
         if (nhwc) {
-          nhwc_tile<float, float>(xn, g, ymap, xmap, inner, in.data(), oy0, ox0, th, tw, c0, cin,
-                                  buf.data(), wT.data(), wB.data(), b.data(), mid.data(),
-                                  tw * g.CM, g.CM);
+          nhwc_tile<float, float>(xn, g, ymap, xmap, ir, oy0, ox0, th, tw, c0, cin, buf.data(),
+                                  wT.data(), b.data(), mid.data(), tw * g.CM, g.CM);
         } else {
           channel_tile<float, float, float>(xn + c0 * g.xs[1], g, direct, oy0, ox0, th, tw, r0, R,
                                             q0, Q, ymap, xmap, buf.data(), w.data() + cm0 * g.T,
@@ -1612,10 +1625,8 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
   const i64 Pimg = g.OH * g.OW, P = g.N * Pimg, ops = g.os[3];
   std::unique_ptr<float[]> mid(new float[P * g.CM + kSlack]);
   const bool nhwc = g.nhwc != 0;
-  const bool inner = nhwc && nhwc_inner_ok<float, float>(g);
+  const auto ir = inner_read<float, float>(g, wT);
   const bool direct = !nhwc && direct_ok(g, true);
-  const std::vector<float> wB = inner ? block_weights(wT, g) : std::vector<float>();
-  const auto in = inner_box(g);
   // Output channels per thread, in whole vectors.
   const i64 per = ((g.O + g.threads - 1) / g.threads + 15) / 16 * 16;
 #pragma omp parallel num_threads(g.threads)
@@ -1627,9 +1638,9 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
 #pragma omp for schedule(dynamic, 1)
       for (i64 t = 0; t < tl.count; ++t) {
         const Tile s = tile_at(tl, g, t);
-        nhwc_tile<float, float>(x + s.n * g.xs[0], g, ymap, xmap, inner, in.data(), s.oy0,
-                                s.ox0, s.th, s.tw, 0, g.C, buf.data(), wT.data(), wB.data(),
-                                b.data(), mid.get() + (s.n * Pimg + s.oy0 * g.OW + s.ox0) * g.CM,
+        nhwc_tile<float, float>(x + s.n * g.xs[0], g, ymap, xmap, ir, s.oy0, s.ox0, s.th, s.tw,
+                                0, g.C, buf.data(), wT.data(), b.data(),
+                                mid.get() + (s.n * Pimg + s.oy0 * g.OW + s.ox0) * g.CM,
                                 g.OW * g.CM, g.CM);
       }
     } else {
@@ -1729,9 +1740,7 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
     }
   }
 
-  const bool inner = nhwc && nhwc_inner_ok<S, A>(g);
-  const std::vector<A> wB = inner ? block_weights(wT, g) : std::vector<A>();
-  const auto in = inner_box(g);
+  const auto ir = inner_read<S, A>(g, wT);
 #pragma omp parallel num_threads(g.threads)
   {
     const i64 Pmax = tl.TH * tl.TW;
@@ -1747,8 +1756,8 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
       const S* xn = x + n * g.xs[0];
       if (nhwc) {
         const i64 mps = g.wpb ? g.CM + 1 : g.CM;  // room for tile_gemm's channel of ones
-        nhwc_tile<S, A>(xn, g, ymap.data(), xmap.data(), inner, in.data(), oy0, ox0, th, tw, 0,
-                        g.C, buf.data(), wT.data(), wB.data(), b.data(), mid.data(), tw * mps, mps);
+        nhwc_tile<S, A>(xn, g, ymap.data(), xmap.data(), ir, oy0, ox0, th, tw, 0, g.C, buf.data(),
+                        wT.data(), b.data(), mid.data(), tw * mps, mps);
       } else {
         for (i64 c = 0; c < g.C; ++c) {
           // A later channel's rows: each channel's piece is short, which the hardware
@@ -1788,9 +1797,7 @@ void dw_forward(const S* x, const S* wd, const S* bd, S* out, const i64* geo) {
     // Tiles of pixels, all channels; output written straight to out (channel stride 1).
     const i64 bpp = g.CM * i64(sizeof(A)) * g.sy * g.sx;
     const Tiles tl = make_tiles(g, bpp, 4 * g.threads);
-    const bool inner = nhwc_inner_ok<S, A>(g);
-    const std::vector<A> wB = inner ? block_weights(wT, g) : std::vector<A>();
-    const auto in = inner_box(g);
+    const auto ir = inner_read<S, A>(g, wT);
 #pragma omp parallel num_threads(g.threads)
     {
       t_stream = stream;
@@ -1800,8 +1807,8 @@ void dw_forward(const S* x, const S* wd, const S* bd, S* out, const i64* geo) {
 #pragma omp for schedule(dynamic, 1)
       for (i64 t = 0; t < tl.count; ++t) {
         const Tile s = tile_at(tl, g, t);
-        nhwc_tile<S, A>(x + s.n * g.xs[0], g, ymap.data(), xmap.data(), inner, in.data(), s.oy0,
-                        s.ox0, s.th, s.tw, 0, g.C, buf.data(), wT.data(), wB.data(), b.data(),
+        nhwc_tile<S, A>(x + s.n * g.xs[0], g, ymap.data(), xmap.data(), ir, s.oy0, s.ox0, s.th,
+                        s.tw, 0, g.C, buf.data(), wT.data(), b.data(),
                         out + s.n * g.os[0] + s.oy0 * g.os[2] + s.ox0 * g.os[3], g.os[2],
                         g.os[3]);
       }
