@@ -17,8 +17,11 @@ def _reference(layer: sepconv.SeparableConv2d, x: torch.Tensor) -> torch.Tensor:
     return layer.pointwise(layer.depthwise(x))
 
 
-@given(stage=st.sampled_from(["depthwise", "pointwise"]), kind=st.sampled_from(["pre", "post"]))
-@settings(max_examples=8)
+@given(
+    stage=st.sampled_from(["depthwise", "pointwise", "norm", "act"]),
+    kind=st.sampled_from(["pre", "post"]),
+)
+@settings(max_examples=16)
 def test_stage_hooks_fire_and_see_the_stage_output(stage, kind):
     layer = sepconv.SeparableConv2d(3, 5, 3, padding=1)
     seen = []

