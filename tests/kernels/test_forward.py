@@ -262,9 +262,13 @@ MANY_TILE_CASES = (
     ),
 )
 
-# Few tiles for two threads (batch 1, small planes): the threads share each tile.
+# Few tiles for two threads (batch 1, small planes): the threads share each tile
+# (channels_last, and planar with pointwise groups), or planar calls take the whole call's
+# intermediate first (any padding, depth multipliers, strides).
 FEW_TILE_CASES = (
     Case(2, 1, 64, 1, 160, 1, (7, 7), (3, 3), (1, 1), (1, 1), 1, "zeros", "contiguous", True),
+    Case(2, 1, 64, 1, 160, 2, (7, 7), (3, 3), (1, 1), (1, 1), 1, "zeros", "contiguous", True),
+    Case(2, 1, 48, 2, 40, 1, (13, 11), (5, 3), (2, 1), (1, 2), "same", "circular", "strided", True),
     Case(2, 1, 64, 1, 160, 1, (7, 7), (3, 3), (1, 1), (1, 1), 1, "zeros", "channels_last", True),
     Case(2, 1, 32, 2, 96, 2, (14, 14), (3, 3), (2, 2), (1, 1), 1, "zeros", "channels_last", False),
     # inner pixels read in place, per block of 64 channels (the last one 16)

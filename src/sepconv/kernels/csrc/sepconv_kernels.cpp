@@ -1600,20 +1600,25 @@ void sep_forward_split(const float* x, const std::vector<float>& w, const std::v
 }
 
 // Whether sep_forward_whole applies: float, one group, an output whose images' pixels are
-// one after another (channels_last: all pixels of the call; NCHW: each output plane), and an
-// intermediate of the whole call of at most 4 MiB (two L2s) next to a pointwise weight of at
-// least 1 MiB. (With 368-590 KiB weights it took 1.1-1.2x the time of the tiles: 1x192x28x28
-// -> 768 7x7, 8x576x14x14 -> 160 s2.)
-bool whole_ok(const Geo& g) {
+// one after another (channels_last: all pixels of the call; NCHW: each output plane), an
+// intermediate of the whole call of at most 4 MiB (two L2s), and either
+// - a pointwise weight of at least 1 MiB (with 368-590 KiB weights it took 1.1-1.2x the time
+//   of the tiles: 1x192x28x28 -> 768 7x7, 8x576x14x14 -> 160 s2), or
+// - planar input with few tiles (batch 1, small planes), where the threads sharing each tile
+//   (sep_forward_split, the own GEMM over blocks of 16 output channels) took 1.1-1.7x its
+//   time: 1x384x14x14 -> 64 1.6x, 1x576x14x14 -> 96 1.45x. (channels_last: 0.8-1.3x, kept
+//   on sep_forward_split.)
+bool whole_ok(const Geo& g, bool few_tiles) {
   const i64 P = g.OH * g.OW;
   const bool out_ok = g.nhwc ? g.out_nhwc && g.os[1] == 1 && g.os[2] == g.OW * g.os[3] &&
                                    g.os[0] == P * g.os[3]
                              : !g.out_nhwc && g.os[3] == 1 && g.os[2] == g.OW;
+  const bool large_weight = g.O * g.CM * 4 >= (i64(1) << 20);
   return out_ok && g.G == 1 && g.N * P * g.CM * 4 <= (i64(4) << 20) &&
-         g.O * g.CM * 4 >= (i64(1) << 20);
+         (large_weight || (few_tiles && !g.nhwc));
 }
 
-// Small intermediates, large pointwise weights (whole_ok): the depthwise output of the whole
+// Small intermediates (whole_ok): the depthwise output of the whole
 // call first (channels_last: N*OH*OW pixels x CM; NCHW: CM planes of all images' pixels),
 // then one GEMM per thread over a block of output channels (NCHW: into a buffer, from which
 // each image's planes are copied out with the bias). Tile by tile, each GEMM re-reads the
@@ -1698,7 +1703,7 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
   std::unique_ptr<float[]> wpT_buf;
   std::vector<float> bp_buf, wpb_buf;
   if constexpr (std::is_same<S, float>::value) {
-    if (whole_ok(g)) {  // (before the weight packing below, which it does not read)
+    if (whole_ok(g, few_tiles)) {  // (before the weight packing below, which it does not read)
       sep_forward_whole(x, w, wT, b, wp, bp, out, g, tl, ymap.data(), xmap.data());
       return;
     }
