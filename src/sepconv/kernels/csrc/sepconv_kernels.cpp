@@ -174,6 +174,7 @@ template <typename A> inline A hsum(typename V<A>::t v) {
 
 struct Geo {
   i64 N, C, M, H, W, OH, OW, KH, KW, sy, sx, dy, dx, pt, pl, mode, O, G, threads, nhwc, budget;
+  bool budget_set;  // the caller chose the budget (SEPCONV_KERNELS_TILE_BYTES)
   i64 CM, T, Hu, Wu, Qs, Qrow, CMg, Og, min_pixels, out_nhwc;
   i64 xs[4], os[4];
   const float* wpT = nullptr;     // pointwise weight packed in 64-column panels (own GEMM)
@@ -188,6 +189,7 @@ Geo make_geo(const i64* g) {
   r.KH = g[7]; r.KW = g[8]; r.sy = g[9]; r.sx = g[10]; r.dy = g[11]; r.dx = g[12];
   r.pt = g[13]; r.pl = g[14]; r.mode = g[15]; r.O = g[16]; r.G = g[17];
   r.threads = g[18] > 0 ? g[18] : 1; r.nhwc = g[19]; r.budget = g[20] > 0 ? g[20] : (256 << 10);
+  r.budget_set = g[20] > 0;
   for (int i = 0; i < 4; ++i) { r.xs[i] = g[21 + i]; r.os[i] = g[25 + i]; }
   r.out_nhwc = g[29];  // 1 when the output has channels innermost
   r.CM = r.C * r.M;
@@ -1580,19 +1582,28 @@ void sep_forward_split(const float* x, const std::vector<float>& w, const std::v
         }
       }
       // (implicit barrier: the whole intermediate tile is ready)
+      if (out_nhwc) {
+        // Blocks of PB pixels x 64-column weight panels, so that the micro-tiles span whole
+        // panels (four vectors per row of A). Over blocks of 16 output channels (one vector)
+        // each A element was broadcast for a single FMA and all of A re-read per block.
+        const i64 panels = (g.Og + 63) / 64, PB = 48, pblocks = (P + PB - 1) / PB;
 #pragma omp for schedule(dynamic, 1)
-      for (i64 ob = 0; ob < oblocks; ++ob) {
-        const i64 per = (g.Og + OB - 1) / OB;
-        const i64 gi = ob / per, o0 = gi * g.Og + (ob % per) * OB;
-        const i64 nb = std::min(OB, (gi + 1) * g.Og - o0);
-        if (!out_nhwc) {
+        for (i64 task = 0; task < g.G * panels * pblocks; ++task) {
+          const i64 gp = task / pblocks, gi = gp / panels, j = gp % panels;
+          const i64 p0 = (task % pblocks) * PB, pn = std::min(PB, P - p0);
+          const i64 o0 = gi * g.Og + j * 64, nb = std::min<i64>(64, g.Og - j * 64);
+          gemm_f32(pn, nb, g.CMg, mid.data() + p0 * g.CM + gi * g.CMg, g.CM,
+                   g.wpT + gp * g.CMg * 64, 64, o + p0 * g.os[3] + o0, g.os[3], nullptr,
+                   bp ? g.bp_pad + o0 : nullptr);
+        }
+      } else {
+#pragma omp for schedule(dynamic, 1)
+        for (i64 ob = 0; ob < oblocks; ++ob) {
+          const i64 per = (g.Og + OB - 1) / OB;
+          const i64 gi = ob / per, o0 = gi * g.Og + (ob % per) * OB;
+          const i64 nb = std::min(OB, (gi + 1) * g.Og - o0);
           gemm_f32(nb, P, g.CMg, wp + o0 * g.CMg, g.CMg, mid.data() + gi * g.CMg * P, P,
                    o + o0 * g.os[1], g.os[1], bp ? bp + o0 : nullptr, nullptr);
-        } else {
-          const i64 panels = (g.Og + 63) / 64, oo = o0 - gi * g.Og;
-          gemm_f32(P, nb, g.CMg, mid.data() + gi * g.CMg, g.CM,
-                   g.wpT + (gi * panels + oo / 64) * g.CMg * 64 + oo % 64, 64, o + o0, g.os[3],
-                   nullptr, bp ? g.bp_pad + o0 : nullptr);
         }
       }
     }
@@ -1697,6 +1708,13 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
   // 0.93-0.98x the time of the padded copy; docs/performance.md, run I).
   const bool direct = direct_ok(g, std::is_same<S, float>::value);
   const i64 bpp = g.CM * (i64(sizeof(S)) + (nhwc ? i64(sizeof(A)) * g.sy * g.sx : 0));
+  // Planar: whole images per tile where an image's intermediate fits in 1 MiB (half an L2),
+  // unless the caller set the budget. The tile GEMMs of small planes were too short: with
+  // 1 MiB tiles 8x192x28x28 -> 32 and 8x384x14x14 -> 64 took 0.82x the time; with larger
+  // images (8x96x112x112 -> 24 s2) such tiles took 1.1x.
+  const i64 image_bytes = g.OH * g.OW * bpp;
+  if (!nhwc && !g.budget_set && image_bytes <= (i64(1) << 20))
+    g.budget = std::max(g.budget, image_bytes);
   const Tiles tl = make_tiles(g, bpp, 3 * g.threads);
   // Few tiles (batch 1, small images): the threads share each tile (own GEMM only).
   const bool few_tiles = g.threads > 1 && tl.count < 2 * g.threads;
@@ -1752,7 +1770,12 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
     const i64 Rmax = input_span(tl.TH, g.sy, g.KH, g.dy);
     const i64 Qmax = input_span(tl.TW, g.sx, g.KW, g.dx);
     const i64 qrow_max = ((Qmax + g.sx - 1) / g.sx) * g.sx;
-    std::vector<S> mid(Pmax * (g.CM + 1) + kSlack);
+    // Not a std::vector: zero-filling it on every call was 2 % of a batch-1 profile; the
+    // depthwise writes every element the GEMM reads, but the slack is zeroed.
+    const i64 mid_size = Pmax * (g.CM + 1) + kSlack;
+    std::unique_ptr<S[]> mid_buf(new S[mid_size]);
+    S* const mid = mid_buf.get();
+    std::memset(static_cast<void*>(mid + mid_size - kSlack), 0, sizeof(S) * kSlack);
     std::vector<A> buf(nhwc ? Rmax * Qmax * g.CM : Rmax * qrow_max + kSlack);
     std::vector<float> ftmp(std::is_same<S, bf16>::value ? Pmax * g.Og : 0);
 #pragma omp for schedule(dynamic, 1)
@@ -1762,7 +1785,7 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
       if (nhwc) {
         const i64 mps = g.wpb ? g.CM + 1 : g.CM;  // room for tile_gemm's channel of ones
         nhwc_tile<S, A>(xn, g, ymap.data(), xmap.data(), ir, oy0, ox0, th, tw, 0, g.C, buf.data(),
-                        wT.data(), b.data(), mid.data(), tw * mps, mps);
+                        wT.data(), b.data(), mid, tw * mps, mps);
       } else {
         for (i64 c = 0; c < g.C; ++c) {
           // A later channel's rows: each channel's piece is short, which the hardware
@@ -1771,12 +1794,12 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
           const i64 cm = c * g.M;
           channel_tile<S, A, S>(xn + c * g.xs[1], g, direct, oy0, ox0, th, tw, r0, R, q0, Q,
                                 ymap.data(), xmap.data(), buf.data(), w.data() + cm * g.T,
-                                b.data() + cm, mid.data() + cm * P, P, tw);
+                                b.data() + cm, mid + cm * P, P, tw);
         }
       }
       // Output tile: pixels are consecutive in (oy, ox) order (whole rows, or one row piece).
       S* o = out + n * g.os[0] + oy0 * g.os[2] + ox0 * g.os[3];
-      tile_gemm<S>(g, mid.data(), nhwc, P, wp, bp, o, g.os[1], g.os[3], ftmp.data());
+      tile_gemm<S>(g, mid, nhwc, P, wp, bp, o, g.os[1], g.os[3], ftmp.data());
     }
   }
 }
