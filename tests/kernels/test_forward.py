@@ -263,6 +263,23 @@ MANY_TILE_CASES = (
     ),
 )
 
+# Planes at most 16 columns wide (one vector per row): rows exactly 16 wide, where lanes
+# past the row are not zero from the load; asymmetric padding; tall planes cut into tiles of
+# rows (an image's intermediate beyond 1 MiB).
+NARROW_CASES = (
+    Case(2, 2, 16, 1, 8, 1, (16, 16), (3, 3), (1, 1), (1, 1), 1, "zeros", "contiguous", True),
+    Case(2, 1, 8, 2, 24, 1, (9, 16), (5, 5), (1, 1), (1, 1), 2, "zeros", "strided", False),
+    Case(2, 1, 16, 1, 8, 1, (7, 12), (7, 7), (1, 1), (1, 1), "same", "zeros", "contiguous", True),
+    Case(2, 1, 24, 1, 8, 1, (1200, 13), (3, 3), (1, 1), (1, 1), 1, "zeros", "contiguous", True),
+)
+
+
+@pytest.mark.parametrize("case", NARROW_CASES)
+def test_narrow_planes(case, kernels_on):
+    check_separable(case)
+    check_depthwise(case)
+
+
 # Few tiles for two threads (batch 1, small planes): the threads share each tile
 # (channels_last, and planar with pointwise groups), or planar calls take the whole call's
 # intermediate first (any padding, depth multipliers, strides).
