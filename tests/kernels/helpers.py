@@ -166,6 +166,35 @@ def stride1_square_cases(draw, max_size: int = 40, direct: bool = False) -> Case
 
 
 @st.composite
+def stride2_direct_cases(draw, max_size: int = 80) -> Case:
+    """2d planar 3x3 cases at stride 2 with zero padding, which the kernels read straight from
+    the input: widths across several 32-column input spans, heights of every remainder modulo
+    the 8-row block, paddings 0-2 (asymmetric, TensorFlow "same"), depth multipliers; and
+    neighbours that take the padded copy instead (stride 2 along one axis only, dilation 2).
+    """
+    spatial = (draw(st.integers(5, 40)), draw(st.integers(5, max_size)))
+    stride = draw(st.sampled_from(((2, 2), (2, 2), (2, 2), (2, 1), (1, 2))))
+    dilation = draw(st.sampled_from(((1, 1), (1, 1), (1, 1), (2, 1), (1, 2))))
+    padding = draw(st.sampled_from(("valid", "same", 1, 2, (1, 0), (0, 2), (2, 1))))
+    return Case(
+        2,
+        draw(st.integers(1, 2)),
+        draw(st.integers(1, 3)),
+        draw(st.integers(1, 2)),
+        draw(st.integers(1, 5)),
+        1,
+        spatial,
+        (3, 3),
+        stride,
+        dilation,
+        padding,
+        "zeros",
+        "contiguous",
+        draw(st.booleans()),
+    )
+
+
+@st.composite
 def inner_pixel_cases(draw) -> Case:
     """2d channels_last cases whose inner pixels (window inside the image) the kernels read
     straight from the input: whole channel vectors, one filter per channel; column strides

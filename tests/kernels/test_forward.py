@@ -23,6 +23,7 @@ from tests.kernels.helpers import (
     inner_pixel_cases,
     output_fits,
     stride1_square_cases,
+    stride2_direct_cases,
 )
 
 RTOL = 1e-5
@@ -130,6 +131,22 @@ def test_direct_paths(case, kernels_built):
     with env("on"):
         check_separable(case)
         check_depthwise(case)
+
+
+@settings(max_examples=40)
+@given(case=stride2_direct_cases())
+def test_direct_stride2_path(case, kernels_built):
+    """Zero-padded contiguous planes at stride 2, 3x3: read straight from the input (masked
+    loads past either edge of a row, zero rows above and below)."""
+    with env("on"):
+        check_separable(case)
+        check_depthwise(case)
+
+
+def test_direct_stride2_row_pieces(kernels_on):
+    """Rows wider than a depthwise tile (4096 outputs) in pieces: a piece's first column."""
+    case = Case(2, 1, 2, 1, 3, 1, (5, 8300), (3, 3), (2, 2), (1, 1), 1, "zeros", "contiguous", True)
+    check_depthwise(case)
 
 
 @settings(max_examples=12)

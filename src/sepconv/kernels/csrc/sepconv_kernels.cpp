@@ -872,6 +872,74 @@ void conv_direct_s1(const float* plane, i64 sh, const Geo& g, i64 oy0, i64 ox0, 
 #endif
 
 #if defined(__AVX512F__)
+// Stride 2, 3x3, zero padding, straight from the plane: R output rows of one column vector
+// (16 outputs from input column `base` on), from the 2R + 1 input rows at y0, y0 + 1, ...
+// Each input row is three masked loads (columns [base, base + 32] and zeros outside the
+// plane's [0, W)), its even and odd columns two two-source permutes and the even columns
+// one further an alignr; rows outside the plane are skipped. Reading in place lets the
+// loads overlap the arithmetic: through the padded copy (pad_row_s2, then conv_planar) the
+// copy stalled on memory with nothing else to do (41 % of 8x144x56x56 -> 32 s2, against
+// 17 % for the convolution).
+template <int R, typename S>
+__attribute__((always_inline)) inline void s2_block(const float* plane, i64 sh, i64 H, i64 y0,
+                                                    const float* row0, const __mmask16 (&m)[3],
+                                                    const float* w, float bias, S* d, i64 drs,
+                                                    i64 last) {
+  typedef V<float>::t vec;
+  const __m512i even =
+      _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  vec acc[2][R];
+  for (int o = 0; o < R; ++o) {
+    acc[0][o] = vset<float>(bias);
+    acc[1][o] = vzero<float>();
+  }
+#pragma GCC unroll 17
+  for (int r = 0; r < 2 * R + 1; ++r) {
+    if (uint64_t(y0 + r) >= uint64_t(H)) continue;  // a zero row
+    const float* p = row0 + r * sh;
+    const __m512 a = _mm512_maskz_loadu_ps(m[0], p), b = _mm512_maskz_loadu_ps(m[1], p + 16);
+    const __m512 c = _mm512_maskz_loadu_ps(m[2], p + 32);
+    const __m512 e0 = _mm512_permutex2var_ps(a, even, b);  // columns base + 2i
+    const vec taps[3] = {
+        (vec)e0,
+        (vec)_mm512_permutex2var_ps(a, odd, b),  // base + 2i + 1
+        (vec)_mm512_castsi512_ps(  // base + 2i + 2: e0 one lane on, then column base + 32
+            _mm512_alignr_epi32(_mm512_castps_si512(c), _mm512_castps_si512(e0), 1))};
+#pragma GCC unroll 8
+    for (int o = 0; o < R; ++o) {
+      const int ky = r - 2 * o;
+      if (ky < 0 || ky > 2) continue;
+      for (int kx = 0; kx < 3; ++kx) acc[kx & 1][o] += w[ky * 3 + kx] * taps[kx];
+    }
+  }
+  store_rows<2, R, float>(acc, d, drs, last);
+}
+
+// conv_direct_s1's counterpart at stride 2 for 3x3 filters (MobileNet's downsampling):
+// output rows [oy0, oy0 + TH), columns [ox0, ox0 + TW) to dst (row stride drs), in blocks of
+// up to 8 rows, each block's column vectors in memory order.
+template <typename S>
+void conv_direct_s2(const float* plane, i64 sh, const Geo& g, i64 oy0, i64 ox0, i64 TH, i64 TW,
+                    const float* w, float bias, S* dst, i64 drs) {
+  constexpr i64 L = 16;
+  auto inside = [&](i64 first, i64 lanes) {  // lanes of [first, first + lanes) in [0, W)
+    const i64 lo = std::clamp<i64>(-first, 0, lanes), hi = std::clamp<i64>(g.W - first, lo, lanes);
+    return __mmask16(((uint32_t(1) << hi) - 1) & ~((uint32_t(1) << lo) - 1));
+  };
+  in_blocks<8>(0, TH, [&](i64 i, auto R) {
+    const i64 y0 = 2 * (oy0 + i) - g.pt;  // input row of the block's first window row
+    for (i64 j = 0; j < TW; j += L) {
+      const i64 base = 2 * (ox0 + j) - g.pl;  // input column of lane 0's first tap
+      const __mmask16 m[3] = {inside(base, L), inside(base + L, L), inside(base + 2 * L, 1)};
+      s2_block<decltype(R)::value, S>(plane, sh, g.H, y0, plane + y0 * sh + base, m, w, bias,
+                                      dst + i * drs + j, drs, std::min(L, TW - j));
+    }
+  });
+}
+#endif
+
+#if defined(__AVX512F__)
 // Whether conv_narrow_s1 takes a tile: whole output rows of a plane whose input and output
 // rows are at most one vector wide (14 x 14 and 7 x 7 planes of MobileNet and ConvNeXt).
 inline bool narrow_ok(const Geo& g, i64 ox0, i64 TW) {
@@ -927,12 +995,13 @@ void conv_narrow_s1(const float* plane, i64 sh, const Geo& g, i64 oy0, i64 TH, c
 }
 #endif
 
-// Whether conv_direct applies: float input, zero padding, unit column stride, stride and
-// dilation 1, a square 3, 5 or 7 filter.
+// Whether conv_direct applies: float input, zero padding, unit column stride, and stride and
+// dilation 1 with a square 3, 5 or 7 filter, or stride 2 with a 3x3 one.
 #if defined(__AVX512F__)
 inline bool direct_ok(const Geo& g, bool is_float) {
-  return is_float && g.mode == 0 && g.xs[3] == 1 && unit_steps(g) && g.KH == g.KW &&
-         (g.KW == 3 || g.KW == 5 || g.KW == 7) && s1_rows_enabled();
+  const bool s1 = unit_steps(g) && g.KH == g.KW && (g.KW == 3 || g.KW == 5 || g.KW == 7);
+  const bool s2 = g.sy == 2 && g.sx == 2 && g.dy == 1 && g.dx == 1 && g.KH == 3 && g.KW == 3;
+  return is_float && g.mode == 0 && g.xs[3] == 1 && (s1 || s2) && s1_rows_enabled();
 }
 #else
 inline bool direct_ok(const Geo&, bool) { return false; }
@@ -944,6 +1013,10 @@ inline bool direct_ok(const Geo&, bool) { return false; }
 template <typename S>
 void conv_direct(const float* plane, const Geo& g, i64 oy0, i64 ox0, i64 TH, i64 TW,
                  const float* w, float bias, S* dst, i64 drs) {
+  if (g.sy == 2) {
+    conv_direct_s2<S>(plane, g.xs[2], g, oy0, ox0, TH, TW, w, bias, dst, drs);
+    return;
+  }
   if (narrow_ok(g, ox0, TW)) {
     switch (g.KW) {
       case 3: conv_narrow_s1<3, S>(plane, g.xs[2], g, oy0, TH, w, bias, dst, drs); return;
