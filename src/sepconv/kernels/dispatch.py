@@ -259,9 +259,8 @@ KERNEL, PYTORCH, PYTORCH_CHANNELS_LAST = "kernel", "pytorch", "pytorch channels_
 def _run(current: str, call: _Call, grad: bool, kernel, pytorch, x: Tensor) -> Tensor | None:
     """The output of the path ``current`` picks, or None to leave the call to PyTorch.
 
-    ``kernel(x)``/``pytorch()(x)`` run the forward each way (``pytorch`` makes the PyTorch
-    runner, only when it is needed; it may be None: then the rule decides inference calls
-    too).
+    ``kernel(x)``/``pytorch(x)`` run the forward each way (``pytorch`` may be None: then
+    the rule decides inference calls too).
     """
     if current == "auto":
         if grad or pytorch is None:
@@ -271,9 +270,9 @@ def _run(current: str, call: _Call, grad: bool, kernel, pytorch, x: Tensor) -> T
             if call.measured is None:
                 if not _load_or_decline(current):
                     return None
-                call.measured = _measure(kernel, pytorch(), x)
+                call.measured = _measure(kernel, pytorch, x)
             if call.measured == PYTORCH_CHANNELS_LAST:
-                return _via_channels_last(pytorch(), x)
+                return _via_channels_last(pytorch, x)
             if call.measured != KERNEL:
                 return None
     if not _load_or_decline(current):
@@ -316,7 +315,7 @@ def _offer(kind: str, x: Tensor, tensors, conv_args, plan_problem, runners, refe
     kernel = partial(runners[0] if grad else runners[1], tensors, call.launch)
     pytorch = None
     if reference is not None:
-        pytorch = partial(partial, _reference_call, reference, tensors, conv_args)
+        pytorch = partial(_reference_call, reference, tensors, conv_args)
     return _run(current, call, grad, kernel, pytorch, x)
 
 

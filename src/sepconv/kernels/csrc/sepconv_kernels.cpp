@@ -771,6 +771,13 @@ __attribute__((always_inline)) inline void rows_s1_permuted(Load load, const flo
   store_rows<2, R, float>(acc, d, drs, last);
 }
 
+// The lanes of columns [first, first + lanes) that lie in [0, W), as a mask (arithmetic: a
+// loop over the lanes took a third of a 3x3 block's time).
+inline __mmask16 lanes_inside(i64 first, i64 lanes, i64 W) {
+  const i64 lo = std::clamp<i64>(-first, 0, lanes), hi = std::clamp<i64>(W - first, lo, lanes);
+  return __mmask16(((uint32_t(1) << hi) - 1) & ~((uint32_t(1) << lo) - 1));
+}
+
 // Zeros for rows outside the plane (conv_direct_s1).
 alignas(64) const float kZeroRow[32] = {};
 
@@ -793,12 +800,8 @@ void conv_direct_s1(const float* plane, i64 sh, const Geo& g, i64 oy0, i64 ox0, 
   typedef V<float>::t vec;
   constexpr i64 L = 16, WL = 2 * L;  // gathered window: rows of 16 + K - 1 columns, padded
   alignas(64) float win[(8 + K - 1) * WL];
-  // Lanes inside the row: columns [c0, c0 + 16) and the K - 1 columns after them (as
-  // arithmetic: a loop over the lanes took a third of a 3x3 block's time).
-  auto inside = [&](i64 first, i64 lanes) {
-    const i64 lo = std::clamp<i64>(-first, 0, lanes), hi = std::clamp<i64>(g.W - first, lo, lanes);
-    return __mmask16(((uint32_t(1) << hi) - 1) & ~((uint32_t(1) << lo) - 1));
-  };
+  // Lanes inside the row: columns [c0, c0 + 16) and the K - 1 columns after them.
+  auto inside = [&](i64 first, i64 lanes) { return lanes_inside(first, lanes, g.W); };
   // Column vector j of rows [i, i + R): edge blocks (mask and zero rows) or in place.
   auto block = [&](i64 i, auto R, i64 j, bool edge) __attribute__((always_inline)) {
     constexpr int RB = decltype(R)::value;
@@ -873,7 +876,8 @@ void conv_direct_s1(const float* plane, i64 sh, const Geo& g, i64 oy0, i64 ox0, 
 
 #if defined(__AVX512F__)
 // Stride 2, 3x3, zero padding, straight from the plane: R output rows of one column vector
-// (16 outputs from input column `base` on), from the 2R + 1 input rows at y0, y0 + 1, ...
+// (16 outputs; row0 points at input row y0, column `base` of the first tap), from the 2R + 1
+// input rows y0, y0 + 1, ...
 // Each input row is three masked loads (columns [base, base + 32] and zeros outside the
 // plane's [0, W)), its even and odd columns two two-source permutes and the even columns
 // one further an alignr; rows outside the plane are skipped. Reading in place lets the
@@ -881,10 +885,9 @@ void conv_direct_s1(const float* plane, i64 sh, const Geo& g, i64 oy0, i64 ox0, 
 // copy stalled on memory with nothing else to do (41 % of 8x144x56x56 -> 32 s2, against
 // 17 % for the convolution).
 template <int R, typename S>
-__attribute__((always_inline)) inline void s2_block(const float* plane, i64 sh, i64 H, i64 y0,
-                                                    const float* row0, const __mmask16 (&m)[3],
-                                                    const float* w, float bias, S* d, i64 drs,
-                                                    i64 last) {
+__attribute__((always_inline)) inline void s2_block(const float* row0, i64 sh, i64 H, i64 y0,
+                                                    const __mmask16 (&m)[3], const float* w,
+                                                    float bias, S* d, i64 drs, i64 last) {
   typedef V<float>::t vec;
   const __m512i even =
       _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
@@ -923,16 +926,13 @@ template <typename S>
 void conv_direct_s2(const float* plane, i64 sh, const Geo& g, i64 oy0, i64 ox0, i64 TH, i64 TW,
                     const float* w, float bias, S* dst, i64 drs) {
   constexpr i64 L = 16;
-  auto inside = [&](i64 first, i64 lanes) {  // lanes of [first, first + lanes) in [0, W)
-    const i64 lo = std::clamp<i64>(-first, 0, lanes), hi = std::clamp<i64>(g.W - first, lo, lanes);
-    return __mmask16(((uint32_t(1) << hi) - 1) & ~((uint32_t(1) << lo) - 1));
-  };
+  auto inside = [&](i64 first, i64 lanes) { return lanes_inside(first, lanes, g.W); };
   in_blocks<8>(0, TH, [&](i64 i, auto R) {
     const i64 y0 = 2 * (oy0 + i) - g.pt;  // input row of the block's first window row
     for (i64 j = 0; j < TW; j += L) {
       const i64 base = 2 * (ox0 + j) - g.pl;  // input column of lane 0's first tap
       const __mmask16 m[3] = {inside(base, L), inside(base + L, L), inside(base + 2 * L, 1)};
-      s2_block<decltype(R)::value, S>(plane, sh, g.H, y0, plane + y0 * sh + base, m, w, bias,
+      s2_block<decltype(R)::value, S>(plane + y0 * sh + base, sh, g.H, y0, m, w, bias,
                                       dst + i * drs + j, drs, std::min(L, TW - j));
     }
   });
@@ -949,9 +949,9 @@ inline bool narrow_ok(const Geo& g, i64 ox0, i64 TW) {
 // conv_direct_s1 for narrow planes (narrow_ok): each input row is one masked load, its K
 // column shifts K - 1 single-source permutes with zeroing masks (zero padding and the
 // lanes past the row), and rows outside the plane are skipped. Blocks of up to 8 output
-// rows. In L1, 14 x 14 / 7 x 7 3x3 planes took 14.9 / 16.6 cycles per row as blocks of
-// conv_direct_s1's edge path (masked loads of two vectors, two-source permutes, blocks
-// of 4, 2 and 1 rows).
+// rows, then one block of the rest. As blocks of conv_direct_s1's edge path (masked loads of
+// two vectors, two-source permutes, blocks of 4, 2 and 1 rows), in L1 14 x 14 / 7 x 7 3x3
+// planes took 13.7 / 15.5 cycles per row, now 9.2 / 10.5; 7 x 7 7x7 ones 57.0 -> 29.8.
 template <int K, typename S>
 void conv_narrow_s1(const float* plane, i64 sh, const Geo& g, i64 oy0, i64 TH, const float* w,
                     float bias, S* dst, i64 drs) {
@@ -1007,8 +1007,9 @@ inline bool direct_ok(const Geo& g, bool is_float) {
 inline bool direct_ok(const Geo&, bool) { return false; }
 #endif
 
-// One plane's depthwise output through conv_direct_s1 (direct_ok(g) holds; without AVX-512
-// it never does).
+// One plane's depthwise output straight from the plane (direct_ok(g) holds; without AVX-512
+// it never does): conv_direct_s2 at stride 2, conv_narrow_s1 for narrow planes, else
+// conv_direct_s1.
 #if defined(__AVX512F__)
 template <typename S>
 void conv_direct(const float* plane, const Geo& g, i64 oy0, i64 ox0, i64 TH, i64 TW,
