@@ -184,14 +184,18 @@ ROW_PIECE_CASES = (
 )
 
 
-# A whole call's intermediate (at most 4 MiB) beside a pointwise weight of 1 MiB or more: the
-# depthwise of every image first, then one GEMM per block of outputs (channels_last and NCHW;
-# zero padding read in place or any padding copied; depth multipliers, dilation, strides).
+# A whole call's intermediate (at most 4 MiB) beside a pointwise weight of 1 MiB or more, or
+# channels_last outputs of at most 7x7: the depthwise of every image first, then one GEMM per
+# block of outputs or share of pixels (channels_last and NCHW; zero padding read in place or
+# any padding copied; depth multipliers, dilation, strides).
 _WHOLE = (
     # (N, C, M, O), spatial, kernel, stride, dilation, padding, mode, bias
     ((2, 256, 1, 1024), (9, 9), (3, 3), (1, 1), (1, 1), 1, "zeros", True),
     ((3, 256, 1, 1100), (8, 7), (5, 5), (2, 1), (1, 1), "same", "reflect", False),
     ((1, 128, 2, 1040), (6, 6), (3, 3), (1, 1), (2, 2), 2, "replicate", True),
+    # channels_last 7x7 outputs: small weights too, GEMMs over shares of the pixels
+    ((7, 64, 1, 40), (7, 7), (3, 3), (1, 1), (1, 1), 1, "zeros", True),
+    ((6, 32, 2, 24), (13, 14), (3, 3), (2, 2), (1, 1), "same", "reflect", False),
 )
 WHOLE_CALL_CASES = tuple(
     Case(2, *counts, 1, size, kernel, stride, dilation, padding, mode, layout, bias)

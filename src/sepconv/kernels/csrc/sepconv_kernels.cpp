@@ -1772,7 +1772,10 @@ void sep_forward_split(const float* x, const std::vector<float>& w, const std::v
 // - planar input with few tiles (batch 1, small planes), where the threads sharing each tile
 //   (sep_forward_split, the own GEMM over blocks of 16 output channels) took 1.1-1.7x its
 //   time: 1x384x14x14 -> 64 1.6x, 1x576x14x14 -> 96 1.45x. (channels_last: 0.8-1.3x, kept
-//   on sep_forward_split.)
+//   on sep_forward_split), or
+// - channels_last output planes of at most 64 pixels (7 x 7), whose tiles of a few rows made
+//   GEMMs of 21-28 pixels each re-reading the weight: 8x960x7x7 -> 160 and 1x960x7x7 -> 160
+//   took 1.15-1.2x, 8x576x14x14 -> 160 s2 1.1x its time (at 14 x 14: 0.98-1.1x, not taken).
 bool whole_ok(const Geo& g, bool few_tiles) {
   const i64 P = g.OH * g.OW;
   const bool out_ok = g.nhwc ? g.out_nhwc && g.os[1] == 1 && g.os[2] == g.OW * g.os[3] &&
@@ -1780,13 +1783,14 @@ bool whole_ok(const Geo& g, bool few_tiles) {
                              : !g.out_nhwc && g.os[3] == 1 && g.os[2] == g.OW;
   const bool large_weight = g.O * g.CM * 4 >= (i64(1) << 20);
   return out_ok && g.G == 1 && g.N * P * g.CM * 4 <= (i64(4) << 20) &&
-         (large_weight || (few_tiles && !g.nhwc));
+         (large_weight || (few_tiles && !g.nhwc) || (g.nhwc && P <= 64));
 }
 
 // Small intermediates (whole_ok): the depthwise output of the whole
 // call first (channels_last: N*OH*OW pixels x CM; NCHW: CM planes of all images' pixels),
 // then one GEMM per thread over a block of output channels (NCHW: into a buffer, from which
-// each image's planes are copied out with the bias). Tile by tile, each GEMM re-reads the
+// each image's planes are copied out with the bias), or, channels_last with 128 or more
+// pixels a thread, over a share of the pixels. Tile by tile, each GEMM re-reads the
 // whole pointwise weight for a few dozen pixels (ConvNeXt's 768 -> 3072 at 7 x 7: 9.4 MB for
 // 49 pixels).
 void sep_forward_whole(const float* x, const std::vector<float>& w, const std::vector<float>& wT,
@@ -1824,26 +1828,43 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
       }
     }
     // (implicit barrier: the whole intermediate is ready)
+    if (nhwc && P >= 128 * g.threads) {
+      // Each thread all output channels of its share of the pixels: one read of the
+      // intermediate, and rows of 128 or more pixels per GEMM (8x960x7x7 -> 320 0.94x,
+      // 8x384x14x14 -> 1536 0.97x against output-channel blocks; at batch 1, 25 pixels a
+      // thread, 1x768x7x7 -> 3072 took 1.2x, so fewer pixels keep the blocks below).
+      const i64 share = (P + g.threads - 1) / g.threads;
 #pragma omp for schedule(static, 1)
-    for (i64 o0 = 0; o0 < g.O; o0 += per) {
-      const i64 nb = std::min(per, g.O - o0);
-      if (nhwc) {
+      for (i64 p0 = 0; p0 < P; p0 += share) {
+        const i64 pn = std::min(share, P - p0);
         if (bp)
-          for (i64 p = 0; p < P; ++p) std::memcpy(out + p * ops + o0, bp + o0, sizeof(float) * nb);
-        mm<float>(P, nb, g.CM, Mat{mid.get(), g.CM, 1}, Mat{wp + o0 * g.CM, 1, g.CM}, out + o0,
-                  ops, 1, bp ? 1.0f : 0.0f);
-        continue;
+          for (i64 p = p0; p < p0 + pn; ++p) std::memcpy(out + p * ops, bp, sizeof(float) * g.O);
+        mm<float>(pn, g.O, g.CM, Mat{mid.get() + p0 * g.CM, g.CM, 1}, Mat{wp, 1, g.CM},
+                  out + p0 * ops, ops, 1, bp ? 1.0f : 0.0f);
       }
-      std::unique_ptr<float[]> tmp(new float[nb * P]);
-      mm<float>(nb, P, g.CM, Mat{wp + o0 * g.CM, g.CM, 1}, Mat{mid.get(), P, 1}, tmp.get(), P, 1,
-                0.0f);
-      for (i64 n = 0; n < g.N; ++n)
-        for (i64 o = 0; o < nb; ++o) {
-          const float* src = tmp.get() + o * P + n * Pimg;
-          float* dst = out + n * g.os[0] + (o0 + o) * g.os[1];
-          const float bias = bp ? bp[o0 + o] : 0.0f;
-          for (i64 p = 0; p < Pimg; ++p) dst[p] = src[p] + bias;
+    } else {
+#pragma omp for schedule(static, 1)
+      for (i64 o0 = 0; o0 < g.O; o0 += per) {
+        const i64 nb = std::min(per, g.O - o0);
+        if (nhwc) {
+          if (bp)
+            for (i64 p = 0; p < P; ++p)
+              std::memcpy(out + p * ops + o0, bp + o0, sizeof(float) * nb);
+          mm<float>(P, nb, g.CM, Mat{mid.get(), g.CM, 1}, Mat{wp + o0 * g.CM, 1, g.CM}, out + o0,
+                    ops, 1, bp ? 1.0f : 0.0f);
+          continue;
         }
+        std::unique_ptr<float[]> tmp(new float[nb * P]);
+        mm<float>(nb, P, g.CM, Mat{wp + o0 * g.CM, g.CM, 1}, Mat{mid.get(), P, 1}, tmp.get(), P, 1,
+                  0.0f);
+        for (i64 n = 0; n < g.N; ++n)
+          for (i64 o = 0; o < nb; ++o) {
+            const float* src = tmp.get() + o * P + n * Pimg;
+            float* dst = out + n * g.os[0] + (o0 + o) * g.os[1];
+            const float bias = bp ? bp[o0 + o] : 0.0f;
+            for (i64 p = 0; p < Pimg; ++p) dst[p] = src[p] + bias;
+          }
+      }
     }
   }
 }
