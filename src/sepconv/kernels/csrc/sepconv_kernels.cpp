@@ -1775,7 +1775,8 @@ void sep_forward_split(const float* x, const std::vector<float>& w, const std::v
 //   on sep_forward_split), or
 // - channels_last output planes of at most 64 pixels (7 x 7), whose tiles of a few rows made
 //   GEMMs of 21-28 pixels each re-reading the weight: 8x960x7x7 -> 160 and 1x960x7x7 -> 160
-//   took 1.15-1.2x, 8x576x14x14 -> 160 s2 1.1x its time (at 14 x 14: 0.98-1.1x, not taken).
+//   took 1.15-1.3x, 8x576x14x14 -> 160 s2 1.1x its time (14 x 14 outputs: 0.99-1.15x this
+//   way, not taken).
 bool whole_ok(const Geo& g, bool few_tiles) {
   const i64 P = g.OH * g.OW;
   const bool out_ok = g.nhwc ? g.out_nhwc && g.os[1] == 1 && g.os[2] == g.OW * g.os[3] &&
