@@ -1829,6 +1829,14 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
       }
     }
     // (implicit barrier: the whole intermediate is ready)
+    // channels_last: pixels [p0, p0 + pn) x output channels [o0, o0 + nb), bias first.
+    auto nhwc_gemm = [&](i64 p0, i64 pn, i64 o0, i64 nb) {
+      if (bp)
+        for (i64 p = p0; p < p0 + pn; ++p)
+          std::memcpy(out + p * ops + o0, bp + o0, sizeof(float) * nb);
+      mm<float>(pn, nb, g.CM, Mat{mid.get() + p0 * g.CM, g.CM, 1}, Mat{wp + o0 * g.CM, 1, g.CM},
+                out + p0 * ops + o0, ops, 1, bp ? 1.0f : 0.0f);
+    };
     if (nhwc && P >= 128 * g.threads) {
       // Each thread all output channels of its share of the pixels: one read of the
       // intermediate, and rows of 128 or more pixels per GEMM (8x960x7x7 -> 320 0.94x,
@@ -1836,23 +1844,13 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
       // thread, 1x768x7x7 -> 3072 took 1.2x, so fewer pixels keep the blocks below).
       const i64 share = (P + g.threads - 1) / g.threads;
 #pragma omp for schedule(static, 1)
-      for (i64 p0 = 0; p0 < P; p0 += share) {
-        const i64 pn = std::min(share, P - p0);
-        if (bp)
-          for (i64 p = p0; p < p0 + pn; ++p) std::memcpy(out + p * ops, bp, sizeof(float) * g.O);
-        mm<float>(pn, g.O, g.CM, Mat{mid.get() + p0 * g.CM, g.CM, 1}, Mat{wp, 1, g.CM},
-                  out + p0 * ops, ops, 1, bp ? 1.0f : 0.0f);
-      }
+      for (i64 p0 = 0; p0 < P; p0 += share) nhwc_gemm(p0, std::min(share, P - p0), 0, g.O);
     } else {
 #pragma omp for schedule(static, 1)
       for (i64 o0 = 0; o0 < g.O; o0 += per) {
         const i64 nb = std::min(per, g.O - o0);
         if (nhwc) {
-          if (bp)
-            for (i64 p = 0; p < P; ++p)
-              std::memcpy(out + p * ops + o0, bp + o0, sizeof(float) * nb);
-          mm<float>(P, nb, g.CM, Mat{mid.get(), g.CM, 1}, Mat{wp + o0 * g.CM, 1, g.CM}, out + o0,
-                    ops, 1, bp ? 1.0f : 0.0f);
+          nhwc_gemm(0, P, o0, nb);
           continue;
         }
         std::unique_ptr<float[]> tmp(new float[nb * P]);
