@@ -196,6 +196,13 @@ _WHOLE = (
     # channels_last 7x7 outputs: small weights too, GEMMs over shares of the pixels
     ((7, 64, 1, 40), (7, 7), (3, 3), (1, 1), (1, 1), 1, "zeros", True),
     ((6, 32, 2, 24), (13, 14), (3, 3), (2, 2), (1, 1), "same", "reflect", False),
+    # own GEMM: channels_last through the planar GEMM (few pixels, a large weight), tasks
+    # of one weight panel (the last one partial) x a share of the pixels, and pixel shares
+    # over several panels
+    ((2, 320, 1, 1100), (5, 5), (3, 3), (1, 1), (1, 1), 1, "zeros", True),
+    ((1, 256, 1, 300), (7, 7), (3, 3), (1, 1), (1, 1), 1, "reflect", False),
+    ((4, 64, 1, 75), (7, 7), (3, 3), (1, 1), (1, 1), 1, "zeros", True),
+    ((8, 32, 1, 130), (7, 7), (3, 3), (1, 1), (1, 1), 1, "zeros", True),
 )
 WHOLE_CALL_CASES = tuple(
     Case(2, *counts, 1, size, kernel, stride, dilation, padding, mode, layout, bias)
@@ -206,7 +213,9 @@ WHOLE_CALL_CASES = tuple(
 
 @pytest.mark.parametrize("case", WHOLE_CALL_CASES)
 def test_whole_call_intermediate(case, kernels_on):
-    check_separable(case)
+    for gemm in GEMMS:
+        with tile_gemm(gemm):
+            check_separable(case)
 
 
 def test_channels_last_row_pieces(kernels_on):

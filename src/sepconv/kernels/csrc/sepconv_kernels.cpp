@@ -380,8 +380,10 @@ inline void micro_rows(i64 mr, i64 K, const float* a, i64 lda, const float* b, i
 }
 
 // bias_row: M values (one per row of C) or null; bias_col: N values (+ slack) or null.
+// pstride: 0 for a plain B; else B is packed in 64-column panels (pack_panels, ldb 64), panel
+// j at b + j * pstride.
 void gemm_f32(i64 M, i64 N, i64 K, const float* a, i64 lda, const float* b, i64 ldb, float* c,
-              i64 ldc, const float* bias_row, const float* bias_col) {
+              i64 ldc, const float* bias_row, const float* bias_col, i64 pstride = 0) {
   constexpr i64 NB = 64, MR = 6;
   // Rows of A in blocks that stay in L2 while all column blocks sweep past them, so a large
   // A (pointwise weight) is read from memory once per call, not once per column block.
@@ -395,12 +397,13 @@ void gemm_f32(i64 M, i64 N, i64 K, const float* a, i64 lda, const float* b, i64 
       const float* br = bias_row ? bias_row + m0 : nullptr;
       const float* bc = bias_col ? bias_col + n0 : nullptr;
       const float* am = a + m0 * lda;
+      const float* bn = pstride ? b + (n0 / NB) * pstride : b + n0;
       float* cm = c + m0 * ldc + n0;
       switch (nv) {
-        case 4: micro_rows<4>(mr, K, am, lda, b + n0, ldb, cm, ldc, br, bc, nb); break;
-        case 3: micro_rows<3>(mr, K, am, lda, b + n0, ldb, cm, ldc, br, bc, nb); break;
-        case 2: micro_rows<2>(mr, K, am, lda, b + n0, ldb, cm, ldc, br, bc, nb); break;
-        default: micro_rows<1>(mr, K, am, lda, b + n0, ldb, cm, ldc, br, bc, nb); break;
+        case 4: micro_rows<4>(mr, K, am, lda, bn, ldb, cm, ldc, br, bc, nb); break;
+        case 3: micro_rows<3>(mr, K, am, lda, bn, ldb, cm, ldc, br, bc, nb); break;
+        case 2: micro_rows<2>(mr, K, am, lda, bn, ldb, cm, ldc, br, bc, nb); break;
+        default: micro_rows<1>(mr, K, am, lda, bn, ldb, cm, ldc, br, bc, nb); break;
       }
     }
   }
@@ -1787,6 +1790,15 @@ bool whole_ok(const Geo& g, bool few_tiles) {
          (large_weight || (few_tiles && !g.nhwc) || (g.nhwc && P <= 64));
 }
 
+// Whether sep_forward_whole's own GEMM takes a channels_last call through the planar GEMM,
+// transposing the intermediate and the output in cache, instead of packing the pointwise
+// weight in panels: where packing would move more than transposing. 1x768x7x7 -> 3072 took
+// 0.45x the time this way, 1x960x7x7 -> 160 / 320 0.85-0.92x; 8x960x7x7 -> 160 and
+// 8x576x14x14 -> 160 s2 took 1.25-1.35x (packing there is cheap).
+bool whole_transposed(const Geo& g) {
+  return g.nhwc && 2 * g.N * g.OH * g.OW * (g.CM + g.O) < g.O * g.CM;
+}
+
 // Small intermediates (whole_ok): the depthwise output of the whole
 // call first (channels_last: N*OH*OW pixels x CM; NCHW: CM planes of all images' pixels),
 // then one GEMM per thread over a block of output channels (NCHW: into a buffer, from which
@@ -1800,6 +1812,8 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
   const i64 Pimg = g.OH * g.OW, P = g.N * Pimg, ops = g.os[3];
   std::unique_ptr<float[]> mid(new float[P * g.CM + kSlack]);
   const bool nhwc = g.nhwc != 0;
+  const bool transposed = g.own_gemm && whole_transposed(g);
+  std::unique_ptr<float[]> midT(transposed ? new float[P * g.CM + kSlack] : nullptr);
   const auto ir = inner_read<float, float>(g, wT);
   const bool direct = !nhwc && direct_ok(g, true);
   // Output channels per thread, in whole vectors.
@@ -1830,14 +1844,27 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
     }
     // (implicit barrier: the whole intermediate is ready)
     // channels_last: pixels [p0, p0 + pn) x output channels [o0, o0 + nb), bias first.
+    // Own GEMM: o0 is a panel's first column (a multiple of 64).
     auto nhwc_gemm = [&](i64 p0, i64 pn, i64 o0, i64 nb) {
+      if (g.own_gemm) {
+        gemm_f32(pn, nb, g.CM, mid.get() + p0 * g.CM, g.CM, g.wpT + o0 * g.CM, 64,
+                 out + p0 * ops + o0, ops, nullptr, bp ? g.bp_pad + o0 : nullptr, 64 * g.CM);
+        return;
+      }
       if (bp)
         for (i64 p = p0; p < p0 + pn; ++p)
           std::memcpy(out + p * ops + o0, bp + o0, sizeof(float) * nb);
       mm<float>(pn, nb, g.CM, Mat{mid.get() + p0 * g.CM, g.CM, 1}, Mat{wp + o0 * g.CM, 1, g.CM},
                 out + p0 * ops + o0, ops, 1, bp ? 1.0f : 0.0f);
     };
-    if (nhwc && P >= 128 * g.threads) {
+    if (transposed) {
+      // midT = mid transposed (CM x P), for the planar GEMM below.
+#pragma omp for schedule(static)
+      for (i64 c0 = 0; c0 < g.CM; c0 += 16)
+        for (i64 p = 0; p < P; ++p)
+          for (i64 c = c0; c < std::min(g.CM, c0 + 16); ++c) midT[c * P + p] = mid[p * g.CM + c];
+    }
+    if (nhwc && !transposed && P >= 128 * g.threads) {
       // Each thread all output channels of its share of the pixels: one read of the
       // intermediate, and rows of 128 or more pixels per GEMM (8x960x7x7 -> 320 0.94x,
       // 8x384x14x14 -> 1536 0.97x against output-channel blocks; at batch 1, 25 pixels a
@@ -1845,17 +1872,37 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
       const i64 share = (P + g.threads - 1) / g.threads;
 #pragma omp for schedule(static, 1)
       for (i64 p0 = 0; p0 < P; p0 += share) nhwc_gemm(p0, std::min(share, P - p0), 0, g.O);
+    } else if (nhwc && !transposed && g.own_gemm) {
+      // Tasks of one weight panel x a share of the pixels, at least two per thread (one
+      // panel per thread left 1x960x7x7 -> 160's three panels on two threads).
+      const i64 panels = (g.O + 63) / 64;
+      const i64 shares = (2 * g.threads + panels - 1) / panels, share = (P + shares - 1) / shares;
+#pragma omp for schedule(dynamic, 1)
+      for (i64 task = 0; task < panels * shares; ++task) {
+        const i64 j = task / shares, p0 = (task % shares) * share;
+        if (p0 < P) nhwc_gemm(p0, std::min(share, P - p0), j * 64, std::min<i64>(64, g.O - j * 64));
+      }
     } else {
 #pragma omp for schedule(static, 1)
       for (i64 o0 = 0; o0 < g.O; o0 += per) {
         const i64 nb = std::min(per, g.O - o0);
-        if (nhwc) {
+        if (nhwc && !transposed) {
           nhwc_gemm(0, P, o0, nb);
           continue;
         }
         std::unique_ptr<float[]> tmp(new float[nb * P]);
-        mm<float>(nb, P, g.CM, Mat{wp + o0 * g.CM, g.CM, 1}, Mat{mid.get(), P, 1}, tmp.get(), P, 1,
-                  0.0f);
+        const float* planar = transposed ? midT.get() : mid.get();
+        if (g.own_gemm)
+          gemm_f32(nb, P, g.CM, wp + o0 * g.CM, g.CM, planar, P, tmp.get(), P, nullptr, nullptr);
+        else
+          mm<float>(nb, P, g.CM, Mat{wp + o0 * g.CM, g.CM, 1}, Mat{planar, P, 1}, tmp.get(), P, 1,
+                    0.0f);
+        if (transposed) {
+          for (i64 p = 0; p < P; ++p)
+            for (i64 o = 0; o < nb; ++o)
+              out[p * ops + o0 + o] = tmp[o * P + p] + (bp ? bp[o0 + o] : 0.0f);
+          continue;
+        }
         for (i64 n = 0; n < g.N; ++n)
           for (i64 o = 0; o < nb; ++o) {
             const float* src = tmp.get() + o * P + n * Pimg;
@@ -1895,12 +1942,12 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
   std::unique_ptr<float[]> wpT_buf;
   std::vector<float> bp_buf, wpb_buf;
   if constexpr (std::is_same<S, float>::value) {
-    if (whole_ok(g, few_tiles)) {  // (before the weight packing below, which it does not read)
-      sep_forward_whole(x, w, wT, b, wp, bp, out, g, tl, ymap.data(), xmap.data());
-      return;
-    }
-    g.own_gemm = own_gemm_for(nhwc, few_tiles, g.O * g.CMg);
-    if (nhwc && g.out_nhwc && g.own_gemm) {  // only the own nhwc GEMM reads them
+    // The whole call's GEMMs take the own kernel only where every tile GEMM does (AMD): on
+    // Intel, MKL was measured there.
+    const bool whole = whole_ok(g, few_tiles);
+    g.own_gemm = whole ? g_own_gemm == 1 : own_gemm_for(nhwc, few_tiles, g.O * g.CMg);
+    if (nhwc && g.out_nhwc && g.own_gemm && !(whole && whole_transposed(g))) {
+      // (only the own nhwc GEMM reads them)
       // Per group, per 64 output channels: panel[j][k][0..64) = wp[o0 + j*64 + ., k], so
       // that the GEMM streams each panel contiguously (a plain transpose has a row stride
       // of Og, which thrashes the TLB when Og is large); slack for vector reads past Og.
@@ -1915,6 +1962,10 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
       if (bp) std::memcpy(bp_buf.data(), bp, sizeof(float) * g.O);
       g.wpT = wpT_buf.get();
       g.bp_pad = bp_buf.data();
+    }
+    if (whole) {
+      sep_forward_whole(x, w, wT, b, wp, bp, out, g, tl, ymap.data(), xmap.data());
+      return;
     }
     // Bias as an extra GEMM input channel (tile_gemm) where copying the weight costs at most
     // a quarter of the output pass it saves. Not channels_last with few tiles: MKL was up
