@@ -368,6 +368,44 @@ def test_every_tile_gemm_agrees_on_random_cases(gemm, case, kernels_built):
         check_separable(case)
 
 
+@contextlib.contextmanager
+def prefetch(name: str):
+    """Bring input into the cache ahead of the loops (prefetches, touch passes), or not."""
+    lib = _build.load()
+    old = lib.sepconv_set_reads(_build.PREFETCH[name])
+    try:
+        yield
+    finally:
+        lib.sepconv_set_reads(old)
+
+
+# Inputs beyond 32 MiB, whose channels_last tiles touch their windows first (edges, padding,
+# stride 2).
+LARGE_INPUT_CASES = (
+    Case(2, 2, 64, 1, 8, 1, (264, 256), (3, 3), (1, 1), (1, 1), 1, "zeros", "channels_last", True),
+    Case(
+        2, 1, 128, 1, 8, 1, (263, 255), (5, 5), (2, 2), (1, 1), 2, "reflect", "channels_last", False
+    ),
+)
+
+
+@pytest.mark.parametrize("mode", sorted(_build.PREFETCH))
+def test_prefetch_modes_agree(mode, kernels_on):
+    with prefetch(mode):
+        for case in MANY_TILE_CASES + FEW_TILE_CASES + LARGE_INPUT_CASES:
+            check_separable(case)
+            check_depthwise(case)
+
+
+@pytest.mark.parametrize("mode", sorted(_build.PREFETCH))
+@settings(max_examples=15)
+@given(case=cases(max_size=30, rank=2))
+def test_prefetch_modes_agree_on_random_cases(mode, case, kernels_built):
+    with env("on"), prefetch(mode):
+        check_separable(case)
+        check_depthwise(case)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_thread_counts_agree(threads, kernels_on):
     case = Case(

@@ -54,6 +54,7 @@ def info() -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "bfloat16": dispatch._bf16_supported(),
         "tile_gemm": _build.tile_gemm_choice(),
+        "prefetch": _build.prefetch_choice(),
         "cpu": _cpu_model(_build.cpu_fingerprint()),
     }
 

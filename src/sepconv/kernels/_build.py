@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "sepconv_kernels.cpp"
-ABI_VERSION = 3
+ABI_VERSION = 4
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -190,6 +190,25 @@ def tile_gemm_choice() -> str:
     return "mixed" if "GenuineIntel" in cpu_fingerprint() else "own"
 
 
+#: Whether the kernels bring their input into the cache ahead of reading it (library codes).
+PREFETCH = {"off": 0, "on": 1}
+
+
+def prefetch_choice() -> str:
+    """A key of :data:`PREFETCH`: ``SEPCONV_KERNELS_PREFETCH`` when it names one, else by CPU.
+
+    ``on``: software prefetches in the fused planar tiles, and touch passes (one load per
+    cache line, just before the loops read the window) in the depthwise kernels and on large
+    channels_last inputs. Measured on AMD Zen 5, where without it the depthwise loops read
+    memory at 4-7 GB/s a thread. ``off`` on Intel CPUs, where it has not been measured
+    (docs/performance.md, run L).
+    """
+    value = os.environ.get("SEPCONV_KERNELS_PREFETCH", "").strip().lower()
+    if value in PREFETCH:
+        return value
+    return "off" if "GenuineIntel" in cpu_fingerprint() else "on"
+
+
 def _declare(lib: ctypes.CDLL) -> None:
     p, i64p, c_int = ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int
     lib.sepconv_abi_version.restype = c_int
@@ -201,6 +220,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.sepconv_backward.restype = c_int
     lib.sepconv_set_own_gemm.argtypes = [c_int]
     lib.sepconv_set_own_gemm.restype = c_int
+    lib.sepconv_set_reads.argtypes = [c_int]
+    lib.sepconv_set_reads.restype = c_int
 
 
 def load() -> ctypes.CDLL:
@@ -225,6 +246,7 @@ def load() -> ctypes.CDLL:
             _error = str(error)
             raise BuildError(_error) from error
         lib.sepconv_set_own_gemm(TILE_GEMM[tile_gemm_choice()])
+        lib.sepconv_set_reads(PREFETCH[prefetch_choice()])
         _lib = lib
         return lib
 

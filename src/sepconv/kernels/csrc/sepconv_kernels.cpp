@@ -527,18 +527,53 @@ void pad_planar(const S* plane, i64 sh, i64 sw, const Geo& g, const i64* ymap, c
   }
 }
 
-// Prefetch (into L2) the input rows [r0, r0+R) and columns [q0, q0+Q) (padded coordinates;
-// only those inside the plane) of one plane with unit column stride.
-template <typename S>
-inline void prefetch_window(const S* plane, const Geo& g, i64 r0, i64 R, i64 q0, i64 Q) {
-  if (g.xs[3] != 1) return;
-  const i64 line = 64 / i64(sizeof(S));
+// Whether the kernels bring their input into the cache ahead of reading it (sepconv_set_reads,
+// set by CPU from Python): 0 no (what runs G-K measured on Intel), 1 yes (measured on AMD Zen
+// 5, run L). There, without it, the depthwise loops' short column strips had only a few
+// misses out at a time and read memory at 4-7 GB/s a thread. With it:
+// - fused planar tiles prefetch a later channel's window into L2 (row 1 0.75x the time);
+// - planar depthwise tasks touch their window first (touch_window: one load per cache line,
+//   in memory order, so the misses go out together): 3x3 / 5x5 / 7x7 on 8x128x112x112
+//   0.58 / 0.48 / 0.61x the time of prefetching it;
+// - channels_last tiles touch theirs where the input exceeds kTouchBytes: 8x96x112x112 0.54x
+//   (depthwise) and 0.72x (-> 24 s2). Smaller inputs took 1.03-1.18x: they are in the L3
+//   already, and the pass only adds loads.
+int g_reads = 0;
+constexpr i64 kTouchBytes = i64(32) << 20;
+
+// f(line) for each 64-byte line of the input rows [r0, r0 + R) and columns [q0, q0 + Q)
+// (padded coordinates; only those inside the image) of an image with row stride rs whose
+// columns are `cols` consecutive elements each (planar 1, channels_last C).
+template <typename S, typename F>
+inline void window_lines(const S* img, i64 rs, i64 cols, const Geo& g, i64 r0, i64 R, i64 q0,
+                         i64 Q, F f) {
   const i64 rlo = std::max<i64>(0, r0 - g.pt), rhi = std::min<i64>(g.H, r0 + R - g.pt);
   const i64 clo = std::max<i64>(0, q0 - g.pl), chi = std::min<i64>(g.W, q0 + Q - g.pl);
   if (chi <= clo) return;
-  for (i64 r = rlo; r < rhi; ++r)
-    for (i64 q = clo; q < chi + line; q += line)
-      __builtin_prefetch(plane + r * g.xs[2] + std::min(q, chi - 1), 0, 1);
+  for (i64 r = rlo; r < rhi; ++r) {
+    const uintptr_t first = uintptr_t(img + r * rs + clo * cols) & ~uintptr_t(63);
+    const uintptr_t last = uintptr_t(img + r * rs + chi * cols - 1);
+    for (uintptr_t line = first; line <= last; line += 64) f(line);
+  }
+}
+
+// As asm volatile: GCC 12's pure-const analysis took a function of __builtin_prefetch calls
+// for one without effects and deleted the calls (runs G-K prefetched nothing).
+inline void prefetch_line(uintptr_t line) {
+  asm volatile("prefetcht2 %0" : : "m"(*reinterpret_cast<const char*>(line)));
+}
+inline void touch_line(uintptr_t line) { (void)*reinterpret_cast<const volatile char*>(line); }
+
+// Prefetch (into L2) or touch rows [r0, r0+R) and columns [q0, q0+Q) of one plane with unit
+// column stride. (Prefetching each row's last element besides its lines, a second prefetch of
+// a line in flight, made the 3x3 on 112x112 planes 1.7x slower on AMD Zen 5.)
+template <typename S>
+inline void prefetch_window(const S* plane, const Geo& g, i64 r0, i64 R, i64 q0, i64 Q) {
+  if (g.xs[3] == 1) window_lines(plane, g.xs[2], 1, g, r0, R, q0, Q, prefetch_line);
+}
+template <typename S>
+inline void touch_window(const S* plane, const Geo& g, i64 r0, i64 R, i64 q0, i64 Q) {
+  if (g.xs[3] == 1) window_lines(plane, g.xs[2], 1, g, r0, R, q0, Q, touch_line);
 }
 
 // Planar depthwise core: TH x TW outputs of one filter from a padded buffer (row length
@@ -1378,6 +1413,20 @@ inline i64 input_span(i64 outs, i64 stride, i64 kernel, i64 dilation) {
   return (outs - 1) * stride + (kernel - 1) * dilation + 1;
 }
 
+// Whether channels_last tiles touch their input (g_reads, kTouchBytes); elem: bytes per element.
+inline bool touch_nhwc_input(const Geo& g, i64 elem) {
+  return g_reads == 1 && g.N * g.C * g.H * g.W * elem > kTouchBytes;
+}
+
+// Touch the input window of a channels_last tile (output rows [oy0, oy0 + th), columns
+// [ox0, ox0 + tw)) of dense pixels.
+template <typename S>
+inline void touch_nhwc(const S* img, const Geo& g, i64 oy0, i64 ox0, i64 th, i64 tw) {
+  if (g.xs[1] != 1 || g.xs[3] != g.C) return;
+  window_lines(img, g.xs[2], g.C, g, oy0 * g.sy, input_span(th, g.sy, g.KH, g.dy), ox0 * g.sx,
+               input_span(tw, g.sx, g.KW, g.dx), touch_line);
+}
+
 // Output tile number `t` (outer index `n`, then tile rows, then tile columns): its first
 // output row/column oy0/ox0, size th x tw (P pixels), and the input window it reads, R x Q
 // from row r0, column q0 (before padding).
@@ -1989,6 +2038,7 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
   }
 
   const auto ir = inner_read<S, A>(g, wT);
+  const bool touch = nhwc && touch_nhwc_input(g, sizeof(S));
 #pragma omp parallel num_threads(g.threads)
   {
     const i64 Pmax = tl.TH * tl.TW;
@@ -2009,13 +2059,16 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
       const S* xn = x + n * g.xs[0];
       if (nhwc) {
         const i64 mps = g.wpb ? g.CM + 1 : g.CM;  // room for tile_gemm's channel of ones
+        if (touch) touch_nhwc(xn, g, oy0, ox0, th, tw);
         nhwc_tile<S, A>(xn, g, ymap.data(), xmap.data(), ir, oy0, ox0, th, tw, 0, g.C, buf.data(),
                         wT.data(), b.data(), mid, tw * mps, mps);
       } else {
         for (i64 c = 0; c < g.C; ++c) {
           // A later channel's rows: each channel's piece is short, which the hardware
-          // prefetcher does not anticipate.
-          if (c + 2 < g.C) prefetch_window(xn + (c + 2) * g.xs[1], g, r0, R, q0, Q);
+          // prefetcher does not anticipate. (Touching the next one instead: row 1 1.1x,
+          // 8x96x112x112 -> 24 s2 0.65x, 8x144x56x56 -> 24 1.2x the time.)
+          if (g_reads == 1 && c + 2 < g.C)
+            prefetch_window(xn + (c + 2) * g.xs[1], g, r0, R, q0, Q);
           const i64 cm = c * g.M;
           channel_tile<S, A, S>(xn + c * g.xs[1], g, direct, oy0, ox0, th, tw, r0, R, q0, Q,
                                 ymap.data(), xmap.data(), buf.data(), w.data() + cm * g.T,
@@ -2051,6 +2104,7 @@ void dw_forward(const S* x, const S* wd, const S* bd, S* out, const i64* geo) {
     const i64 bpp = g.CM * i64(sizeof(A)) * g.sy * g.sx;
     const Tiles tl = make_tiles(g, bpp, 4 * g.threads);
     const auto ir = inner_read<S, A>(g, wT);
+    const bool touch = touch_nhwc_input(g, sizeof(S));
 #pragma omp parallel num_threads(g.threads)
     {
       t_stream = stream;
@@ -2060,6 +2114,7 @@ void dw_forward(const S* x, const S* wd, const S* bd, S* out, const i64* geo) {
 #pragma omp for schedule(dynamic, 1)
       for (i64 t = 0; t < tl.count; ++t) {
         const Tile s = tile_at(tl, g, t);
+        if (touch) touch_nhwc(x + s.n * g.xs[0], g, s.oy0, s.ox0, s.th, s.tw);
         nhwc_tile<S, A>(x + s.n * g.xs[0], g, ymap.data(), xmap.data(), ir, s.oy0, s.ox0, s.th,
                         s.tw, 0, g.C, buf.data(), wT.data(), b.data(),
                         out + s.n * g.os[0] + s.oy0 * g.os[2] + s.ox0 * g.os[3], g.os[2],
@@ -2087,14 +2142,9 @@ void dw_forward(const S* x, const S* wd, const S* bd, S* out, const i64* geo) {
     for (i64 t = 0; t < tasks; ++t) {
       const auto [nc, oy0, ox0, th, tw, P, R, Q, r0, q0] = tile_at(tl, g, t);
       const i64 n = nc / g.C, c = nc % g.C, cm = c * g.M;
-      // The next task's window (usually this thread's, and the next channel), fetched while
-      // this one computes: otherwise each thread alternates between waiting for its input
-      // and computing, and memory sits idle in the second phase.
-      if (t + 1 < tasks) {
-        const Tile nt = tile_at(tl, g, t + 1);
-        const i64 nn = nt.n / g.C, ncn = nt.n % g.C;
-        prefetch_window(x + nn * g.xs[0] + ncn * g.xs[1], g, nt.r0, nt.R, nt.q0, nt.Q);
-      }
+      // The task's own window, touched first (touching the next task's instead was 1.05-1.2x
+      // slower: its plane displaced this one's from L1).
+      if (g_reads == 1) touch_window(x + n * g.xs[0] + c * g.xs[1], g, r0, R, q0, Q);
       channel_tile<S, A, S>(x + n * g.xs[0] + c * g.xs[1], g, direct, oy0, ox0, th, tw, r0, R, q0,
                             Q, ymap.data(), xmap.data(), buf.data(), w.data() + cm * g.T,
                             b.data() + cm,
@@ -2660,13 +2710,21 @@ void backward(const S* x, const S* wd, const S* wp, const S* gy, const i64* gys,
 
 extern "C" {
 
-int sepconv_abi_version() { return 3; }
+int sepconv_abi_version() { return 4; }
 
 // Tile GEMMs: 1 the own AVX-512 kernel, 0 BLAS (MKL from libtorch), 2 by layout and tile
 // count (own_gemm_for). Returns the old value. Not to be changed while a kernel runs.
 int sepconv_set_own_gemm(int mode) {
   const int old = g_own_gemm;
   g_own_gemm = (mode >= 0 && mode <= 2) ? mode : 1;
+  return old;
+}
+
+// Input reads: 0 software prefetches ahead, 1 touch passes (g_reads). Returns the old value.
+// Not to be changed while a kernel runs.
+int sepconv_set_reads(int mode) {
+  const int old = g_reads;
+  g_reads = mode == 1 ? 1 : 0;
   return old;
 }
 
