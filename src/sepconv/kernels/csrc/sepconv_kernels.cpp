@@ -531,7 +531,7 @@ void pad_planar(const S* plane, i64 sh, i64 sw, const Geo& g, const i64* ymap, c
 // set by CPU from Python): 0 no (what runs G-K measured on Intel), 1 yes (measured on AMD Zen
 // 5, run L). There, without it, the depthwise loops' short column strips had only a few
 // misses out at a time and read memory at 4-7 GB/s a thread. With it:
-// - fused planar tiles prefetch a later channel's window into L2 (row 1 0.75x the time);
+// - fused planar tiles prefetch a later channel's window into L2 (row 1 0.75-0.84x the time);
 // - planar depthwise tasks touch their window first (touch_window: one load per cache line,
 //   in memory order, so the misses go out together): 3x3 / 5x5 / 7x7 on 8x128x112x112
 //   0.58 / 0.48 / 0.61x the time of prefetching it;
@@ -2065,8 +2065,8 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
       } else {
         for (i64 c = 0; c < g.C; ++c) {
           // A later channel's rows: each channel's piece is short, which the hardware
-          // prefetcher does not anticipate. (Touching the next one instead: row 1 1.1x,
-          // 8x96x112x112 -> 24 s2 0.65x, 8x144x56x56 -> 24 1.2x the time.)
+          // prefetcher does not anticipate. (Touching the next one instead: row 1 1.04x,
+          // 8x96x112x112 -> 24 s2 0.68x, 8x144x56x56 -> 24 1.2x the time.)
           if (g_reads == 1 && c + 2 < g.C)
             prefetch_window(xn + (c + 2) * g.xs[1], g, r0, R, q0, Q);
           const i64 cm = c * g.M;
@@ -2720,7 +2720,7 @@ int sepconv_set_own_gemm(int mode) {
   return old;
 }
 
-// Input reads: 0 software prefetches ahead, 1 touch passes (g_reads). Returns the old value.
+// Input brought into the cache ahead of the loops: 0 no, 1 yes (g_reads). Returns the old value.
 // Not to be changed while a kernel runs.
 int sepconv_set_reads(int mode) {
   const int old = g_reads;
