@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 from hypothesis import strategies as st
 
 from sepconv.functional.padding import resolve_padding
+from sepconv.kernels import _build
 
 MODES = ("zeros", "reflect", "replicate", "circular")
 
@@ -238,3 +240,25 @@ def inner_pixel_cases(draw) -> Case:
         draw(st.sampled_from(("channels_last", "channels_last_strided"))),
         draw(st.booleans()),
     )
+
+
+@contextlib.contextmanager
+def tile_gemm(name: str):
+    """Run the tile GEMMs one way: own kernel, MKL, or by layout and tile count."""
+    lib = _build.load()
+    old = lib.sepconv_set_own_gemm(_build.TILE_GEMM[name])
+    try:
+        yield
+    finally:
+        lib.sepconv_set_own_gemm(old)
+
+
+@contextlib.contextmanager
+def prefetch(name: str):
+    """Bring input into the cache ahead of the loops (prefetches, touch passes), or not."""
+    lib = _build.load()
+    old = lib.sepconv_set_reads(_build.PREFETCH[name])
+    try:
+        yield
+    finally:
+        lib.sepconv_set_reads(old)

@@ -10,8 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sepconv.functional.conv import depthwise_forward, separable_forward
-from sepconv.kernels import _ops
-from tests.kernels.helpers import Case, cases, env, output_fits, stride1_square_cases
+from sepconv.kernels import _build, _ops
+from tests.kernels.helpers import (
+    Case,
+    cases,
+    env,
+    output_fits,
+    stride1_square_cases,
+    tile_gemm,
+)
 
 
 def _grads(fn, inputs, seed=3):
@@ -69,6 +76,16 @@ def test_gradients_match_pytorch_float64(case, kernels_built):
 @given(case=cases(max_size=30))
 def test_gradients_match_pytorch_float32(case, kernels_built):
     _compare_float32(case)
+
+
+@pytest.mark.parametrize("gemm", sorted(_build.TILE_GEMM))
+@settings(max_examples=10)
+@given(case=cases(max_size=30))
+def test_gradients_in_every_tile_gemm_mode(gemm, case, kernels_built):
+    """The backward's GEMMs: own kernel (the pointwise weight gradient on a transposed
+    intermediate), MKL, or by layout."""
+    with tile_gemm(gemm):
+        _compare_float32(case)
 
 
 @settings(max_examples=15)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import replace
 
@@ -22,8 +21,10 @@ from tests.kernels.helpers import (
     env,
     inner_pixel_cases,
     output_fits,
+    prefetch,
     stride1_square_cases,
     stride2_direct_cases,
+    tile_gemm,
 )
 
 RTOL = 1e-5
@@ -333,17 +334,6 @@ def test_many_tiles_and_threads(kernels_on):
         check_depthwise(case)
 
 
-@contextlib.contextmanager
-def tile_gemm(name: str):
-    """Run the tile GEMMs one way: own kernel, MKL, or by layout and tile count."""
-    lib = _build.load()
-    old = lib.sepconv_set_own_gemm(_build.TILE_GEMM[name])
-    try:
-        yield
-    finally:
-        lib.sepconv_set_own_gemm(old)
-
-
 GEMMS = sorted(_build.TILE_GEMM)
 
 
@@ -366,17 +356,6 @@ def test_every_tile_gemm_agrees(gemm, threads, kernels_on):
 def test_every_tile_gemm_agrees_on_random_cases(gemm, case, kernels_built):
     with env("on"), tile_gemm(gemm):
         check_separable(case)
-
-
-@contextlib.contextmanager
-def prefetch(name: str):
-    """Bring input into the cache ahead of the loops (prefetches, touch passes), or not."""
-    lib = _build.load()
-    old = lib.sepconv_set_reads(_build.PREFETCH[name])
-    try:
-        yield
-    finally:
-        lib.sepconv_set_reads(old)
 
 
 # Inputs beyond 32 MiB, whose channels_last tiles touch their windows first (edges, padding,
