@@ -21,17 +21,21 @@ from tests.kernels.helpers import (
 )
 
 
-def _grads(fn, inputs, seed=3):
+def _grads(fn, inputs, seed=3, gy_like_output=False):
     leaves = [None if t is None else t.detach().clone().requires_grad_(True) for t in inputs]
     out = fn(*leaves)
     gy = torch.randn(
         out.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
     ).to(out.dtype)
+    if gy_like_output:  # the output's strides (channels_last for channels_last outputs)
+        gy = torch.empty_like(out).copy_(gy)
     wanted = [t for t in leaves if t is not None]
     return out, out.grad_fn, torch.autograd.grad(out, wanted, gy)
 
 
-def _compare(case: Case, dtype: torch.dtype, rtol: float, depthwise_only: bool) -> None:
+def _compare(
+    case: Case, dtype: torch.dtype, rtol: float, depthwise_only: bool, gy_like_output=False
+) -> None:
     x = case.input(dtype)
     wd, wp, bd, bp = case.weights(dtype)
     plan = case.plan()
@@ -52,10 +56,10 @@ def _compare(case: Case, dtype: torch.dtype, rtol: float, depthwise_only: bool) 
         inputs = (x, wd, wp, bd, bp)
         fast_type = _ops.SeparableFunction
     with env("on"):
-        out, grad_fn, fast = _grads(fn, inputs)
+        out, grad_fn, fast = _grads(fn, inputs, gy_like_output=gy_like_output)
     assert grad_fn.name() == fast_type.__name__ + "Backward", grad_fn.name()
     with env("off"):
-        out0, _, slow = _grads(fn, inputs)
+        out0, _, slow = _grads(fn, inputs, gy_like_output=gy_like_output)
     assert (out - out0).abs().max().item() <= rtol * max(1.0, out0.abs().max().item())
     for a, b in zip(fast, slow):
         assert a.shape == b.shape
@@ -86,6 +90,20 @@ def test_gradients_in_every_tile_gemm_mode(gemm, case, kernels_built):
     intermediate), MKL, or by layout."""
     with tile_gemm(gemm):
         _compare_float32(case)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("gemm", sorted(_build.TILE_GEMM))
+@settings(max_examples=8)
+@given(case=cases(max_size=20, rank=2), outputs=st.integers(64, 100))
+def test_gradients_of_wide_pointwise_layers(layout, gemm, case, outputs, kernels_built):
+    """64 or more outputs a group, output gradient in the output's layout: the pointwise
+    weight gradient through the own GEMM on the transposed intermediate (planar and
+    channels_last)."""
+    case = replace(case, O=case.G * outputs, layout=layout)
+    if output_fits(case):
+        with tile_gemm(gemm):
+            _compare(case, torch.float32, 1e-4, depthwise_only=False, gy_like_output=True)
 
 
 @settings(max_examples=15)
