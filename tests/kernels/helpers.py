@@ -243,22 +243,21 @@ def inner_pixel_cases(draw) -> Case:
 
 
 @contextlib.contextmanager
+def _library_setting(setter: str, code: int):
+    """Call the library's ``setter`` with ``code`` for the block, then restore the old value."""
+    set_value = getattr(_build.load(), setter)
+    old = set_value(code)
+    try:
+        yield
+    finally:
+        set_value(old)
+
+
 def tile_gemm(name: str):
     """Run the tile GEMMs one way: own kernel, MKL, or by layout and tile count."""
-    lib = _build.load()
-    old = lib.sepconv_set_own_gemm(_build.TILE_GEMM[name])
-    try:
-        yield
-    finally:
-        lib.sepconv_set_own_gemm(old)
+    return _library_setting("sepconv_set_own_gemm", _build.TILE_GEMM[name])
 
 
-@contextlib.contextmanager
 def prefetch(name: str):
     """Bring input into the cache ahead of the loops (prefetches, touch passes), or not."""
-    lib = _build.load()
-    old = lib.sepconv_set_reads(_build.PREFETCH[name])
-    try:
-        yield
-    finally:
-        lib.sepconv_set_reads(old)
+    return _library_setting("sepconv_set_reads", _build.PREFETCH[name])
