@@ -701,8 +701,10 @@ __attribute__((always_inline)) inline void rows_s1(Rows rows, const float* w, fl
                                                    i64 drs, i64 last) {
   typedef V<float>::t vec;
   // Partial sums over kernel columns where R is small: 8 independent FMA chains cover the
-  // FMA latency with two FMA units (R = 4 with one chain per row: 7x7 at 31.4 cycles).
-  constexpr int CH = R >= 8 ? 1 : (R >= 4 ? 2 : 4);
+  // FMA latency with two FMA units (R = 4 with one chain per row: 7x7 at 31.4 cycles). 5x5
+  // and 7x7 at R = 8 take two per row as well: with 8 chains of 25-49 FMAs the units idled
+  // (AMD Zen 5: depthwise 7x7 0.89-0.95x the time, 5x5 0.98-0.99x; 3x3 1.02x: it keeps one).
+  constexpr int CH = R >= 8 ? (K >= 5 ? 2 : 1) : (R >= 4 ? 2 : 4);
   vec acc[CH][R];
   for (int i = 0; i < R; ++i) {
     acc[0][i] = vset<float>(bias);
