@@ -184,10 +184,7 @@ def tile_gemm_choice() -> str:
     small planes), 0.6-0.7x on NCHW calls with few tiles: ``mixed`` picks by layout and tile
     count (docs/performance.md).
     """
-    value = os.environ.get("SEPCONV_KERNELS_GEMM", "").strip().lower()
-    if value in TILE_GEMM:
-        return value
-    return "mixed" if "GenuineIntel" in cpu_fingerprint() else "own"
+    return _setting("SEPCONV_KERNELS_GEMM", TILE_GEMM, intel="mixed", other="own")
 
 
 #: Whether the kernels bring their input into the cache ahead of reading it (library codes).
@@ -203,10 +200,15 @@ def prefetch_choice() -> str:
     memory at 4-7 GB/s a thread. ``off`` on Intel CPUs, where it has not been measured
     (docs/performance.md, run L).
     """
-    value = os.environ.get("SEPCONV_KERNELS_PREFETCH", "").strip().lower()
-    if value in PREFETCH:
+    return _setting("SEPCONV_KERNELS_PREFETCH", PREFETCH, intel="off", other="on")
+
+
+def _setting(variable: str, choices: dict[str, int], intel: str, other: str) -> str:
+    """The environment ``variable`` when it names a key of ``choices``, else the CPU's default."""
+    value = os.environ.get(variable, "").strip().lower()
+    if value in choices:
         return value
-    return "off" if "GenuineIntel" in cpu_fingerprint() else "on"
+    return intel if "GenuineIntel" in cpu_fingerprint() else other
 
 
 def _declare(lib: ctypes.CDLL) -> None:

@@ -418,9 +418,11 @@ int g_own_gemm = 1;
 // Mode 2 (Intel): MKL was faster except on planar calls with few tiles (the own GEMM lets
 // the threads share a tile) and channels-last calls with many tiles and a pointwise weight
 // of more than 64 KiB (MKL re-reads a large weight for every tile; the own GEMM's panels
-// stay in L2). weight: elements of the pointwise weight.
-bool own_gemm_for(bool nhwc, bool few_tiles, i64 weight) {
+// stay in L2); MKL also for the whole-call GEMMs (sep_forward_whole), where it was measured.
+// weight: elements of the pointwise weight.
+bool own_gemm_for(bool nhwc, bool few_tiles, i64 weight, bool whole = false) {
   if (g_own_gemm != 2) return g_own_gemm == 1;
+  if (whole) return false;
   return nhwc ? !few_tiles && weight > (i64(16) << 10) : few_tiles;
 }
 
@@ -2006,10 +2008,8 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
   std::unique_ptr<float[]> wpT_buf;
   std::vector<float> bp_buf, wpb_buf;
   if constexpr (std::is_same<S, float>::value) {
-    // The whole call's GEMMs take the own kernel only where every tile GEMM does (AMD): on
-    // Intel, MKL was measured there.
     const bool whole = whole_ok(g, few_tiles);
-    g.own_gemm = whole ? g_own_gemm == 1 : own_gemm_for(nhwc, few_tiles, g.O * g.CMg);
+    g.own_gemm = own_gemm_for(nhwc, few_tiles, g.O * g.CMg, whole);
     if (nhwc && g.out_nhwc && g.own_gemm && !(whole && whole_transposed(g))) {
       // (only the own nhwc GEMM reads them)
       // Per group, per 64 output channels: panel[j][k][0..64) = wp[o0 + j*64 + ., k], so
