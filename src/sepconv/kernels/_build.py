@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "sepconv_kernels.cpp"
-ABI_VERSION = 4
+ABI_VERSION = 5
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -171,7 +171,7 @@ def build(verbose: bool = False, force: bool = False) -> Path:
     return path
 
 
-#: Which tile GEMMs use the kernels' own AVX-512 GEMM rather than MKL (the library's codes).
+#: Which tile GEMMs use the kernels' own GEMM rather than MKL (the library's codes).
 TILE_GEMM = {"blas": 0, "own": 1, "mixed": 2}
 
 
@@ -224,6 +224,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.sepconv_set_own_gemm.restype = c_int
     lib.sepconv_set_reads.argtypes = [c_int]
     lib.sepconv_set_reads.restype = c_int
+    lib.sepconv_vector_bits.restype = c_int
 
 
 def load() -> ctypes.CDLL:
@@ -251,6 +252,12 @@ def load() -> ctypes.CDLL:
         lib.sepconv_set_reads(PREFETCH[prefetch_choice()])
         _lib = lib
         return lib
+
+
+def vector_bits() -> int:
+    """The vector width the library was compiled for, in bits: 512 (AVX-512), 256 (AVX2) or
+    128. Loads the library; raises :class:`BuildError` when it cannot be built."""
+    return int(load().sepconv_vector_bits())
 
 
 def reset() -> None:

@@ -206,12 +206,26 @@ def _pytorch_wins_separable(g) -> bool:
     planes under 100 pixels, on channels_last planes of at most 28x28 and strided
     channels_last calls (oneDNN's channels_last kernels were as fast or faster), and on
     strided NCHW calls with output planes under 28x28 (the strided backward still scatters
-    tap by tap)."""
+    tap by tap). Without AVX-512 (:func:`_narrow_vectors`), PyTorch on every channels_last
+    call: on AMD Zen 3 (AVX2) the kernels' step took 1.14-1.40x oneDNN's (run M)."""
     plane = g.OH * g.OW
     strided = g.sy > 1 or g.sx > 1
     if g.nhwc:
-        return strided or plane <= 784
+        return strided or plane <= 784 or _narrow_vectors()
     return plane < 100 or (strided and plane < 784)
+
+
+def _narrow_vectors() -> bool:
+    """Whether the kernels were compiled without AVX-512. Their loops were written for
+    512-bit vectors, which GCC splits through the stack on AVX2 CPUs, so the rules above
+    give PyTorch more of the calls there. False when the kernels cannot be built (the call
+    is declined later, by :func:`_load_or_decline`)."""
+    from sepconv.kernels import _build
+
+    try:
+        return _build.vector_bits() < 512
+    except _build.BuildError:
+        return False
 
 
 @dataclass
@@ -451,10 +465,14 @@ def _pytorch_wins_depthwise(g, x: Tensor) -> bool:
     (the kernels took 1.2-2.2x its time), on NCHW planes under 100 pixels (1.3x), and on
     channels_last 3x3 calls with outputs under 16 MB (0.9-1.7x; larger outputs cost PyTorch
     fresh-allocation page faults, which the pooled outputs avoid); the kernels take
-    channels_last 5x5 and 7x7 (0.34-0.38x) and NCHW otherwise (0.09-0.67x)."""
+    channels_last 5x5 and 7x7 (0.34-0.38x) and NCHW otherwise (0.09-0.67x). Without AVX-512
+    (:func:`_narrow_vectors`), PyTorch on 3x3 calls too: on AMD Zen 3 (AVX2) the kernels
+    took 1.1-2.9x its time there, 0.65-0.96x on 5x5 and 7x7 (run M)."""
     if g.rank != 2:
         return False
     if g.sy > 1 or g.sx > 1:
+        return True
+    if max(g.KH, g.KW) <= 3 and _narrow_vectors():
         return True
     if g.nhwc:
         out_bytes = x.numel() * x.element_size()

@@ -36,7 +36,7 @@
 
 #include <omp.h>
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -313,7 +313,7 @@ void mm_bf16(i64 M, i64 N, i64 K, Mat A, Mat B, float* C, i64 ldc) {
 // C[M x N] = A[M x K] . B[K x N] + bias, for the forward's tile GEMMs. MKL picks its AVX2
 // code path on AMD CPUs; this register-blocked AVX-512 kernel (MR rows x NV vectors of C in
 // registers, B rows streamed from L1, A broadcast) reaches about twice its rate there (see
-// docs/performance.md). A: element (i, k) at a[i*lda + k]; B: row-major, row stride ldb;
+// docs/performance.md). Without AVX-512, micro_avx2 below does the same in 16-column blocks. A: element (i, k) at a[i*lda + k]; B: row-major, row stride ldb;
 // C: row-major, row stride ldc. bias_row[i] or bias_col[j] (or neither) initialises C.
 // Only valid columns of B are read and of C written; bias_col is read by whole vectors
 // (callers give it slack).
@@ -366,9 +366,66 @@ inline void micro_f32(i64 K, const float* a, i64 lda, const float* b, i64 ldb, f
     }
 }
 
+#if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
+// micro_f32<MR, 1> for CPUs without AVX-512, in intrinsics: GCC lowers the 64-byte vector
+// type through the stack there (vmovq/vpinsrq per lane), which ran the tile GEMMs at a sixth
+// of MKL's rate. 16 columns are two ymm registers; MR x 2 accumulators (12) fit the 16.
+template <int MR>
+inline void micro_avx2(i64 K, const float* a, i64 lda, const float* b, i64 ldb, float* c,
+                       i64 ldc, const float* bias_row, const float* bias_col, i64 nvalid) {
+  __m256 acc[MR][2];
+  for (int i = 0; i < MR; ++i)
+    for (int h = 0; h < 2; ++h)
+      acc[i][h] = bias_row   ? _mm256_set1_ps(bias_row[i])
+                  : bias_col ? _mm256_loadu_ps(bias_col + 8 * h)
+                             : _mm256_setzero_ps();
+  // As in micro_f32: whole vectors of B but for the last row's partial one.
+  const i64 kfull = nvalid >= 16 ? K : K - 1;
+  alignas(32) float last[16] = {};
+  for (i64 k = 0; k < K; ++k) {
+    const float* bk = b + k * ldb;
+    if (k >= kfull) {
+      std::memcpy(last, bk, sizeof(float) * nvalid);
+      bk = last;
+    }
+    const __m256 b0 = _mm256_loadu_ps(bk), b1 = _mm256_loadu_ps(bk + 8);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const __m256 ai = _mm256_broadcast_ss(a + i * lda + k);
+      acc[i][0] = _mm256_fmadd_ps(ai, b0, acc[i][0]);
+      acc[i][1] = _mm256_fmadd_ps(ai, b1, acc[i][1]);
+    }
+  }
+  for (int i = 0; i < MR; ++i) {
+    float* ci = c + i * ldc;
+    if (nvalid >= 16) {
+      _mm256_storeu_ps(ci, acc[i][0]);
+      _mm256_storeu_ps(ci + 8, acc[i][1]);
+    } else {
+      _mm256_store_ps(last, acc[i][0]);
+      _mm256_store_ps(last + 8, acc[i][1]);
+      std::memcpy(ci, last, sizeof(float) * nvalid);
+    }
+  }
+}
+#define SEPCONV_MICRO_AVX2 1
+#endif
+
 template <int NV>
 inline void micro_rows(i64 mr, i64 K, const float* a, i64 lda, const float* b, i64 ldb, float* c,
                        i64 ldc, const float* bias_row, const float* bias_col, i64 nvalid) {
+#if defined(SEPCONV_MICRO_AVX2)
+  if (NV == 1) {
+    switch (mr) {
+      case 6: micro_avx2<6>(K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid); return;
+      case 5: micro_avx2<5>(K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid); return;
+      case 4: micro_avx2<4>(K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid); return;
+      case 3: micro_avx2<3>(K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid); return;
+      case 2: micro_avx2<2>(K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid); return;
+      default: micro_avx2<1>(K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid); return;
+    }
+  }
+#endif
   switch (mr) {
     case 6: micro_f32<6, NV>(K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid); break;
     case 5: micro_f32<5, NV>(K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid); break;
@@ -385,19 +442,26 @@ inline void micro_rows(i64 mr, i64 K, const float* a, i64 lda, const float* b, i
 void gemm_f32(i64 M, i64 N, i64 K, const float* a, i64 lda, const float* b, i64 ldb, float* c,
               i64 ldc, const float* bias_row, const float* bias_col, i64 pstride = 0) {
   constexpr i64 NB = 64, MR = 6;
+#if defined(__AVX512F__)
+  constexpr i64 VB = NB;  // columns per micro-kernel call: 6 x 4 accumulators in 24 zmm
+#else
+  // One 16-float vector is two ymm registers without AVX-512: 6 x 4 of them (48) spilled
+  // to the stack and ran at a tenth of MKL's rate; 6 x 1 (12 ymm) fits the 16 registers.
+  constexpr i64 VB = 16;
+#endif
   // Rows of A in blocks that stay in L2 while all column blocks sweep past them, so a large
   // A (pointwise weight) is read from memory once per call, not once per column block.
   const i64 MB = std::max<i64>(MR, ((192 << 10) / std::max<i64>(K * 4, 1)) / MR * MR);
   for (i64 mb0 = 0; mb0 < M; mb0 += MB)
-  for (i64 n0 = 0; n0 < N; n0 += NB) {
-    const i64 nb = std::min(NB, N - n0);
+  for (i64 n0 = 0; n0 < N; n0 += VB) {
+    const i64 nb = std::min(VB, N - n0);
     const i64 nv = (nb + 15) / 16;
     for (i64 m0 = mb0; m0 < std::min(M, mb0 + MB); m0 += MR) {
       const i64 mr = std::min(MR, M - m0);
       const float* br = bias_row ? bias_row + m0 : nullptr;
       const float* bc = bias_col ? bias_col + n0 : nullptr;
       const float* am = a + m0 * lda;
-      const float* bn = pstride ? b + (n0 / NB) * pstride : b + n0;
+      const float* bn = pstride ? b + (n0 / NB) * pstride + n0 % NB : b + n0;
       float* cm = c + m0 * ldc + n0;
       switch (nv) {
         case 4: micro_rows<4>(mr, K, am, lda, bn, ldb, cm, ldc, br, bc, nb); break;
@@ -2755,9 +2819,23 @@ void backward(const S* x, const S* wd, const S* wp, const S* gy, const i64* gys,
 
 extern "C" {
 
-int sepconv_abi_version() { return 4; }
+int sepconv_abi_version() { return 5; }
 
-// Tile GEMMs: 1 the own AVX-512 kernel, 0 BLAS (MKL from libtorch), 2 by layout and tile
+// The vector width the library was compiled for, in bits: 512 with AVX-512, 256 with AVX2.
+// The loops were written for 512-bit vectors; without AVX-512 GCC splits most of them
+// through the stack (only the GEMM micro-kernel has AVX2 code), so Python's rules for calls
+// that record autograd history hand more of them to PyTorch there (docs/performance.md).
+int sepconv_vector_bits() {
+#if defined(__AVX512F__)
+  return 512;
+#elif defined(__AVX2__)
+  return 256;
+#else
+  return 128;
+#endif
+}
+
+// Tile GEMMs: 1 the own kernel, 0 BLAS (MKL from libtorch), 2 by layout and tile
 // count (own_gemm_for). Returns the old value. Not to be changed while a kernel runs.
 int sepconv_set_own_gemm(int mode) {
   const int old = g_own_gemm;
