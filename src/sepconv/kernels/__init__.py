@@ -55,19 +55,9 @@ def info() -> dict[str, Any]:
         "bfloat16": dispatch._bf16_supported(),
         "tile_gemm": _build.tile_gemm_choice(),
         "prefetch": _build.prefetch_choice(),
-        "vector_bits": _vector_bits() if path.exists() else None,
+        "vector_bits": _build.vector_bits() if path.exists() else None,
         "cpu": _cpu_model(_build.cpu_fingerprint()),
     }
-
-
-def _vector_bits() -> int | None:
-    """The built library's vector width in bits (loading it), or None when it cannot load."""
-    from sepconv.kernels import _build
-
-    try:
-        return _build.vector_bits()
-    except _build.BuildError:
-        return None
 
 
 def _cpu_model(fingerprint: str) -> str:

@@ -254,10 +254,13 @@ def load() -> ctypes.CDLL:
         return lib
 
 
-def vector_bits() -> int:
+def vector_bits() -> int | None:
     """The vector width the library was compiled for, in bits: 512 (AVX-512), 256 (AVX2) or
-    128. Loads the library; raises :class:`BuildError` when it cannot be built."""
-    return int(load().sepconv_vector_bits())
+    128. Loads the library; None when it cannot be built."""
+    try:
+        return int(load().sepconv_vector_bits())
+    except BuildError:
+        return None
 
 
 def reset() -> None:

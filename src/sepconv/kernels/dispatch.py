@@ -217,15 +217,13 @@ def _pytorch_wins_separable(g) -> bool:
 
 def _narrow_vectors() -> bool:
     """Whether the kernels were compiled without AVX-512. Their loops were written for
-    512-bit vectors, which GCC splits through the stack on AVX2 CPUs, so the rules above
+    512-bit vectors, which take two of AVX2's 16 registers each and spill, so the rules above
     give PyTorch more of the calls there. False when the kernels cannot be built (the call
     is declined later, by :func:`_load_or_decline`)."""
     from sepconv.kernels import _build
 
-    try:
-        return _build.vector_bits() < 512
-    except _build.BuildError:
-        return False
+    bits = _build.vector_bits()
+    return bits is not None and bits < 512
 
 
 @dataclass

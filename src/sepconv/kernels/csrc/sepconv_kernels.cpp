@@ -347,8 +347,9 @@ void mm_bf16(i64 M, i64 N, i64 K, Mat A, Mat B, float* C, i64 ldc) {
 // C[M x N] = A[M x K] . B[K x N] + bias, for the forward's tile GEMMs. MKL picks its AVX2
 // code path on AMD CPUs; this register-blocked AVX-512 kernel (MR rows x NV vectors of C in
 // registers, B rows streamed from L1, A broadcast) reaches about twice its rate there (see
-// docs/performance.md). Without AVX-512, micro_avx2 below does the same in 16-column blocks. A: element (i, k) at a[i*lda + k]; B: row-major, row stride ldb;
-// C: row-major, row stride ldc. bias_row[i] or bias_col[j] (or neither) initialises C.
+// docs/performance.md). Without AVX-512, micro_avx2 below does the same in 16-column blocks.
+// A: element (i, k) at a[i*lda + k]; B: row-major, row stride ldb; C: row-major, row stride
+// ldc. bias_row[i] or bias_col[j] (or neither) initialises C.
 // Only valid columns of B are read and of C written; bias_col is read by whole vectors
 // (callers give it slack).
 
@@ -479,9 +480,7 @@ void gemm_f32(i64 M, i64 N, i64 K, const float* a, i64 lda, const float* b, i64 
 #if defined(__AVX512F__)
   constexpr i64 VB = NB;  // columns per micro-kernel call: 6 x 4 accumulators in 24 zmm
 #else
-  // One 16-float vector is two ymm registers without AVX-512: 6 x 4 of them (48) spilled
-  // to the stack and ran at a tenth of MKL's rate; 6 x 1 (12 ymm) fits the 16 registers.
-  constexpr i64 VB = 16;
+  constexpr i64 VB = 16;  // one vector of columns: micro_avx2 (6 x 4 vectors would be 48 ymm)
 #endif
   // Rows of A in blocks that stay in L2 while all column blocks sweep past them, so a large
   // A (pointwise weight) is read from memory once per call, not once per column block.
@@ -2856,9 +2855,9 @@ extern "C" {
 int sepconv_abi_version() { return 5; }
 
 // The vector width the library was compiled for, in bits: 512 with AVX-512, 256 with AVX2.
-// The loops were written for 512-bit vectors; without AVX-512 GCC splits most of them
-// through the stack (only the GEMM micro-kernel has AVX2 code), so Python's rules for calls
-// that record autograd history hand more of them to PyTorch there (docs/performance.md).
+// The loops were written for 512-bit vectors; without AVX-512 each takes two of the 16 ymm
+// registers and the loops spill (only the GEMM micro-kernel has AVX2 code), so Python's rules
+// for calls that record autograd history hand more of them to PyTorch there.
 int sepconv_vector_bits() {
 #if defined(__AVX512F__)
   return 512;
