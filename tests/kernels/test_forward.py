@@ -175,6 +175,23 @@ def test_channels_last_inner_pixels(case, kernels_built):
         check_depthwise(case)
 
 
+# Depthwise outputs of 16 MiB or more, which the kernels store around the caches (from the
+# loops, or through a staging buffer and whole-line stores where a vector is half a line):
+# rows whose starts are not line-aligned, depth multipliers, channel counts that are not a
+# multiple of the vector, strides, both layouts.
+LARGE_OUTPUT_CASES = (
+    Case(2, 2, 33, 2, 8, 1, (251, 253), (3, 3), (1, 1), (1, 1), 1, "reflect", "contiguous", True),
+    Case(2, 1, 40, 3, 8, 1, (300, 301), (5, 5), (1, 2), (1, 1), 2, "zeros", "contiguous", False),
+    Case(2, 2, 48, 1, 8, 1, (220, 203), (7, 7), (1, 1), (1, 1), 3, "zeros", "channels_last", True),
+    Case(2, 2, 20, 2, 8, 1, (230, 231), (3, 3), (1, 1), (1, 1), 1, "replicate", "channels_last", False),
+)
+
+
+@pytest.mark.parametrize("case", LARGE_OUTPUT_CASES)
+def test_large_depthwise_outputs(case, kernels_on):
+    check_depthwise(case)
+
+
 # Output rows in pieces (a row of 256 channels is more than the tile budget): pieces that
 # start and end inside the image, around the inner columns.
 ROW_PIECE_CASES = (

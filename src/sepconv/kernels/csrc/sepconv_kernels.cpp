@@ -83,14 +83,22 @@ inline void fromA(float v, bf16* d) {
 template <typename S> struct Acc { typedef float type; };
 template <> struct Acc<double> { typedef double type; };
 
+// One vector register: 64 bytes with AVX-512, else 32 (AVX2's ymm). With a 64-byte type on
+// AVX2 every vector took two of the 16 ymm registers and the depthwise loops, blocked for 32
+// zmm, spilled (run M); the loops below are written for V<A>::L lanes and block by kVecRegs.
+#if defined(__AVX512F__)
+constexpr int kVecBytes = 64, kVecRegs = 32;
+#else
+constexpr int kVecBytes = 32, kVecRegs = 16;
+#endif
 template <typename A> struct V;
 template <> struct V<float> {
-  typedef float t __attribute__((vector_size(64)));
-  enum { L = 16 };
+  typedef float t __attribute__((vector_size(kVecBytes)));
+  enum { L = kVecBytes / 4 };
 };
 template <> struct V<double> {
-  typedef double t __attribute__((vector_size(64)));
-  enum { L = 8 };
+  typedef double t __attribute__((vector_size(kVecBytes)));
+  enum { L = kVecBytes / 8 };
 };
 
 #if defined(__AVX512F__)
@@ -101,11 +109,11 @@ template <typename A> inline typename V<A>::t vld(const A* p) {
 }
 template <typename A> inline void vst(A* p, typename V<A>::t v) { std::memcpy(p, &v, sizeof v); }
 #else
-// Without AVX-512 a memcpy of the 64-byte vector took its address: the accumulators went to
-// the stack and out again by 16-byte moves (a third of the depthwise loop's time). A plain
-// access through an unaligned, may_alias vector type is split into two ymm moves instead.
+// Without AVX-512 a memcpy of the vector took its address (the accumulators went to the
+// stack and out again by 16-byte moves, when the vectors were 64 bytes); a plain access
+// through an unaligned, may_alias vector type is one ymm move.
 template <typename A> struct Unaligned {
-  typedef A t __attribute__((vector_size(64), aligned(alignof(A)), may_alias));
+  typedef A t __attribute__((vector_size(kVecBytes), aligned(alignof(A)), may_alias));
 };
 template <typename A> inline typename V<A>::t vld(const A* p) {
   return *reinterpret_cast<const typename Unaligned<A>::t*>(p);
@@ -122,23 +130,21 @@ template <typename A> inline typename V<A>::t vzero() {
 template <typename A> inline typename V<A>::t vset(A s) { return vzero<A>() + s; }
 #if !defined(__AVX512F__)
 // The float broadcast as an initialiser list: without AVX-512, zero + s went through the
-// stack (four xmm stores per broadcast), in the depthwise loops' weight broadcasts.
-template <> inline V<float>::t vset<float>(float s) {
-  return V<float>::t{s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s};
-}
+// stack (xmm stores per broadcast), in the depthwise loops' weight broadcasts.
+template <> inline V<float>::t vset<float>(float s) { return V<float>::t{s, s, s, s, s, s, s, s}; }
 #endif
 // Store a vector of accumulators into storage type S.
 inline void vstS(float* p, V<float>::t v) { vst<float>(p, v); }
 inline void vstS(double* p, V<double>::t v) { vst<double>(p, v); }
 inline void vstS(bf16* p, V<float>::t v) {
-  for (int l = 0; l < 16; ++l) fromA(v[l], p + l);
+  for (int l = 0; l < V<float>::L; ++l) fromA(v[l], p + l);
 }
 // Load storage type S as accumulators.
 inline V<float>::t vldS(const float* p) { return vld<float>(p); }
 inline V<double>::t vldS(const double* p) { return vld<double>(p); }
 inline V<float>::t vldS(const bf16* p) {
   V<float>::t v;
-  for (int l = 0; l < 16; ++l) v[l] = toA(p[l]);
+  for (int l = 0; l < V<float>::L; ++l) v[l] = toA(p[l]);
   return v;
 }
 
@@ -147,6 +153,8 @@ inline V<float>::t vldS(const bf16* p) {
 // initial-exec: a thread_local of a dlopen'ed library is otherwise reached through
 // __tls_get_addr on every store (a few percent of the depthwise kernel's time).
 thread_local bool t_stream __attribute__((tls_model("initial-exec"))) = false;
+// Without AVX-512 plain stores: 32-byte non-temporal stores took 1.2x the time of the planar
+// 3x3 depthwise on AMD Zen 3 (8x128x112x112).
 inline void vstOut(float* p, V<float>::t v) {
 #if defined(__AVX512F__)
   if (t_stream && (reinterpret_cast<uintptr_t>(p) & 63) == 0) {
@@ -193,9 +201,47 @@ inline void vstPart(double* p, V<double>::t v, i64 n) {
 }
 #endif
 inline void stream_fence() {
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
   _mm_sfence();
 #endif
+}
+
+// Whether a large depthwise output goes through a per-thread staging buffer (stream_rows)
+// rather than from the loops with vstOut's non-temporal stores. Without AVX-512 a vector
+// store is half a cache line, and the loops write a line's two halves at different times:
+// non-temporal stores then flush partial lines (the planar 3x3 depthwise took 1.2x the time
+// of plain stores), and plain ones read every output line before writing it (AMD Zen 3,
+// 8x128x112x112 3x3: 8 GB/s with plain stores). Staged, the loops write to L2 and the output
+// is copied once with whole-line non-temporal stores.
+constexpr bool kStageOutput = kVecBytes < 64;
+
+// dst rows [0, rows) of `cols` elements (row stride dld) from src (row stride sld): the whole
+// 64-byte lines of each row with non-temporal stores, the partial lines at its ends plainly.
+template <typename S>
+void stream_rows(const S* src, i64 sld, S* dst, i64 dld, i64 rows, i64 cols) {
+  if (sld == cols && dld == cols) {  // one run
+    cols *= rows;
+    rows = 1;
+  }
+  for (i64 r = 0; r < rows; ++r) {
+    const char* s = reinterpret_cast<const char*>(src + r * sld);
+    char* d = reinterpret_cast<char*>(dst + r * dld);
+    const i64 bytes = cols * i64(sizeof(S));
+    const i64 head = std::min<i64>(bytes, (64 - (reinterpret_cast<uintptr_t>(d) & 63)) & 63);
+    const i64 body = (bytes - head) & ~i64(63);
+    std::memcpy(d, s, head);
+#if defined(__AVX2__)
+    for (i64 i = head; i < head + body; i += 64) {
+      const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i));
+      const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i + 32));
+      _mm256_stream_si256(reinterpret_cast<__m256i*>(d + i), a);
+      _mm256_stream_si256(reinterpret_cast<__m256i*>(d + i + 32), b);
+    }
+#else
+    std::memcpy(d + head, s + head, body);
+#endif
+    std::memcpy(d + head + body, s + head + body, bytes - head - body);
+  }
 }
 
 template <typename A> inline A hsum(typename V<A>::t v) {
@@ -357,7 +403,7 @@ template <int MR, int NV>
 inline void micro_f32(i64 K, const float* a, i64 lda, const float* b, i64 ldb, float* c, i64 ldc,
                       const float* bias_row, const float* bias_col, i64 nvalid) {
   typedef V<float>::t vec;
-  constexpr int L = 16;
+  constexpr int L = V<float>::L;
   vec acc[MR][NV];
   for (int i = 0; i < MR; ++i)
     for (int v = 0; v < NV; ++v) {
@@ -803,7 +849,9 @@ __attribute__((always_inline)) inline void rows_s1(Rows rows, const float* w, fl
   // FMA latency with two FMA units (R = 4 with one chain per row: 7x7 at 31.4 cycles). 5x5
   // and 7x7 at R = 8 take two per row as well: with 8 chains of 25-49 FMAs the units idled
   // (AMD Zen 5: depthwise 7x7 0.89-0.95x the time, 5x5 0.98-0.99x; 3x3 1.02x: it keeps one).
-  constexpr int CH = R >= 8 ? (K >= 5 ? 2 : 1) : (R >= 4 ? 2 : 4);
+  // With 16 registers (AVX2) CH * R stays at 8 or less: 8 accumulators, K weights and the row.
+  constexpr int CH = kVecRegs >= 32 ? (R >= 8 ? (K >= 5 ? 2 : 1) : (R >= 4 ? 2 : 4))
+                                    : (R >= 8 ? 1 : R >= 4 ? 2 : 4);
   vec acc[CH][R];
   for (int i = 0; i < R; ++i) {
     acc[0][i] = vset<float>(bias);
@@ -860,7 +908,7 @@ __attribute__((always_inline)) inline void in_exact_blocks(i64 n, Block block) {
 template <int K, typename S>
 void conv_planar_s1(const float* buf, i64 qrow, const float* w, float bias, i64 TH, i64 TW, S* dst,
                     i64 drs) {
-  constexpr i64 L = 16;
+  constexpr i64 L = V<float>::L;
   for (i64 j = 0; j < TW; j += L) {
     const i64 last = std::min(L, TW - j);
     in_blocks<8>(0, TH, [&](i64 i, auto R) {
@@ -1393,6 +1441,26 @@ __attribute__((always_inline)) inline void nhwc_block_s1(const A* b, i64 ps, i64
   for (i64 ky = 0; ky < KH; ++ky) {
     const A* r = b + ky * rstep;
     const A* wr = w + ky * KW * ldw;
+    if constexpr (kVecRegs < 32) {
+      // 16 registers: the KW weight vectors stay in registers and each input vector is
+      // loaded once and met by every tap that reads it (the PB + KW - 1 input vectors and
+      // PB accumulators below took 19-23 ymm registers for 8 pixels and spilled).
+      vec wv[KW];
+#pragma GCC unroll 8
+      for (int kx = 0; kx < KW; ++kx) wv[kx] = vld<A>(wr + kx * ldw);
+      const A* rq = r;
+#pragma GCC unroll 16
+      for (int q = 0; q < PB + KW - 1; ++q, rq += ps) {
+        const vec x = vld<A>(rq);
+        asm("" : "+r"(rq));
+#pragma GCC unroll 8
+        for (int kx = 0; kx < KW; ++kx) {
+          const int p = q - kx;
+          if (p >= 0 && p < PB) acc[(ky * KW + kx) % CH][p] += wv[kx] * x;
+        }
+      }
+      continue;
+    }
     vec xv[PB + KW - 1];
     // One pointer stepped by ps, kept opaque (the empty asm): otherwise the compiler
     // precomputes all PB + KW - 1 addresses, runs out of registers and shuttles them through
@@ -2211,26 +2279,34 @@ void dw_forward(const S* x, const S* wd, const S* bd, S* out, const i64* geo) {
   }();
   const bool stream = stream_ok && !std::is_same<S, bf16>::value &&
                       g.N * g.CM * g.OH * g.OW * i64(sizeof(S)) >= (i64(16) << 20);
+  // Staged output (kStageOutput): the tile to a buffer, then stream_rows; where the loops
+  // store directly, vstOut streams.
+  const bool stage = stream && kStageOutput;
   if (g.nhwc) {
     // Tiles of pixels, all channels; output written straight to out (channel stride 1).
     const i64 bpp = g.CM * i64(sizeof(A)) * g.sy * g.sx;
     const Tiles tl = make_tiles(g, bpp, 4 * g.threads);
     const auto ir = inner_read<S, A>(g, wT);
     const bool touch = touch_nhwc_input(g, sizeof(S));
+    // (staging needs pixels of CM consecutive channels)
+    const bool staged = stage && g.os[1] == 1 && g.os[3] == g.CM;
 #pragma omp parallel num_threads(g.threads)
     {
-      t_stream = stream;
+      t_stream = stream && !staged;
       const i64 Rmax = input_span(tl.TH, g.sy, g.KH, g.dy);
       const i64 Qmax = input_span(tl.TW, g.sx, g.KW, g.dx);
       std::vector<A> buf(Rmax * Qmax * g.CM);
+      std::vector<S> tile_out(staged ? tl.TH * tl.TW * g.CM : 0);
 #pragma omp for schedule(dynamic, 1)
       for (i64 t = 0; t < tl.count; ++t) {
         const Tile s = tile_at(tl, g, t);
         if (touch) touch_nhwc(x + s.n * g.xs[0], g, s.oy0, s.ox0, s.th, s.tw);
+        S* o = out + s.n * g.os[0] + s.oy0 * g.os[2] + s.ox0 * g.os[3];
         nhwc_tile<S, A>(x + s.n * g.xs[0], g, ymap.data(), xmap.data(), ir, s.oy0, s.ox0, s.th,
                         s.tw, 0, g.C, buf.data(), wT.data(), b.data(),
-                        out + s.n * g.os[0] + s.oy0 * g.os[2] + s.ox0 * g.os[3], g.os[2],
-                        g.os[3]);
+                        staged ? tile_out.data() : o, staged ? s.tw * g.CM : g.os[2],
+                        staged ? g.CM : g.os[3]);
+        if (staged) stream_rows(tile_out.data(), s.tw * g.CM, o, g.os[2], s.th, s.tw * g.CM);
       }
       stream_fence();
       t_stream = false;
@@ -2244,12 +2320,14 @@ void dw_forward(const S* x, const S* wd, const S* bd, S* out, const i64* geo) {
   const Tiles tl = make_tiles(g1, i64(sizeof(A)) * g.sy * g.sx, 1);
   const i64 tasks = g.N * g.C * tl.ny * tl.nx;
   const bool direct = direct_ok(g, std::is_same<S, float>::value);
+  const bool staged = stage && g.os[3] == 1;  // (staging needs rows of consecutive columns)
 #pragma omp parallel num_threads(g.threads)
   {
-    t_stream = stream;
+    t_stream = stream && !staged;
     const i64 Rmax = input_span(tl.TH, g.sy, g.KH, g.dy);
     const i64 Qmax = input_span(tl.TW, g.sx, g.KW, g.dx);
     std::vector<A> buf(Rmax * (((Qmax + g.sx - 1) / g.sx) * g.sx) + kSlack);
+    std::vector<S> tile_out(staged ? g.M * tl.TH * tl.TW + kSlack : 0);
 #pragma omp for schedule(dynamic, 4)
     for (i64 t = 0; t < tasks; ++t) {
       const auto [nc, oy0, ox0, th, tw, P, R, Q, r0, q0] = tile_at(tl, g, t);
@@ -2257,11 +2335,13 @@ void dw_forward(const S* x, const S* wd, const S* bd, S* out, const i64* geo) {
       // The task's own window, touched first (touching the next task's instead was 1.05-1.2x
       // slower: its plane displaced this one's from L1).
       if (g_reads == 1) touch_window(x + n * g.xs[0] + c * g.xs[1], g, r0, R, q0, Q);
+      S* o = out + n * g.os[0] + cm * g.os[1] + oy0 * g.os[2] + ox0 * g.os[3];
       channel_tile<S, A, S>(x + n * g.xs[0] + c * g.xs[1], g, direct, oy0, ox0, th, tw, r0, R, q0,
                             Q, ymap.data(), xmap.data(), buf.data(), w.data() + cm * g.T,
-                            b.data() + cm,
-                            out + n * g.os[0] + cm * g.os[1] + oy0 * g.os[2] + ox0 * g.os[3],
-                            g.os[1], g.os[2]);
+                            b.data() + cm, staged ? tile_out.data() : o,
+                            staged ? th * tw : g.os[1], staged ? tw : g.os[2]);
+      for (i64 m = 0; staged && m < g.M; ++m)
+        stream_rows(tile_out.data() + m * th * tw, tw, o + m * g.os[1], g.os[2], th, tw);
     }
     stream_fence();
     t_stream = false;
@@ -2514,10 +2594,13 @@ void bwd_nhwc_weight_s1(const Geo& g, i64 cb, const float* buf, const float* gm,
   const i64 Q = g.Wu, OW = g.OW;
   for (i64 i = 0; i < g.OH; ++i) {
     const float* gr = gm + i * OW * gps;
-    for (i64 c = 0; c < cb; c += 16) {
+    for (i64 c = 0; c < cb; c += V<float>::L) {
       vec bsum = vzero<float>();
       for (i64 ky = 0; ky < g.KH; ++ky) {
         const float* br = buf + ((i + ky) * Q) * cb + c;
+        // Two pixels at a time where 2 * KW accumulators fit the registers with the gm vector
+        // and the bias sum (AVX2's 16 hold them up to KW = 6); else one (KW chains).
+        constexpr int PX = 2 * KW + 3 <= kVecRegs ? 2 : 1;
         vec acc[2][KW];
         for (int kx = 0; kx < KW; ++kx) acc[0][kx] = acc[1][kx] = vzero<float>();
         auto pixel = [&](int a, i64 j) {
@@ -2527,7 +2610,7 @@ void bwd_nhwc_weight_s1(const Geo& g, i64 cb, const float* buf, const float* gm,
           if (ky == 0) bsum += gv;
         };
         i64 j = 0;
-        for (; j + 2 <= OW; j += 2) pixel(0, j), pixel(1, j + 1);
+        for (; j + 2 <= OW; j += 2) pixel(0, j), pixel(PX - 1, j + 1);
         if (j < OW) pixel(0, j);
         for (int kx = 0; kx < KW; ++kx) {
           float* d = dwT + (ky * KW + kx) * cb + c;
