@@ -183,7 +183,22 @@ LARGE_OUTPUT_CASES = (
     Case(2, 2, 33, 2, 8, 1, (251, 253), (3, 3), (1, 1), (1, 1), 1, "reflect", "contiguous", True),
     Case(2, 1, 40, 3, 8, 1, (300, 301), (5, 5), (1, 2), (1, 1), 2, "zeros", "contiguous", False),
     Case(2, 2, 48, 1, 8, 1, (220, 203), (7, 7), (1, 1), (1, 1), 3, "zeros", "channels_last", True),
-    Case(2, 2, 20, 2, 8, 1, (230, 231), (3, 3), (1, 1), (1, 1), 1, "replicate", "channels_last", False),
+    Case(
+        2,
+        2,
+        20,
+        2,
+        8,
+        1,
+        (230, 231),
+        (3, 3),
+        (1, 1),
+        (1, 1),
+        1,
+        "replicate",
+        "channels_last",
+        False,
+    ),
 )
 
 
