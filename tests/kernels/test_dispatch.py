@@ -74,27 +74,14 @@ def test_env_on_and_auto_use_the_kernels(kernels_built):
             assert _call(_big_case()) is not None
 
 
-@pytest.fixture
-def wide_vectors(monkeypatch):
-    """The rules as on an AVX-512 CPU (where they were fitted), whatever this machine has."""
-    monkeypatch.setattr(dispatch, "_narrow_vectors", lambda: False)
-
-
-@pytest.fixture
-def narrow_vectors(monkeypatch):
-    """The rules as on a CPU without AVX-512."""
-    monkeypatch.setattr(dispatch, "_narrow_vectors", lambda: True)
-
-
 def test_vector_bits_match_the_cpu(kernels_built):
     flags, bits = _build.cpu_fingerprint(), _build.vector_bits()
     assert bits in (128, 256, 512)
     assert bits < 512 or " avx512f" in flags
     assert bits < 256 or " avx2" in flags
-    assert dispatch._narrow_vectors() == (bits < 512)
 
 
-def test_auto_rule_without_a_measurement(kernels_built, wide_vectors):
+def test_auto_rule_without_a_measurement(kernels_built):
     # The rule (no reference to time against, as for calls that record autograd history):
     # PyTorch on planes under 100 pixels, on channels_last planes up to 28x28 or strided,
     # and on strided NCHW calls with outputs under 28x28; the kernels otherwise.
@@ -116,16 +103,6 @@ def test_auto_rule_without_a_measurement(kernels_built, wide_vectors):
         assert all(_call(case) is not None for case in to_pytorch + to_kernel)
 
 
-def test_auto_rule_without_avx512(kernels_built, narrow_vectors):
-    # Without AVX-512: PyTorch on every channels_last call; NCHW calls as with it.
-    with env("auto"):
-        assert _call(_variant(spatial=(30, 30), layout="channels_last")) is None
-        assert _call(_variant()) is not None and _call(_variant(spatial=(8, 8))) is None
-        assert _call(_variant(spatial=(30, 30), layout="channels_last", mult=2)) is not None
-    with env("on"):
-        assert _call(_variant(spatial=(30, 30), layout="channels_last")) is not None
-
-
 def _depthwise_offered(size, k, stride, channels_last):
     x = torch.randn(1, 8, size, size)
     if channels_last:
@@ -136,15 +113,7 @@ def _depthwise_offered(size, k, stride, channels_last):
     return dispatch.depthwise(x, weight, None, s, (1, 1), plan, "zeros") is not None
 
 
-def test_auto_rule_for_depthwise_without_avx512(kernels_built, narrow_vectors):
-    # Without AVX-512: PyTorch on 3x3 calls in both layouts; 5x5 and 7x7 as with it.
-    offered = _depthwise_offered
-    with env("auto"):
-        assert not offered(20, 3, 1, False) and not offered(40, 3, 1, True)
-        assert offered(20, 5, 1, False) and offered(20, 7, 1, True)
-
-
-def test_auto_rule_for_depthwise_without_a_measurement(kernels_built, wide_vectors):
+def test_auto_rule_for_depthwise_without_a_measurement(kernels_built):
     # PyTorch at stride > 1, on NCHW planes under 100 pixels and on channels_last 3x3 calls
     # with small outputs; the kernels otherwise (channels_last 5x5/7x7, larger NCHW planes).
     offered = _depthwise_offered

@@ -206,24 +206,13 @@ def _pytorch_wins_separable(g) -> bool:
     planes under 100 pixels, on channels_last planes of at most 28x28 and strided
     channels_last calls (oneDNN's channels_last kernels were as fast or faster), and on
     strided NCHW calls with output planes under 28x28 (the strided backward still scatters
-    tap by tap). Without AVX-512 (:func:`_narrow_vectors`), PyTorch on every channels_last
-    call: on AMD Zen 3 (AVX2) the kernels' step took 1.14-1.40x oneDNN's (run M)."""
+    tap by tap). The same rule holds without AVX-512: on AMD Zen 3 (AVX2) the kernels'
+    steps took 0.31-0.80x PyTorch's on 56x56 and 32x32 planes in both layouts (run N)."""
     plane = g.OH * g.OW
     strided = g.sy > 1 or g.sx > 1
     if g.nhwc:
-        return strided or plane <= 784 or _narrow_vectors()
+        return strided or plane <= 784
     return plane < 100 or (strided and plane < 784)
-
-
-def _narrow_vectors() -> bool:
-    """Whether the kernels were compiled without AVX-512. Their loops were written for
-    512-bit vectors, which take two of AVX2's 16 registers each and spill, so the rules above
-    give PyTorch more of the calls there. False when the kernels cannot be built (the call
-    is declined later, by :func:`_load_or_decline`)."""
-    from sepconv.kernels import _build
-
-    bits = _build.vector_bits()
-    return bits is not None and bits < 512
 
 
 @dataclass
@@ -463,14 +452,12 @@ def _pytorch_wins_depthwise(g, x: Tensor) -> bool:
     (the kernels took 1.2-2.2x its time), on NCHW planes under 100 pixels (1.3x), and on
     channels_last 3x3 calls with outputs under 16 MB (0.9-1.7x; larger outputs cost PyTorch
     fresh-allocation page faults, which the pooled outputs avoid); the kernels take
-    channels_last 5x5 and 7x7 (0.34-0.38x) and NCHW otherwise (0.09-0.67x). Without AVX-512
-    (:func:`_narrow_vectors`), PyTorch on 3x3 calls too: on AMD Zen 3 (AVX2) the kernels
-    took 1.1-2.9x its time there, 0.65-0.96x on 5x5 and 7x7 (run M)."""
+    channels_last 5x5 and 7x7 (0.34-0.38x) and NCHW otherwise (0.09-0.67x). On AMD Zen 3
+    (AVX2) the same rule fits: 8x128x56x56 3x3 steps 0.79-0.96x PyTorch's time, 7x7
+    0.21-0.42x (run N)."""
     if g.rank != 2:
         return False
     if g.sy > 1 or g.sx > 1:
-        return True
-    if max(g.KH, g.KW) <= 3 and _narrow_vectors():
         return True
     if g.nhwc:
         out_bytes = x.numel() * x.element_size()
