@@ -390,16 +390,35 @@ def test_every_tile_gemm_agrees_on_random_cases(gemm, case, kernels_built):
         check_separable(case)
 
 
-# Planar separable outputs of 4 MiB or more in planes of whole cache lines, whose own tile
-# GEMMs store around the caches where vectors are half a line (column blocks from the first
-# line boundary; rows 144 bytes long, so tiles start inside a line): output channels that are
-# not a multiple of the micro-kernel's rows, groups, dilation, stride 2, a strided input.
+# Separable outputs of 4 MiB or more in planes (or pixels) of whole cache lines, whose own
+# tile GEMMs store around the caches where vectors are half a line (column blocks from the
+# first line boundary; rows 144 bytes long, so planar tiles start inside a line): output
+# channels that are not a multiple of the micro-kernel's rows, groups, dilation, stride 2, a
+# strided input, channels_last.
 STREAMED_GEMM_CASES = (
     Case(2, 4, 16, 1, 70, 1, (120, 36), (3, 3), (1, 1), (1, 1), 1, "zeros", "contiguous", True),
     Case(
         2, 8, 24, 2, 33, 3, (64, 64), (5, 5), (1, 1), (2, 2), "same", "reflect", "contiguous", False
     ),
     Case(2, 4, 32, 1, 64, 1, (128, 128), (3, 3), (2, 2), (1, 1), 1, "replicate", "strided", True),
+    # channels_last: pixels of 80 or 96 output channels, weight panels of 64 and a partial one
+    Case(2, 4, 24, 1, 80, 1, (60, 60), (3, 3), (1, 1), (1, 1), 1, "zeros", "channels_last", True),
+    Case(
+        2,
+        3,
+        16,
+        2,
+        96,
+        2,
+        (70, 66),
+        (5, 3),
+        (1, 1),
+        (1, 1),
+        "same",
+        "circular",
+        "channels_last",
+        False,
+    ),
 )
 
 

@@ -1902,7 +1902,7 @@ void tile_gemm(const Geo& g, S* mid, bool mid_nhwc, i64 P, const S* wp, const S*
             const i64 o0 = gi * g.Og + j * 64, nb = std::min<i64>(64, g.Og - j * 64);
             gemm_f32(P, nb, g.CMg, mid + gi * g.CMg, g.CM,
                      g.wpT + (gi * panels + j) * g.CMg * 64, 64, out + o0, ops, nullptr,
-                     bp ? g.bp_pad + o0 : nullptr);
+                     bp ? g.bp_pad + o0 : nullptr, 0, g.stream_out);
           }
         return;
       }
@@ -2166,8 +2166,10 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
 // 0.87-0.97x the time on 56x56 and 28x28 planes (8x192x28x28 -> 768 7x7 0.92-0.94x).
 constexpr i64 kStreamGemmBytes = i64(4) << 20;
 inline bool stream_tile_output(const Geo& g) {
-  return kVecBytes < 64 && g.own_gemm && !g.nhwc && !g.out_nhwc && g.os[3] == 1 &&
-         g.os[1] % 16 == 0 && g.N * g.O * g.OH * g.OW * 4 >= kStreamGemmBytes;
+  const bool planar = !g.nhwc && !g.out_nhwc && g.os[3] == 1 && g.os[1] % 16 == 0;
+  const bool nhwc = g.nhwc && g.out_nhwc && g.os[1] == 1 && g.os[3] % 16 == 0 && g.wpT;
+  return kVecBytes < 64 && g.own_gemm && (planar || nhwc) &&
+         g.N * g.O * g.OH * g.OW * 4 >= kStreamGemmBytes;
 }
 
 template <typename S>
