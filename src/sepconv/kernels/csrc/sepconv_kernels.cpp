@@ -200,6 +200,15 @@ inline void vstPart(double* p, V<double>::t v, i64 n) {
   _mm512_mask_storeu_pd(p, __mmask8((1u << n) - 1), (__m512d)v);
 }
 #endif
+// SEPCONV_KERNELS_STREAM=0: no non-temporal output stores at all (for comparison).
+inline bool streaming_enabled() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("SEPCONV_KERNELS_STREAM");
+    return !(v && std::strcmp(v, "0") == 0);
+  }();
+  return enabled;
+}
+
 inline void stream_fence() {
 #if defined(__AVX512F__) || defined(__AVX2__)
   _mm_sfence();
@@ -2168,7 +2177,7 @@ constexpr i64 kStreamGemmBytes = i64(4) << 20;
 inline bool stream_tile_output(const Geo& g) {
   const bool planar = !g.nhwc && !g.out_nhwc && g.os[3] == 1 && g.os[1] % 16 == 0;
   const bool nhwc = g.nhwc && g.out_nhwc && g.os[1] == 1 && g.os[3] % 16 == 0 && g.wpT;
-  return kVecBytes < 64 && g.own_gemm && (planar || nhwc) &&
+  return kVecBytes < 64 && streaming_enabled() && g.own_gemm && (planar || nhwc) &&
          g.N * g.O * g.OH * g.OW * 4 >= kStreamGemmBytes;
 }
 
@@ -2301,11 +2310,7 @@ void dw_forward(const S* x, const S* wd, const S* bd, S* out, const i64* geo) {
   const auto ymap = make_map(g.Hu, g.H, g.pt, g.mode);
   const auto xmap = make_map(g.Wu, g.W, g.pl, g.mode);
   // Large outputs go around the caches (they would only evict the input).
-  static const bool stream_ok = [] {
-    const char* v = std::getenv("SEPCONV_KERNELS_STREAM");
-    return !(v && std::strcmp(v, "0") == 0);
-  }();
-  const bool stream = stream_ok && !std::is_same<S, bf16>::value &&
+  const bool stream = streaming_enabled() && !std::is_same<S, bf16>::value &&
                       g.N * g.CM * g.OH * g.OW * i64(sizeof(S)) >= (i64(16) << 20);
   // Staged output (kStageOutput): the tile to a buffer, then stream_rows; where the loops
   // store directly, vstOut streams.
