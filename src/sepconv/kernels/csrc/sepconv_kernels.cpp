@@ -1367,7 +1367,12 @@ void pad_nhwc_piece(const S* img, i64 sh, i64 sw, i64 sc, const Geo& g, const i6
         continue;
       }
       const S* p = img + sr * sh + sq * sw + c0 * sc;
-      if (M == 1 && sc == 1 && std::is_same<S, A>::value) {
+      if (M == 1 && sc == 1 && std::is_same<S, A>::value && kn == V<A>::L) {
+        // One channel vector (the channel-blocked layout): a vector move, not a memcpy call
+        // per pixel (the blocked copy was a quarter of the channels_last 7x7 depthwise's time
+        // on AVX2; 8x128x112x112 3x3 / 5x5 / 7x7 0.96 / 0.99 / 0.94x the time).
+        vst<A>(d, vld<A>(reinterpret_cast<const A*>(p) + k0));
+      } else if (M == 1 && sc == 1 && std::is_same<S, A>::value) {
         std::memcpy(d, p + k0, sizeof(A) * kn);
       } else if (M == 1) {
         for (i64 k = 0; k < kn; ++k) d[k] = toA(p[(k0 + k) * sc]);
