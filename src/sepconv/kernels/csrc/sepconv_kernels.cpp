@@ -86,10 +86,13 @@ template <> struct Acc<double> { typedef double type; };
 // One vector register: 64 bytes with AVX-512, else 32 (AVX2's ymm). With a 64-byte type on
 // AVX2 every vector took two of the 16 ymm registers and the depthwise loops, blocked for 32
 // zmm, spilled (run M); the loops below are written for V<A>::L lanes and block by kVecRegs.
-#if defined(__AVX512F__)
-constexpr int kVecBytes = 64, kVecRegs = 32;
-#else
+// Other builds (no AVX2 and FMA: the non-native build, other architectures) keep the 64-byte
+// type, which the own GEMM's 16-column blocks (micro_f32) assume where micro_avx2 is absent.
+#if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
+#define SEPCONV_VEC32 1
 constexpr int kVecBytes = 32, kVecRegs = 16;
+#else
+constexpr int kVecBytes = 64, kVecRegs = 32;
 #endif
 template <typename A> struct V;
 template <> struct V<float> {
@@ -128,10 +131,14 @@ template <typename A> inline typename V<A>::t vzero() {
   return v;
 }
 template <typename A> inline typename V<A>::t vset(A s) { return vzero<A>() + s; }
-#if !defined(__AVX512F__)
 // The float broadcast as an initialiser list: without AVX-512, zero + s went through the
 // stack (xmm stores per broadcast), in the depthwise loops' weight broadcasts.
+#if defined(SEPCONV_VEC32)
 template <> inline V<float>::t vset<float>(float s) { return V<float>::t{s, s, s, s, s, s, s, s}; }
+#elif !defined(__AVX512F__)
+template <> inline V<float>::t vset<float>(float s) {
+  return V<float>::t{s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s};
+}
 #endif
 // Store a vector of accumulators into storage type S.
 inline void vstS(float* p, V<float>::t v) { vst<float>(p, v); }
@@ -551,7 +558,9 @@ void gemm_f32(i64 M, i64 N, i64 K, const float* a, i64 lda, const float* b, i64 
   // A (pointwise weight) is read from memory once per call, not once per column block.
   const i64 MB = std::max<i64>(MR, ((192 << 10) / std::max<i64>(K * 4, 1)) / MR * MR);
   // (streamed: a first block up to C's first line boundary)
-  const i64 lead = stream ? ((64 - (reinterpret_cast<uintptr_t>(c) & 63)) & 63) / 4 : 0;
+  // (never with panels: a block must not straddle two of them)
+  const i64 lead =
+      stream && !pstride ? ((64 - (reinterpret_cast<uintptr_t>(c) & 63)) & 63) / 4 : 0;
   for (i64 mb0 = 0; mb0 < M; mb0 += MB)
   for (i64 n0 = 0, nb = 0; n0 < N; n0 += nb) {
     nb = std::min(n0 == 0 && lead > 0 ? lead : VB, N - n0);
@@ -2990,9 +2999,7 @@ extern "C" {
 int sepconv_abi_version() { return 5; }
 
 // The vector width the library was compiled for, in bits: 512 with AVX-512, 256 with AVX2.
-// The loops were written for 512-bit vectors; without AVX-512 each takes two of the 16 ymm
-// registers and the loops spill (only the GEMM micro-kernel has AVX2 code), so Python's rules
-// for calls that record autograd history hand more of them to PyTorch there.
+// (Reported by kernels.info(); with AVX2 and FMA the loops use one ymm register a vector.)
 int sepconv_vector_bits() {
 #if defined(__AVX512F__)
   return 512;
