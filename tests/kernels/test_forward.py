@@ -199,6 +199,8 @@ LARGE_OUTPUT_CASES = (
         "channels_last",
         False,
     ),
+    # 36 channels: a channel tail past the last whole vector
+    Case(2, 2, 18, 2, 8, 1, (240, 245), (3, 3), (1, 1), (1, 1), 1, "zeros", "channels_last", True),
 )
 
 

@@ -207,12 +207,16 @@ inline void vstPart(double* p, V<double>::t v, i64 n) {
   _mm512_mask_storeu_pd(p, __mmask8((1u << n) - 1), (__m512d)v);
 }
 #endif
+// Whether environment variable `name` is unset or anything but "0" (switches that turn a
+// path off for comparison; callers read it once).
+inline bool env_not_zero(const char* name) {
+  const char* v = std::getenv(name);
+  return !(v && std::strcmp(v, "0") == 0);
+}
+
 // SEPCONV_KERNELS_STREAM=0: no non-temporal output stores at all (for comparison).
 inline bool streaming_enabled() {
-  static const bool enabled = [] {
-    const char* v = std::getenv("SEPCONV_KERNELS_STREAM");
-    return !(v && std::strcmp(v, "0") == 0);
-  }();
+  static const bool enabled = env_not_zero("SEPCONV_KERNELS_STREAM");
   return enabled;
 }
 
@@ -277,7 +281,7 @@ struct Geo {
   const float* bp_pad = nullptr;  // pointwise bias with slack (own GEMM)
   const float* wpb = nullptr;     // [wp | bp], O x (CM + 1) (BLAS, planar mid, one group)
   bool own_gemm = false;          // forward tile GEMMs: own kernel (else BLAS)
-  bool stream_out = false;        // planar own tile GEMMs store whole lines around the caches
+  bool stream_out = false;        // own tile GEMMs store whole lines around the caches
 };
 
 Geo make_geo(const i64* g) {
@@ -557,8 +561,8 @@ void gemm_f32(i64 M, i64 N, i64 K, const float* a, i64 lda, const float* b, i64 
   // Rows of A in blocks that stay in L2 while all column blocks sweep past them, so a large
   // A (pointwise weight) is read from memory once per call, not once per column block.
   const i64 MB = std::max<i64>(MR, ((192 << 10) / std::max<i64>(K * 4, 1)) / MR * MR);
-  // (streamed: a first block up to C's first line boundary)
-  // (never with panels: a block must not straddle two of them)
+  // (streamed: a first block up to C's first line boundary; never with panels, which a
+  // block must not straddle)
   const i64 lead =
       stream && !pstride ? ((64 - (reinterpret_cast<uintptr_t>(c) & 63)) & 63) / 4 : 0;
   for (i64 mb0 = 0; mb0 < M; mb0 += MB)
@@ -842,10 +846,7 @@ inline void conv_block(const A* b, i64 qrow, i64 dy, i64 KH, i64 kw_rt, const i6
 // the `last` valid lanes.
 // SEPCONV_KERNELS_ROWS=0 turns the row-blocked stride-1 path off (for comparison).
 inline bool s1_rows_enabled() {
-  static const bool enabled = [] {
-    const char* v = std::getenv("SEPCONV_KERNELS_ROWS");
-    return !(v && std::strcmp(v, "0") == 0);
-  }();
+  static const bool enabled = env_not_zero("SEPCONV_KERNELS_ROWS");
   return enabled;
 }
 
@@ -2196,9 +2197,9 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
   }
 }
 
-// Whether the planar own tile GEMMs write their output around the caches (Geo::stream_out):
-// without AVX-512, where the micro-kernel's 16-column store is one whole line, for output
-// planes of whole lines and outputs of 4 MiB or more (smaller ones may serve the next layer
+// Whether the own tile GEMMs write their output around the caches (Geo::stream_out): without
+// AVX-512, where the micro-kernel's 16-column store is one whole line, for planar output
+// planes or channels_last pixels of whole lines and outputs of 4 MiB or more (smaller ones may serve the next layer
 // from the cache). Plain stores read each output line first; on AMD Zen 3 streaming took
 // 0.87-0.97x the time on 56x56 and 28x28 planes (8x192x28x28 -> 768 7x7 0.92-0.94x).
 constexpr i64 kStreamGemmBytes = i64(4) << 20;
