@@ -119,15 +119,18 @@ def library_path(native: bool | None = None) -> Path:
     return cache_root() / f"kernels-{key}" / f"sepconv_kernels_{key}.so"
 
 
-def build(verbose: bool = False, force: bool = False) -> Path:
+def build(verbose: bool = False, force: bool = False, native: bool | None = None) -> Path:
     """Compile the kernels if they are not cached yet; return the library's path.
 
+    ``native``: ``-march=native`` (True) or the portable ``-mtune=generic`` build (False);
+    None: native where the compiler accepts it (what :func:`load` uses).
     Raises :class:`BuildError` when there is no working compiler or the build fails.
     """
     compiler = _compiler()
     if compiler is None:
         raise BuildError("no C++ compiler found (set CXX or install g++)")
-    native = _native_ok(compiler)
+    if native is None:
+        native = _native_ok(compiler)
     path = library_path(native)
     if path.exists() and not force:
         return path
@@ -227,6 +230,19 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.sepconv_vector_bits.restype = c_int
 
 
+def open_library(path: Path) -> ctypes.CDLL:
+    """Open a built library, check its ABI and apply this CPU's settings.
+
+    Raises :class:`BuildError` (wrong ABI) or :class:`OSError` (cannot be opened)."""
+    lib = ctypes.CDLL(str(path))
+    _declare(lib)
+    if lib.sepconv_abi_version() != ABI_VERSION:
+        raise BuildError(f"{path} has ABI {lib.sepconv_abi_version()}, expected {ABI_VERSION}")
+    lib.sepconv_set_own_gemm(TILE_GEMM[tile_gemm_choice()])
+    lib.sepconv_set_reads(PREFETCH[prefetch_choice()])
+    return lib
+
+
 def load() -> ctypes.CDLL:
     """The loaded library, building it on first use. Raises :class:`BuildError`."""
     global _lib, _error
@@ -238,20 +254,11 @@ def load() -> ctypes.CDLL:
         if _error is not None:
             raise BuildError(_error)
         try:
-            path = build()
-            lib = ctypes.CDLL(str(path))
-            _declare(lib)
-            if lib.sepconv_abi_version() != ABI_VERSION:
-                raise BuildError(
-                    f"{path} has ABI {lib.sepconv_abi_version()}, expected {ABI_VERSION}"
-                )
+            _lib = open_library(build())
         except (BuildError, OSError) as error:
             _error = str(error)
             raise BuildError(_error) from error
-        lib.sepconv_set_own_gemm(TILE_GEMM[tile_gemm_choice()])
-        lib.sepconv_set_reads(PREFETCH[prefetch_choice()])
-        _lib = lib
-        return lib
+        return _lib
 
 
 def vector_bits() -> int | None:
