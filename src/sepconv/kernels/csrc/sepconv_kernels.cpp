@@ -734,14 +734,23 @@ void pad_planar(const S* plane, i64 sh, i64 sw, const Geo& g, const i64* ymap, c
 int g_reads = 0;
 constexpr i64 kTouchBytes = i64(32) << 20;
 
+// The image rows [rlo, rhi) and columns [clo, chi) inside the padded window of rows
+// [r0, r0 + R) and columns [q0, q0 + Q) (either range may be empty).
+struct Inside {
+  i64 rlo, rhi, clo, chi;
+};
+inline Inside inside_image(const Geo& g, i64 r0, i64 R, i64 q0, i64 Q) {
+  return {std::max<i64>(0, r0 - g.pt), std::min<i64>(g.H, r0 + R - g.pt),
+          std::max<i64>(0, q0 - g.pl), std::min<i64>(g.W, q0 + Q - g.pl)};
+}
+
 // f(line) for each 64-byte line of the input rows [r0, r0 + R) and columns [q0, q0 + Q)
 // (padded coordinates; only those inside the image) of an image with row stride rs whose
 // columns are `cols` consecutive elements each (planar 1, channels_last C).
 template <typename S, typename F>
 inline void window_lines(const S* img, i64 rs, i64 cols, const Geo& g, i64 r0, i64 R, i64 q0,
                          i64 Q, F f) {
-  const i64 rlo = std::max<i64>(0, r0 - g.pt), rhi = std::min<i64>(g.H, r0 + R - g.pt);
-  const i64 clo = std::max<i64>(0, q0 - g.pl), chi = std::min<i64>(g.W, q0 + Q - g.pl);
+  const auto [rlo, rhi, clo, chi] = inside_image(g, r0, R, q0, Q);
   if (chi <= clo) return;
   for (i64 r = rlo; r < rhi; ++r) {
     const uintptr_t first = uintptr_t(img + r * rs + clo * cols) & ~uintptr_t(63);
@@ -786,8 +795,7 @@ struct AheadLines {
   // column stride, spread over `blocks` calls of issue().
   template <typename S>
   void start(const S* plane, const Geo& g, i64 r0, i64 R, i64 q0, i64 Q, i64 blocks) {
-    const i64 rlo = std::max<i64>(0, r0 - g.pt), rhi = std::min<i64>(g.H, r0 + R - g.pt);
-    const i64 clo = std::max<i64>(0, q0 - g.pl), chi = std::min<i64>(g.W, q0 + Q - g.pl);
+    const auto [rlo, rhi, clo, chi] = inside_image(g, r0, R, q0, Q);
     rows = g.xs[3] == 1 && chi > clo ? std::max<i64>(0, rhi - rlo) : 0;
     if (rows == 0) return;
     const uintptr_t first = uintptr_t(plane + rlo * g.xs[2] + clo) & ~uintptr_t(63);
@@ -2245,8 +2253,8 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
 
 // Whether the own tile GEMMs write their output around the caches (Geo::stream_out): without
 // AVX-512, where the micro-kernel's 16-column store is one whole line, for planar output
-// planes or channels_last pixels of whole lines and outputs of 4 MiB or more (smaller ones may serve the next layer
-// from the cache). Plain stores read each output line first; on AMD Zen 3 streaming took
+// planes or channels_last pixels of whole lines and outputs of 4 MiB or more (smaller ones
+// may serve the next layer from the cache). Plain stores read each output line first; on AMD Zen 3 streaming took
 // 0.87-0.97x the time on 56x56 and 28x28 planes (8x192x28x28 -> 768 7x7 0.92-0.94x).
 constexpr i64 kStreamGemmBytes = i64(4) << 20;
 inline bool stream_tile_output(const Geo& g) {
@@ -2432,6 +2440,7 @@ void dw_forward(const S* x, const S* wd, const S* bd, S* out, const i64* geo) {
   // Consecutive tasks per thread: within a chunk a task prefetches the next one's window
   // (AheadLines); 16 rather than 4 took 0.97-0.98x the time (fewer cold chunk starts).
   const i64 chunk = std::clamp<i64>(tasks / (4 * g.threads), 1, 16);
+  const auto plane = [&](i64 nc) { return x + nc / g.C * g.xs[0] + nc % g.C * g.xs[1]; };
 #pragma omp parallel num_threads(g.threads)
   {
     t_stream = stream && !staged;
@@ -2449,20 +2458,19 @@ void dw_forward(const S* x, const S* wd, const S* bd, S* out, const i64* geo) {
         // (Touching the next task's window in a burst was 1.05-1.2x slower: its plane
         // displaced this one's from L1.)
         if (t % chunk == 0 || t_ahead.rows > 0)
-          touch_window(x + n * g.xs[0] + c * g.xs[1], g, r0, R, q0, Q);
+          touch_window(plane(nc), g, r0, R, q0, Q);
         t_ahead = AheadLines();
         if (t + 1 < tasks && (t + 1) % chunk != 0) {
           const Tile s = tile_at(tl, g, t + 1);  // (s.n: image * C + channel)
           const i64 blocks = (tw + V<A>::L - 1) / V<A>::L * ((th + 7) / 8);  // conv_planar_s1's
-          t_ahead.start(x + s.n / g.C * g.xs[0] + s.n % g.C * g.xs[1], g, s.r0, s.R, s.q0, s.Q,
-                        blocks);
+          t_ahead.start(plane(s.n), g, s.r0, s.R, s.q0, s.Q, blocks);
         }
       }
       S* o = out + n * g.os[0] + cm * g.os[1] + oy0 * g.os[2] + ox0 * g.os[3];
-      channel_tile<S, A, S>(x + n * g.xs[0] + c * g.xs[1], g, direct, oy0, ox0, th, tw, r0, R, q0,
-                            Q, ymap.data(), xmap.data(), buf.data(), w.data() + cm * g.T,
-                            b.data() + cm, staged ? tile_out.data() : o,
-                            staged ? th * tw : g.os[1], staged ? tw : g.os[2]);
+      channel_tile<S, A, S>(plane(nc), g, direct, oy0, ox0, th, tw, r0, R, q0, Q, ymap.data(),
+                            xmap.data(), buf.data(), w.data() + cm * g.T, b.data() + cm,
+                            staged ? tile_out.data() : o, staged ? th * tw : g.os[1],
+                            staged ? tw : g.os[2]);
       for (i64 m = 0; staged && m < g.M; ++m)
         stream_rows(tile_out.data() + m * th * tw, tw, o + m * g.os[1], g.os[2], th, tw);
     }
