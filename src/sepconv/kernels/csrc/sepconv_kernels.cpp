@@ -472,44 +472,44 @@ inline void micro_f32(i64 K, const float* a, i64 lda, const float* b, i64 ldb, f
 // micro_f32<MR, 1> for CPUs without AVX-512, in intrinsics: GCC lowers the 64-byte vector
 // type through the stack there (vmovq/vpinsrq per lane), which ran the tile GEMMs at a sixth
 // of MKL's rate. 16 columns are two ymm registers; MR x 2 accumulators (12) fit the 16.
-template <int MR>
+template <int MR, int NW = 2>
 inline void micro_avx2(i64 K, const float* a, i64 lda, const float* b, i64 ldb, float* c,
                        i64 ldc, const float* bias_row, const float* bias_col, i64 nvalid,
                        bool stream) {
-  __m256 acc[MR][2];
+  // NW ymm columns: 16 (NW = 2), or 8 for a last column block of 8 or fewer (an N of 24 as 16
+  // + 16 did a quarter of its FMAs on zeros).
+  constexpr i64 NC = 8 * NW;
+  __m256 acc[MR][NW];
   for (int i = 0; i < MR; ++i)
-    for (int h = 0; h < 2; ++h)
+    for (int h = 0; h < NW; ++h)
       acc[i][h] = bias_row   ? _mm256_set1_ps(bias_row[i])
                   : bias_col ? _mm256_loadu_ps(bias_col + 8 * h)
                              : _mm256_setzero_ps();
   // As in micro_f32: whole vectors of B but for the last row's partial one.
-  const i64 kfull = nvalid >= 16 ? K : K - 1;
-  alignas(32) float last[16] = {};
+  const i64 kfull = nvalid >= NC ? K : K - 1;
+  alignas(32) float last[NC] = {};
   for (i64 k = 0; k < K; ++k) {
     const float* bk = b + k * ldb;
     if (k >= kfull) {
       std::memcpy(last, bk, sizeof(float) * nvalid);
       bk = last;
     }
-    const __m256 b0 = _mm256_loadu_ps(bk), b1 = _mm256_loadu_ps(bk + 8);
+    __m256 bv[NW];
+    for (int h = 0; h < NW; ++h) bv[h] = _mm256_loadu_ps(bk + 8 * h);
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
       const __m256 ai = _mm256_broadcast_ss(a + i * lda + k);
-      acc[i][0] = _mm256_fmadd_ps(ai, b0, acc[i][0]);
-      acc[i][1] = _mm256_fmadd_ps(ai, b1, acc[i][1]);
+      for (int h = 0; h < NW; ++h) acc[i][h] = _mm256_fmadd_ps(ai, bv[h], acc[i][h]);
     }
   }
   for (int i = 0; i < MR; ++i) {
     float* ci = c + i * ldc;
-    if (nvalid >= 16 && stream && (reinterpret_cast<uintptr_t>(ci) & 63) == 0) {
-      _mm256_stream_ps(ci, acc[i][0]);  // one whole line
-      _mm256_stream_ps(ci + 8, acc[i][1]);
-    } else if (nvalid >= 16) {
-      _mm256_storeu_ps(ci, acc[i][0]);
-      _mm256_storeu_ps(ci + 8, acc[i][1]);
+    if (NW == 2 && nvalid >= NC && stream && (reinterpret_cast<uintptr_t>(ci) & 63) == 0) {
+      for (int h = 0; h < NW; ++h) _mm256_stream_ps(ci + 8 * h, acc[i][h]);  // one whole line
+    } else if (nvalid >= NC) {
+      for (int h = 0; h < NW; ++h) _mm256_storeu_ps(ci + 8 * h, acc[i][h]);
     } else {
-      _mm256_store_ps(last, acc[i][0]);
-      _mm256_store_ps(last + 8, acc[i][1]);
+      for (int h = 0; h < NW; ++h) _mm256_store_ps(last + 8 * h, acc[i][h]);
       std::memcpy(ci, last, sizeof(float) * nvalid);
     }
   }
@@ -523,6 +523,16 @@ inline void micro_rows(i64 mr, i64 K, const float* a, i64 lda, const float* b, i
                        i64 ldc, const float* bias_row, const float* bias_col, i64 nvalid,
                        bool stream = false) {
 #if defined(SEPCONV_MICRO_AVX2)
+  if (NV == 1 && nvalid <= 8) {
+    switch (mr) {
+      case 6: micro_avx2<6, 1>(K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid, false); return;
+      case 5: micro_avx2<5, 1>(K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid, false); return;
+      case 4: micro_avx2<4, 1>(K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid, false); return;
+      case 3: micro_avx2<3, 1>(K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid, false); return;
+      case 2: micro_avx2<2, 1>(K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid, false); return;
+      default: micro_avx2<1, 1>(K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid, false); return;
+    }
+  }
   if (NV == 1) {
     const bool st = stream;
     switch (mr) {
