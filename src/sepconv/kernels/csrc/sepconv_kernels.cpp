@@ -479,37 +479,41 @@ inline void micro_avx2(i64 K, const float* a, i64 lda, const float* b, i64 ldb, 
   // NW ymm columns: 16 (NW = 2), or 8 for a last column block of 8 or fewer (an N of 24 as 16
   // + 16 did a quarter of its FMAs on zeros).
   constexpr i64 NC = 8 * NW;
-  __m256 acc[MR][NW];
+  __m256 acc[MR][2];
   for (int i = 0; i < MR; ++i)
-    for (int h = 0; h < NW; ++h)
+    for (int h = 0; h < 2; ++h)
       acc[i][h] = bias_row   ? _mm256_set1_ps(bias_row[i])
-                  : bias_col ? _mm256_loadu_ps(bias_col + 8 * h)
+                  : bias_col ? _mm256_loadu_ps(bias_col + 8 * (h % NW))
                              : _mm256_setzero_ps();
-  // As in micro_f32: whole vectors of B but for the last row's partial one.
-  const i64 kfull = nvalid >= NC ? K : K - 1;
-  alignas(32) float last[NC] = {};
-  for (i64 k = 0; k < K; ++k) {
-    const float* bk = b + k * ldb;
-    if (k >= kfull) {
-      std::memcpy(last, bk, sizeof(float) * nvalid);
-      bk = last;
-    }
-    __m256 bv[NW];
-    for (int h = 0; h < NW; ++h) bv[h] = _mm256_loadu_ps(bk + 8 * h);
+  auto step = [&](const float* bk, i64 k) __attribute__((always_inline)) {
+    const __m256 b0 = _mm256_loadu_ps(bk), b1 = NW == 2 ? _mm256_loadu_ps(bk + 8) : b0;
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
       const __m256 ai = _mm256_broadcast_ss(a + i * lda + k);
-      for (int h = 0; h < NW; ++h) acc[i][h] = _mm256_fmadd_ps(ai, bv[h], acc[i][h]);
+      acc[i][0] = _mm256_fmadd_ps(ai, b0, acc[i][0]);
+      if constexpr (NW == 2) acc[i][1] = _mm256_fmadd_ps(ai, b1, acc[i][1]);
     }
+  };
+  // As in micro_f32: whole vectors of B but for the last row's partial one, copied after the
+  // loop (a memcpy call inside it kept the accumulators on the stack: 2.3x the time).
+  const i64 kfull = nvalid >= NC ? K : K - 1;
+  for (i64 k = 0; k < kfull; ++k) step(b + k * ldb, k);
+  alignas(32) float last[16] = {};
+  if (kfull < K) {
+    std::memcpy(last, b + kfull * ldb, sizeof(float) * nvalid);
+    step(last, kfull);
   }
   for (int i = 0; i < MR; ++i) {
     float* ci = c + i * ldc;
     if (NW == 2 && nvalid >= NC && stream && (reinterpret_cast<uintptr_t>(ci) & 63) == 0) {
-      for (int h = 0; h < NW; ++h) _mm256_stream_ps(ci + 8 * h, acc[i][h]);  // one whole line
+      _mm256_stream_ps(ci, acc[i][0]);  // one whole line
+      _mm256_stream_ps(ci + 8, acc[i][1]);
     } else if (nvalid >= NC) {
-      for (int h = 0; h < NW; ++h) _mm256_storeu_ps(ci + 8 * h, acc[i][h]);
+      _mm256_storeu_ps(ci, acc[i][0]);
+      if constexpr (NW == 2) _mm256_storeu_ps(ci + 8, acc[i][1]);
     } else {
-      for (int h = 0; h < NW; ++h) _mm256_store_ps(last + 8 * h, acc[i][h]);
+      _mm256_store_ps(last, acc[i][0]);
+      _mm256_store_ps(last + 8, acc[i][1]);
       std::memcpy(ci, last, sizeof(float) * nvalid);
     }
   }
