@@ -106,6 +106,22 @@ def test_gradients_of_wide_pointwise_layers(layout, gemm, case, outputs, kernels
             _compare(case, torch.float32, 1e-4, depthwise_only=False, gy_like_output=True)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@settings(max_examples=8, deadline=None)
+@given(
+    case=cases(max_size=16, rank=2), outputs=st.integers(257, 320), channels=st.integers(90, 200)
+)
+def test_gradients_of_wide_layers(layout, case, outputs, channels, kernels_built):
+    """More than 256 outputs a group and 90-600 intermediate channels, own tile GEMMs: the
+    GEMMs' K (outputs for the intermediate's gradient) in several blocks where a tile has
+    64 or more pixels."""
+    spatial = tuple(max(s, 10) for s in case.spatial)
+    case = replace(case, C=channels, G=1, O=outputs, layout=layout, spatial=spatial)
+    if output_fits(case):
+        with tile_gemm("own"):
+            _compare(case, torch.float32, 1e-4, depthwise_only=False, gy_like_output=True)
+
+
 @settings(max_examples=15)
 @given(case=cases(max_size=90, rank=1))
 def test_gradients_of_wide_rows_float32(case, kernels_built):

@@ -392,6 +392,29 @@ def test_every_tile_gemm_agrees_on_random_cases(gemm, case, kernels_built):
         check_separable(case)
 
 
+@settings(max_examples=12, deadline=None)
+@given(
+    channels=st.integers(86, 300),
+    multiplier=st.integers(1, 3),
+    outputs=st.integers(1, 40),
+    size=st.integers(6, 24),
+    kernel=st.sampled_from((1, 3, 5)),
+    layout=st.sampled_from(("contiguous", "channels_last")),
+    bias=st.booleans(),
+)
+def test_wide_intermediate(
+    channels, multiplier, outputs, size, kernel, layout, bias, kernels_built
+):
+    """86-900 intermediate channels: the own tile GEMM's K in several blocks (256 rows each
+    without AVX-512), each accumulated onto the output tile the one before wrote."""
+    case = Case(
+        2, 1, channels, multiplier, outputs, 1, (size, size + 3), (kernel, kernel), (1, 1),
+        (1, 1), "same", "zeros", layout, bias,
+    )  # fmt: skip
+    with env("on"), tile_gemm("own"):
+        check_separable(case)
+
+
 # Separable outputs of 4 MiB or more in planes (or pixels) of whole cache lines, whose own
 # tile GEMMs store around the caches where vectors are half a line (column blocks from the
 # first line boundary; rows 144 bytes long, so planar tiles start inside a line): output
