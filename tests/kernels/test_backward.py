@@ -113,9 +113,9 @@ def test_gradients_of_wide_pointwise_layers(layout, gemm, case, outputs, kernels
 )
 def test_gradients_of_wide_layers(layout, case, outputs, channels, kernels_built):
     """More than 256 outputs a group and 90-600 intermediate channels, own tile GEMMs: the
-    GEMMs' K (outputs for the intermediate's gradient) in several blocks where a tile has
-    64 or more pixels."""
-    spatial = tuple(max(s, 10) for s in case.spatial)
+    GEMMs' K in several blocks where they have 64 or more columns (outputs for the
+    intermediate's gradient; pixels, 18 x 18 or more, for the pointwise weight's)."""
+    spatial = tuple(max(s, 18) for s in case.spatial)
     case = replace(case, C=channels, G=1, O=outputs, layout=layout, spatial=spatial)
     if output_fits(case):
         with tile_gemm("own"):

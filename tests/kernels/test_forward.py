@@ -405,8 +405,9 @@ def test_every_tile_gemm_agrees_on_random_cases(gemm, case, kernels_built):
 def test_wide_intermediate(
     channels, multiplier, outputs, size, kernel, layout, bias, kernels_built
 ):
-    """86-900 intermediate channels: the own tile GEMM's K in several blocks (256 rows each
-    without AVX-512), each accumulated onto the output tile the one before wrote."""
+    """86-900 intermediate channels: the own tile GEMM's K in several equal blocks of at
+    most 256 rows (without AVX-512, planar tiles of 64 or more pixels), each accumulated onto
+    the output tile the one before wrote."""
     case = Case(
         2, 1, channels, multiplier, outputs, 1, (size, size + 3), (kernel, kernel), (1, 1),
         (1, 1), "same", "zeros", layout, bias,
@@ -426,6 +427,8 @@ STREAMED_GEMM_CASES = (
         2, 8, 24, 2, 33, 3, (64, 64), (5, 5), (1, 1), (2, 2), "same", "reflect", "contiguous", False
     ),
     Case(2, 4, 32, 1, 64, 1, (128, 128), (3, 3), (2, 2), (1, 1), 1, "replicate", "strided", True),
+    # 300 intermediate channels: K in two blocks, the second one streaming the output
+    Case(2, 1, 100, 3, 64, 1, (128, 128), (3, 3), (1, 1), (1, 1), 1, "zeros", "contiguous", True),
     # channels_last: pixels of 80 or 96 output channels, weight panels of 64 and a partial one
     Case(2, 4, 24, 1, 80, 1, (60, 60), (3, 3), (1, 1), (1, 1), 1, "zeros", "channels_last", True),
     Case(

@@ -415,7 +415,8 @@ void mm_bf16(i64 M, i64 N, i64 K, Mat A, Mat B, float* C, i64 ldc) {
 // C[M x N] = A[M x K] . B[K x N] + bias, for the forward's tile GEMMs. MKL picks its AVX2
 // code path on AMD CPUs; this register-blocked AVX-512 kernel (MR rows x NV vectors of C in
 // registers, B rows streamed from L1, A broadcast) reaches about twice its rate there (see
-// docs/performance.md). Without AVX-512, micro_avx2 below does the same in 16-column blocks.
+// docs/performance.md). Without AVX-512, micro_avx2 below does the same in 16-column blocks
+// (8 for a last narrow one), K in blocks of kKC.
 // A: element (i, k) at a[i*lda + k]; B: row-major, row stride ldb; C: row-major, row stride
 // ldc. bias_row[i] or bias_col[j] (or neither) initialises C.
 // Only valid columns of B are read and of C written; bias_col is read by whole vectors
@@ -574,7 +575,8 @@ constexpr i64 kKC = 256;
 // bias_row: M values (one per row of C) or null; bias_col: N values (+ slack) or null.
 // pstride: 0 for a plain B; else B is packed in 64-column panels (pack_panels, ldb 64), panel
 // j at b + j * pstride. stream (without AVX-512; ldc a multiple of 16): C's whole lines are
-// written around the caches, its column blocks starting on line boundaries.
+// written around the caches by the last block of K, its column blocks starting on line
+// boundaries.
 void gemm_f32(i64 M, i64 N, i64 K, const float* a, i64 lda, const float* b, i64 ldb, float* c,
               i64 ldc, const float* bias_row, const float* bias_col, i64 pstride = 0,
               bool stream = false) {
@@ -598,17 +600,17 @@ void gemm_f32(i64 M, i64 N, i64 K, const float* a, i64 lda, const float* b, i64 
   // bytes apart (16 of L1's 64 sets): with blocks of 64-256 rows channels_last rows took
   // 1.01-1.10x; nor for fewer than 64 columns (1x768x7x7 -> 3072, 49 columns: 1.07x).
 #if defined(SEPCONV_MICRO_AVX2)
-  const i64 nk = pstride || N < 64 ? 1 : (K + kKC - 1) / kKC;
+  const i64 nk = pstride || N < 64 ? 1 : std::max<i64>(1, (K + kKC - 1) / kKC);
 #else
   const i64 nk = 1;
 #endif
-  const i64 kc = (K + nk - 1) / nk;
+  const i64 kc = std::max<i64>(1, (K + nk - 1) / nk);
   for (i64 mb0 = 0; mb0 < M; mb0 += MB)
   for (i64 n0 = 0, nb = 0; n0 < N; n0 += nb) {
     nb = std::min(n0 == 0 && lead > 0 ? lead : VB, N - n0);
     const i64 nv = (nb + 15) / 16;
     const float* bn = pstride ? b + (n0 / NB) * pstride + n0 % NB : b + n0;
-    for (i64 k0 = 0; k0 < K; k0 += kc) {
+    for (i64 k0 = 0; k0 == 0 || k0 < K; k0 += kc) {  // (once for K = 0: C = biases)
       const i64 kn = std::min(kc, K - k0);
       const bool first = k0 == 0, last = k0 + kn == K;
       const float* bk = bn + k0 * ldb;
@@ -622,7 +624,9 @@ void gemm_f32(i64 M, i64 N, i64 K, const float* a, i64 lda, const float* b, i64 
           case 4: micro_rows<4>(mr, kn, am, lda, bk, ldb, cm, ldc, br, bc, nb); break;
           case 3: micro_rows<3>(mr, kn, am, lda, bk, ldb, cm, ldc, br, bc, nb); break;
           case 2: micro_rows<2>(mr, kn, am, lda, bk, ldb, cm, ldc, br, bc, nb); break;
-          default: micro_rows<1>(mr, kn, am, lda, bk, ldb, cm, ldc, br, bc, nb, stream && last, !first); break;
+          default:
+            micro_rows<1>(mr, kn, am, lda, bk, ldb, cm, ldc, br, bc, nb, stream && last, !first);
+            break;
         }
       }
     }
@@ -821,12 +825,13 @@ inline void touch_window(const S* plane, const Geo& g, i64 r0, i64 R, i64 q0, i6
 }
 
 // The next planar depthwise task's input window, prefetched a few lines at a time from inside
-// this task's row blocks (conv_planar_s1), so that reading it overlaps the arithmetic. A burst
-// (touch_window, or all of its prefetches at once) stalls the core until its misses are in:
-// with a few lines per row block instead (and 16-task chunks), 8x128x112x112 3x3 / 5x5 / 7x7
-// took 0.77 / 0.83 / 0.86x the time (AMD Zen 3, docs/performance.md run O); issuing some from
-// the padded copy's rows as well, 1.04-1.05x. One per thread, like t_stream; empty (nothing
-// to issue) outside the planar depthwise forward.
+// this task's row blocks (conv_planar_s1, conv_direct_s1), so that reading it overlaps the
+// arithmetic. A burst (touch_window, or all of its prefetches at once) stalls the core until
+// its misses are in: with a few lines per row block instead (and 16-task chunks),
+// 8x128x112x112 3x3 / 5x5 / 7x7 took 0.77 / 0.83 / 0.86x the time (AMD Zen 3,
+// docs/performance.md run O); issuing some from the padded copy's rows as well, 1.04-1.05x.
+// One per thread, like t_stream; empty (nothing to issue) outside the planar depthwise
+// forward.
 struct AheadLines {
   const char* line = nullptr;  // next line of the current row
   const char* end = nullptr;   // one past the current row's last line
@@ -1073,7 +1078,7 @@ __attribute__((always_inline)) inline V<float>::t shifted(V<float>::t lo, V<floa
 }
 
 // rows_s1 for blocks at a plane's left or right edge, whose rows arrive masked: each input
-// row is loaded once, load(lo, hi) giving columns [0, 16) and [16, 32) of the next row, and
+// row is loaded once, load(lo, hi) giving columns [0, L) and [L, 2L) of the next row, and
 // its K shifts are made by permutes (masked loads at every shift took 1.3x the block's
 // time, most of them split across cache lines). Two partial sums per row (even and odd
 // kernel columns) for 2 * R independent FMA chains.
