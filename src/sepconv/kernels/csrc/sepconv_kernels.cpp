@@ -614,8 +614,12 @@ void gemm_f32(i64 M, i64 N, i64 K, const float* a, i64 lda, const float* b, i64 
       const i64 kn = std::min(kc, K - k0);
       const bool first = k0 == 0, last = k0 + kn == K;
       const float* bk = bn + k0 * ldb;
-      for (i64 m0 = mb0; m0 < std::min(M, mb0 + MB); m0 += MR) {
-        const i64 mr = std::min(MR, M - m0);
+      const i64 mend = std::min(M, mb0 + MB);
+      for (i64 m0 = mb0, mr = 0; m0 < mend; m0 += mr) {
+        // Blocks of 6 rows, the last few evened out (128 = 18 x 6 + 4 x 5, not 21 x 6 + 2): a
+        // block of 1 or 2 rows has too few accumulator chains to cover the FMA latency.
+        const i64 left = (mend - m0 + MR - 1) / MR;  // blocks left
+        mr = (mend - m0 + left - 1) / left;
         const float* br = bias_row && first ? bias_row + m0 : nullptr;
         const float* bc = bias_col && first ? bias_col + n0 : nullptr;
         const float* am = a + m0 * lda + k0;
