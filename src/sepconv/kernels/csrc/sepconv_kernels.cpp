@@ -1854,11 +1854,13 @@ inline std::array<i64, 4> inner_box(const Geo& g) {
 // run J): stride 2 and 3-wide filters 0.62-0.93x the time; 5- and 7-wide filters at stride 1
 // 1.0-1.13x (their copy's contiguous lines stay in L1 from row to row; read in place, a
 // channel vector's lines are a pixel apart), and stride-1 outputs of 16 or fewer columns
-// 1.03-1.11x (at stride 2 those were 0.75-0.99x).
+// 1.03-1.11x (at stride 2 those were 0.75-0.99x). Without AVX-512 (AMD Zen 3, run P) those
+// narrow outputs gained as well: MobileNetV2's 14x14 and 7x7 rows 0.95-0.98x, depthwise
+// 8x384x14x14 0.89-0.91x.
 template <typename S, typename A>
 inline bool nhwc_inner_ok(const Geo& g) {
   return std::is_same<S, A>::value && g.M == 1 && g.xs[1] == 1 && g.CM % V<A>::L == 0 &&
-         (g.OW > 16 || g.sx > 1) && !(nhwc_s1_ok<A>(g, g.CM) && g.KW > 3);
+         (g.OW > 16 || g.sx > 1 || kVecBytes < 64) && !(nhwc_s1_ok<A>(g, g.CM) && g.KW > 3);
 }
 
 // wT[t][cm] (prep_weights) in blocks of one channel vector, wB[(c / L) * T * L + t * L + c % L]
