@@ -596,9 +596,11 @@ void gemm_f32(i64 M, i64 N, i64 K, const float* a, i64 lda, const float* b, i64 
   // A plain B's K in blocks of at most kKC with micro_avx2 (accumulating into C: the same
   // sums in the same order), so that a column block of B (kc x 16 floats) stays in L1 while
   // the row blocks pass: with K = 384-960, 8x576x14x14 -> 96 / 8x384x14x14 -> 1536 7x7
-  // took 0.94-0.95x the time (AMD Zen 3, L1 32 KiB). Not for panels, whose rows are 256
-  // bytes apart (16 of L1's 64 sets): with blocks of 64-256 rows channels_last rows took
-  // 1.01-1.10x; nor for fewer than 64 columns (1x768x7x7 -> 3072, 49 columns: 1.07x).
+  // took 0.94-0.95x the time (AMD Zen 3, L1 32 KiB). Not for B in several 64-column panels
+  // (pstride: the whole-call channels_last GEMM, whose rows are 256 bytes apart, on 16 of
+  // L1's 64 sets): blocks of 64-256 rows took 1.01-1.10x; nor for fewer than 64 columns
+  // (1x768x7x7 -> 3072, 49 columns: 1.07x). One panel passed as a plain B (ldb 64, the
+  // channels_last tile GEMMs) is blocked: 0.97-1.05x against not, within the noise.
 #if defined(SEPCONV_MICRO_AVX2)
   const i64 nk = pstride || N < 64 ? 1 : std::max<i64>(1, (K + kKC - 1) / kKC);
 #else
