@@ -536,10 +536,9 @@ inline void micro_rows(i64 mr, i64 K, const float* a, i64 lda, const float* b, i
                        bool stream = false, bool accumulate = false) {
 #if defined(SEPCONV_MICRO_AVX2)
   if (NV == 1) {
-    const bool st = stream, ac = accumulate;
     auto run = [&](auto mr_c, auto nw_c) {
       micro_avx2<decltype(mr_c)::value, decltype(nw_c)::value>(
-          K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid, st, ac);
+          K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid, stream, accumulate);
     };
     auto by_rows = [&](auto nw_c) {
       switch (mr) {
@@ -607,32 +606,33 @@ void gemm_f32(i64 M, i64 N, i64 K, const float* a, i64 lda, const float* b, i64 
   const i64 nk = 1;
 #endif
   const i64 kc = std::max<i64>(1, (K + nk - 1) / nk);
-  for (i64 mb0 = 0; mb0 < M; mb0 += MB)
-  for (i64 n0 = 0, nb = 0; n0 < N; n0 += nb) {
-    nb = std::min(n0 == 0 && lead > 0 ? lead : VB, N - n0);
-    const i64 nv = (nb + 15) / 16;
-    const float* bn = pstride ? b + (n0 / NB) * pstride + n0 % NB : b + n0;
-    for (i64 k0 = 0; k0 == 0 || k0 < K; k0 += kc) {  // (once for K = 0: C = biases)
-      const i64 kn = std::min(kc, K - k0);
-      const bool first = k0 == 0, last = k0 + kn == K;
-      const float* bk = bn + k0 * ldb;
-      const i64 mend = std::min(M, mb0 + MB);
-      for (i64 m0 = mb0, mr = 0; m0 < mend; m0 += mr) {
-        // Blocks of 6 rows, the last few evened out (128 = 18 x 6 + 4 x 5, not 21 x 6 + 2): a
-        // block of 1 or 2 rows has too few accumulator chains to cover the FMA latency.
-        const i64 left = (mend - m0 + MR - 1) / MR;  // blocks left
-        mr = (mend - m0 + left - 1) / left;
-        const float* br = bias_row && first ? bias_row + m0 : nullptr;
-        const float* bc = bias_col && first ? bias_col + n0 : nullptr;
-        const float* am = a + m0 * lda + k0;
-        float* cm = c + m0 * ldc + n0;
-        switch (nv) {
-          case 4: micro_rows<4>(mr, kn, am, lda, bk, ldb, cm, ldc, br, bc, nb); break;
-          case 3: micro_rows<3>(mr, kn, am, lda, bk, ldb, cm, ldc, br, bc, nb); break;
-          case 2: micro_rows<2>(mr, kn, am, lda, bk, ldb, cm, ldc, br, bc, nb); break;
-          default:
-            micro_rows<1>(mr, kn, am, lda, bk, ldb, cm, ldc, br, bc, nb, stream && last, !first);
-            break;
+  for (i64 mb0 = 0; mb0 < M; mb0 += MB) {
+    const i64 mend = std::min(M, mb0 + MB);
+    for (i64 n0 = 0, nb = 0; n0 < N; n0 += nb) {
+      nb = std::min(n0 == 0 && lead > 0 ? lead : VB, N - n0);
+      const i64 nv = (nb + 15) / 16;
+      const float* bn = pstride ? b + (n0 / NB) * pstride + n0 % NB : b + n0;
+      for (i64 k0 = 0; k0 == 0 || k0 < K; k0 += kc) {  // (once for K = 0: C = biases)
+        const i64 kn = std::min(kc, K - k0);
+        const bool first = k0 == 0, last = k0 + kn == K;
+        const float* bk = bn + k0 * ldb;
+        for (i64 m0 = mb0, mr = 0; m0 < mend; m0 += mr) {
+          // Blocks of 6 rows, the last few evened out (128 = 18 x 6 + 4 x 5, not 21 x 6 + 2): a
+          // block of 1 or 2 rows has too few accumulator chains to cover the FMA latency.
+          const i64 left = (mend - m0 + MR - 1) / MR;  // blocks left
+          mr = (mend - m0 + left - 1) / left;
+          const float* br = bias_row && first ? bias_row + m0 : nullptr;
+          const float* bc = bias_col && first ? bias_col + n0 : nullptr;
+          const float* am = a + m0 * lda + k0;
+          float* cm = c + m0 * ldc + n0;
+          switch (nv) {
+            case 4: micro_rows<4>(mr, kn, am, lda, bk, ldb, cm, ldc, br, bc, nb); break;
+            case 3: micro_rows<3>(mr, kn, am, lda, bk, ldb, cm, ldc, br, bc, nb); break;
+            case 2: micro_rows<2>(mr, kn, am, lda, bk, ldb, cm, ldc, br, bc, nb); break;
+            default:
+              micro_rows<1>(mr, kn, am, lda, bk, ldb, cm, ldc, br, bc, nb, stream && last, !first);
+              break;
+          }
         }
       }
     }
@@ -2343,8 +2343,9 @@ inline i64 l2_bytes() {
 // Whether the own tile GEMMs write their output around the caches (Geo::stream_out): without
 // AVX-512, where the micro-kernel's 16-column store is one whole line, for planar output
 // planes or channels_last pixels of whole lines and outputs of 4 MiB or more (smaller ones
-// may serve the next layer from the cache). Plain stores read each output line first; on AMD Zen 3 streaming took
-// 0.87-0.97x the time on 56x56 and 28x28 planes (8x192x28x28 -> 768 7x7 0.92-0.94x).
+// may serve the next layer from the cache). Plain stores read each output line first; on
+// AMD Zen 3 streaming took 0.87-0.97x the time on 56x56 and 28x28 planes (8x192x28x28 ->
+// 768 7x7 0.92-0.94x).
 constexpr i64 kStreamGemmBytes = i64(4) << 20;
 inline bool stream_tile_output(const Geo& g) {
   const bool planar = !g.nhwc && !g.out_nhwc && g.os[3] == 1 && g.os[1] % 16 == 0;
@@ -2367,10 +2368,6 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
   // 0.93-0.98x the time of the padded copy; docs/performance.md, run I).
   const bool direct = direct_ok(g, std::is_same<S, float>::value);
   const i64 bpp = g.CM * (i64(sizeof(S)) + (nhwc ? i64(sizeof(A)) * g.sy * g.sx : 0));
-  // Planar: whole images per tile where an image's intermediate fits in 1 MiB (half an L2),
-  // unless the caller set the budget. The tile GEMMs of small planes were too short: with
-  // 1 MiB tiles 8x192x28x28 -> 32 and 8x384x14x14 -> 64 took 0.82x the time; with larger
-  // images (8x96x112x112 -> 24 s2) such tiles took 1.1x.
   // Planar tiles of layers whose GEMM does 4 or more times the depthwise's FLOPs (O >= 4
   // taps) hold at most a quarter of L2 of intermediate, so that it stays in L2 from the
   // depthwise to the GEMM while the input's planes pass through (with 512 KiB of L2, AMD Zen
@@ -2379,6 +2376,10 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
   // depthwise dominates, the halo costs more than L2 saves (8x96x56x56 -> 96 7x7 1.04x,
   // 8x144x56x56 -> 24 1.03x). Unchanged where L2 is 1 MiB or more.
   if (!nhwc && !g.budget_set && g.O >= 4 * g.T) g.budget = std::min(g.budget, l2_bytes() / 4);
+  // Planar: whole images per tile where an image's intermediate fits in 1 MiB (half an L2),
+  // unless the caller set the budget. The tile GEMMs of small planes were too short: with
+  // 1 MiB tiles 8x192x28x28 -> 32 and 8x384x14x14 -> 64 took 0.82x the time; with larger
+  // images (8x96x112x112 -> 24 s2) such tiles took 1.1x.
   const i64 image_bytes = g.OH * g.OW * bpp;
   if (!nhwc && !g.budget_set && image_bytes <= (i64(1) << 20))
     g.budget = std::max(g.budget, image_bytes);
@@ -2559,7 +2560,9 @@ void dw_forward(const S* x, const S* wd, const S* bd, S* out, const i64* geo) {
         t_ahead = AheadLines();
         if (t + 1 < tasks && (t + 1) % chunk != 0) {
           const Tile s = tile_at(tl, g, t + 1);  // (s.n: image * C + channel)
-          const i64 blocks = (tw + V<A>::L - 1) / V<A>::L * ((th + 7) / 8);  // conv_planar_s1's
+          // (row blocks of up to 8 per column vector, as conv_planar_s1 and conv_direct_s1
+          // call issue(); the latter's edge rows make a few more)
+          const i64 blocks = (tw + V<A>::L - 1) / V<A>::L * ((th + 7) / 8);
           t_ahead.start(plane(s.n), g, s.r0, s.R, s.q0, s.Q, blocks);
         }
       }
