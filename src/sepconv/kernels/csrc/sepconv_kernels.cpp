@@ -278,7 +278,7 @@ struct Geo {
   bool budget_set;  // the caller chose the budget (SEPCONV_KERNELS_TILE_BYTES)
   i64 CM, T, Hu, Wu, Qs, Qrow, CMg, Og, min_pixels, out_nhwc;
   i64 xs[4], os[4];
-  const float* wpT = nullptr;     // pointwise weight packed in 64-column panels (own GEMM)
+  const float* wpT = nullptr;     // pointwise weight packed in kPanel-column panels (own GEMM)
   const float* bp_pad = nullptr;  // pointwise bias with slack (own GEMM)
   const float* wpb = nullptr;     // [wp | bp], O x (CM + 1) (BLAS, planar mid, one group)
   bool own_gemm = false;          // forward tile GEMMs: own kernel (else BLAS)
@@ -571,23 +571,35 @@ inline void micro_rows(i64 mr, i64 K, const float* a, i64 lda, const float* b, i
 // 16-column block of B, 16 KiB of L1.
 constexpr i64 kKC = 256;
 
+// Bytes of A's rows per block in gemm_f32 (kept in L2 while all of B's columns pass).
+constexpr i64 kABlockBytes = i64(192) << 10;
+
+// Columns of B per micro-kernel call (gemm_f32), and the width of a packed B's panels
+// (pack_panels), so that a call's block of B is contiguous: on AMD Zen 3 (L1 32 KiB), 16-
+// column panels with K in blocks of kKC ran the channels_last GEMMs at 91-99 GFLOP/s a core
+// where 64-column ones (rows 256 bytes apart, on 16 of L1's 64 sets, K unblocked) ran at
+// 74-90: 196 x 960 -> 320 76 -> 96, 784 x 384 -> 1536 79 -> 94.
+#if defined(__AVX512F__)
+constexpr i64 kPanel = 64;  // 6 x 4 accumulators in 24 zmm
+#else
+constexpr i64 kPanel = 16;  // one vector of columns: micro_avx2 (6 x 4 vectors would be 48 ymm)
+#endif
+
+// Panels of kPanel columns that hold n columns.
+constexpr i64 panel_count(i64 n) { return (n + kPanel - 1) / kPanel; }
+
 // bias_row: M values (one per row of C) or null; bias_col: N values (+ slack) or null.
-// pstride: 0 for a plain B; else B is packed in 64-column panels (pack_panels, ldb 64), panel
-// j at b + j * pstride. stream (without AVX-512; ldc a multiple of 16): C's whole lines are
+// pstride: 0 for a plain B; else B is packed in kPanel-column panels (pack_panels, ldb
+// kPanel), panel j at b + j * pstride. stream (without AVX-512; ldc a multiple of 16): C's whole lines are
 // written around the caches by the last block of K, its column blocks starting on line
 // boundaries.
 void gemm_f32(i64 M, i64 N, i64 K, const float* a, i64 lda, const float* b, i64 ldb, float* c,
               i64 ldc, const float* bias_row, const float* bias_col, i64 pstride = 0,
               bool stream = false) {
-  constexpr i64 NB = 64, MR = 6;
-#if defined(__AVX512F__)
-  constexpr i64 VB = NB;  // columns per micro-kernel call: 6 x 4 accumulators in 24 zmm
-#else
-  constexpr i64 VB = 16;  // one vector of columns: micro_avx2 (6 x 4 vectors would be 48 ymm)
-#endif
+  constexpr i64 MR = 6;
   // Rows of A in blocks that stay in L2 while all column blocks sweep past them, so a large
   // A (pointwise weight) is read from memory once per call, not once per column block.
-  const i64 MB = std::max<i64>(MR, ((192 << 10) / std::max<i64>(K * 4, 1)) / MR * MR);
+  const i64 MB = std::max<i64>(MR, (kABlockBytes / std::max<i64>(K * 4, 1)) / MR * MR);
   // (streamed: a first block up to C's first line boundary; never with panels, which a
   // block must not straddle)
   const i64 lead =
@@ -595,13 +607,10 @@ void gemm_f32(i64 M, i64 N, i64 K, const float* a, i64 lda, const float* b, i64 
   // A plain B's K in blocks of at most kKC with micro_avx2 (accumulating into C: the same
   // sums in the same order), so that a column block of B (kc x 16 floats) stays in L1 while
   // the row blocks pass: with K = 384-960, 8x576x14x14 -> 96 / 8x384x14x14 -> 1536 7x7
-  // took 0.94-0.95x the time (AMD Zen 3, L1 32 KiB). Not for B in several 64-column panels
-  // (pstride: the whole-call channels_last GEMM, whose rows are 256 bytes apart, on 16 of
-  // L1's 64 sets): blocks of 64-256 rows took 1.01-1.10x; nor for fewer than 64 columns
-  // (1x768x7x7 -> 3072, 49 columns: 1.07x). One panel passed as a plain B (ldb 64, the
-  // channels_last tile GEMMs) is blocked: 0.97-1.05x against not, within the noise.
+  // took 0.94-0.95x the time (AMD Zen 3, L1 32 KiB). Packed panels too (see kPanel); not a
+  // plain B of fewer than 64 columns (1x768x7x7 -> 3072, 49 columns: 1.07x).
 #if defined(SEPCONV_MICRO_AVX2)
-  const i64 nk = pstride || N < 64 ? 1 : std::max<i64>(1, (K + kKC - 1) / kKC);
+  const i64 nk = !pstride && N < 64 ? 1 : std::max<i64>(1, (K + kKC - 1) / kKC);
 #else
   const i64 nk = 1;
 #endif
@@ -609,9 +618,9 @@ void gemm_f32(i64 M, i64 N, i64 K, const float* a, i64 lda, const float* b, i64 
   for (i64 mb0 = 0; mb0 < M; mb0 += MB) {
     const i64 mend = std::min(M, mb0 + MB);
     for (i64 n0 = 0, nb = 0; n0 < N; n0 += nb) {
-      nb = std::min(n0 == 0 && lead > 0 ? lead : VB, N - n0);
+      nb = std::min(n0 == 0 && lead > 0 ? lead : kPanel, N - n0);
       const i64 nv = (nb + 15) / 16;
-      const float* bn = pstride ? b + (n0 / NB) * pstride + n0 % NB : b + n0;
+      const float* bn = pstride ? b + (n0 / kPanel) * pstride + n0 % kPanel : b + n0;
       for (i64 k0 = 0; k0 == 0 || k0 < K; k0 += kc) {  // (once for K = 0: C = biases)
         const i64 kn = std::min(kc, K - k0);
         const bool first = k0 == 0, last = k0 + kn == K;
@@ -2004,28 +2013,51 @@ void transpose_groups(const S* src, S* dst, i64 G, i64 Og, i64 CMg) {
     transpose(src + gi * Og * CMg, CMg, dst + gi * Og * CMg, Og, Og, CMg);
 }
 
-// Pointwise weight (G groups of Og x CMg, row-major) packed per group in 64-column panels,
-// panel[j][k][0..64) = wp[j*64 + ., k], zero past Og. In blocks of 16 k, so that the 16
-// destination rows being written stay in L1 while the source rows are read contiguously,
-// and over the threads: with large weights and few pixels (batch 1) packing is a real part
-// of the call.
+// Rows [k0, k1) of panel j of B = src^T, src being N x K row-major (B's columns are src's
+// rows): dst[(j*K + k)*kPanel + o] = src[(j*kPanel + o)*K + k], zero past N.
+void pack_panel_part(const float* src, i64 N, i64 K, i64 j, i64 k0, i64 k1, float* dst) {
+  const i64 ob = std::min<i64>(kPanel, N - j * kPanel);
+  float* d = dst + j * K * kPanel;
+  for (i64 o = 0; o < ob; ++o) {
+    const float* row = src + (j * kPanel + o) * K;
+    for (i64 k = k0; k < k1; ++k) d[k * kPanel + o] = row[k];
+  }
+  for (i64 o = ob; o < kPanel; ++o)
+    for (i64 k = k0; k < k1; ++k) d[k * kPanel + o] = 0.0f;
+}
+
+// Panel j of a plain B (K x N, row stride ldb), zero past N:
+// dst[(j*K + k)*kPanel + o] = b[k*ldb + j*kPanel + o].
+void pack_panel_rows(const float* b, i64 ldb, i64 K, i64 N, i64 j, float* dst) {
+  const i64 ob = std::min<i64>(kPanel, N - j * kPanel);
+  float* d = dst + j * K * kPanel;
+  for (i64 k = 0; k < K; ++k, d += kPanel) {
+    std::memcpy(d, b + k * ldb + j * kPanel, sizeof(float) * ob);
+    std::fill(d + ob, d + kPanel, 0.0f);
+  }
+}
+
+// Pointwise weight (G groups of Og x CMg, row-major) packed per group in kPanel-column
+// panels, panel[j][k][0..kPanel) = wp[j*kPanel + ., k], zero past Og. In blocks of 16 k, so
+// that the 16 destination rows being written stay in L1 while the source rows are read
+// contiguously, and over the threads: with large weights and few pixels (batch 1) packing
+// is a real part of the call.
 void pack_panels(const float* wp, i64 G, i64 Og, i64 CMg, i64 threads, float* dst) {
   constexpr i64 KB = 16;
-  const i64 panels = (Og + 63) / 64, kblocks = (CMg + KB - 1) / KB;
+  const i64 panels = panel_count(Og), kblocks = (CMg + KB - 1) / KB;
   const i64 tasks = G * panels * kblocks;
   const i64 nth = G * Og * CMg >= (i64(1) << 16) ? threads : 1;
 #pragma omp parallel for num_threads(nth) schedule(static)
   for (i64 t = 0; t < tasks; ++t) {
     const i64 gi = t / (panels * kblocks), j = (t / kblocks) % panels, k0 = (t % kblocks) * KB;
-    const i64 k1 = std::min(CMg, k0 + KB), ob = std::min<i64>(64, Og - j * 64);
-    float* d = dst + (gi * panels + j) * CMg * 64;
-    for (i64 o = 0; o < ob; ++o) {
-      const float* src = wp + (gi * Og + j * 64 + o) * CMg;
-      for (i64 k = k0; k < k1; ++k) d[k * 64 + o] = src[k];
-    }
-    for (i64 o = ob; o < 64; ++o)
-      for (i64 k = k0; k < k1; ++k) d[k * 64 + o] = 0.0f;
+    pack_panel_part(wp + gi * Og * CMg, Og, CMg, j, k0, std::min(CMg, k0 + KB),
+                    dst + gi * panels * CMg * kPanel);
   }
+}
+
+// Group gi's packed pointwise weight (g.wpT) from its column col (a multiple of kPanel) on.
+inline const float* packed_cols(const Geo& g, i64 gi, i64 col) {
+  return g.wpT + (gi * panel_count(g.Og) * kPanel + col) * g.CMg;
 }
 
 // ------------------------------------------------------------------ separable forward
@@ -2067,15 +2099,13 @@ void tile_gemm(const Geo& g, S* mid, bool mid_nhwc, i64 P, const S* wp, const S*
         return;
       }
       if (mid_nhwc && g.out_nhwc && ocs == 1 && g.wpT != nullptr) {
-        // out[p, o] = sum_k mid[p, k] * wpT[k, o]  (wpT: CMg x Og per group, row stride Og)
-        const i64 panels = (g.Og + 63) / 64;
-        for (i64 gi = 0; gi < g.G; ++gi)
-          for (i64 j = 0; j < panels; ++j) {
-            const i64 o0 = gi * g.Og + j * 64, nb = std::min<i64>(64, g.Og - j * 64);
-            gemm_f32(P, nb, g.CMg, mid + gi * g.CMg, g.CM,
-                     g.wpT + (gi * panels + j) * g.CMg * 64, 64, out + o0, ops, nullptr,
-                     bp ? g.bp_pad + o0 : nullptr, 0, g.stream_out);
-          }
+        // out[p, o] = sum_k mid[p, k] * wp[o, k]  (wp packed in panels: g.wpT)
+        for (i64 gi = 0; gi < g.G; ++gi) {
+          const i64 o0 = gi * g.Og;
+          gemm_f32(P, g.Og, g.CMg, mid + gi * g.CMg, g.CM, packed_cols(g, gi, 0), kPanel,
+                   out + o0, ops, nullptr, bp ? g.bp_pad + o0 : nullptr, kPanel * g.CMg,
+                   g.stream_out);
+        }
         return;
       }
     }
@@ -2155,18 +2185,18 @@ void sep_forward_split(const float* x, const std::vector<float>& w, const std::v
       }
       // (implicit barrier: the whole intermediate tile is ready)
       if (out_nhwc) {
-        // Blocks of PB pixels x 64-column weight panels, so that the micro-tiles span whole
-        // panels (four vectors per row of A). Over blocks of 16 output channels (one vector)
-        // each A element was broadcast for a single FMA and all of A re-read per block.
-        const i64 panels = (g.Og + 63) / 64, PB = 48, pblocks = (P + PB - 1) / PB;
+        // Blocks of PB pixels x 64 output channels (with AVX-512 one panel, the micro-tiles
+        // four vectors wide). Over blocks of 16 output channels on AVX-512 each A element
+        // was broadcast for a single FMA and all of A re-read per block.
+        const i64 cblocks = (g.Og + 63) / 64, PB = 48, pblocks = (P + PB - 1) / PB;
 #pragma omp for schedule(dynamic, 1)
-        for (i64 task = 0; task < g.G * panels * pblocks; ++task) {
-          const i64 gp = task / pblocks, gi = gp / panels, j = gp % panels;
+        for (i64 task = 0; task < g.G * cblocks * pblocks; ++task) {
+          const i64 gj = task / pblocks, gi = gj / cblocks, j = gj % cblocks;
           const i64 p0 = (task % pblocks) * PB, pn = std::min(PB, P - p0);
           const i64 o0 = gi * g.Og + j * 64, nb = std::min<i64>(64, g.Og - j * 64);
           gemm_f32(pn, nb, g.CMg, mid.data() + p0 * g.CM + gi * g.CMg, g.CM,
-                   g.wpT + gp * g.CMg * 64, 64, o + p0 * g.os[3] + o0, g.os[3], nullptr,
-                   bp ? g.bp_pad + o0 : nullptr);
+                   packed_cols(g, gi, j * 64), kPanel, o + p0 * g.os[3] + o0, g.os[3], nullptr,
+                   bp ? g.bp_pad + o0 : nullptr, kPanel * g.CMg);
         }
       } else {
 #pragma omp for schedule(dynamic, 1)
@@ -2228,11 +2258,21 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
   std::unique_ptr<float[]> mid(new float[P * g.CM + kSlack]);
   const bool nhwc = g.nhwc != 0;
   const bool transposed = g.own_gemm && whole_transposed(g);
-  std::unique_ptr<float[]> midT(transposed ? new float[P * g.CM + kSlack] : nullptr);
   const auto ir = inner_read<float, float>(g, wT);
   const bool direct = !nhwc && direct_ok(g, true);
   // Output channels per thread, in whole vectors.
   const i64 per = ((g.O + g.threads - 1) / g.threads + 15) / 16 * 16;
+  // The own planar GEMM's B (mid^T, or mid where a thread's block of the weight is read in
+  // several blocks of rows, so that B is read more than once) in panels (see kPanel), packed
+  // once for both threads. 8x768x7x7 -> 3072 took 0.78x, 8x960x7x7 -> 320 0.82x,
+  // 8x384x14x14 -> 1536 0.90x the time; 1x192x28x28 -> 32 (B read once) 1.10x, hence not.
+  const bool panelled = transposed || (g.own_gemm && !nhwc && per * g.CM * 4 > kABlockBytes);
+  // Batch 1, planar output, own GEMM: straight into the output planes, not through a buffer
+  // copied out with the biases (1x384x14x14 -> 1536 0.97x). Image by image at batch 8, 7 x 7
+  // planes (49 columns a GEMM) took 1.15x.
+  const bool direct_out = g.own_gemm && !nhwc && g.N == 1;
+  const i64 panels = panel_count(P);
+  std::unique_ptr<float[]> midP(panelled ? new float[panels * kPanel * g.CM + kSlack] : nullptr);
 #pragma omp parallel num_threads(g.threads)
   {
     std::vector<float> buf(nhwc ? input_span(tl.TH, g.sy, g.KH, g.dy) *
@@ -2259,11 +2299,12 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
     }
     // (implicit barrier: the whole intermediate is ready)
     // channels_last: pixels [p0, p0 + pn) x output channels [o0, o0 + nb), bias first.
-    // Own GEMM: o0 is a panel's first column (a multiple of 64).
+    // Own GEMM: o0 is a panel's first column (a multiple of kPanel).
     auto nhwc_gemm = [&](i64 p0, i64 pn, i64 o0, i64 nb) {
       if (g.own_gemm) {
-        gemm_f32(pn, nb, g.CM, mid.get() + p0 * g.CM, g.CM, g.wpT + o0 * g.CM, 64,
-                 out + p0 * ops + o0, ops, nullptr, bp ? g.bp_pad + o0 : nullptr, 64 * g.CM);
+        gemm_f32(pn, nb, g.CM, mid.get() + p0 * g.CM, g.CM, packed_cols(g, 0, o0), kPanel,
+                 out + p0 * ops + o0, ops, nullptr, bp ? g.bp_pad + o0 : nullptr,
+                 kPanel * g.CM);
         return;
       }
       if (bp)
@@ -2272,13 +2313,14 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
       mm<float>(pn, nb, g.CM, Mat{mid.get() + p0 * g.CM, g.CM, 1}, Mat{wp + o0 * g.CM, 1, g.CM},
                 out + p0 * ops + o0, ops, 1, bp ? 1.0f : 0.0f);
     };
-    if (transposed) {
-      // midT = mid transposed (CM x P), for the planar GEMM below; pixel blocks over the
-      // threads.
+    if (panelled) {
 #pragma omp for schedule(static)
-      for (i64 p0 = 0; p0 < P; p0 += 32)
-        transpose(mid.get() + p0 * g.CM, g.CM, midT.get() + p0, P, std::min<i64>(32, P - p0),
-                  g.CM);
+      for (i64 j = 0; j < panels; ++j) {
+        if (transposed)  // (mid's rows are B's columns)
+          pack_panel_part(mid.get(), P, g.CM, j, 0, g.CM, midP.get());
+        else
+          pack_panel_rows(mid.get(), P, g.CM, P, j, midP.get());
+      }
     }
     if (nhwc && !transposed && P >= 128 * g.threads) {
       // Each thread all output channels of its share of the pixels: one read of the
@@ -2289,12 +2331,12 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
 #pragma omp for schedule(static, 1)
       for (i64 p0 = 0; p0 < P; p0 += share) nhwc_gemm(p0, std::min(share, P - p0), 0, g.O);
     } else if (nhwc && !transposed && g.own_gemm) {
-      // Tasks of one weight panel x a share of the pixels, at least two per thread (one
-      // panel per thread left 1x960x7x7 -> 160's three panels on two threads).
-      const i64 panels = (g.O + 63) / 64;
-      const i64 shares = (2 * g.threads + panels - 1) / panels, share = (P + shares - 1) / shares;
+      // Tasks of 64 output channels x a share of the pixels, at least two per thread (one
+      // block per thread left 1x960x7x7 -> 160's three blocks on two threads).
+      const i64 blocks = (g.O + 63) / 64;
+      const i64 shares = (2 * g.threads + blocks - 1) / blocks, share = (P + shares - 1) / shares;
 #pragma omp for schedule(dynamic, 1)
-      for (i64 task = 0; task < panels * shares; ++task) {
+      for (i64 task = 0; task < blocks * shares; ++task) {
         const i64 j = task / shares, p0 = (task % shares) * share;
         if (p0 < P) nhwc_gemm(p0, std::min(share, P - p0), j * 64, std::min<i64>(64, g.O - j * 64));
       }
@@ -2306,13 +2348,20 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
           nhwc_gemm(0, P, o0, nb);
           continue;
         }
-        std::unique_ptr<float[]> tmp(new float[nb * P]);
-        const float* planar = transposed ? midT.get() : mid.get();
-        if (g.own_gemm)
-          gemm_f32(nb, P, g.CM, wp + o0 * g.CM, g.CM, planar, P, tmp.get(), P, nullptr, nullptr);
+        // C: the output planes (direct_out, ldc the plane stride, biases first) or tmp.
+        std::unique_ptr<float[]> tmp(direct_out ? nullptr : new float[nb * P]);
+        float* C = direct_out ? out + o0 * g.os[1] : tmp.get();
+        const i64 ldc = direct_out ? g.os[1] : P;
+        const float* br = direct_out && bp ? bp + o0 : nullptr;
+        if (panelled)
+          gemm_f32(nb, P, g.CM, wp + o0 * g.CM, g.CM, midP.get(), kPanel, C, ldc, br, nullptr,
+                   kPanel * g.CM);
+        else if (g.own_gemm)
+          gemm_f32(nb, P, g.CM, wp + o0 * g.CM, g.CM, mid.get(), P, C, ldc, br, nullptr);
         else
-          mm<float>(nb, P, g.CM, Mat{wp + o0 * g.CM, g.CM, 1}, Mat{planar, P, 1}, tmp.get(), P, 1,
-                    0.0f);
+          mm<float>(nb, P, g.CM, Mat{wp + o0 * g.CM, g.CM, 1}, Mat{mid.get(), P, 1}, tmp.get(), P,
+                    1, 0.0f);
+        if (direct_out) continue;
         if (transposed) {
           for (i64 p = 0; p < P; ++p)
             for (i64 o = 0; o < nb; ++o)
@@ -2393,13 +2442,12 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
     g.own_gemm = own_gemm_for(nhwc, few_tiles, g.O * g.CMg, whole);
     if (nhwc && g.out_nhwc && g.own_gemm && !(whole && whole_transposed(g))) {
       // (only the own nhwc GEMM reads them)
-      // Per group, per 64 output channels: panel[j][k][0..64) = wp[o0 + j*64 + ., k], so
-      // that the GEMM streams each panel contiguously (a plain transpose has a row stride
-      // of Og, which thrashes the TLB when Og is large); slack for vector reads past Og.
-      // Not a std::vector: zero-filling megabytes of weights on every call costs as much as
-      // packing them. pack_panels writes every element but the slack.
-      const i64 panels = (g.Og + 63) / 64;
-      const i64 packed = g.G * panels * g.CMg * 64;
+      // Per group, per kPanel output channels: panel[j][k][0..kPanel) = wp[o0 + j*kPanel +
+      // ., k], so that the GEMM streams each panel contiguously (a plain transpose has a row
+      // stride of Og, which thrashes the TLB when Og is large); slack for vector reads past
+      // Og. Not a std::vector: zero-filling megabytes of weights on every call costs as much
+      // as packing them. pack_panels writes every element but the slack.
+      const i64 packed = g.G * panel_count(g.Og) * g.CMg * kPanel;
       wpT_buf.reset(new float[packed + kSlack]);
       std::fill(wpT_buf.get() + packed, wpT_buf.get() + packed + kSlack, 0.0f);
       pack_panels(wp, g.G, g.Og, g.CMg, g.threads, wpT_buf.get());
