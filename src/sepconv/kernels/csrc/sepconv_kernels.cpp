@@ -2013,12 +2013,45 @@ void transpose_groups(const S* src, S* dst, i64 G, i64 Og, i64 CMg) {
     transpose(src + gi * Og * CMg, CMg, dst + gi * Og * CMg, Og, Og, CMg);
 }
 
+#if defined(__AVX2__)
+// dst[c * dld + r] = src[r * sld + c] for r, c in [0, 8): 8 loads, 24 shuffles, 8 stores
+// (element by element, packing ConvNeXt's 768 -> 3072 weight was 12 % of the layer's time).
+inline void transpose8x8(const float* src, i64 sld, float* dst, i64 dld) {
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * sld);
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);  // rows i, i+1 interleaved, lanes 0-1, 4-5
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {  // columns 0/4, 1/5, 2/6, 3/7 of four rows
+    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_ps(dst + i * dld, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+    _mm256_storeu_ps(dst + (i + 4) * dld, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+  }
+}
+#endif
+
 // Rows [k0, k1) of panel j of B = src^T, src being N x K row-major (B's columns are src's
 // rows): dst[(j*K + k)*kPanel + o] = src[(j*kPanel + o)*K + k], zero past N.
 void pack_panel_part(const float* src, i64 N, i64 K, i64 j, i64 k0, i64 k1, float* dst) {
   const i64 ob = std::min<i64>(kPanel, N - j * kPanel);
   float* d = dst + j * K * kPanel;
-  for (i64 o = 0; o < ob; ++o) {
+  i64 o = 0;
+#if defined(__AVX2__)
+  for (; o + 8 <= ob; o += 8) {  // blocks of 8 x 8, then the last k one by one
+    const float* rows = src + (j * kPanel + o) * K;
+    i64 k = k0;
+    for (; k + 8 <= k1; k += 8) transpose8x8(rows + k, K, d + k * kPanel + o, kPanel);
+    for (; k < k1; ++k)
+      for (i64 r = 0; r < 8; ++r) d[k * kPanel + o + r] = rows[r * K + k];
+  }
+#endif
+  for (; o < ob; ++o) {
     const float* row = src + (j * kPanel + o) * K;
     for (i64 k = k0; k < k1; ++k) d[k * kPanel + o] = row[k];
   }
