@@ -2277,6 +2277,30 @@ bool whole_transposed(const Geo& g) {
   return g.nhwc && 2 * g.N * g.OH * g.OW * (g.CM + g.O) < g.O * g.CM;
 }
 
+// Buffers that a thread keeps from call to call, one per slot, each up to kKeepBytes (larger
+// ones are allocated per call, in `fallback`). glibc hands large freed blocks back to the
+// system (it unmaps them, or trims its heaps), so that a fresh buffer of megabytes was
+// page-faulted in again on every call: a loop of 8x384x14x14 -> 1536 calls took 16.3 ms a
+// call instead of 11.9, 8x960x7x7 -> 320 3.0 ms instead of 1.9, 32x64x32x32 -> 128 (tiles)
+// 5.8 ms instead of 5.2 (AMD Zen 3 VM). A slot's buffer is in use by one call at a time:
+// slots are per thread (and element type), and a call uses each slot once.
+enum KeptSlot { kKeptMid, kKeptPanels, kKeptOut, kKeptSlots };
+constexpr i64 kKeepBytes = i64(32) << 20;
+template <typename T>
+T* kept_buffer(KeptSlot slot, i64 n, std::unique_ptr<T[]>& fallback) {
+  thread_local std::unique_ptr<T[]> kept[kKeptSlots];
+  thread_local i64 kept_n[kKeptSlots] = {};
+  if (n * i64(sizeof(T)) > kKeepBytes) {
+    fallback.reset(new T[n]);
+    return fallback.get();
+  }
+  if (n > kept_n[slot]) {
+    kept[slot].reset(new T[n]);
+    kept_n[slot] = n;
+  }
+  return kept[slot].get();
+}
+
 // Small intermediates (whole_ok): the depthwise output of the whole
 // call first (channels_last: N*OH*OW pixels x CM; NCHW: CM planes of all images' pixels),
 // then one GEMM per thread over a block of output channels (NCHW: into a buffer, from which
@@ -2288,7 +2312,8 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
                        const std::vector<float>& b, const float* wp, const float* bp, float* out,
                        const Geo& g, const Tiles& tl, const i64* ymap, const i64* xmap) {
   const i64 Pimg = g.OH * g.OW, P = g.N * Pimg, ops = g.os[3];
-  std::unique_ptr<float[]> mid(new float[P * g.CM + kSlack]);
+  std::unique_ptr<float[]> mid_own, midP_own;  // (beyond kKeepBytes)
+  float* const mid = kept_buffer(kKeptMid, P * g.CM + kSlack, mid_own);
   const bool nhwc = g.nhwc != 0;
   const bool transposed = g.own_gemm && whole_transposed(g);
   const auto ir = inner_read<float, float>(g, wT);
@@ -2305,7 +2330,8 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
   // planes (49 columns a GEMM) took 1.15x.
   const bool direct_out = g.own_gemm && !nhwc && g.N == 1;
   const i64 panels = panel_count(P);
-  std::unique_ptr<float[]> midP(panelled ? new float[panels * kPanel * g.CM + kSlack] : nullptr);
+  float* const midP =
+      panelled ? kept_buffer(kKeptPanels, panels * kPanel * g.CM + kSlack, midP_own) : nullptr;
 #pragma omp parallel num_threads(g.threads)
   {
     std::vector<float> buf(nhwc ? input_span(tl.TH, g.sy, g.KH, g.dy) *
@@ -2317,7 +2343,7 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
         const Tile s = tile_at(tl, g, t);
         nhwc_tile<float, float>(x + s.n * g.xs[0], g, ymap, xmap, ir, s.oy0, s.ox0, s.th, s.tw,
                                 0, g.C, buf.data(), wT.data(), b.data(),
-                                mid.get() + (s.n * Pimg + s.oy0 * g.OW + s.ox0) * g.CM,
+                                mid + (s.n * Pimg + s.oy0 * g.OW + s.ox0) * g.CM,
                                 g.OW * g.CM, g.CM);
       }
     } else {
@@ -2327,7 +2353,7 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
         channel_tile<float, float, float>(x + n * g.xs[0] + (nc % g.C) * g.xs[1], g, direct, 0, 0,
                                           g.OH, g.OW, 0, g.Hu, 0, g.Wu, ymap, xmap, buf.data(),
                                           w.data() + cm * g.T, b.data() + cm,
-                                          mid.get() + cm * P + n * Pimg, P, g.OW);
+                                          mid + cm * P + n * Pimg, P, g.OW);
       }
     }
     // (implicit barrier: the whole intermediate is ready)
@@ -2335,7 +2361,7 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
     // Own GEMM: o0 is a panel's first column (a multiple of kPanel).
     auto nhwc_gemm = [&](i64 p0, i64 pn, i64 o0, i64 nb) {
       if (g.own_gemm) {
-        gemm_f32(pn, nb, g.CM, mid.get() + p0 * g.CM, g.CM, packed_cols(g, 0, o0), kPanel,
+        gemm_f32(pn, nb, g.CM, mid + p0 * g.CM, g.CM, packed_cols(g, 0, o0), kPanel,
                  out + p0 * ops + o0, ops, nullptr, bp ? g.bp_pad + o0 : nullptr,
                  kPanel * g.CM);
         return;
@@ -2343,16 +2369,16 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
       if (bp)
         for (i64 p = p0; p < p0 + pn; ++p)
           std::memcpy(out + p * ops + o0, bp + o0, sizeof(float) * nb);
-      mm<float>(pn, nb, g.CM, Mat{mid.get() + p0 * g.CM, g.CM, 1}, Mat{wp + o0 * g.CM, 1, g.CM},
+      mm<float>(pn, nb, g.CM, Mat{mid + p0 * g.CM, g.CM, 1}, Mat{wp + o0 * g.CM, 1, g.CM},
                 out + p0 * ops + o0, ops, 1, bp ? 1.0f : 0.0f);
     };
     if (panelled) {
 #pragma omp for schedule(static)
       for (i64 j = 0; j < panels; ++j) {
         if (transposed)  // (mid's rows are B's columns)
-          pack_panel_part(mid.get(), P, g.CM, j, 0, g.CM, midP.get());
+          pack_panel_part(mid, P, g.CM, j, 0, g.CM, midP);
         else
-          pack_panel_rows(mid.get(), P, g.CM, P, j, midP.get());
+          pack_panel_rows(mid, P, g.CM, P, j, midP);
       }
     }
     if (nhwc && !transposed && P >= 128 * g.threads) {
@@ -2382,17 +2408,18 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
           continue;
         }
         // C: the output planes (direct_out, ldc the plane stride, biases first) or tmp.
-        std::unique_ptr<float[]> tmp(direct_out ? nullptr : new float[nb * P]);
-        float* C = direct_out ? out + o0 * g.os[1] : tmp.get();
+        std::unique_ptr<float[]> tmp_own;
+        float* const tmp = direct_out ? nullptr : kept_buffer(kKeptOut, nb * P, tmp_own);
+        float* C = direct_out ? out + o0 * g.os[1] : tmp;
         const i64 ldc = direct_out ? g.os[1] : P;
         const float* br = direct_out && bp ? bp + o0 : nullptr;
         if (panelled)
-          gemm_f32(nb, P, g.CM, wp + o0 * g.CM, g.CM, midP.get(), kPanel, C, ldc, br, nullptr,
+          gemm_f32(nb, P, g.CM, wp + o0 * g.CM, g.CM, midP, kPanel, C, ldc, br, nullptr,
                    kPanel * g.CM);
         else if (g.own_gemm)
-          gemm_f32(nb, P, g.CM, wp + o0 * g.CM, g.CM, mid.get(), P, C, ldc, br, nullptr);
+          gemm_f32(nb, P, g.CM, wp + o0 * g.CM, g.CM, mid, P, C, ldc, br, nullptr);
         else
-          mm<float>(nb, P, g.CM, Mat{wp + o0 * g.CM, g.CM, 1}, Mat{mid.get(), P, 1}, tmp.get(), P,
+          mm<float>(nb, P, g.CM, Mat{wp + o0 * g.CM, g.CM, 1}, Mat{mid, P, 1}, tmp, P,
                     1, 0.0f);
         if (direct_out) continue;
         if (transposed) {
@@ -2403,7 +2430,7 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
         }
         for (i64 n = 0; n < g.N; ++n)
           for (i64 o = 0; o < nb; ++o) {
-            const float* src = tmp.get() + o * P + n * Pimg;
+            const float* src = tmp + o * P + n * Pimg;
             float* dst = out + n * g.os[0] + (o0 + o) * g.os[1];
             const float bias = bp ? bp[o0 + o] : 0.0f;
             for (i64 p = 0; p < Pimg; ++p) dst[p] = src[p] + bias;
@@ -2526,8 +2553,8 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
     // Not a std::vector: zero-filling it on every call was 2 % of a batch-1 profile; the
     // depthwise writes every element the GEMM reads, but the slack is zeroed.
     const i64 mid_size = Pmax * (g.CM + 1) + kSlack;
-    std::unique_ptr<S[]> mid_buf(new S[mid_size]);
-    S* const mid = mid_buf.get();
+    std::unique_ptr<S[]> mid_own;
+    S* const mid = kept_buffer(kKeptMid, mid_size, mid_own);
     std::memset(static_cast<void*>(mid + mid_size - kSlack), 0, sizeof(S) * kSlack);
     std::vector<A> buf(nhwc ? Rmax * Qmax * g.CM : Rmax * qrow_max + kSlack);
     std::vector<float> ftmp(std::is_same<S, bf16>::value ? Pmax * g.Og : 0);
