@@ -474,6 +474,12 @@ inline void micro_f32(i64 K, const float* a, i64 lda, const float* b, i64 ldb, f
 // micro_f32<MR, 1> for CPUs without AVX-512, in intrinsics: GCC lowers the 64-byte vector
 // type through the stack there (vmovq/vpinsrq per lane), which ran the tile GEMMs at a sixth
 // of MKL's rate. 16 columns are two ymm registers; MR x 2 accumulators (12) fit the 16.
+// Lanes [0, n) of a ymm (n clamped to 0-8), for masked loads and stores.
+inline __m256i first_lanes(i64 n) {
+  const int m = int(std::min<i64>(8, std::max<i64>(0, n)));
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(m), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
 template <int MR, int NW = 2>
 inline void micro_avx2(i64 K, const float* a, i64 lda, const float* b, i64 ldb, float* c,
                        i64 ldc, const float* bias_row, const float* bias_col, i64 nvalid,
@@ -481,47 +487,60 @@ inline void micro_avx2(i64 K, const float* a, i64 lda, const float* b, i64 ldb, 
   // NW ymm columns: 16 (NW = 2), or 8 for a last column block of 8 or fewer (an N of 24 as 16
   // + 16 did a quarter of its FMAs on zeros). accumulate: C += A B (a later block of K;
   // the biases were added with the first), else C = A B + biases.
+  // A partial block (nvalid < NC) reads B's last row and C, and writes C, by masked loads
+  // and stores: copied through a buffer (memcpy), the accumulators' address escaped and
+  // GCC kept them in memory, storing each on every k step, wherever it did not inline this
+  // function (2.4x the time; earlier a memcpy inside the k loop, 2.3x).
+  // Every index of acc is a constant (unrolled loops, column 1 written out): GCC keeps an
+  // array with a variable index in memory.
   constexpr i64 NC = 8 * NW;
-  __m256 acc[MR][2];
-  alignas(32) float last[16] = {};
+  const bool partial = nvalid < NC;
+  const __m256i mask0 = first_lanes(nvalid), mask1 = first_lanes(nvalid - 8);
+  auto load_c = [&](const float* p, __m256i m) __attribute__((always_inline)) {
+    return partial ? _mm256_maskload_ps(p, m) : _mm256_loadu_ps(p);
+  };
+  __m256 acc[MR][NW];
+#pragma GCC unroll 12
   for (int i = 0; i < MR; ++i) {
     const float* ci = c + i * ldc;
-    if (accumulate && nvalid < NC) std::memcpy(last, ci, sizeof(float) * nvalid);
-    for (int h = 0; h < 2; ++h)
-      acc[i][h] = accumulate ? _mm256_loadu_ps((nvalid < NC ? last : ci) + 8 * (h % NW))
-                  : bias_row ? _mm256_set1_ps(bias_row[i])
-                  : bias_col ? _mm256_loadu_ps(bias_col + 8 * (h % NW))
-                             : _mm256_setzero_ps();
+    const float* bc = bias_col;
+    acc[i][0] = accumulate ? load_c(ci, mask0)
+                : bias_row ? _mm256_set1_ps(bias_row[i])
+                : bc       ? _mm256_loadu_ps(bc)
+                           : _mm256_setzero_ps();
+    if constexpr (NW == 2)
+      acc[i][NW - 1] = accumulate ? load_c(ci + 8, mask1)
+                       : bias_row ? _mm256_set1_ps(bias_row[i])
+                       : bc       ? _mm256_loadu_ps(bc + 8)
+                                  : _mm256_setzero_ps();
   }
-  auto step = [&](const float* bk, i64 k) __attribute__((always_inline)) {
-    const __m256 b0 = _mm256_loadu_ps(bk), b1 = NW == 2 ? _mm256_loadu_ps(bk + 8) : b0;
-#pragma GCC unroll 8
+  // Whole vectors of B's rows but the last row's partial ones (B may be a caller's tensor,
+  // not to be read past its end).
+  const i64 kfull = partial ? K - 1 : K;
+  for (i64 k = 0; k < K; ++k) {
+    const float* bk = b + k * ldb;
+    const bool whole = k < kfull;
+    const __m256 b0 = whole ? _mm256_loadu_ps(bk) : _mm256_maskload_ps(bk, mask0);
+    const __m256 b1 = NW == 1 ? b0 : whole ? _mm256_loadu_ps(bk + 8) : _mm256_maskload_ps(bk + 8, mask1);
+#pragma GCC unroll 12
     for (int i = 0; i < MR; ++i) {
       const __m256 ai = _mm256_broadcast_ss(a + i * lda + k);
       acc[i][0] = _mm256_fmadd_ps(ai, b0, acc[i][0]);
-      if constexpr (NW == 2) acc[i][1] = _mm256_fmadd_ps(ai, b1, acc[i][1]);
+      if constexpr (NW == 2) acc[i][NW - 1] = _mm256_fmadd_ps(ai, b1, acc[i][NW - 1]);
     }
-  };
-  // As in micro_f32: whole vectors of B but for the last row's partial one, copied after the
-  // loop (a memcpy call inside it kept the accumulators on the stack: 2.3x the time).
-  const i64 kfull = nvalid >= NC ? K : K - 1;
-  for (i64 k = 0; k < kfull; ++k) step(b + k * ldb, k);
-  if (kfull < K) {
-    std::memcpy(last, b + kfull * ldb, sizeof(float) * nvalid);
-    step(last, kfull);
   }
+#pragma GCC unroll 12
   for (int i = 0; i < MR; ++i) {
     float* ci = c + i * ldc;
-    if (NW == 2 && nvalid >= NC && stream && (reinterpret_cast<uintptr_t>(ci) & 63) == 0) {
+    if (NW == 2 && !partial && stream && (reinterpret_cast<uintptr_t>(ci) & 63) == 0) {
       _mm256_stream_ps(ci, acc[i][0]);  // one whole line
-      _mm256_stream_ps(ci + 8, acc[i][1]);
-    } else if (nvalid >= NC) {
+      _mm256_stream_ps(ci + 8, acc[i][NW - 1]);
+    } else if (!partial) {
       _mm256_storeu_ps(ci, acc[i][0]);
-      if constexpr (NW == 2) _mm256_storeu_ps(ci + 8, acc[i][1]);
+      if constexpr (NW == 2) _mm256_storeu_ps(ci + 8, acc[i][NW - 1]);
     } else {
-      _mm256_store_ps(last, acc[i][0]);
-      _mm256_store_ps(last + 8, acc[i][1]);
-      std::memcpy(ci, last, sizeof(float) * nvalid);
+      _mm256_maskstore_ps(ci, mask0, acc[i][0]);
+      if constexpr (NW == 2) _mm256_maskstore_ps(ci + 8, mask1, acc[i][NW - 1]);
     }
   }
 }
