@@ -22,6 +22,7 @@ import json
 import math
 import os
 import platform
+import random
 import subprocess
 import sys
 import time
@@ -117,8 +118,11 @@ def time_interleaved(
     round's mean (each round's timed calls follow one untimed call). The machine is shared,
     so a round that another process interrupted is slower, never faster; the minimum is the
     least disturbed estimate, and interleaving puts the candidates under the same
-    conditions. A function with a ``settle_s`` attribute is followed by that long a pause,
-    for threads that go on spinning after it returns."""
+    conditions. Each round takes the candidates in a new order (seeded, so runs repeat it):
+    in a fixed order each one always followed the same other, and what that one left behind
+    (caches, threads still spinning) weighed on it alone; the same kernel measured 0.94 and
+    1.14 ms in two columns of one run. A function with a ``settle_s`` attribute is followed
+    by that long a pause, for threads that go on spinning after it returns."""
     for fn in fns.values():  # warm up (and first-call costs)
         fn()
         fn()
@@ -129,8 +133,11 @@ def time_interleaved(
         per_call[name] = max(time.perf_counter() - start, 1e-6)
     rounds = 15
     samples: dict[str, list[float]] = {name: [] for name in fns}
+    order = list(fns.items())
+    shuffle = random.Random(0).shuffle
     for _ in range(rounds):
-        for name, fn in fns.items():
+        shuffle(order)
+        for name, fn in order:
             reps = max(1, int(budget_s / rounds / len(fns) / per_call[name]))
             fn()  # untimed: wakes the threads a pause (below) put to sleep
             start = time.perf_counter()

@@ -46,6 +46,20 @@ def test_slow_calls_are_timed_twice(monkeypatch):
     assert calls == {"kernel": 3, "pytorch": 3}  # one untimed, two timed each
 
 
+def test_call_time_is_estimated_after_the_first_call():
+    """A first call's one-off costs (here 20 ms) do not make the samples single calls: the
+    repetitions per sample come from a second call."""
+    calls = []
+
+    def first_slow():
+        calls.append(1)
+        if len(calls) == 1:
+            time.sleep(0.02)
+
+    autotune.fastest({"only": first_slow})
+    assert len(calls) == 2 + autotune.ROUNDS * 50  # two untimed, then 50 per sample
+
+
 @pytest.fixture
 def verdicts(monkeypatch):
     """Replace the measurement by a scripted verdict; record each problem it was asked about."""

@@ -28,8 +28,10 @@ import torch
 #: the slower path now and then.
 ROUNDS = 5
 #: A sample repeats short calls until it lasts about this long (seconds), so that timer
-#: resolution and one-off interruptions weigh less.
-SAMPLE_SECONDS = 1e-3
+#: resolution and one-off interruptions weigh less. (With 1 ms, calls of about 1 ms were
+#: timed one at a time, 1.3-1.8 ms each for a kernel that then ran at 0.95 ms, and ``auto``
+#: kept PyTorch's 1.04 ms path for 8x144x56x56 -> 32 stride 2 channels_last run after run.)
+SAMPLE_SECONDS = 3e-3
 #: Calls slower than this (seconds) get 2 rounds: the choice matters less than the time
 #: spent choosing.
 SLOW_CALL_SECONDS = 0.05
@@ -46,13 +48,16 @@ def fastest(candidates: dict[str, Callable[[], object]]) -> str:
     """The name of the fastest of ``candidates`` here, measured.
 
     Each candidate is called once untimed (first-call costs: output pools, oneDNN primitive
-    caches, lazy initialisation), then timed in ``ROUNDS`` interleaved rounds; the minimum
-    of each is compared, since interruptions by other processes only ever add time. Ties go
-    to the first candidate.
+    caches, lazy initialisation) and, unless slow, once more to estimate its time, then
+    timed in ``ROUNDS`` interleaved rounds; the minimum of each is compared, since
+    interruptions by other processes only ever add time. Ties go to the first candidate.
     """
     with torch.no_grad():
         first = {name: _seconds(fn, 1) for name, fn in candidates.items()}
-        rounds = 2 if max(first.values()) > SLOW_CALL_SECONDS else ROUNDS
+        slow = max(first.values()) > SLOW_CALL_SECONDS
+        rounds = 2 if slow else ROUNDS
+        if not slow:  # (the first call's time includes its one-off costs)
+            first = {name: _seconds(fn, 1) for name, fn in candidates.items()}
         reps = {
             name: min(50, max(1, int(SAMPLE_SECONDS / max(t, 1e-7)))) for name, t in first.items()
         }
