@@ -46,17 +46,20 @@ def test_slow_calls_are_timed_twice(monkeypatch):
     assert calls == {"kernel": 3, "pytorch": 3}  # one untimed, two timed each
 
 
-def test_call_time_is_estimated_after_the_first_call():
+def test_call_time_is_estimated_after_the_first_call(monkeypatch):
     """A first call's one-off costs (here 20 ms) do not make the samples single calls: the
-    repetitions per sample come from a second call."""
+    repetitions per sample come from a second call (here 10 us). Times are scripted, so a
+    busy machine cannot change the count."""
+    real = autotune._seconds
+    scripted = iter([0.02, 1e-5])  # the first call, then the second; then real times
+
+    def seconds(fn, reps):
+        measured = real(fn, reps)
+        return next(scripted, measured)
+
+    monkeypatch.setattr(autotune, "_seconds", seconds)
     calls = []
-
-    def first_slow():
-        calls.append(1)
-        if len(calls) == 1:
-            time.sleep(0.02)
-
-    autotune.fastest({"only": first_slow})
+    autotune.fastest({"only": lambda: calls.append(1)})
     assert len(calls) == 2 + autotune.ROUNDS * 50  # two untimed, then 50 per sample
 
 

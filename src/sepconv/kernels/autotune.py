@@ -53,13 +53,14 @@ def fastest(candidates: dict[str, Callable[[], object]]) -> str:
     interruptions by other processes only ever add time. Ties go to the first candidate.
     """
     with torch.no_grad():
-        first = {name: _seconds(fn, 1) for name, fn in candidates.items()}
-        slow = max(first.values()) > SLOW_CALL_SECONDS
+        estimate = {name: _seconds(fn, 1) for name, fn in candidates.items()}
+        slow = max(estimate.values()) > SLOW_CALL_SECONDS
         rounds = 2 if slow else ROUNDS
         if not slow:  # (the first call's time includes its one-off costs)
-            first = {name: _seconds(fn, 1) for name, fn in candidates.items()}
+            estimate = {name: _seconds(fn, 1) for name, fn in candidates.items()}
         reps = {
-            name: min(50, max(1, int(SAMPLE_SECONDS / max(t, 1e-7)))) for name, t in first.items()
+            name: min(50, max(1, int(SAMPLE_SECONDS / max(t, 1e-7))))
+            for name, t in estimate.items()
         }
         best = dict.fromkeys(candidates, float("inf"))
         for _ in range(rounds):

@@ -471,15 +471,15 @@ inline void micro_f32(i64 K, const float* a, i64 lda, const float* b, i64 ldb, f
 }
 
 #if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
-// micro_f32<MR, 1> for CPUs without AVX-512, in intrinsics: GCC lowers the 64-byte vector
-// type through the stack there (vmovq/vpinsrq per lane), which ran the tile GEMMs at a sixth
-// of MKL's rate. 16 columns are two ymm registers; MR x 2 accumulators (12) fit the 16.
 // Lanes [0, n) of a ymm (n clamped to 0-8), for masked loads and stores.
 inline __m256i first_lanes(i64 n) {
   const int m = int(std::min<i64>(8, std::max<i64>(0, n)));
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(m), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
+// micro_f32<MR, 1> for CPUs without AVX-512, in intrinsics: GCC lowers the 64-byte vector
+// type through the stack there (vmovq/vpinsrq per lane), which ran the tile GEMMs at a sixth
+// of MKL's rate. 16 columns are two ymm registers; MR x 2 accumulators (12) fit the 16.
 template <int MR, int NW = 2>
 inline void micro_avx2(i64 K, const float* a, i64 lda, const float* b, i64 ldb, float* c,
                        i64 ldc, const float* bias_row, const float* bias_col, i64 nvalid,
@@ -503,15 +503,14 @@ inline void micro_avx2(i64 K, const float* a, i64 lda, const float* b, i64 ldb, 
 #pragma GCC unroll 12
   for (int i = 0; i < MR; ++i) {
     const float* ci = c + i * ldc;
-    const float* bc = bias_col;
     acc[i][0] = accumulate ? load_c(ci, mask0)
                 : bias_row ? _mm256_set1_ps(bias_row[i])
-                : bc       ? _mm256_loadu_ps(bc)
+                : bias_col ? _mm256_loadu_ps(bias_col)
                            : _mm256_setzero_ps();
     if constexpr (NW == 2)
       acc[i][NW - 1] = accumulate ? load_c(ci + 8, mask1)
                        : bias_row ? _mm256_set1_ps(bias_row[i])
-                       : bc       ? _mm256_loadu_ps(bc + 8)
+                       : bias_col ? _mm256_loadu_ps(bias_col + 8)
                                   : _mm256_setzero_ps();
   }
   // Whole vectors of B's rows but the last row's partial ones (B may be a caller's tensor,
@@ -521,7 +520,9 @@ inline void micro_avx2(i64 K, const float* a, i64 lda, const float* b, i64 ldb, 
     const float* bk = b + k * ldb;
     const bool whole = k < kfull;
     const __m256 b0 = whole ? _mm256_loadu_ps(bk) : _mm256_maskload_ps(bk, mask0);
-    const __m256 b1 = NW == 1 ? b0 : whole ? _mm256_loadu_ps(bk + 8) : _mm256_maskload_ps(bk + 8, mask1);
+    const __m256 b1 = NW == 1 ? b0
+                      : whole ? _mm256_loadu_ps(bk + 8)
+                              : _mm256_maskload_ps(bk + 8, mask1);
 #pragma GCC unroll 12
     for (int i = 0; i < MR; ++i) {
       const __m256 ai = _mm256_broadcast_ss(a + i * lda + k);
@@ -609,9 +610,11 @@ constexpr i64 panel_count(i64 n) { return (n + kPanel - 1) / kPanel; }
 
 // bias_row: M values (one per row of C) or null; bias_col: N values (+ slack) or null.
 // pstride: 0 for a plain B; else B is packed in kPanel-column panels (pack_panels, ldb
-// kPanel), panel j at b + j * pstride. stream (without AVX-512; ldc a multiple of 16): C's whole lines are
-// written around the caches by the last block of K, its column blocks starting on line
-// boundaries.
+// kPanel), panel j at b + j * pstride. stream (without AVX-512; ldc a multiple of 16): C's
+// whole lines are written around the caches by the last block of K; with a plain B the
+// column blocks start on line boundaries, with panels at C's columns 0, 16, ..., whose rows
+// are then streamed only where those are line-aligned (a group's columns of a grouped
+// channels_last output may not be).
 void gemm_f32(i64 M, i64 N, i64 K, const float* a, i64 lda, const float* b, i64 ldb, float* c,
               i64 ldc, const float* bias_row, const float* bias_col, i64 pstride = 0,
               bool stream = false) {
@@ -2302,7 +2305,9 @@ bool whole_transposed(const Geo& g) {
 // page-faulted in again on every call: a loop of 8x384x14x14 -> 1536 calls took 16.3 ms a
 // call instead of 11.9, 8x960x7x7 -> 320 3.0 ms instead of 1.9, 32x64x32x32 -> 128 (tiles)
 // 5.8 ms instead of 5.2 (AMD Zen 3 VM). A slot's buffer is in use by one call at a time:
-// slots are per thread (and element type), and a call uses each slot once.
+// slots are per thread (and element type), and a call uses each slot once. Buffers only
+// grow: each thread, OpenMP's workers included, keeps its largest until it exits (whole-
+// call buffers are at most a few MiB, whole_ok; tile intermediates the tile budget).
 enum KeptSlot { kKeptMid, kKeptPanels, kKeptOut, kKeptSlots };
 constexpr i64 kKeepBytes = i64(32) << 20;
 template <typename T>
@@ -2314,6 +2319,7 @@ T* kept_buffer(KeptSlot slot, i64 n, std::unique_ptr<T[]>& fallback) {
     return fallback.get();
   }
   if (n > kept_n[slot]) {
+    kept[slot].reset();  // (not both at once)
     kept[slot].reset(new T[n]);
     kept_n[slot] = n;
   }
@@ -2323,7 +2329,8 @@ T* kept_buffer(KeptSlot slot, i64 n, std::unique_ptr<T[]>& fallback) {
 // Small intermediates (whole_ok): the depthwise output of the whole
 // call first (channels_last: N*OH*OW pixels x CM; NCHW: CM planes of all images' pixels),
 // then one GEMM per thread over a block of output channels (NCHW: into a buffer, from which
-// each image's planes are copied out with the bias), or, channels_last with 128 or more
+// each image's planes are copied out with the bias; at batch 1 straight into the output
+// planes), or, channels_last with 128 or more
 // pixels a thread, over a share of the pixels. Tile by tile, each GEMM re-reads the
 // whole pointwise weight for a few dozen pixels (ConvNeXt's 768 -> 3072 at 7 x 7: 9.4 MB for
 // 49 pixels).
@@ -2341,12 +2348,15 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
   const i64 per = ((g.O + g.threads - 1) / g.threads + 15) / 16 * 16;
   // The own planar GEMM's B (mid^T, or mid where a thread's block of the weight is read in
   // several blocks of rows, so that B is read more than once) in panels (see kPanel), packed
-  // once for both threads. 8x768x7x7 -> 3072 took 0.78x, 8x960x7x7 -> 320 0.82x,
-  // 8x384x14x14 -> 1536 0.90x the time; 1x192x28x28 -> 32 (B read once) 1.10x, hence not.
+  // once for all threads. 1x768x7x7 -> 3072 took 0.86x, 1x960x7x7 -> 320 0.90x, 8x768x7x7
+  // -> 3072 0.94x, 8x384x14x14 -> 1536 0.98x the time; 1x192x28x28 -> 32 (B read once)
+  // 1.10-1.18x, hence not.
   const bool panelled = transposed || (g.own_gemm && !nhwc && per * g.CM * 4 > kABlockBytes);
   // Batch 1, planar output, own GEMM: straight into the output planes, not through a buffer
-  // copied out with the biases (1x384x14x14 -> 1536 0.97x). Image by image at batch 8, 7 x 7
-  // planes (49 columns a GEMM) took 1.15x.
+  // copied out with the biases (1x384x14x14 -> 1536 0.93-0.97x). The bias then starts each
+  // sum instead of being added to it: the same image rounds differently at batch 1 and 8
+  // (up to 1.2e-4 apart on ConvNeXt's layers). Image by image at batch 8, 7 x 7 planes (49
+  // columns a GEMM) took 1.15x.
   const bool direct_out = g.own_gemm && !nhwc && g.N == 1;
   const i64 panels = panel_count(P);
   float* const midP =
