@@ -2319,7 +2319,8 @@ T* kept_buffer(KeptSlot slot, i64 n, std::unique_ptr<T[]>& fallback) {
     return fallback.get();
   }
   if (n > kept_n[slot]) {
-    kept[slot].reset();  // (not both at once)
+    kept[slot].reset();  // (not both at once; and no stale size if new throws)
+    kept_n[slot] = 0;
     kept[slot].reset(new T[n]);
     kept_n[slot] = n;
   }
