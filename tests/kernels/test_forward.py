@@ -232,8 +232,8 @@ _WHOLE = (
     ((7, 64, 1, 40), (7, 7), (3, 3), (1, 1), (1, 1), 1, "zeros", True),
     ((6, 32, 2, 24), (13, 14), (3, 3), (2, 2), (1, 1), "same", "reflect", False),
     # own GEMM: channels_last through the planar GEMM (few pixels, a large weight), tasks
-    # of one weight panel (the last one partial) x a share of the pixels, and pixel shares
-    # over several panels
+    # of 64 output channels (the last block partial) x a share of the pixels, and pixel
+    # shares over several weight panels
     ((2, 320, 1, 1100), (5, 5), (3, 3), (1, 1), (1, 1), 1, "zeros", True),
     ((1, 256, 1, 300), (7, 7), (3, 3), (1, 1), (1, 1), 1, "reflect", False),
     ((4, 64, 1, 75), (7, 7), (3, 3), (1, 1), (1, 1), 1, "zeros", True),
@@ -307,7 +307,7 @@ MANY_TILE_CASES = (
         True,
     ),
     Case(1, 2, 96, 1, 32, 1, (3000,), (4,), (1,), (1,), "causal", "zeros", "contiguous", True),
-    # several 64-channel weight panels per pointwise group, channels_last
+    # several 64-channel task blocks and weight panels per pointwise group, channels_last
     Case(2, 2, 32, 1, 160, 2, (9, 9), (3, 3), (1, 1), (1, 1), 1, "zeros", "channels_last", True),
     Case(2, 1, 48, 2, 200, 1, (7, 7), (3, 3), (1, 1), (1, 1), 1, "reflect", "channels_last", True),
     Case(
@@ -429,7 +429,8 @@ STREAMED_GEMM_CASES = (
     Case(2, 4, 32, 1, 64, 1, (128, 128), (3, 3), (2, 2), (1, 1), 1, "replicate", "strided", True),
     # 300 intermediate channels: K in two blocks, the second one streaming the output
     Case(2, 1, 100, 3, 64, 1, (128, 128), (3, 3), (1, 1), (1, 1), 1, "zeros", "contiguous", True),
-    # channels_last: pixels of 80 or 96 output channels, weight panels of 64 and a partial one
+    # channels_last: pixels of 80 or 96 output channels (AVX-512: a 64-column weight panel
+    # and a partial one; without it, 16-column panels)
     Case(2, 4, 24, 1, 80, 1, (60, 60), (3, 3), (1, 1), (1, 1), 1, "zeros", "channels_last", True),
     Case(
         2,

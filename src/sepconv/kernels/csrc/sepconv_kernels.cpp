@@ -2063,20 +2063,20 @@ inline void transpose8x8(const float* src, i64 sld, float* dst, i64 dld) {
 void pack_panel_part(const float* src, i64 N, i64 K, i64 j, i64 k0, i64 k1, float* dst) {
   const i64 ob = std::min<i64>(kPanel, N - j * kPanel);
   float* d = dst + j * K * kPanel;
+  const float* rows = src + j * kPanel * K;
+  auto one_by_one = [&](i64 oa, i64 oz, i64 ka) {  // rows [oa, oz), k from ka
+    for (i64 o = oa; o < oz; ++o)
+      for (i64 k = ka; k < k1; ++k) d[k * kPanel + o] = rows[o * K + k];
+  };
   i64 o = 0;
 #if defined(__AVX2__)
   for (; o + 8 <= ob; o += 8) {  // blocks of 8 x 8, then the last k one by one
-    const float* rows = src + (j * kPanel + o) * K;
     i64 k = k0;
-    for (; k + 8 <= k1; k += 8) transpose8x8(rows + k, K, d + k * kPanel + o, kPanel);
-    for (; k < k1; ++k)
-      for (i64 r = 0; r < 8; ++r) d[k * kPanel + o + r] = rows[r * K + k];
+    for (; k + 8 <= k1; k += 8) transpose8x8(rows + o * K + k, K, d + k * kPanel + o, kPanel);
+    one_by_one(o, o + 8, k);
   }
 #endif
-  for (; o < ob; ++o) {
-    const float* row = src + (j * kPanel + o) * K;
-    for (i64 k = k0; k < k1; ++k) d[k * kPanel + o] = row[k];
-  }
+  one_by_one(o, ob, k0);
   for (i64 o = ob; o < kPanel; ++o)
     for (i64 k = k0; k < k1; ++k) d[k * kPanel + o] = 0.0f;
 }
@@ -2303,8 +2303,9 @@ bool whole_transposed(const Geo& g) {
 // ones are allocated per call, in `fallback`). glibc hands large freed blocks back to the
 // system (it unmaps them, or trims its heaps), so that a fresh buffer of megabytes was
 // page-faulted in again on every call: a loop of 8x384x14x14 -> 1536 calls took 16.3 ms a
-// call instead of 11.9, 8x960x7x7 -> 320 3.0 ms instead of 1.9, 32x64x32x32 -> 128 (tiles)
-// 5.8 ms instead of 5.2 (AMD Zen 3 VM). A slot's buffer is in use by one call at a time:
+// call instead of 11.9, 8x960x7x7 -> 320 3.0 ms instead of 1.9 (AMD Zen 3 VM). The tile
+// intermediates are kept for the same reason, without a gain measured there (32x64x32x32 ->
+// 128 5.5-5.7 ms either way). A slot's buffer is in use by one call at a time:
 // slots are per thread (and element type), and a call uses each slot once. Buffers only
 // grow: each thread, OpenMP's workers included, keeps its largest until it exits (whole-
 // call buffers are at most a few MiB, whole_ok; tile intermediates the tile budget).
