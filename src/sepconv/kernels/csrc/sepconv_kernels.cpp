@@ -1327,6 +1327,78 @@ void conv_direct_s2(const float* plane, i64 sh, const Geo& g, i64 oy0, i64 ox0, 
 }
 #endif
 
+#if defined(SEPCONV_VEC32)
+// conv_direct_s2 without AVX-512: the same reads with AVX2's in-lane shuffles. Columns
+// base + 2i (even), base + 2i + 1 (odd) and base + 2i + 2 of a row come from four loads
+// (columns base + [0, 8), [8, 16), [2, 10), [10, 18)) and one _mm256_shuffle_ps each, in the
+// lane order 0 1 4 5 2 3 6 7 (the shuffle stays within 128-bit halves); every tap of a sum
+// has that order, so the sum is put in memory order once, before its store. Blocks of four
+// output rows, two partial sums each (even and odd kernel columns): 8 accumulators, 3 taps
+// and the loads in 16 registers. Against the padded copy (pad_row_s2, conv_planar), AMD Zen
+// 3: depthwise 8x128x112x112 0.77x, 8x576x14x14 0.42x, 8x144x56x56 -> 32 0.83x the time.
+template <int R, bool Masked, typename S>
+__attribute__((always_inline)) inline void s2_block(const float* row0, i64 sh, i64 H, i64 y0,
+                                                    const LaneMask (&m)[4], const float* w,
+                                                    float bias, S* d, i64 drs, i64 last) {
+  typedef V<float>::t vec;
+  vec acc[2][R];
+  for (int o = 0; o < R; ++o) {
+    acc[0][o] = vset<float>(bias);
+    acc[1][o] = vzero<float>();
+  }
+  auto load = [&](const float* p, int k) __attribute__((always_inline)) {
+    return Masked ? _mm256_maskload_ps(p, m[k]) : _mm256_loadu_ps(p);
+  };
+#pragma GCC unroll 9
+  for (int r = 0; r < 2 * R + 1; ++r) {
+    if (uint64_t(y0 + r) >= uint64_t(H)) continue;  // a zero row
+    const float* p = row0 + r * sh;
+    const __m256 a = load(p, 0), b = load(p + 8, 1), a2 = load(p + 2, 2), b2 = load(p + 10, 3);
+    const vec taps[3] = {(vec)_mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)),
+                         (vec)_mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1)),
+                         (vec)_mm256_shuffle_ps(a2, b2, _MM_SHUFFLE(2, 0, 2, 0))};
+#pragma GCC unroll 4
+    for (int o = 0; o < R; ++o) {
+      const int ky = r - 2 * o;
+      if (ky < 0 || ky > 2) continue;
+      for (int kx = 0; kx < 3; ++kx) acc[kx & 1][o] += w[ky * 3 + kx] * taps[kx];
+    }
+  }
+  vec sum[1][R];
+  for (int o = 0; o < R; ++o)
+    sum[0][o] = (vec)_mm256_castpd_ps(_mm256_permute4x64_pd(
+        _mm256_castps_pd((__m256)(acc[0][o] + acc[1][o])), _MM_SHUFFLE(3, 1, 2, 0)));
+  store_rows<1, R, float>(sum, d, drs, last);
+}
+
+// (always_inline: as a call once per plane, 14 x 14 planes took 1.1-1.2x the time.)
+template <typename S>
+__attribute__((always_inline)) inline void conv_direct_s2(const float* plane, i64 sh,
+                                                          const Geo& g, i64 oy0, i64 ox0,
+                                                          i64 TH, i64 TW, const float* w,
+                                                          float bias, S* dst, i64 drs) {
+  constexpr i64 L = 8;
+  auto inside = [&](i64 first) { return lanes_inside(first, L, g.W); };
+  in_blocks<4>(0, TH, [&](i64 i, auto R) {
+    constexpr int RB = decltype(R)::value;
+    const i64 y0 = 2 * (oy0 + i) - g.pt;  // input row of the block's first window row
+    for (i64 j = 0; j < TW; j += L) {
+      const i64 base = 2 * (ox0 + j) - g.pl;  // input column of lane 0's first tap
+      const LaneMask m[4] = {inside(base), inside(base + L), inside(base + 2),
+                             inside(base + L + 2)};
+      const float* row0 = plane + y0 * sh + base;
+      S* d = dst + i * drs + j;
+      const i64 last = std::min(L, TW - j);
+      if (base >= 0 && base + 2 * L + 2 <= g.W) {
+        s2_block<RB, false, S>(row0, sh, g.H, y0, m, w, bias, d, drs, last);
+      } else {
+        s2_block<RB, true, S>(row0, sh, g.H, y0, m, w, bias, d, drs, last);
+      }
+    }
+  });
+}
+#endif
+
 #if defined(__AVX512F__)
 // Whether conv_narrow_s1 takes a tile: whole output rows of a plane whose input and output
 // rows are at most one vector wide (14 x 14 and 7 x 7 planes of MobileNet and ConvNeXt).
@@ -1384,15 +1456,11 @@ void conv_narrow_s1(const float* plane, i64 sh, const Geo& g, i64 oy0, i64 TH, c
 #endif
 
 // Whether conv_direct applies: float input, zero padding, unit column stride, and stride and
-// dilation 1 with a square 3, 5 or 7 filter, or (AVX-512) stride 2 with a 3x3 one.
+// dilation 1 with a square 3, 5 or 7 filter, or stride 2 with a 3x3 one.
 #if defined(SEPCONV_DIRECT)
 inline bool direct_ok(const Geo& g, bool is_float) {
   const bool s1 = unit_steps(g) && g.KH == g.KW && (g.KW == 3 || g.KW == 5 || g.KW == 7);
-#if defined(__AVX512F__)
   const bool s2 = g.sy == 2 && g.sx == 2 && g.dy == 1 && g.dx == 1 && g.KH == 3 && g.KW == 3;
-#else
-  const bool s2 = false;
-#endif
   return is_float && g.mode == 0 && g.xs[3] == 1 && (s1 || s2) && s1_rows_enabled();
 }
 #else
@@ -1400,17 +1468,17 @@ inline bool direct_ok(const Geo&, bool) { return false; }
 #endif
 
 // One plane's depthwise output straight from the plane (direct_ok(g) holds; without AVX-512
-// or AVX2 it never does): conv_direct_s2 at stride 2, conv_narrow_s1 for narrow planes (both
-// AVX-512), else conv_direct_s1.
+// or AVX2 it never does): conv_direct_s2 at stride 2, conv_narrow_s1 for narrow planes
+// (AVX-512), else conv_direct_s1.
 #if defined(SEPCONV_DIRECT)
 template <typename S>
 void conv_direct(const float* plane, const Geo& g, i64 oy0, i64 ox0, i64 TH, i64 TW,
                  const float* w, float bias, S* dst, i64 drs) {
-#if defined(__AVX512F__)
   if (g.sy == 2) {
     conv_direct_s2<S>(plane, g.xs[2], g, oy0, ox0, TH, TW, w, bias, dst, drs);
     return;
   }
+#if defined(__AVX512F__)
   if (narrow_ok(g, ox0, TW)) {
     switch (g.KW) {
       case 3: conv_narrow_s1<3, S>(plane, g.xs[2], g, oy0, TH, w, bias, dst, drs); return;
@@ -2276,10 +2344,12 @@ void sep_forward_split(const float* x, const std::vector<float>& w, const std::v
 //   (sep_forward_split, the own GEMM over blocks of 16 output channels) took 1.1-1.7x its
 //   time: 1x384x14x14 -> 64 1.6x, 1x576x14x14 -> 96 1.45x. (channels_last: 0.8-1.3x, kept
 //   on sep_forward_split), or
-// - channels_last output planes of at most 64 pixels (7 x 7), whose tiles of a few rows made
+// - output planes of at most 64 pixels (7 x 7). channels_last: tiles of a few rows made
 //   GEMMs of 21-28 pixels each re-reading the weight: 8x960x7x7 -> 160 and 1x960x7x7 -> 160
 //   took 1.15-1.3x, 8x576x14x14 -> 160 s2 1.1x its time (14 x 14 outputs: 0.99-1.15x this
-//   way, not taken).
+//   way, not taken). Planar: one image a tile, a GEMM of 49 columns (three 16-column blocks
+//   and an 8-column one for the last): 8x960x7x7 -> 160 took 1.08x, 8x576x14x14 -> 160 s2
+//   1.03x, 8x960x7x7 -> 320 1.0x its time (AMD Zen 3, run R).
 bool whole_ok(const Geo& g, bool few_tiles) {
   const i64 P = g.OH * g.OW;
   const bool out_ok = g.nhwc ? g.out_nhwc && g.os[1] == 1 && g.os[2] == g.OW * g.os[3] &&
@@ -2287,7 +2357,7 @@ bool whole_ok(const Geo& g, bool few_tiles) {
                              : !g.out_nhwc && g.os[3] == 1 && g.os[2] == g.OW;
   const bool large_weight = g.O * g.CM * 4 >= (i64(1) << 20);
   return out_ok && g.G == 1 && g.N * P * g.CM * 4 <= (i64(4) << 20) &&
-         (large_weight || (few_tiles && !g.nhwc) || (g.nhwc && P <= 64));
+         (large_weight || (few_tiles && !g.nhwc) || P <= 64);
 }
 
 // Whether sep_forward_whole's own GEMM takes a channels_last call through the planar GEMM,
