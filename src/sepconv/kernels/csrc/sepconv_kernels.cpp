@@ -197,7 +197,17 @@ inline void vst_first(A* p, typename V<A>::t v, i64 n) {
   vst<A>(tmp, v);
   std::memcpy(p, tmp, sizeof(A) * n);
 }
+#if defined(SEPCONV_VEC32)
+// One masked store: through the buffer, a memcpy call of n floats made a row block's
+// partial column vector cost four times a whole one (14 x 14 planes: 15.8 cycles a vector
+// against 4 on 56 x 56 ones).
+inline void vstPart(float* p, V<float>::t v, i64 n) {
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  _mm256_maskstore_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(int(n)), lanes), (__m256)v);
+}
+#else
 inline void vstPart(float* p, V<float>::t v, i64 n) { vst_first<float>(p, v, n); }
+#endif
 inline void vstPart(double* p, V<double>::t v, i64 n) { vst_first<double>(p, v, n); }
 #endif
 #if defined(__AVX512F__)
@@ -1170,22 +1180,57 @@ inline V<float>::t load_inside(LaneMask m, const float* p) {
 }
 #endif
 
+// a / b rounded down (b > 0).
+inline i64 floor_div(i64 a, i64 b) { return a >= 0 ? a / b : -((b - 1 - a) / b); }
+
 // Zeros for rows outside the plane (conv_direct_s1).
 alignas(64) const float kZeroRow[32] = {};
 
+// rows_s1's rows for blocks of conv_direct_s1 at a plane's edges: rows outside the plane
+// read as zeros and, if Masked, each kernel column's shifted row is one masked load (lanes
+// outside the plane read as zeros; masks[kx]: the lanes inside for kernel column kx). In L1
+// the masked loads cost 1 % (3x3, 8 rows).
+template <bool Masked>
+struct PlaneRows {
+  const float* p0;
+  i64 sh, y0, H;
+  const LaneMask* masks;
+  const float* p = nullptr;
+  i64 y = 0;
+  LaneMask m;
+  __attribute__((always_inline)) void begin(int kx) {
+    p = p0 + kx;
+    y = y0;
+    if (Masked) m = masks[kx];
+  }
+  __attribute__((always_inline)) V<float>::t next() {
+    const float* q = uint64_t(y) < uint64_t(H) ? p : kZeroRow;
+    p += sh;
+    ++y;
+    asm("" : "+r"(p));
+    return Masked ? load_inside(m, q) : vld<float>(q);
+  }
+};
+
 // Zero padding, stride 1, dilation 1, K x K filter, straight from the input plane (unit
 // column stride, row stride sh) instead of a padded copy. Output rows [oy0, oy0 + TH),
-// columns [ox0, ox0 + TW) to dst (row stride drs). Blocks whose windows lie inside the plane
-// read it in place (rows_s1 with BufferRows). Blocks at its edges need zero columns (masked
-// loads) and zero rows: 5x5 and 7x7 ones gather their window into a small buffer first;
-// 3x3 ones, whose arithmetic is too short to pay for the gather (1.2x the block's time),
-// take masked rows in blocks of four (rows_s1_permuted). In L1, 56 x 56 planes: 3x3 / 5x5 /
-// 7x7 at 6.6 / 15.0 / 25.2 cycles per output vector, against 6.7 / 15.7 / 30.1 with every
-// block as rows_s1_permuted (AVX-512). Only the output rows whose windows reach past the
-// top or bottom row are edge rows, in blocks of four: with blocks of eight, 7x7 on AVX2
-// (AMD Zen 3) gathered 27 % of its blocks and took 1.03-1.09x the time of the padded copy;
-// now 0.95-0.99x (5x5 0.92x, 3x3 0.92x). Row blocks outermost, column vectors inside: the
-// plane is read in its memory order, which the hardware prefetcher follows.
+// columns [ox0, ox0 + TW) to dst (row stride drs), in row blocks; in each, first the column
+// vectors whose windows lie inside the plane's columns, in place (rows_s1; rows outside the
+// plane read as zero rows, PlaneRows), in one tight loop, then the edge columns. Those need
+// zero lanes: with AVX2, 3x3 ones in blocks of eight rows load each kernel column's shifted
+// row masked (PlaneRows<true>); other 3x3 ones take masked rows permuted (rows_s1_permuted;
+// with AVX-512 all: masked loads at every shift took 1.3x the block's time there); 5x5 and
+// 7x7 ones gather their window into a small buffer first. Only the output rows whose windows reach past the top or
+// bottom row are edge rows, in blocks of four: with blocks of eight, 7x7 on AVX2 (AMD Zen 3)
+// gathered 27 % of its blocks and took 1.03-1.09x the time of the padded copy. Row blocks
+// outermost, column vectors inside: the plane is read in its memory order, which the
+// hardware prefetcher follows. With every column in one loop, edge and inner blocks
+// alternating (one inlined block with both paths), in L2 a 112 x 112 3x3 plane took 6.6
+// TSC cycles an output vector and its inner blocks 5.3 (AMD Zen 3; the kernel alone: 3.8);
+// now 4.7 and 3.9 (56 x 56 7.0 -> 5.0, 28 x 28 9.8 -> 8.8). Depthwise 8x128x112x112 3x3
+// took 0.87-0.89x the time, fused 56 x 56 rows 0.94-0.98x. Planes without inner columns (14
+// x 14, 7 x 7) keep 3x3 blocks of four rows throughout: in the row-block order they took
+// 1.06x.
 //
 // Used by the depthwise and the fused forward, where the copy is a store and a reload of
 // every input element.
@@ -1197,16 +1242,28 @@ void conv_direct_s1(const float* plane, i64 sh, const Geo& g, i64 oy0, i64 ox0, 
   alignas(64) float win[(8 + K - 1) * WL];
   // Lanes inside the row: columns [c0, c0 + L) and the K - 1 columns after them.
   auto inside = [&](i64 first, i64 lanes) { return lanes_inside(first, lanes, g.W); };
-  // Column vector j of rows [i, i + R): edge blocks (mask and zero rows) or in place.
-  auto block = [&](i64 i, auto R, i64 j, bool edge) __attribute__((always_inline)) {
+  auto cols_inside = [&](i64 j) {
+    const i64 c0 = ox0 + j - g.pl;
+    return c0 >= 0 && c0 + L + K - 1 <= g.W;
+  };
+  // Column vectors [j_lo, j_hi) read no column outside the plane (cols_inside).
+  const i64 vecs = (TW + L - 1) / L;
+  const i64 j_lo = std::min(vecs, std::max<i64>(0, g.pl - ox0 + L - 1) / L) * L;
+  const i64 j_hi =
+      std::max(j_lo, std::min(vecs, floor_div(g.W - K + 1 + g.pl - ox0 - L, L) + 1) * L);
+  // Column vector j of rows [i, i + R) at a left or right edge (masks and zero rows).
+  auto edge_block = [&](i64 i, auto R, i64 j) __attribute__((always_inline)) {
     constexpr int RB = decltype(R)::value;
     t_ahead.issue();
     const i64 last = std::min(L, TW - j);
     const i64 c0 = ox0 + j - g.pl;  // input column of the block's first padded column
     const i64 y0 = oy0 + i - g.pt;  // input row of the block's first padded row
     S* d = dst + i * drs + j;
-    if (!edge) {
-      rows_s1<K, RB, S>(BufferRows{plane + y0 * sh + c0, sh}, w, bias, d, drs, last);
+    if constexpr (K == 3 && kVecRegs < 32 && RB == 8) {
+      LaneMask ms[K];
+      for (int kx = 0; kx < K; ++kx) ms[kx] = inside(c0 + kx, L);
+      rows_s1<K, RB, S>(PlaneRows<true>{plane + y0 * sh + c0, sh, y0, g.H, ms}, w, bias, d,
+                        drs, last);
       return;
     }
     const LaneMask mlo = inside(c0, L), mhi = inside(c0 + L, K - 1);
@@ -1234,29 +1291,47 @@ void conv_direct_s1(const float* plane, i64 sh, const Geo& g, i64 oy0, i64 ox0, 
       rows_s1<K, RB, S>(BufferRows{win, WL}, w, bias, d, drs, last);
     }
   };
-  auto cols_inside = [&](i64 j) {
-    const i64 c0 = ox0 + j - g.pl;
-    return c0 >= 0 && c0 + L + K - 1 <= g.W;
+  // Rows [i, i + R): the inner column vectors, then the edge ones. ZeroRows: some of the
+  // block's input rows lie outside the plane.
+  auto row_block = [&](i64 i, auto R, auto ZeroRows) __attribute__((always_inline)) {
+    constexpr int RB = decltype(R)::value;
+    const i64 y0 = oy0 + i - g.pt;
+    const float* src = plane + y0 * sh + ox0 - g.pl;
+    S* d = dst + i * drs;
+    for (i64 j = j_lo; j < j_hi; j += L) {
+      t_ahead.issue();
+      const i64 last = std::min(L, TW - j);
+      if constexpr (decltype(ZeroRows)::value)
+        rows_s1<K, RB, S>(PlaneRows<false>{src + j, sh, y0, g.H, nullptr}, w, bias, d + j, drs,
+                          last);
+      else
+        rows_s1<K, RB, S>(BufferRows{src + j, sh}, w, bias, d + j, drs, last);
+    }
+    for (i64 j = 0; j < TW; j += L) {
+      if (j >= j_lo && j < j_hi) continue;
+      if constexpr (K == 3 && kVecRegs >= 32 && RB == 8) {  // (rows_s1_permuted spills)
+        edge_block(i, std::integral_constant<int, 4>(), j);
+        edge_block(i + 4, std::integral_constant<int, 4>(), j);
+      } else {
+        edge_block(i, R, j);
+      }
+    }
   };
+  if (K == 3 && j_lo == j_hi) {  // narrow: every column vector at an edge
+    in_blocks<4>(0, TH, [&](i64 i, auto R) __attribute__((always_inline)) {
+      for (i64 j = 0; j < TW; j += L) edge_block(i, R, j);
+    });
+    return;
+  }
   // Output rows [top, bot) read no row outside the plane, rounded to blocks of four.
   const i64 top = std::min(TH, (std::clamp<i64>(g.pt - oy0, 0, TH) + 3) / 4 * 4);
   const i64 inner_end = std::clamp<i64>(g.H - K + g.pt - oy0 + 1, 0, TH);
   const i64 bot = std::max(top, TH - (TH - inner_end + 3) / 4 * 4);
-  auto edge_rows = [&](i64 i, auto R) {
-    for (i64 j = 0; j < TW; j += L) block(i, R, j, true);
-  };
+  auto edge_rows = [&](i64 i, auto R)
+                        __attribute__((always_inline)) { row_block(i, R, std::true_type()); };
   in_blocks<4>(0, top, edge_rows);
-  in_blocks<8>(top, bot, [&](i64 i, auto R) {
-    for (i64 j = 0; j < TW; j += L) {
-      if (cols_inside(j)) {
-        block(i, R, j, false);
-      } else if constexpr (K == 3 && decltype(R)::value == 8) {  // (rows_s1_permuted spills)
-        block(i, std::integral_constant<int, 4>(), j, true);
-        block(i + 4, std::integral_constant<int, 4>(), j, true);
-      } else {
-        block(i, R, j, true);
-      }
-    }
+  in_blocks<8>(top, bot, [&](i64 i, auto R) __attribute__((always_inline)) {
+    row_block(i, R, std::false_type());
   });
   in_blocks<4>(bot, TH, edge_rows);
 }
