@@ -345,6 +345,17 @@ def test_narrow_planes(case, kernels_on):
     check_depthwise(case)
 
 
+@settings(max_examples=30)
+@given(case=stride1_square_cases(max_size=7, direct=True))
+def test_narrow_planes_within_half_a_vector(case, kernels_built):
+    """Planes at most 7 wide, 3/5/7 kernels, every padding from 0 to k - 1: without AVX-512
+    each row is one vector whose lane 7 stays zero, and every shift of a lane outside the
+    row must read that lane (5x5 and 7x7 reach two and three lanes past either side)."""
+    with env("on"):
+        check_separable(case)
+        check_depthwise(case)
+
+
 # Few tiles for two threads (batch 1, small planes): the threads share each tile
 # (channels_last, and planar with pointwise groups), or planar calls take the whole call's
 # intermediate first (any padding, depth multipliers, strides).

@@ -198,12 +198,24 @@ inline void vst_first(A* p, typename V<A>::t v, i64 n) {
   std::memcpy(p, tmp, sizeof(A) * n);
 }
 #if defined(SEPCONV_VEC32)
-// One masked store: through the buffer, a memcpy call of n floats made a row block's
-// partial column vector cost four times a whole one (14 x 14 planes: 15.8 cycles a vector
-// against 4 on 56 x 56 ones).
+// Four, two and one lanes by plain stores. Through the buffer, a memcpy call of n floats made
+// a row block's partial column vector cost four times a whole one (14 x 14 planes: 15.8 TSC
+// cycles a vector against 4 on 56 x 56 ones); one masked store (_mm256_maskstore_ps) costs
+// about 10 cycles on AMD Zen 3 (7 x 7 3x3 planes: 17.4 cycles a row against 7.0 with whole
+// stores).
 inline void vstPart(float* p, V<float>::t v, i64 n) {
-  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  _mm256_maskstore_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(int(n)), lanes), (__m256)v);
+  __m128 part = _mm256_castps256_ps128((__m256)v);
+  if (n & 4) {
+    _mm_storeu_ps(p, part);
+    part = _mm256_extractf128_ps((__m256)v, 1);
+    p += 4;
+  }
+  if (n & 2) {
+    _mm_storel_pi(reinterpret_cast<__m64*>(p), part);
+    part = _mm_movehl_ps(part, part);
+    p += 2;
+  }
+  if (n & 1) _mm_store_ss(p, part);
 }
 #else
 inline void vstPart(float* p, V<float>::t v, i64 n) { vst_first<float>(p, v, n); }
@@ -1474,34 +1486,74 @@ __attribute__((always_inline)) inline void conv_direct_s2(const float* plane, i6
 }
 #endif
 
-#if defined(__AVX512F__)
+#if defined(SEPCONV_DIRECT)
 // Whether conv_narrow_s1 takes a tile: whole output rows of a plane whose input and output
-// rows are at most one vector wide (14 x 14 and 7 x 7 planes of MobileNet and ConvNeXt).
+// rows fit one vector (AVX-512: 14 x 14 and 7 x 7 planes of MobileNet and ConvNeXt; AVX2: 7
+// x 7 ones, whose rows leave lane 7 free to be the zero that shifts bring in).
 inline bool narrow_ok(const Geo& g, i64 ox0, i64 TW) {
-  return g.W <= 16 && g.OW <= 16 && ox0 == 0 && TW == g.OW;
+  constexpr i64 widest = kVecRegs >= 32 ? 16 : 7;
+  return g.W <= widest && g.OW <= widest && ox0 == 0 && TW == g.OW;
 }
 
+// A narrow row (narrow_ok) in one vector and its K column shifts: lane x of shift(v, kx) is
+// input column x + kx - pl, zero outside [0, W). AVX-512: single-source permutes with
+// zeroing masks; AVX2: permutes whose lanes outside read lane 7, which the load left zero.
+template <int K>
+struct NarrowShifts {
+  typedef V<float>::t vec;
+#if defined(__AVX512F__)
+  __mmask16 load_mask;
+  __m512i idx[K];
+  __mmask16 keep[K];
+  explicit NarrowShifts(const Geo& g) : load_mask(__mmask16((uint32_t(1) << g.W) - 1)) {
+    const __m512i lanes =
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    for (int kx = 0; kx < K; ++kx) {
+      const __m512i src = _mm512_add_epi32(lanes, _mm512_set1_epi32(int(kx - g.pl)));
+      keep[kx] = _mm512_cmpge_epi32_mask(src, _mm512_setzero_si512()) &
+                 _mm512_cmplt_epi32_mask(src, _mm512_set1_epi32(int(g.W)));
+      idx[kx] = _mm512_and_si512(src, _mm512_set1_epi32(15));  // (masked lanes: any index)
+    }
+  }
+  __attribute__((always_inline)) vec load(const float* p) const {
+    return (vec)_mm512_maskz_loadu_ps(load_mask, p);
+  }
+  __attribute__((always_inline)) vec shift(vec v, int kx) const {
+    return (vec)_mm512_maskz_permutexvar_ps(keep[kx], idx[kx], (__m512)v);
+  }
+#else
+  LaneMask load_mask;
+  __m256i idx[K];
+  explicit NarrowShifts(const Geo& g) : load_mask(lanes_inside(0, 8, g.W)) {
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int kx = 0; kx < K; ++kx) {
+      const __m256i src = _mm256_add_epi32(lanes, _mm256_set1_epi32(int(kx - g.pl)));
+      const __m256i inside =
+          _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_setzero_si256(), src),
+                              _mm256_cmpgt_epi32(_mm256_set1_epi32(int(g.W)), src));
+      idx[kx] = _mm256_blendv_epi8(_mm256_set1_epi32(7), src, inside);
+    }
+  }
+  __attribute__((always_inline)) vec load(const float* p) const {
+    return (vec)_mm256_maskload_ps(p, load_mask);
+  }
+  __attribute__((always_inline)) vec shift(vec v, int kx) const {
+    return (vec)_mm256_permutevar8x32_ps((__m256)v, idx[kx]);
+  }
+#endif
+};
+
 // conv_direct_s1 for narrow planes (narrow_ok): each input row is one masked load, its K
-// column shifts K - 1 single-source permutes with zeroing masks (zero padding and the
-// lanes past the row), and rows outside the plane are skipped. Blocks of up to 8 output
-// rows, then one block of the rest. As blocks of conv_direct_s1's edge path (masked loads of
-// two vectors, two-source permutes, blocks of 4, 2 and 1 rows), in L1 14 x 14 / 7 x 7 3x3
-// planes took 13.7 / 15.5 cycles per row, now 9.2 / 10.5; 7 x 7 7x7 ones 57.0 -> 29.8.
+// column shifts K - 1 single-source permutes (NarrowShifts), and rows outside the plane are
+// skipped. Blocks of up to 8 output rows, then one block of the rest. As blocks of
+// conv_direct_s1's edge path (masked loads of two vectors, two-source permutes, blocks of 4,
+// 2 and 1 rows), in L1 14 x 14 / 7 x 7 3x3 planes took 13.7 / 15.5 cycles per row, now 9.2 /
+// 10.5; 7 x 7 7x7 ones 57.0 -> 29.8 (AVX-512). AVX2 (AMD Zen 3), 7 x 7 planes: NARROW_AVX2.
 template <int K, typename S>
 void conv_narrow_s1(const float* plane, i64 sh, const Geo& g, i64 oy0, i64 TH, const float* w,
                     float bias, S* dst, i64 drs) {
   typedef V<float>::t vec;
-  const __mmask16 load_mask = __mmask16((uint32_t(1) << g.W) - 1);
-  __m512i idx[K];
-  __mmask16 keep[K];
-  const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  for (int kx = 0; kx < K; ++kx) {
-    // Lane x reads input column x + kx - pl: zero outside [0, W).
-    const __m512i src = _mm512_add_epi32(lanes, _mm512_set1_epi32(int(kx - g.pl)));
-    keep[kx] = _mm512_cmpge_epi32_mask(src, _mm512_setzero_si512()) &
-               _mm512_cmplt_epi32_mask(src, _mm512_set1_epi32(int(g.W)));
-    idx[kx] = _mm512_and_si512(src, _mm512_set1_epi32(15));  // (masked lanes: any index)
-  }
+  const NarrowShifts<K> row(g);
   in_exact_blocks(TH, [&](i64 i, auto R) __attribute__((always_inline)) {
     constexpr int RB = decltype(R)::value;
     constexpr int CH = RB >= 4 ? 1 : 2;  // independent FMA chains where the block is short
@@ -1514,10 +1566,10 @@ void conv_narrow_s1(const float* plane, i64 sh, const Geo& g, i64 oy0, i64 TH, c
 #pragma GCC unroll 16
     for (int r = 0; r < RB + K - 1; ++r) {
       if (uint64_t(y0 + r) >= uint64_t(g.H)) continue;  // a zero row
-      const __m512 v = _mm512_maskz_loadu_ps(load_mask, plane + (y0 + r) * sh);
+      const vec v = row.load(plane + (y0 + r) * sh);
 #pragma GCC unroll 8
       for (int kx = 0; kx < K; ++kx) {
-        const vec shifted = (vec)_mm512_maskz_permutexvar_ps(keep[kx], idx[kx], v);
+        const vec shifted = row.shift(v, kx);
 #pragma GCC unroll 8
         for (int o = 0; o < RB; ++o) {
           const int ky = r - o;
@@ -1553,7 +1605,6 @@ void conv_direct(const float* plane, const Geo& g, i64 oy0, i64 ox0, i64 TH, i64
     conv_direct_s2<S>(plane, g.xs[2], g, oy0, ox0, TH, TW, w, bias, dst, drs);
     return;
   }
-#if defined(__AVX512F__)
   if (narrow_ok(g, ox0, TW)) {
     switch (g.KW) {
       case 3: conv_narrow_s1<3, S>(plane, g.xs[2], g, oy0, TH, w, bias, dst, drs); return;
@@ -1561,7 +1612,6 @@ void conv_direct(const float* plane, const Geo& g, i64 oy0, i64 ox0, i64 TH, i64
       default: conv_narrow_s1<7, S>(plane, g.xs[2], g, oy0, TH, w, bias, dst, drs); return;
     }
   }
-#endif
   switch (g.KW) {
     case 3: conv_direct_s1<3, S>(plane, g.xs[2], g, oy0, ox0, TH, TW, w, bias, dst, drs); break;
     case 5: conv_direct_s1<5, S>(plane, g.xs[2], g, oy0, ox0, TH, TW, w, bias, dst, drs); break;
