@@ -499,6 +499,14 @@ inline __m256i first_lanes(i64 n) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(m), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
+// Lanes [0, n) of v to p (n clamped to 0-8).
+inline void store_lanes(float* p, __m256 v, i64 n) {
+  if (n >= 8)
+    _mm256_storeu_ps(p, v);
+  else if (n > 0)
+    vstPart(p, (V<float>::t)v, n);
+}
+
 // micro_f32<MR, 1> for CPUs without AVX-512, in intrinsics: GCC lowers the 64-byte vector
 // type through the stack there (vmovq/vpinsrq per lane), which ran the tile GEMMs at a sixth
 // of MKL's rate. 16 columns are two ymm registers; MR x 2 accumulators (12) fit the 16.
@@ -509,10 +517,10 @@ inline void micro_avx2(i64 K, const float* a, i64 lda, const float* b, i64 ldb, 
   // NW ymm columns: 16 (NW = 2), or 8 for a last column block of 8 or fewer (an N of 24 as 16
   // + 16 did a quarter of its FMAs on zeros). accumulate: C += A B (a later block of K;
   // the biases were added with the first), else C = A B + biases.
-  // A partial block (nvalid < NC) reads B's last row and C, and writes C, by masked loads
-  // and stores: copied through a buffer (memcpy), the accumulators' address escaped and
-  // GCC kept them in memory, storing each on every k step, wherever it did not inline this
-  // function (2.4x the time; earlier a memcpy inside the k loop, 2.3x).
+  // A partial block (nvalid < NC) reads B's last row and C by masked loads, and writes C
+  // lane by lane (store_lanes): copied through a buffer (memcpy), the accumulators' address
+  // escaped and GCC kept them in memory, storing each on every k step, wherever it did not
+  // inline this function (2.4x the time; earlier a memcpy inside the k loop, 2.3x).
   // Every index of acc is a constant (unrolled loops, column 1 written out): GCC keeps an
   // array with a variable index in memory.
   constexpr i64 NC = 8 * NW;
@@ -561,9 +569,9 @@ inline void micro_avx2(i64 K, const float* a, i64 lda, const float* b, i64 ldb, 
     } else if (!partial) {
       _mm256_storeu_ps(ci, acc[i][0]);
       if constexpr (NW == 2) _mm256_storeu_ps(ci + 8, acc[i][NW - 1]);
-    } else {
-      _mm256_maskstore_ps(ci, mask0, acc[i][0]);
-      if constexpr (NW == 2) _mm256_maskstore_ps(ci + 8, mask1, acc[i][NW - 1]);
+    } else {  // (not by masked stores: about 10 cycles each on AMD Zen 3, see vstPart)
+      store_lanes(ci, acc[i][0], nvalid);
+      if constexpr (NW == 2) store_lanes(ci + 8, acc[i][NW - 1], nvalid - 8);
     }
   }
 }
@@ -1224,25 +1232,24 @@ struct PlaneRows {
   }
 };
 
-// Zero padding, stride 1, dilation 1, K x K filter, straight from the input plane (unit
-// column stride, row stride sh) instead of a padded copy. Output rows [oy0, oy0 + TH),
-// columns [ox0, ox0 + TW) to dst (row stride drs), in row blocks; in each, first the column
-// vectors whose windows lie inside the plane's columns, in place (rows_s1; rows outside the
-// plane read as zero rows, PlaneRows), in one tight loop, then the edge columns. Those need
-// zero lanes: with AVX2, 3x3 ones in blocks of eight rows load each kernel column's shifted
-// row masked (PlaneRows<true>); other 3x3 ones take masked rows permuted (rows_s1_permuted;
-// with AVX-512 all: masked loads at every shift took 1.3x the block's time there); 5x5 and
-// 7x7 ones gather their window into a small buffer first. Only the output rows whose windows reach past the top or
-// bottom row are edge rows, in blocks of four: with blocks of eight, 7x7 on AVX2 (AMD Zen 3)
-// gathered 27 % of its blocks and took 1.03-1.09x the time of the padded copy. Row blocks
-// outermost, column vectors inside: the plane is read in its memory order, which the
-// hardware prefetcher follows. With every column in one loop, edge and inner blocks
-// alternating (one inlined block with both paths), in L2 a 112 x 112 3x3 plane took 6.6
-// TSC cycles an output vector and its inner blocks 5.3 (AMD Zen 3; the kernel alone: 3.8);
-// now 4.7 and 3.9 (56 x 56 7.0 -> 5.0, 28 x 28 9.8 -> 8.8). Depthwise 8x128x112x112 3x3
-// took 0.87-0.89x the time, fused 56 x 56 rows 0.94-0.98x. Planes without inner columns (14
-// x 14, 7 x 7) keep 3x3 blocks of four rows throughout: in the row-block order they took
-// 1.06x.
+// Zero padding, stride 1, dilation 1, K x K filter, straight from the input plane (unit column
+// stride, row stride sh) instead of a padded copy. Output rows [oy0, oy0 + TH), columns [ox0, ox0 +
+// TW) to dst (row stride drs), in row blocks; in each, first the column vectors whose windows lie
+// inside the plane's columns, in place (rows_s1; rows outside the plane read as zero rows,
+// PlaneRows), in one tight loop, then the edge columns. Those need zero lanes: with AVX2, 3x3 ones
+// in blocks of eight rows load each kernel column's shifted row masked (PlaneRows<true>); other 3x3
+// ones take masked rows permuted (rows_s1_permuted; with AVX-512 all: masked loads at every shift
+// took 1.3x the block's time there); 5x5 and 7x7 ones gather their window into a small buffer
+// first. Only the output rows whose windows reach past the top or bottom row are edge rows, in
+// blocks of four: with blocks of eight, 7x7 on AVX2 (AMD Zen 3) gathered 27 % of its blocks and
+// took 1.03-1.09x the time of the padded copy. Row blocks outermost, column vectors inside: the
+// plane is read in its memory order, which the hardware prefetcher follows. With every column in
+// one loop, edge and inner blocks alternating (one inlined block with both paths), in L2 a 112 x
+// 112 3x3 plane took 6.6 TSC cycles an output vector and its inner blocks 5.3 (AMD Zen 3; the
+// kernel alone: 3.8); now 4.7 and 3.9 (56 x 56 7.0 -> 5.0, 28 x 28 9.8 -> 8.8). Depthwise
+// 8x128x112x112 3x3 took 0.87-0.89x the time, fused 56 x 56 rows 0.94-0.98x. 3x3 planes without
+// inner columns (14 x 14 on AVX2) keep blocks of four rows throughout: in the row-block order they
+// took 1.06x.
 //
 // Used by the depthwise and the fused forward, where the copy is a store and a reload of
 // every input element.
