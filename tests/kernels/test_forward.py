@@ -478,6 +478,24 @@ LARGE_INPUT_CASES = (
 )
 
 
+# Planar depthwise outputs of 16 MiB or more, staged and streamed out (without AVX-512) in
+# tasks of a few rows (8 KiB of input, 16 KiB for 7x7): row tasks that start and end inside
+# the plane, zero rows at both ends, odd widths, a depth multiplier.
+STAGED_DEPTHWISE_CASES = (
+    Case(2, 2, 32, 1, 8, 1, (256, 256), (3, 3), (1, 1), (1, 1), 1, "zeros", "contiguous", True),
+    Case(
+        2, 2, 32, 1, 8, 1, (259, 257), (5, 5), (1, 1), (1, 1), "same", "zeros", "contiguous", True
+    ),
+    Case(2, 2, 32, 1, 8, 1, (263, 257), (7, 7), (1, 1), (1, 1), 3, "zeros", "contiguous", False),
+    Case(2, 2, 16, 2, 8, 1, (260, 254), (3, 3), (1, 1), (1, 1), 1, "zeros", "contiguous", True),
+)
+
+
+@pytest.mark.parametrize("case", STAGED_DEPTHWISE_CASES)
+def test_staged_depthwise_outputs(case, kernels_on):
+    check_depthwise(case)
+
+
 @pytest.mark.parametrize("mode", sorted(_build.PREFETCH))
 def test_prefetch_modes_agree(mode, kernels_on):
     with prefetch(mode):
