@@ -346,14 +346,32 @@ def test_narrow_planes(case, kernels_on):
 
 
 @settings(max_examples=30)
-@given(case=stride1_square_cases(max_size=7, direct=True))
+@given(case=stride1_square_cases(max_size=9, direct=True))
 def test_narrow_planes_within_half_a_vector(case, kernels_built):
-    """Planes at most 7 wide, 3/5/7 kernels, every padding from 0 to k - 1: without AVX-512
-    each row is one vector whose lane 7 stays zero, and every shift of a lane outside the
-    row must read that lane (5x5 and 7x7 reach two and three lanes past either side)."""
+    """Planes up to 9 wide, 3/5/7 kernels, paddings 0, 1, k // 2 and k - 1: without AVX-512
+    rows at most 7 wide are one vector whose lane 7 stays zero, and every shift of a lane
+    outside the row must read that lane (5x5 and 7x7 reach two and three lanes past either
+    side); 8 and 9 wide ones must not take that path."""
     with env("on"):
         check_separable(case)
         check_depthwise(case)
+
+
+@pytest.mark.parametrize(("k", "stride"), [(3, 1), (5, 1), (7, 1), (3, 2)])
+def test_direct_paths_on_every_width(k, stride, kernels_on):
+    """Every width from 1 to 40, paddings 0 to k - 1 ("same" too): the edge columns and the
+    in-place column range (stride 1), the masked and unmasked stride-2 blocks (3x3 only),
+    planes narrower than the filter. A fixed sweep: hypothesis draws few of the widths where
+    one column decides between two paths."""
+    paddings = [*sorted({0, 1, k // 2, k - 1}), (0, k - 1), "same"]
+    for width in range(1, 41):
+        for padding in paddings:
+            case = Case(2, 1, 2, 1, 3, 1, (k + 2, width), (k, k), (stride, stride), (1, 1),
+                        padding, "zeros", "contiguous", True)  # fmt: skip
+            left, right = case.plan().amounts(case.spatial)[:2]  # (F.pad order: width first)
+            if width + left + right < k:
+                continue  # no output column
+            check_depthwise(case)
 
 
 # Few tiles for two threads (batch 1, small planes): the threads share each tile
@@ -393,6 +411,39 @@ def test_every_tile_gemm_agrees(gemm, threads, kernels_on):
                 check_separable(case)
     finally:
         torch.set_num_threads(old)
+
+
+# Planar tiles of 256 and 1024 pixels, whose intermediate's channel rows are a multiple of 1
+# KiB apart and get one cache line more (with and without the bias as an extra channel,
+# pointwise groups).
+CHANNEL_STRIDE_CASES = tuple(
+    Case(
+        2,
+        2,
+        12,
+        1,
+        16,
+        groups,
+        (side, side),
+        (3, 3),
+        (1, 1),
+        (1, 1),
+        1,
+        "zeros",
+        "contiguous",
+        bias,
+    )
+    for side in (16, 32)
+    for groups in (1, 2)
+    for bias in (True, False)
+)
+
+
+@pytest.mark.parametrize("gemm", GEMMS)
+def test_padded_channel_stride_in_every_tile_gemm(gemm, kernels_on):
+    with tile_gemm(gemm):
+        for case in CHANNEL_STRIDE_CASES:
+            check_separable(case)
 
 
 @pytest.mark.parametrize("gemm", GEMMS)
@@ -488,6 +539,10 @@ STAGED_DEPTHWISE_CASES = (
     ),
     Case(2, 2, 32, 1, 8, 1, (263, 257), (7, 7), (1, 1), (1, 1), 3, "zeros", "contiguous", False),
     Case(2, 2, 16, 2, 8, 1, (260, 254), (3, 3), (1, 1), (1, 1), 1, "zeros", "contiguous", True),
+    # rows longer than a task (2048 outputs): row pieces
+    Case(
+        2, 1, 2, 1, 8, 1, (1100, 2100), (3, 3), (1, 1), (1, 1), (1, 2), "zeros", "contiguous", True
+    ),
 )
 
 

@@ -493,7 +493,7 @@ inline void micro_f32(i64 K, const float* a, i64 lda, const float* b, i64 ldb, f
 }
 
 #if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
-// Lanes [0, n) of a ymm (n clamped to 0-8), for masked loads and stores.
+// Lanes [0, n) of a ymm (n clamped to 0-8), for masked loads.
 inline __m256i first_lanes(i64 n) {
   const int m = int(std::min<i64>(8, std::max<i64>(0, n)));
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(m), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
@@ -543,9 +543,11 @@ inline void micro_avx2(i64 K, const float* a, i64 lda, const float* b, i64 ldb, 
                        : bias_col ? _mm256_loadu_ps(bias_col + 8)
                                   : _mm256_setzero_ps();
   }
-  // Whole vectors of B's rows but the last row's partial ones (B may be a caller's tensor,
-  // not to be read past its end).
-  const i64 kfull = partial ? K - 1 : K;
+  // Whole vectors of B's rows but the last ones, read masked (B may be a caller's tensor,
+  // not to be read past its end): the last row, and more where rows are shorter than a
+  // block (ldb < NC, the backward's B of a few pixels), whose whole vectors would reach past
+  // the last row's valid columns.
+  const i64 kfull = partial ? std::max<i64>(0, K - (NC - nvalid + ldb - 1) / ldb) : K;
   for (i64 k = 0; k < K; ++k) {
     const float* bk = b + k * ldb;
     const bool whole = k < kfull;
@@ -1217,7 +1219,7 @@ struct PlaneRows {
   const LaneMask* masks;
   const float* p = nullptr;
   i64 y = 0;
-  LaneMask m;
+  LaneMask m{};
   __attribute__((always_inline)) void begin(int kx) {
     p = p0 + kx;
     y = y0;
@@ -1261,11 +1263,8 @@ void conv_direct_s1(const float* plane, i64 sh, const Geo& g, i64 oy0, i64 ox0, 
   alignas(64) float win[(8 + K - 1) * WL];
   // Lanes inside the row: columns [c0, c0 + L) and the K - 1 columns after them.
   auto inside = [&](i64 first, i64 lanes) { return lanes_inside(first, lanes, g.W); };
-  auto cols_inside = [&](i64 j) {
-    const i64 c0 = ox0 + j - g.pl;
-    return c0 >= 0 && c0 + L + K - 1 <= g.W;
-  };
-  // Column vectors [j_lo, j_hi) read no column outside the plane (cols_inside).
+  // Column vectors [j_lo, j_hi) read no column outside the plane: their first padded column
+  // c0 = ox0 + j - pl >= 0 and c0 + L + K - 1 <= W.
   const i64 vecs = (TW + L - 1) / L;
   const i64 j_lo = std::min(vecs, std::max<i64>(0, g.pl - ox0 + L - 1) / L) * L;
   const i64 j_hi =
@@ -1555,7 +1554,9 @@ struct NarrowShifts {
 // skipped. Blocks of up to 8 output rows, then one block of the rest. As blocks of
 // conv_direct_s1's edge path (masked loads of two vectors, two-source permutes, blocks of 4,
 // 2 and 1 rows), in L1 14 x 14 / 7 x 7 3x3 planes took 13.7 / 15.5 cycles per row, now 9.2 /
-// 10.5; 7 x 7 7x7 ones 57.0 -> 29.8 (AVX-512). AVX2 (AMD Zen 3), 7 x 7 planes: NARROW_AVX2.
+// 10.5; 7 x 7 7x7 ones 57.0 -> 29.8 (AVX-512). AVX2 (AMD Zen 3), 7 x 7 planes, with the
+// partial stores of vstPart: 3x3 24.4 -> 10.4 TSC cycles a row, 5x5 35 -> 17.4, 7x7 52 -> 28;
+// depthwise 8x960x7x7 0.66x the time.
 template <int K, typename S>
 void conv_narrow_s1(const float* plane, i64 sh, const Geo& g, i64 oy0, i64 TH, const float* w,
                     float bias, S* dst, i64 drs) {
@@ -1603,7 +1604,7 @@ inline bool direct_ok(const Geo&, bool) { return false; }
 
 // One plane's depthwise output straight from the plane (direct_ok(g) holds; without AVX-512
 // or AVX2 it never does): conv_direct_s2 at stride 2, conv_narrow_s1 for narrow planes
-// (AVX-512), else conv_direct_s1.
+// (narrow_ok), else conv_direct_s1.
 #if defined(SEPCONV_DIRECT)
 template <typename S>
 void conv_direct(const float* plane, const Geo& g, i64 oy0, i64 ox0, i64 TH, i64 TW,
@@ -2879,12 +2880,13 @@ void dw_forward(const S* x, const S* wd, const S* bd, S* out, const i64* geo) {
   }
   // Planar: tasks (image, input channel, tile of rows / row pieces).
   const bool staged = stage && g.os[3] == 1;  // (staging needs rows of consecutive columns)
-  // Staged tasks read 8 KiB of input (16 KiB for 7x7, whose halo is 6 rows), so that the
-  // staged output stays in L1 from the loops to the copy-out: against 64 KiB tasks (one 112
-  // x 112 plane), 8x128x112x112 3x3 took 0.87-0.88x the time, 5x5 0.93-0.94x, 8x256x56x56
-  // 3x3 0.94x; 7x7 with 8 KiB 1.02-1.03x, with 16 KiB 0.97-0.99x; 3x3 with 4 KiB 1.08x.
+  // Staged tasks read 8 KiB of input (16 KiB where the window's halo is more than 4 rows,
+  // as 7x7's), so that the staged output stays in L1 from the loops to the copy-out: against
+  // 64 KiB tasks (one 112 x 112 plane), 8x128x112x112 3x3 took 0.87-0.88x the time, 5x5
+  // 0.93-0.94x, 8x256x56x56 3x3 0.94x; 7x7 with 8 KiB 1.02-1.03x, with 16 KiB 0.97-0.99x;
+  // 3x3 with 4 KiB 1.08x.
   Geo g1 = g;
-  g1.budget = staged ? (g.KH <= 5 ? 8 << 10 : 16 << 10) : 64 << 10;
+  g1.budget = staged ? ((g.KH - 1) * g.dy <= 4 ? 8 << 10 : 16 << 10) : 64 << 10;
   const Tiles tl = make_tiles(g1, i64(sizeof(A)) * g.sy * g.sx, 1);
   const i64 tasks = g.N * g.C * tl.ny * tl.nx;
   const bool direct = direct_ok(g, std::is_same<S, float>::value);
