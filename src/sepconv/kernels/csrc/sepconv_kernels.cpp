@@ -492,13 +492,34 @@ inline void micro_f32(i64 K, const float* a, i64 lda, const float* b, i64 ldb, f
     }
 }
 
-#if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
-// Lanes [0, n) of a ymm (n clamped to 0-8), for masked loads.
-inline __m256i first_lanes(i64 n) {
-  const int m = int(std::min<i64>(8, std::max<i64>(0, n)));
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(m), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+#if defined(__AVX512F__) || defined(SEPCONV_VEC32)
+// The lanes of columns [first, first + lanes) that lie in [0, W), as a mask (arithmetic: a
+// loop over the lanes took a third of a 3x3 block's time), and a load of those lanes (zeros
+// elsewhere; the others are not read, so they may lie outside the plane).
+#if defined(__AVX512F__)
+typedef __mmask16 LaneMask;
+inline LaneMask lanes_inside(i64 first, i64 lanes, i64 W) {
+  const i64 lo = std::clamp<i64>(-first, 0, lanes), hi = std::clamp<i64>(W - first, lo, lanes);
+  return __mmask16(((uint32_t(1) << hi) - 1) & ~((uint32_t(1) << lo) - 1));
 }
+inline V<float>::t load_inside(LaneMask m, const float* p) {
+  return (V<float>::t)_mm512_maskz_loadu_ps(m, p);
+}
+#else
+typedef __m256i LaneMask;
+inline LaneMask lanes_inside(i64 first, i64 lanes, i64 W) {
+  const i64 lo = std::clamp<i64>(-first, 0, lanes), hi = std::clamp<i64>(W - first, lo, lanes);
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_and_si256(_mm256_cmpgt_epi32(lane, _mm256_set1_epi32(int(lo - 1))),
+                          _mm256_cmpgt_epi32(_mm256_set1_epi32(int(hi)), lane));
+}
+inline V<float>::t load_inside(LaneMask m, const float* p) {
+  return (V<float>::t)_mm256_maskload_ps(p, m);
+}
+#endif
+#endif
 
+#if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
 // Lanes [0, n) of v to p (n clamped to 0-8).
 inline void store_lanes(float* p, __m256 v, i64 n) {
   if (n >= 8)
@@ -525,7 +546,7 @@ inline void micro_avx2(i64 K, const float* a, i64 lda, const float* b, i64 ldb, 
   // array with a variable index in memory.
   constexpr i64 NC = 8 * NW;
   const bool partial = nvalid < NC;
-  const __m256i mask0 = first_lanes(nvalid), mask1 = first_lanes(nvalid - 8);
+  const __m256i mask0 = lanes_inside(0, 8, nvalid), mask1 = lanes_inside(8, 8, nvalid);
   auto load_c = [&](const float* p, __m256i m) __attribute__((always_inline)) {
     return partial ? _mm256_maskload_ps(p, m) : _mm256_loadu_ps(p);
   };
@@ -1177,31 +1198,6 @@ __attribute__((always_inline)) inline void rows_s1_permuted(Load load, const flo
   store_rows<2, R, float>(acc, d, drs, last);
 }
 
-// The lanes of columns [first, first + lanes) that lie in [0, W), as a mask (arithmetic: a
-// loop over the lanes took a third of a 3x3 block's time), and a load of those lanes (zeros
-// elsewhere; the others are not read, so they may lie outside the plane).
-#if defined(__AVX512F__)
-typedef __mmask16 LaneMask;
-inline LaneMask lanes_inside(i64 first, i64 lanes, i64 W) {
-  const i64 lo = std::clamp<i64>(-first, 0, lanes), hi = std::clamp<i64>(W - first, lo, lanes);
-  return __mmask16(((uint32_t(1) << hi) - 1) & ~((uint32_t(1) << lo) - 1));
-}
-inline V<float>::t load_inside(LaneMask m, const float* p) {
-  return (V<float>::t)_mm512_maskz_loadu_ps(m, p);
-}
-#else
-typedef __m256i LaneMask;
-inline LaneMask lanes_inside(i64 first, i64 lanes, i64 W) {
-  const i64 lo = std::clamp<i64>(-first, 0, lanes), hi = std::clamp<i64>(W - first, lo, lanes);
-  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  return _mm256_and_si256(_mm256_cmpgt_epi32(lane, _mm256_set1_epi32(int(lo - 1))),
-                          _mm256_cmpgt_epi32(_mm256_set1_epi32(int(hi)), lane));
-}
-inline V<float>::t load_inside(LaneMask m, const float* p) {
-  return (V<float>::t)_mm256_maskload_ps(p, m);
-}
-#endif
-
 // a / b rounded down (b > 0).
 inline i64 floor_div(i64 a, i64 b) { return a >= 0 ? a / b : -((b - 1 - a) / b); }
 
@@ -1532,6 +1528,8 @@ struct NarrowShifts {
   __m256i idx[K];
   explicit NarrowShifts(const Geo& g) : load_mask(lanes_inside(0, 8, g.W)) {
     const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    // (Lanes inside [0, W) by two vector compares on src, not lanes_inside: its scalar clamps
+    // for each of K shifts, once per plane, took 7x7 on 7 x 7 planes 1.04x the time.)
     for (int kx = 0; kx < K; ++kx) {
       const __m256i src = _mm256_add_epi32(lanes, _mm256_set1_epi32(int(kx - g.pl)));
       const __m256i inside =
@@ -2480,7 +2478,8 @@ void sep_forward_split(const float* x, const std::vector<float>& w, const std::v
 // one after another (channels_last: all pixels of the call; NCHW: each output plane), an
 // intermediate of the whole call of at most 4 MiB (two L2s), and either
 // - a pointwise weight of at least 1 MiB (with 368-590 KiB weights it took 1.1-1.2x the time
-//   of the tiles: 1x192x28x28 -> 768 7x7, 8x576x14x14 -> 160 s2), or
+//   of the tiles: 1x192x28x28 -> 768 7x7, 8x576x14x14 -> 160 s2; the latter takes it now by
+//   its 7 x 7 output planes, below), or
 // - planar input with few tiles (batch 1, small planes), where the threads sharing each tile
 //   (sep_forward_split, the own GEMM over blocks of 16 output channels) took 1.1-1.7x its
 //   time: 1x384x14x14 -> 64 1.6x, 1x576x14x14 -> 96 1.45x. (channels_last: 0.8-1.3x, kept
