@@ -2,11 +2,11 @@
 
 ``SEPCONV_KERNELS=auto|on|off`` chooses: ``off`` always runs the PyTorch path.
 
-The kernels are C++ (``csrc/sepconv_kernels.cpp``), built on first use into a cache
-directory (or ahead of time by ``sepconv build-kernels``) and used automatically by
-:class:`sepconv.SeparableConv1d`/``2d`` and the depthwise layers through
-:mod:`sepconv.kernels.dispatch`. Without a compiler the package falls back to PyTorch
-and warns once.
+The kernels are C++ (``csrc/sepconv_kernels.cpp`` and the parts it includes), built on
+first use into a cache directory (or ahead of time by ``sepconv build-kernels``) and used
+automatically by :class:`sepconv.SeparableConv1d`/``2d`` and the depthwise layers through
+:mod:`sepconv.kernels.dispatch`. Without a compiler the package falls back to PyTorch and
+warns once.
 """
 
 from __future__ import annotations

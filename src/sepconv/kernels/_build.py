@@ -1,8 +1,9 @@
 """Build (once, cached) and load the C++ kernels of :mod:`sepconv.kernels`.
 
-The source is one C++ file with a plain C interface (``csrc/sepconv_kernels.cpp``),
+The source is one C++ translation unit with a plain C interface
+(``csrc/sepconv_kernels.cpp`` and the headers it includes, one part of the kernels each),
 compiled with ``torch.utils.cpp_extension.load`` (ninja) when ninja is installed, else
-with a direct compiler call, into a cache directory keyed by the source, the torch
+with a direct compiler call, into a cache directory keyed by the sources, the torch
 version and this CPU's features (so ``-march=native`` code only runs on the CPU it was
 built for). The library is then opened with :mod:`ctypes`.
 
@@ -25,6 +26,8 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "sepconv_kernels.cpp"
+#: Every file of the translation unit: the source and the parts it includes.
+SOURCES = (SOURCE, *sorted(SOURCE.parent.glob("*.h")))
 ABI_VERSION = 5
 
 _lock = threading.Lock()
@@ -94,7 +97,9 @@ def _compiler() -> str | None:
 
 def build_key(native: bool) -> str:
     digest = hashlib.sha256()
-    digest.update(SOURCE.read_bytes())
+    for source in SOURCES:
+        digest.update(source.name.encode())
+        digest.update(source.read_bytes())
     digest.update(torch.__version__.encode())
     digest.update(sys.version.encode())
     digest.update(str(native).encode())

@@ -1,0 +1,318 @@
+// The own float32 GEMM of the tile GEMMs: micro-kernels and gemm_f32.
+//
+// One part of the kernels' single translation unit: sepconv_kernels.cpp includes the parts in
+// order; each includes those it builds on.
+#pragma once
+
+#include "vec.h"
+
+namespace {
+
+// ------------------------------------------------------------------ own float32 GEMM
+// C[M x N] = A[M x K] . B[K x N] + bias, for the forward's tile GEMMs. MKL picks its AVX2
+// code path on AMD CPUs; this register-blocked AVX-512 kernel (MR rows x NV vectors of C in
+// registers, B rows streamed from L1, A broadcast) reaches about twice its rate there (see
+// docs/performance.md). Without AVX-512, micro_avx2 below does the same in 16-column blocks
+// (8 for a last narrow one), K in blocks of kKC.
+// A: element (i, k) at a[i*lda + k]; B: row-major, row stride ldb; C: row-major, row stride
+// ldc. bias_row[i] or bias_col[j] (or neither) initialises C.
+// Only valid columns of B are read and of C written; bias_col is read by whole vectors
+// (callers give it slack).
+
+template <int MR, int NV>
+inline void micro_f32(i64 K, const float* a, i64 lda, const float* b, i64 ldb, float* c, i64 ldc,
+                      const float* bias_row, const float* bias_col, i64 nvalid) {
+  typedef V<float>::t vec;
+  constexpr int L = V<float>::L;
+  vec acc[MR][NV];
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < NV; ++v) {
+      if (bias_row)
+        acc[i][v] = vset<float>(bias_row[i]);
+      else if (bias_col)
+        acc[i][v] = vld<float>(bias_col + v * L);
+      else
+        acc[i][v] = vzero<float>();
+    }
+  const i64 tail = nvalid - (NV - 1) * L;  // valid lanes of the last vector
+  // Rows before the last may be read by whole vectors (past the row end lies the next row,
+  // ldb >= N); the last row's partial vector is read lane by lane, so B is never read past
+  // its last element (B may be a caller's tensor).
+  const i64 kfull = tail >= L ? K : K - 1;
+  for (i64 k = 0; k < K; ++k) {
+    vec bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v + 1 < NV; ++v) bv[v] = vld<float>(b + k * ldb + v * L);
+    if (k < kfull) {
+      bv[NV - 1] = vld<float>(b + k * ldb + (NV - 1) * L);
+    } else {
+      bv[NV - 1] = vzero<float>();
+      for (i64 l = 0; l < tail; ++l) bv[NV - 1][l] = b[k * ldb + (NV - 1) * L + l];
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const float ai = a[i * lda + k];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[i][v] += ai * bv[v];
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < NV; ++v) {
+      const i64 n0 = v * L;
+      if (n0 + L <= nvalid) {
+        vst<float>(c + i * ldc + n0, acc[i][v]);
+      } else {
+        for (i64 l = 0; n0 + l < nvalid; ++l) c[i * ldc + n0 + l] = acc[i][v][l];
+      }
+    }
+}
+
+#if defined(__AVX512F__) || defined(SEPCONV_VEC32)
+// The lanes of columns [first, first + lanes) that lie in [0, W), as a mask (arithmetic: a
+// loop over the lanes took a third of a 3x3 block's time), and a load of those lanes (zeros
+// elsewhere; the others are not read, so they may lie outside the plane).
+#if defined(__AVX512F__)
+typedef __mmask16 LaneMask;
+inline LaneMask lanes_inside(i64 first, i64 lanes, i64 W) {
+  const i64 lo = std::clamp<i64>(-first, 0, lanes), hi = std::clamp<i64>(W - first, lo, lanes);
+  return __mmask16(((uint32_t(1) << hi) - 1) & ~((uint32_t(1) << lo) - 1));
+}
+inline V<float>::t load_inside(LaneMask m, const float* p) {
+  return (V<float>::t)_mm512_maskz_loadu_ps(m, p);
+}
+#else
+typedef __m256i LaneMask;
+inline LaneMask lanes_inside(i64 first, i64 lanes, i64 W) {
+  const i64 lo = std::clamp<i64>(-first, 0, lanes), hi = std::clamp<i64>(W - first, lo, lanes);
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_and_si256(_mm256_cmpgt_epi32(lane, _mm256_set1_epi32(int(lo - 1))),
+                          _mm256_cmpgt_epi32(_mm256_set1_epi32(int(hi)), lane));
+}
+inline V<float>::t load_inside(LaneMask m, const float* p) {
+  return (V<float>::t)_mm256_maskload_ps(p, m);
+}
+#endif
+#endif
+
+#if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
+// Lanes [0, n) of v to p (n clamped to 0-8).
+inline void store_lanes(float* p, __m256 v, i64 n) {
+  if (n >= 8)
+    _mm256_storeu_ps(p, v);
+  else if (n > 0)
+    vstPart(p, (V<float>::t)v, n);
+}
+
+// micro_f32<MR, 1> for CPUs without AVX-512, in intrinsics: GCC lowers the 64-byte vector
+// type through the stack there (vmovq/vpinsrq per lane), which ran the tile GEMMs at a sixth
+// of MKL's rate. 16 columns are two ymm registers; MR x 2 accumulators (12) fit the 16.
+template <int MR, int NW = 2>
+inline void micro_avx2(i64 K, const float* a, i64 lda, const float* b, i64 ldb, float* c,
+                       i64 ldc, const float* bias_row, const float* bias_col, i64 nvalid,
+                       bool stream, bool accumulate) {
+  // NW ymm columns: 16 (NW = 2), or 8 for a last column block of 8 or fewer (an N of 24 as 16
+  // + 16 did a quarter of its FMAs on zeros). accumulate: C += A B (a later block of K;
+  // the biases were added with the first), else C = A B + biases.
+  // A partial block (nvalid < NC) reads B's last row and C by masked loads, and writes C
+  // lane by lane (store_lanes): copied through a buffer (memcpy), the accumulators' address
+  // escaped and GCC kept them in memory, storing each on every k step, wherever it did not
+  // inline this function (2.4x the time; earlier a memcpy inside the k loop, 2.3x).
+  // Every index of acc is a constant (unrolled loops, column 1 written out): GCC keeps an
+  // array with a variable index in memory.
+  constexpr i64 NC = 8 * NW;
+  const bool partial = nvalid < NC;
+  const __m256i mask0 = lanes_inside(0, 8, nvalid), mask1 = lanes_inside(8, 8, nvalid);
+  auto load_c = [&](const float* p, __m256i m) __attribute__((always_inline)) {
+    return partial ? _mm256_maskload_ps(p, m) : _mm256_loadu_ps(p);
+  };
+  __m256 acc[MR][NW];
+#pragma GCC unroll 12
+  for (int i = 0; i < MR; ++i) {
+    const float* ci = c + i * ldc;
+    acc[i][0] = accumulate ? load_c(ci, mask0)
+                : bias_row ? _mm256_set1_ps(bias_row[i])
+                : bias_col ? _mm256_loadu_ps(bias_col)
+                           : _mm256_setzero_ps();
+    if constexpr (NW == 2)
+      acc[i][NW - 1] = accumulate ? load_c(ci + 8, mask1)
+                       : bias_row ? _mm256_set1_ps(bias_row[i])
+                       : bias_col ? _mm256_loadu_ps(bias_col + 8)
+                                  : _mm256_setzero_ps();
+  }
+  // Whole vectors of B's rows but the last ones, read masked (B may be a caller's tensor,
+  // not to be read past its end): the last row, and more where rows are shorter than a
+  // block (ldb < NC, the backward's B of a few pixels), whose whole vectors would reach past
+  // the last row's valid columns.
+  const i64 kfull = partial ? std::max<i64>(0, K - (NC - nvalid + ldb - 1) / ldb) : K;
+  for (i64 k = 0; k < K; ++k) {
+    const float* bk = b + k * ldb;
+    const bool whole = k < kfull;
+    const __m256 b0 = whole ? _mm256_loadu_ps(bk) : _mm256_maskload_ps(bk, mask0);
+    const __m256 b1 = NW == 1 ? b0
+                      : whole ? _mm256_loadu_ps(bk + 8)
+                              : _mm256_maskload_ps(bk + 8, mask1);
+#pragma GCC unroll 12
+    for (int i = 0; i < MR; ++i) {
+      const __m256 ai = _mm256_broadcast_ss(a + i * lda + k);
+      acc[i][0] = _mm256_fmadd_ps(ai, b0, acc[i][0]);
+      if constexpr (NW == 2) acc[i][NW - 1] = _mm256_fmadd_ps(ai, b1, acc[i][NW - 1]);
+    }
+  }
+#pragma GCC unroll 12
+  for (int i = 0; i < MR; ++i) {
+    float* ci = c + i * ldc;
+    if (NW == 2 && !partial && stream && (reinterpret_cast<uintptr_t>(ci) & 63) == 0) {
+      _mm256_stream_ps(ci, acc[i][0]);  // one whole line
+      _mm256_stream_ps(ci + 8, acc[i][NW - 1]);
+    } else if (!partial) {
+      _mm256_storeu_ps(ci, acc[i][0]);
+      if constexpr (NW == 2) _mm256_storeu_ps(ci + 8, acc[i][NW - 1]);
+    } else {  // (not by masked stores: about 10 cycles each on AMD Zen 3, see vstPart)
+      store_lanes(ci, acc[i][0], nvalid);
+      if constexpr (NW == 2) store_lanes(ci + 8, acc[i][NW - 1], nvalid - 8);
+    }
+  }
+}
+#define SEPCONV_MICRO_AVX2 1
+#endif
+
+// stream: whole-line stores of C bypass the caches; accumulate: C += A B (both only where
+// micro_avx2 runs).
+template <int NV>
+inline void micro_rows(i64 mr, i64 K, const float* a, i64 lda, const float* b, i64 ldb, float* c,
+                       i64 ldc, const float* bias_row, const float* bias_col, i64 nvalid,
+                       bool stream = false, bool accumulate = false) {
+#if defined(SEPCONV_MICRO_AVX2)
+  if (NV == 1) {
+    auto run = [&](auto mr_c, auto nw_c) {
+      micro_avx2<decltype(mr_c)::value, decltype(nw_c)::value>(
+          K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid, stream, accumulate);
+    };
+    auto by_rows = [&](auto nw_c) {
+      switch (mr) {
+        case 6: return run(std::integral_constant<int, 6>(), nw_c);
+        case 5: return run(std::integral_constant<int, 5>(), nw_c);
+        case 4: return run(std::integral_constant<int, 4>(), nw_c);
+        case 3: return run(std::integral_constant<int, 3>(), nw_c);
+        case 2: return run(std::integral_constant<int, 2>(), nw_c);
+        default: return run(std::integral_constant<int, 1>(), nw_c);
+      }
+    };
+    if (nvalid <= 8)
+      by_rows(std::integral_constant<int, 1>());
+    else
+      by_rows(std::integral_constant<int, 2>());
+    return;
+  }
+#endif
+  switch (mr) {
+    case 6: micro_f32<6, NV>(K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid); break;
+    case 5: micro_f32<5, NV>(K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid); break;
+    case 4: micro_f32<4, NV>(K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid); break;
+    case 3: micro_f32<3, NV>(K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid); break;
+    case 2: micro_f32<2, NV>(K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid); break;
+    default: micro_f32<1, NV>(K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid); break;
+  }
+}
+
+// Largest block of K per micro-kernel call without AVX-512 (gemm_f32): 256 rows of a
+// 16-column block of B, 16 KiB of L1.
+constexpr i64 kKC = 256;
+
+// Bytes of A's rows per block in gemm_f32 (kept in L2 while all of B's columns pass).
+constexpr i64 kABlockBytes = i64(192) << 10;
+
+// Columns of B per micro-kernel call (gemm_f32), and the width of a packed B's panels
+// (pack_panels), so that a call's block of B is contiguous: on AMD Zen 3 (L1 32 KiB), 16-
+// column panels with K in blocks of kKC ran the channels_last GEMMs at 91-99 GFLOP/s a core
+// where 64-column ones (rows 256 bytes apart, on 16 of L1's 64 sets, K unblocked) ran at
+// 74-90: 196 x 960 -> 320 76 -> 96, 784 x 384 -> 1536 79 -> 94.
+#if defined(__AVX512F__)
+constexpr i64 kPanel = 64;  // 6 x 4 accumulators in 24 zmm
+#else
+constexpr i64 kPanel = 16;  // one vector of columns: micro_avx2 (6 x 4 vectors would be 48 ymm)
+#endif
+
+// Panels of kPanel columns that hold n columns.
+constexpr i64 panel_count(i64 n) { return (n + kPanel - 1) / kPanel; }
+
+// bias_row: M values (one per row of C) or null; bias_col: N values (+ slack) or null.
+// pstride: 0 for a plain B; else B is packed in kPanel-column panels (pack_panels, ldb
+// kPanel), panel j at b + j * pstride. stream (without AVX-512; ldc a multiple of 16): C's
+// whole lines are written around the caches by the last block of K; with a plain B the
+// column blocks start on line boundaries, with panels at C's columns 0, 16, ..., whose rows
+// are then streamed only where those are line-aligned (a group's columns of a grouped
+// channels_last output may not be).
+void gemm_f32(i64 M, i64 N, i64 K, const float* a, i64 lda, const float* b, i64 ldb, float* c,
+              i64 ldc, const float* bias_row, const float* bias_col, i64 pstride = 0,
+              bool stream = false) {
+  constexpr i64 MR = 6;
+  // Rows of A in blocks that stay in L2 while all column blocks sweep past them, so a large
+  // A (pointwise weight) is read from memory once per call, not once per column block.
+  const i64 MB = std::max<i64>(MR, (kABlockBytes / std::max<i64>(K * 4, 1)) / MR * MR);
+  // (streamed: a first block up to C's first line boundary; never with panels, which a
+  // block must not straddle)
+  const i64 lead =
+      stream && !pstride ? ((64 - (reinterpret_cast<uintptr_t>(c) & 63)) & 63) / 4 : 0;
+  // A plain B's K in blocks of at most kKC with micro_avx2 (accumulating into C: the same
+  // sums in the same order), so that a column block of B (kc x 16 floats) stays in L1 while
+  // the row blocks pass: with K = 384-960, 8x576x14x14 -> 96 / 8x384x14x14 -> 1536 7x7
+  // took 0.94-0.95x the time (AMD Zen 3, L1 32 KiB). Packed panels too (see kPanel); not a
+  // plain B of fewer than 64 columns (1x768x7x7 -> 3072, 49 columns: 1.07x).
+#if defined(SEPCONV_MICRO_AVX2)
+  const i64 nk = !pstride && N < 64 ? 1 : std::max<i64>(1, (K + kKC - 1) / kKC);
+#else
+  const i64 nk = 1;
+#endif
+  const i64 kc = std::max<i64>(1, (K + nk - 1) / nk);
+  for (i64 mb0 = 0; mb0 < M; mb0 += MB) {
+    const i64 mend = std::min(M, mb0 + MB);
+    for (i64 n0 = 0, nb = 0; n0 < N; n0 += nb) {
+      nb = std::min(n0 == 0 && lead > 0 ? lead : kPanel, N - n0);
+      const i64 nv = (nb + 15) / 16;
+      const float* bn = pstride ? b + (n0 / kPanel) * pstride + n0 % kPanel : b + n0;
+      for (i64 k0 = 0; k0 == 0 || k0 < K; k0 += kc) {  // (once for K = 0: C = biases)
+        const i64 kn = std::min(kc, K - k0);
+        const bool first = k0 == 0, last = k0 + kn == K;
+        const float* bk = bn + k0 * ldb;
+        for (i64 m0 = mb0, mr = 0; m0 < mend; m0 += mr) {
+          // Blocks of 6 rows, the last few evened out (128 = 18 x 6 + 4 x 5, not 21 x 6 + 2): a
+          // block of 1 or 2 rows has too few accumulator chains to cover the FMA latency.
+          const i64 left = (mend - m0 + MR - 1) / MR;  // blocks left
+          mr = (mend - m0 + left - 1) / left;
+          const float* br = bias_row && first ? bias_row + m0 : nullptr;
+          const float* bc = bias_col && first ? bias_col + n0 : nullptr;
+          const float* am = a + m0 * lda + k0;
+          float* cm = c + m0 * ldc + n0;
+          switch (nv) {
+            case 4: micro_rows<4>(mr, kn, am, lda, bk, ldb, cm, ldc, br, bc, nb); break;
+            case 3: micro_rows<3>(mr, kn, am, lda, bk, ldb, cm, ldc, br, bc, nb); break;
+            case 2: micro_rows<2>(mr, kn, am, lda, bk, ldb, cm, ldc, br, bc, nb); break;
+            default:
+              micro_rows<1>(mr, kn, am, lda, bk, ldb, cm, ldc, br, bc, nb, stream && last, !first);
+              break;
+          }
+        }
+      }
+    }
+  }
+}
+
+// Which tile GEMMs use the own kernel rather than BLAS: 1 all, 0 none, 2 by layout and tile
+// count (own_gemm_for). Set from Python at load (sepconv_set_own_gemm): MKL runs its
+// AVX-512 code on Intel CPUs but its AVX2 code on AMD ones, so which is faster depends on
+// the CPU and the layout (docs/performance.md).
+int g_own_gemm = 1;
+
+// Mode 2 (Intel): MKL was faster except on planar calls with few tiles (the own GEMM lets
+// the threads share a tile) and channels-last calls with many tiles and a pointwise weight
+// of more than 64 KiB (MKL re-reads a large weight for every tile; the own GEMM's panels
+// stay in L2); MKL also for the whole-call GEMMs (sep_forward_whole), where it was measured.
+// weight: elements of the pointwise weight.
+bool own_gemm_for(bool nhwc, bool few_tiles, i64 weight, bool whole = false) {
+  if (g_own_gemm != 2) return g_own_gemm == 1;
+  if (whole) return false;
+  return nhwc ? !few_tiles && weight > (i64(16) << 10) : few_tiles;
+}
+
+}  // namespace

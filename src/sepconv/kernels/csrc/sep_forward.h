@@ -1,0 +1,529 @@
+// The separable forward: tile GEMMs, whole-call and split paths, sep_forward.
+//
+// One part of the kernels' single translation unit: sepconv_kernels.cpp includes the parts in
+// order; each includes those it builds on.
+#pragma once
+
+#include "blas.h"
+#include "nhwc_tile.h"
+#include "pack.h"
+
+namespace {
+
+// ------------------------------------------------------------------ separable forward
+
+// The channel stride of a planar tile intermediate of P pixels: P, or one cache line more
+// where P * 4 bytes is a multiple of 1 KiB. The GEMM reads a 16-column block of it (one line
+// from each of K channel rows) once per block of output rows; at a stride of 4 KiB (32 x 32
+// planes) those lines fall in one L1 set of 8 ways and are fetched again from L2 each time:
+// the GEMM 128 x 1024 x 64 ran at 61 GFLOP/s a thread, with one line more at 84 (AMD Zen 3).
+// (Padding every stride to an odd number of lines took row 1, 28 lines, 1.02-1.05x: run O.)
+inline i64 mid_channel_stride(i64 P) { return P % 256 == 0 ? P + 16 : P; }
+
+// Gemm "mid x pointwise -> out tile" for one tile of P pixels; mid is planar (cm, p) with
+// row stride mcs (mid_channel_stride(P)) or nhwc (p, cm) with row stride CM. out tile: pixel
+// p, channel o at out[o*ocs + p*ops]. mid has room for one more channel (planar: mcs
+// elements after the CM rows; nhwc: pixel stride CM + 1 when g.wpb is set).
+template <typename S>
+void tile_gemm(const Geo& g, S* mid, bool mid_nhwc, i64 P, i64 mcs, const S* wp, const S* bp,
+               S* out, i64 ocs, i64 ops, float* ftmp);
+
+template <typename S>
+void tile_gemm(const Geo& g, S* mid, bool mid_nhwc, i64 P, i64 mcs, const S* wp, const S* bp,
+               S* out, i64 ocs, i64 ops, float*) {
+  typedef S A;
+  if constexpr (std::is_same<S, float>::value) {
+    if (g.wpb != nullptr) {
+      // The bias as one more GEMM input channel of ones: writing the bias into the output
+      // first and accumulating onto it (beta = 1) made a separate pass over an output tile
+      // that is not yet in cache, about a fifth of the GEMM's time.
+      const i64 K = g.CM + 1;
+      if (mid_nhwc) {
+        for (i64 p = 0; p < P; ++p) mid[p * K + g.CM] = 1.0f;
+      } else {
+        std::fill(mid + g.CM * mcs, mid + g.CM * mcs + P, 1.0f);
+      }
+      const Mat mid_ = mid_nhwc ? Mat{mid, K, 1} : Mat{mid, 1, mcs};
+      mm<A>(P, g.O, K, mid_, Mat{g.wpb, 1, K}, out, ops, ocs, A(0));
+      return;
+    }
+    if (g.own_gemm) {
+      if (!mid_nhwc && !g.out_nhwc && ops == 1) {
+        // out[o, p] = sum_k wp[o, k] * mid[k, p]
+        for (i64 gi = 0; gi < g.G; ++gi)
+          gemm_f32(g.Og, P, g.CMg, wp + gi * g.Og * g.CMg, g.CMg, mid + gi * g.CMg * mcs, mcs,
+                   out + gi * g.Og * ocs, ocs, bp ? bp + gi * g.Og : nullptr, nullptr, 0,
+                   g.stream_out);
+        return;
+      }
+      if (mid_nhwc && g.out_nhwc && ocs == 1 && g.wpT != nullptr) {
+        // out[p, o] = sum_k mid[p, k] * wp[o, k]  (wp packed in panels: g.wpT)
+        for (i64 gi = 0; gi < g.G; ++gi) {
+          const i64 o0 = gi * g.Og;
+          gemm_f32(P, g.Og, g.CMg, mid + gi * g.CMg, g.CM, packed_cols(g, gi, 0), kPanel,
+                   out + o0, ops, nullptr, bp ? g.bp_pad + o0 : nullptr, kPanel * g.CMg,
+                   g.stream_out);
+        }
+        return;
+      }
+    }
+  }
+  A beta = A(0);
+  if (bp) {
+    beta = A(1);
+    if (ocs == 1) {
+      for (i64 p = 0; p < P; ++p) std::memcpy(out + p * ops, bp, sizeof(S) * g.O);
+    } else {
+      for (i64 o = 0; o < g.O; ++o) {
+        const A v = bp[o];
+        S* d = out + o * ocs;
+        for (i64 p = 0; p < P; ++p) d[p * ops] = v;
+      }
+    }
+  }
+  for (i64 gi = 0; gi < g.G; ++gi) {
+    // out[p, o] = sum_k mid[p, k] * wp[o, k]   (p x Og) = (p x CMg) . (CMg x Og)
+    Mat A_ = mid_nhwc ? Mat{mid + gi * g.CMg, g.CM, 1} : Mat{mid + gi * g.CMg * mcs, 1, mcs};
+    Mat B_{wp + gi * g.Og * g.CMg, 1, g.CMg};
+    mm<A>(P, g.Og, g.CMg, A_, B_, out + gi * g.Og * ocs, ops, ocs, beta);
+  }
+}
+
+template <>
+void tile_gemm<bf16>(const Geo& g, bf16* mid, bool mid_nhwc, i64 P, i64 mcs, const bf16* wp,
+                     const bf16* bp, bf16* out, i64 ocs, i64 ops, float* ftmp) {
+  // ftmp: P x Og floats.
+  for (i64 gi = 0; gi < g.G; ++gi) {
+    Mat A_ = mid_nhwc ? Mat{mid + gi * g.CMg, g.CM, 1} : Mat{mid + gi * g.CMg * mcs, 1, mcs};
+    Mat B_{wp + gi * g.Og * g.CMg, 1, g.CMg};
+    mm_bf16(P, g.Og, g.CMg, A_, B_, ftmp, g.Og);
+    for (i64 o = 0; o < g.Og; ++o) {
+      i64 oo = gi * g.Og + o;
+      float b = bp ? toA(bp[oo]) : 0.0f;
+      bf16* d = out + oo * ocs;
+      for (i64 p = 0; p < P; ++p) fromA(ftmp[p * g.Og + o] + b, d + p * ops);
+    }
+  }
+}
+
+// Few tiles (batch 1, small images): the threads share each tile instead, first the
+// depthwise over channels, then the GEMM over output-channel blocks.
+void sep_forward_split(const float* x, const std::vector<float>& w, const std::vector<float>& wT,
+                       const std::vector<float>& b, const float* wp, const float* bp, float* out,
+                       const Geo& g, const Tiles& tl, const i64* ymap, const i64* xmap,
+                       bool out_nhwc) {
+  const bool nhwc = g.nhwc != 0;
+  const bool direct = direct_ok(g, true);  // planar input straight from the planes
+  const i64 Pmax = tl.TH * tl.TW;
+  std::vector<float> mid(Pmax * g.CM + kSlack);
+  const i64 OB = 16;  // output channels per GEMM task
+  const i64 oblocks = g.G * ((g.Og + OB - 1) / OB);
+  const i64 cblock = nhwc ? std::max<i64>(1, 64 / g.M) : 1;  // input channels per dw task
+  const auto ir = inner_read<float, float>(g, wT);  // (cblock: whole vectors)
+  for (i64 t = 0; t < tl.count; ++t) {
+    const auto [n, oy0, ox0, th, tw, P, R, Q, r0, q0] = tile_at(tl, g, t);
+    const float* xn = x + n * g.xs[0];
+    float* o = out + n * g.os[0] + oy0 * g.os[2] + ox0 * g.os[3];
+    const i64 ctasks = (g.C + cblock - 1) / cblock;
+#pragma omp parallel num_threads(g.threads)
+    {
+      const i64 qrow = ((Q + g.sx - 1) / g.sx) * g.sx;
+      std::vector<float> buf(nhwc ? R * Q * cblock * g.M : R * qrow + kSlack);
+#pragma omp for schedule(dynamic, 4)
+      for (i64 ct = 0; ct < ctasks; ++ct) {
+        const i64 c0 = ct * cblock, cin = std::min(cblock, g.C - c0), cm0 = c0 * g.M;
+        if (nhwc) {
+          nhwc_tile<float, float>(xn, g, ymap, xmap, ir, oy0, ox0, th, tw, c0, cin, buf.data(),
+                                  wT.data(), b.data(), mid.data(), tw * g.CM, g.CM);
+        } else {
+          channel_tile<float, float, float>(xn + c0 * g.xs[1], g, direct, oy0, ox0, th, tw, r0, R,
+                                            q0, Q, ymap, xmap, buf.data(), w.data() + cm0 * g.T,
+                                            b.data() + cm0, mid.data() + cm0 * P, P, tw);
+        }
+      }
+      // (implicit barrier: the whole intermediate tile is ready)
+      if (out_nhwc) {
+        // Blocks of PB pixels x 64 output channels (with AVX-512 one panel, the micro-tiles
+        // four vectors wide). Over blocks of 16 output channels on AVX-512 each A element
+        // was broadcast for a single FMA and all of A re-read per block.
+        const i64 cblocks = (g.Og + 63) / 64, PB = 48, pblocks = (P + PB - 1) / PB;
+#pragma omp for schedule(dynamic, 1)
+        for (i64 task = 0; task < g.G * cblocks * pblocks; ++task) {
+          const i64 gj = task / pblocks, gi = gj / cblocks, j = gj % cblocks;
+          const i64 p0 = (task % pblocks) * PB, pn = std::min(PB, P - p0);
+          const i64 o0 = gi * g.Og + j * 64, nb = std::min<i64>(64, g.Og - j * 64);
+          gemm_f32(pn, nb, g.CMg, mid.data() + p0 * g.CM + gi * g.CMg, g.CM,
+                   packed_cols(g, gi, j * 64), kPanel, o + p0 * g.os[3] + o0, g.os[3], nullptr,
+                   bp ? g.bp_pad + o0 : nullptr, kPanel * g.CMg);
+        }
+      } else {
+#pragma omp for schedule(dynamic, 1)
+        for (i64 ob = 0; ob < oblocks; ++ob) {
+          const i64 per = (g.Og + OB - 1) / OB;
+          const i64 gi = ob / per, o0 = gi * g.Og + (ob % per) * OB;
+          const i64 nb = std::min(OB, (gi + 1) * g.Og - o0);
+          gemm_f32(nb, P, g.CMg, wp + o0 * g.CMg, g.CMg, mid.data() + gi * g.CMg * P, P,
+                   o + o0 * g.os[1], g.os[1], bp ? bp + o0 : nullptr, nullptr);
+        }
+      }
+    }
+  }
+}
+
+// Whether sep_forward_whole applies: float, one group, an output whose images' pixels are
+// one after another (channels_last: all pixels of the call; NCHW: each output plane), an
+// intermediate of the whole call of at most 4 MiB (two L2s), and either
+// - a pointwise weight of at least 1 MiB (with 368-590 KiB weights it took 1.1-1.2x the time
+//   of the tiles: 1x192x28x28 -> 768 7x7, 8x576x14x14 -> 160 s2; the latter takes it now by
+//   its 7 x 7 output planes, below), or
+// - planar input with few tiles (batch 1, small planes), where the threads sharing each tile
+//   (sep_forward_split, the own GEMM over blocks of 16 output channels) took 1.1-1.7x its
+//   time: 1x384x14x14 -> 64 1.6x, 1x576x14x14 -> 96 1.45x. (channels_last: 0.8-1.3x, kept
+//   on sep_forward_split), or
+// - output planes of at most 64 pixels (7 x 7). channels_last: tiles of a few rows made
+//   GEMMs of 21-28 pixels each re-reading the weight: 8x960x7x7 -> 160 and 1x960x7x7 -> 160
+//   took 1.15-1.3x, 8x576x14x14 -> 160 s2 1.1x its time (14 x 14 outputs: 0.99-1.15x this
+//   way, not taken). Planar: one image a tile, a GEMM of 49 columns (three 16-column blocks
+//   and an 8-column one for the last): 8x960x7x7 -> 160 took 1.08x, 8x576x14x14 -> 160 s2
+//   1.03x, 8x960x7x7 -> 320 1.0x its time (AMD Zen 3, run R).
+bool whole_ok(const Geo& g, bool few_tiles) {
+  const i64 P = g.OH * g.OW;
+  const bool out_ok = g.nhwc ? g.out_nhwc && g.os[1] == 1 && g.os[2] == g.OW * g.os[3] &&
+                                   g.os[0] == P * g.os[3]
+                             : !g.out_nhwc && g.os[3] == 1 && g.os[2] == g.OW;
+  const bool large_weight = g.O * g.CM * 4 >= (i64(1) << 20);
+  return out_ok && g.G == 1 && g.N * P * g.CM * 4 <= (i64(4) << 20) &&
+         (large_weight || (few_tiles && !g.nhwc) || P <= 64);
+}
+
+// Whether sep_forward_whole's own GEMM takes a channels_last call through the planar GEMM,
+// transposing the intermediate and the output in cache, instead of packing the pointwise
+// weight in panels: where packing would move more than transposing. 1x768x7x7 -> 3072 took
+// 0.45x the time this way, 1x960x7x7 -> 160 / 320 0.85-0.92x; 8x960x7x7 -> 160 and
+// 8x576x14x14 -> 160 s2 took 1.25-1.35x (packing there is cheap).
+bool whole_transposed(const Geo& g) {
+  return g.nhwc && 2 * g.N * g.OH * g.OW * (g.CM + g.O) < g.O * g.CM;
+}
+
+// Buffers that a thread keeps from call to call, one per slot, each up to kKeepBytes (larger
+// ones are allocated per call, in `fallback`). glibc hands large freed blocks back to the
+// system (it unmaps them, or trims its heaps), so that a fresh buffer of megabytes was
+// page-faulted in again on every call: a loop of 8x384x14x14 -> 1536 calls took 16.3 ms a
+// call instead of 11.9, 8x960x7x7 -> 320 3.0 ms instead of 1.9 (AMD Zen 3 VM). The tile
+// intermediates are kept for the same reason, without a gain measured there (32x64x32x32 ->
+// 128 5.5-5.7 ms either way). A slot's buffer is in use by one call at a time:
+// slots are per thread (and element type), and a call uses each slot once. Buffers only
+// grow: each thread, OpenMP's workers included, keeps its largest until it exits (whole-
+// call buffers are at most a few MiB, whole_ok; tile intermediates the tile budget).
+enum KeptSlot { kKeptMid, kKeptPanels, kKeptOut, kKeptSlots };
+constexpr i64 kKeepBytes = i64(32) << 20;
+template <typename T>
+T* kept_buffer(KeptSlot slot, i64 n, std::unique_ptr<T[]>& fallback) {
+  thread_local std::unique_ptr<T[]> kept[kKeptSlots];
+  thread_local i64 kept_n[kKeptSlots] = {};
+  if (n * i64(sizeof(T)) > kKeepBytes) {
+    fallback.reset(new T[n]);
+    return fallback.get();
+  }
+  if (n > kept_n[slot]) {
+    kept[slot].reset();  // (not both at once; and no stale size if new throws)
+    kept_n[slot] = 0;
+    kept[slot].reset(new T[n]);
+    kept_n[slot] = n;
+  }
+  return kept[slot].get();
+}
+
+// Small intermediates (whole_ok): the depthwise output of the whole
+// call first (channels_last: N*OH*OW pixels x CM; NCHW: CM planes of all images' pixels),
+// then one GEMM per thread over a block of output channels (NCHW: into a buffer, from which
+// each image's planes are copied out with the bias; at batch 1 straight into the output
+// planes), or, channels_last with 128 or more
+// pixels a thread, over a share of the pixels. Tile by tile, each GEMM re-reads the
+// whole pointwise weight for a few dozen pixels (ConvNeXt's 768 -> 3072 at 7 x 7: 9.4 MB for
+// 49 pixels).
+void sep_forward_whole(const float* x, const std::vector<float>& w, const std::vector<float>& wT,
+                       const std::vector<float>& b, const float* wp, const float* bp, float* out,
+                       const Geo& g, const Tiles& tl, const i64* ymap, const i64* xmap) {
+  const i64 Pimg = g.OH * g.OW, P = g.N * Pimg, ops = g.os[3];
+  std::unique_ptr<float[]> mid_own, midP_own;  // (beyond kKeepBytes)
+  float* const mid = kept_buffer(kKeptMid, P * g.CM + kSlack, mid_own);
+  const bool nhwc = g.nhwc != 0;
+  const bool transposed = g.own_gemm && whole_transposed(g);
+  const auto ir = inner_read<float, float>(g, wT);
+  const bool direct = !nhwc && direct_ok(g, true);
+  // Output channels per thread, in whole vectors.
+  const i64 per = ((g.O + g.threads - 1) / g.threads + 15) / 16 * 16;
+  // The own planar GEMM's B (mid^T, or mid where a thread's block of the weight is read in
+  // several blocks of rows, so that B is read more than once) in panels (see kPanel), packed
+  // once for all threads. 1x768x7x7 -> 3072 took 0.86x, 1x960x7x7 -> 320 0.90x, 8x768x7x7
+  // -> 3072 0.94x, 8x384x14x14 -> 1536 0.98x the time; 1x192x28x28 -> 32 (B read once)
+  // 1.10-1.18x, hence not.
+  const bool panelled = transposed || (g.own_gemm && !nhwc && per * g.CM * 4 > kABlockBytes);
+  // Batch 1, planar output, own GEMM: straight into the output planes, not through a buffer
+  // copied out with the biases (1x384x14x14 -> 1536 0.93-0.97x). The bias then starts each
+  // sum instead of being added to it: the same image rounds differently at batch 1 and 8
+  // (up to 1.2e-4 apart on ConvNeXt's layers). Image by image at batch 8, 7 x 7 planes (49
+  // columns a GEMM) took 1.15x.
+  const bool direct_out = g.own_gemm && !nhwc && g.N == 1;
+  const i64 panels = panel_count(P);
+  float* const midP =
+      panelled ? kept_buffer(kKeptPanels, panels * kPanel * g.CM + kSlack, midP_own) : nullptr;
+#pragma omp parallel num_threads(g.threads)
+  {
+    std::vector<float> buf(nhwc ? input_span(tl.TH, g.sy, g.KH, g.dy) *
+                                      input_span(tl.TW, g.sx, g.KW, g.dx) * g.CM
+                                : g.Hu * g.Qrow + kSlack);
+    if (nhwc) {
+#pragma omp for schedule(dynamic, 1)
+      for (i64 t = 0; t < tl.count; ++t) {
+        const Tile s = tile_at(tl, g, t);
+        nhwc_tile<float, float>(x + s.n * g.xs[0], g, ymap, xmap, ir, s.oy0, s.ox0, s.th, s.tw,
+                                0, g.C, buf.data(), wT.data(), b.data(),
+                                mid + (s.n * Pimg + s.oy0 * g.OW + s.ox0) * g.CM,
+                                g.OW * g.CM, g.CM);
+      }
+    } else {
+#pragma omp for schedule(dynamic, 4)
+      for (i64 nc = 0; nc < g.N * g.C; ++nc) {
+        const i64 n = nc / g.C, cm = (nc % g.C) * g.M;
+        channel_tile<float, float, float>(x + n * g.xs[0] + (nc % g.C) * g.xs[1], g, direct, 0, 0,
+                                          g.OH, g.OW, 0, g.Hu, 0, g.Wu, ymap, xmap, buf.data(),
+                                          w.data() + cm * g.T, b.data() + cm,
+                                          mid + cm * P + n * Pimg, P, g.OW);
+      }
+    }
+    // (implicit barrier: the whole intermediate is ready)
+    // channels_last: pixels [p0, p0 + pn) x output channels [o0, o0 + nb), bias first.
+    // Own GEMM: o0 is a panel's first column (a multiple of kPanel).
+    auto nhwc_gemm = [&](i64 p0, i64 pn, i64 o0, i64 nb) {
+      if (g.own_gemm) {
+        gemm_f32(pn, nb, g.CM, mid + p0 * g.CM, g.CM, packed_cols(g, 0, o0), kPanel,
+                 out + p0 * ops + o0, ops, nullptr, bp ? g.bp_pad + o0 : nullptr,
+                 kPanel * g.CM);
+        return;
+      }
+      if (bp)
+        for (i64 p = p0; p < p0 + pn; ++p)
+          std::memcpy(out + p * ops + o0, bp + o0, sizeof(float) * nb);
+      mm<float>(pn, nb, g.CM, Mat{mid + p0 * g.CM, g.CM, 1}, Mat{wp + o0 * g.CM, 1, g.CM},
+                out + p0 * ops + o0, ops, 1, bp ? 1.0f : 0.0f);
+    };
+    if (panelled) {
+#pragma omp for schedule(static)
+      for (i64 j = 0; j < panels; ++j) {
+        if (transposed)  // (mid's rows are B's columns)
+          pack_panel_part(mid, P, g.CM, j, 0, g.CM, midP);
+        else
+          pack_panel_rows(mid, P, g.CM, P, j, midP);
+      }
+    }
+    if (nhwc && !transposed && P >= 128 * g.threads) {
+      // Each thread all output channels of its share of the pixels: one read of the
+      // intermediate, and rows of 128 or more pixels per GEMM (8x960x7x7 -> 320 0.94x,
+      // 8x384x14x14 -> 1536 0.97x against output-channel blocks; at batch 1, 25 pixels a
+      // thread, 1x768x7x7 -> 3072 took 1.2x, so fewer pixels keep the blocks below).
+      const i64 share = (P + g.threads - 1) / g.threads;
+#pragma omp for schedule(static, 1)
+      for (i64 p0 = 0; p0 < P; p0 += share) nhwc_gemm(p0, std::min(share, P - p0), 0, g.O);
+    } else if (nhwc && !transposed && g.own_gemm) {
+      // Tasks of 64 output channels x a share of the pixels, at least two per thread (one
+      // block per thread left 1x960x7x7 -> 160's three blocks on two threads).
+      const i64 blocks = (g.O + 63) / 64;
+      const i64 shares = (2 * g.threads + blocks - 1) / blocks, share = (P + shares - 1) / shares;
+#pragma omp for schedule(dynamic, 1)
+      for (i64 task = 0; task < blocks * shares; ++task) {
+        const i64 j = task / shares, p0 = (task % shares) * share;
+        if (p0 < P) nhwc_gemm(p0, std::min(share, P - p0), j * 64, std::min<i64>(64, g.O - j * 64));
+      }
+    } else {
+#pragma omp for schedule(static, 1)
+      for (i64 o0 = 0; o0 < g.O; o0 += per) {
+        const i64 nb = std::min(per, g.O - o0);
+        if (nhwc && !transposed) {
+          nhwc_gemm(0, P, o0, nb);
+          continue;
+        }
+        // C: the output planes (direct_out, ldc the plane stride, biases first) or tmp.
+        std::unique_ptr<float[]> tmp_own;
+        float* const tmp = direct_out ? nullptr : kept_buffer(kKeptOut, nb * P, tmp_own);
+        float* C = direct_out ? out + o0 * g.os[1] : tmp;
+        const i64 ldc = direct_out ? g.os[1] : P;
+        const float* br = direct_out && bp ? bp + o0 : nullptr;
+        if (panelled)
+          gemm_f32(nb, P, g.CM, wp + o0 * g.CM, g.CM, midP, kPanel, C, ldc, br, nullptr,
+                   kPanel * g.CM);
+        else if (g.own_gemm)
+          gemm_f32(nb, P, g.CM, wp + o0 * g.CM, g.CM, mid, P, C, ldc, br, nullptr);
+        else
+          mm<float>(nb, P, g.CM, Mat{wp + o0 * g.CM, g.CM, 1}, Mat{mid, P, 1}, tmp, P,
+                    1, 0.0f);
+        if (direct_out) continue;
+        if (transposed) {
+          for (i64 p = 0; p < P; ++p)
+            for (i64 o = 0; o < nb; ++o)
+              out[p * ops + o0 + o] = tmp[o * P + p] + (bp ? bp[o0 + o] : 0.0f);
+          continue;
+        }
+        for (i64 n = 0; n < g.N; ++n)
+          for (i64 o = 0; o < nb; ++o) {
+            const float* src = tmp + o * P + n * Pimg;
+            float* dst = out + n * g.os[0] + (o0 + o) * g.os[1];
+            const float bias = bp ? bp[o0 + o] : 0.0f;
+            for (i64 p = 0; p < Pimg; ++p) dst[p] = src[p] + bias;
+          }
+      }
+    }
+  }
+}
+
+// A core's L2 in bytes (1 MiB where the system does not say).
+inline i64 l2_bytes() {
+  static const i64 bytes = [] {
+    const long v = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return v > 0 ? i64(v) : i64(1) << 20;
+  }();
+  return bytes;
+}
+
+// Whether the own tile GEMMs write their output around the caches (Geo::stream_out): without
+// AVX-512, where the micro-kernel's 16-column store is one whole line, for planar output
+// planes or channels_last pixels of whole lines and outputs of 4 MiB or more (smaller ones
+// may serve the next layer from the cache). Plain stores read each output line first; on
+// AMD Zen 3 streaming took 0.87-0.97x the time on 56x56 and 28x28 planes (8x192x28x28 ->
+// 768 7x7 0.92-0.94x).
+constexpr i64 kStreamGemmBytes = i64(4) << 20;
+inline bool stream_tile_output(const Geo& g) {
+  const bool planar = !g.nhwc && !g.out_nhwc && g.os[3] == 1 && g.os[1] % 16 == 0;
+  const bool nhwc = g.nhwc && g.out_nhwc && g.os[1] == 1 && g.os[3] % 16 == 0 && g.wpT;
+  return kVecBytes < 64 && streaming_enabled() && g.own_gemm && (planar || nhwc) &&
+         g.N * g.O * g.OH * g.OW * 4 >= kStreamGemmBytes;
+}
+
+template <typename S>
+void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp, S* out,
+                 const i64* geo) {
+  typedef typename Acc<S>::type A;
+  Geo g = make_geo(geo);
+  std::vector<A> w, wT, b;
+  prep_weights<S, A>(wd, bd, g, w, wT, b);
+  const auto ymap = make_map(g.Hu, g.H, g.pt, g.mode);
+  const auto xmap = make_map(g.Wu, g.W, g.pl, g.mode);
+  const bool nhwc = g.nhwc != 0;
+  // Planar input straight from the planes where conv_direct applies (with the mask fix,
+  // 0.93-0.98x the time of the padded copy; docs/performance.md, run I).
+  const bool direct = direct_ok(g, std::is_same<S, float>::value);
+  const i64 bpp = g.CM * (i64(sizeof(S)) + (nhwc ? i64(sizeof(A)) * g.sy * g.sx : 0));
+  // Planar tiles of layers whose GEMM does 4 or more times the depthwise's FLOPs (O >= 4
+  // taps) hold at most a quarter of L2 of intermediate, so that it stays in L2 from the
+  // depthwise to the GEMM while the input's planes pass through (with 512 KiB of L2, AMD Zen
+  // 3: row 1 0.92-0.97x, 8x96x56x56 -> 384 7x7 0.87-0.88x the time of 256 KiB tiles; the
+  // GEMM phase of row 1 took 0.88x, the depthwise phase 1.2x for the halo). Where the
+  // depthwise dominates, the halo costs more than L2 saves (8x96x56x56 -> 96 7x7 1.04x,
+  // 8x144x56x56 -> 24 1.03x). Unchanged where L2 is 1 MiB or more.
+  if (!nhwc && !g.budget_set && g.O >= 4 * g.T) g.budget = std::min(g.budget, l2_bytes() / 4);
+  // Planar: whole images per tile where an image's intermediate fits in 1 MiB (half an L2),
+  // unless the caller set the budget. The tile GEMMs of small planes were too short: with
+  // 1 MiB tiles 8x192x28x28 -> 32 and 8x384x14x14 -> 64 took 0.82x the time; with larger
+  // images (8x96x112x112 -> 24 s2) such tiles took 1.1x.
+  const i64 image_bytes = g.OH * g.OW * bpp;
+  if (!nhwc && !g.budget_set && image_bytes <= (i64(1) << 20))
+    g.budget = std::max(g.budget, image_bytes);
+  const Tiles tl = make_tiles(g, bpp, 3 * g.threads);
+  // Few tiles (batch 1, small images): the threads share each tile (own GEMM only).
+  const bool few_tiles = g.threads > 1 && tl.count < 2 * g.threads;
+  std::unique_ptr<float[]> wpT_buf;
+  std::vector<float> bp_buf, wpb_buf;
+  if constexpr (std::is_same<S, float>::value) {
+    const bool whole = whole_ok(g, few_tiles);
+    g.own_gemm = own_gemm_for(nhwc, few_tiles, g.O * g.CMg, whole);
+    if (nhwc && g.out_nhwc && g.own_gemm && !(whole && whole_transposed(g))) {
+      // (only the own nhwc GEMM reads them)
+      // Per group, per kPanel output channels: panel[j][k][0..kPanel) = wp[o0 + j*kPanel +
+      // ., k], so that the GEMM streams each panel contiguously (a plain transpose has a row
+      // stride of Og, which thrashes the TLB when Og is large); slack for vector reads past
+      // Og. Not a std::vector: zero-filling megabytes of weights on every call costs as much
+      // as packing them. pack_panels writes every element but the slack.
+      const i64 packed = g.G * panel_count(g.Og) * g.CMg * kPanel;
+      wpT_buf.reset(new float[packed + kSlack]);
+      std::fill(wpT_buf.get() + packed, wpT_buf.get() + packed + kSlack, 0.0f);
+      pack_panels(wp, g.G, g.Og, g.CMg, g.threads, wpT_buf.get());
+      bp_buf.assign(g.O + kSlack, 0.0f);
+      if (bp) std::memcpy(bp_buf.data(), bp, sizeof(float) * g.O);
+      g.wpT = wpT_buf.get();
+      g.bp_pad = bp_buf.data();
+    }
+    if (whole) {
+      sep_forward_whole(x, w, wT, b, wp, bp, out, g, tl, ymap.data(), xmap.data());
+      return;
+    }
+    // Bias as an extra GEMM input channel (tile_gemm) where copying the weight costs at most
+    // a quarter of the output pass it saves. Not channels_last with few tiles: MKL was up
+    // to 1.9x slower there with the odd row stride (CM + 1) this gives the intermediate.
+    if (!g.own_gemm && bp && g.G == 1 && 4 * g.CM <= g.N * g.OH * g.OW &&
+        !(nhwc && few_tiles)) {
+      wpb_buf.resize(g.O * (g.CM + 1));
+      for (i64 o = 0; o < g.O; ++o) {
+        std::memcpy(wpb_buf.data() + o * (g.CM + 1), wp + o * g.CM, sizeof(float) * g.CM);
+        wpb_buf[o * (g.CM + 1) + g.CM] = bp[o];
+      }
+      g.wpb = wpb_buf.data();
+    }
+    // Output layout from the caller (strides alone are ambiguous when a dimension is 1).
+    const bool out_nhwc = g.out_nhwc != 0;
+    const bool split_ok = nhwc ? (out_nhwc && g.wpT) : (!out_nhwc && g.os[3] == 1);
+    if (g.own_gemm && split_ok && few_tiles) {
+      sep_forward_split(x, w, wT, b, wp, bp, out, g, tl, ymap.data(), xmap.data(), out_nhwc);
+      return;
+    }
+  }
+
+  const auto ir = inner_read<S, A>(g, wT);
+  const bool touch = nhwc && touch_nhwc_input(g, sizeof(S));
+  g.stream_out = stream_tile_output(g);
+#pragma omp parallel num_threads(g.threads)
+  {
+    const i64 Pmax = tl.TH * tl.TW;
+    const i64 Rmax = input_span(tl.TH, g.sy, g.KH, g.dy);
+    const i64 Qmax = input_span(tl.TW, g.sx, g.KW, g.dx);
+    const i64 qrow_max = ((Qmax + g.sx - 1) / g.sx) * g.sx;
+    // Not a std::vector: zero-filling it on every call was 2 % of a batch-1 profile; the
+    // depthwise writes every element the GEMM reads, but the slack is zeroed.
+    const i64 mid_size = (Pmax + 16) * (g.CM + 1) + kSlack;  // (mid_channel_stride(P <= Pmax))
+    std::unique_ptr<S[]> mid_own;
+    S* const mid = kept_buffer(kKeptMid, mid_size, mid_own);
+    std::memset(static_cast<void*>(mid + mid_size - kSlack), 0, sizeof(S) * kSlack);
+    std::vector<A> buf(nhwc ? Rmax * Qmax * g.CM : Rmax * qrow_max + kSlack);
+    std::vector<float> ftmp(std::is_same<S, bf16>::value ? Pmax * g.Og : 0);
+#pragma omp for schedule(dynamic, 1)
+    for (i64 t = 0; t < tl.count; ++t) {
+      const auto [n, oy0, ox0, th, tw, P, R, Q, r0, q0] = tile_at(tl, g, t);
+      const S* xn = x + n * g.xs[0];
+      const i64 mcs = nhwc ? P : mid_channel_stride(P);
+      if (nhwc) {
+        const i64 mps = g.wpb ? g.CM + 1 : g.CM;  // room for tile_gemm's channel of ones
+        if (touch) touch_nhwc(xn, g, oy0, ox0, th, tw);
+        nhwc_tile<S, A>(xn, g, ymap.data(), xmap.data(), ir, oy0, ox0, th, tw, 0, g.C, buf.data(),
+                        wT.data(), b.data(), mid, tw * mps, mps);
+      } else {
+        for (i64 c = 0; c < g.C; ++c) {
+          // A later channel's rows: each channel's piece is short, which the hardware
+          // prefetcher does not anticipate. (Touching the next one instead: row 1 1.04x,
+          // 8x96x112x112 -> 24 s2 0.68x, 8x144x56x56 -> 24 1.2x the time.)
+          if (g_reads == 1 && c + 2 < g.C)
+            prefetch_window(xn + (c + 2) * g.xs[1], g, r0, R, q0, Q);
+          const i64 cm = c * g.M;
+          channel_tile<S, A, S>(xn + c * g.xs[1], g, direct, oy0, ox0, th, tw, r0, R, q0, Q,
+                                ymap.data(), xmap.data(), buf.data(), w.data() + cm * g.T,
+                                b.data() + cm, mid + cm * mcs, mcs, tw);
+        }
+      }
+      // Output tile: pixels are consecutive in (oy, ox) order (whole rows, or one row piece).
+      S* o = out + n * g.os[0] + oy0 * g.os[2] + ox0 * g.os[3];
+      tile_gemm<S>(g, mid, nhwc, P, mcs, wp, bp, o, g.os[1], g.os[3], ftmp.data());
+    }
+    if (g.stream_out) stream_fence();
+  }
+}
+
+}  // namespace
