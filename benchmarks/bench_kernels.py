@@ -2,14 +2,15 @@
 
 For every shape: PyTorch eager NCHW, PyTorch channels_last, torch.compile (the issue's
 rows), ONNX Runtime (when installed) and sepconv (NCHW and channels_last inputs), with
-ratios and the fraction of the machine's floor
-``max(pointwise FLOPs / GEMM peak, (input + output + weights) bytes / copy bandwidth)``
-reached. Peaks come from :func:`sepconv.analysis.peaks.machine_peaks`, measured at the
-start and again at the end of the run; each is the larger of its two measurements (the
-machine's limit: a slow phase of a shared VM during one measurement would otherwise flatter
-every ratio to the floor). Then depthwise alone (bandwidth), the Mamba-style causal conv1d, and a training
-step (time and peak memory). All times are medians of interleaved rounds, so the ratios
-come from one run on one machine; the machine is shared and noisy, so read the ratios.
+ratios and the fraction of the machine's floor ``max(pointwise FLOPs / compute peak, (input
++ output + weights) bytes / copy bandwidth)`` (the compute peak: the larger of the GEMM and
+dense conv rates) reached. Peaks come from :func:`sepconv.analysis.peaks.machine_peaks`,
+measured at the start and again at the end of the run; each is the larger of its two
+measurements (the machine's limit: a slow phase of a shared VM during one measurement would
+otherwise flatter every ratio to the floor). Then depthwise alone (bandwidth), the
+Mamba-style causal conv1d, and a training step (time and peak memory). All times are medians
+of interleaved rounds, so the ratios come from one run on one machine; the machine is shared
+and noisy, so read the ratios.
 
 ``python benchmarks/run_all.py kernels`` (``make bench``) writes ``bench_kernels.json``
 and ``bench_kernels.png`` into the output folder. ``SEPCONV_BENCH_QUICK=1`` runs a
@@ -744,6 +745,7 @@ def main(out_dir: Path) -> dict:
     peaks_end = machine_peaks(dtype=torch.float32, threads=None, refresh=True)
     print(f"peaks (end): {peaks_end}")
     peaks = best_peaks(peaks_start, peaks_end)
+    print(f"peaks (the larger of each): {peaks}")
     apply_peaks(rows, [*dw, mamba], peaks)
     print()
     print_table(rows)
@@ -784,6 +786,8 @@ def main(out_dir: Path) -> dict:
                 "label": r.shape.label,
                 "times_ms": r.times_ms,
                 "floor_ms": r.floor_ms,
+                "flops": r.flops,
+                "bytes": r.nbytes,
                 "auto_choice": r.auto_choice,
             }
             for r in rows

@@ -1,10 +1,16 @@
 // The backward of both layers: input, depthwise and pointwise weight gradients.
 //
 // One part of the kernels' single translation unit: sepconv_kernels.cpp includes the parts in
-// order; each includes those it builds on.
+// order; each includes the parts whose names it uses.
 #pragma once
 
+#include "vec.h"
+#include "geometry.h"
 #include "blas.h"
+#include "gemm.h"
+#include "padding.h"
+#include "planar.h"
+#include "nhwc.h"
 #include "tiles.h"
 #include "pack.h"
 

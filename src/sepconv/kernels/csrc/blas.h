@@ -1,7 +1,7 @@
 // The BLAS that libtorch_cpu carries (MKL): sgemm_, dgemm_, cblas_gemm_bf16bf16f32.
 //
 // One part of the kernels' single translation unit: sepconv_kernels.cpp includes the parts in
-// order; each includes those it builds on.
+// order; each includes the parts whose names it uses.
 #pragma once
 
 #include "vec.h"

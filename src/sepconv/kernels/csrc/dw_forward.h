@@ -1,9 +1,14 @@
 // The depthwise forward (dw_forward): channels_last tiles or planar tasks.
 //
 // One part of the kernels' single translation unit: sepconv_kernels.cpp includes the parts in
-// order; each includes those it builds on.
+// order; each includes the parts whose names it uses.
 #pragma once
 
+#include "vec.h"
+#include "geometry.h"
+#include "reads.h"
+#include "planar.h"
+#include "tiles.h"
 #include "nhwc_tile.h"
 
 namespace {

@@ -1,7 +1,7 @@
 // The own float32 GEMM of the tile GEMMs: micro-kernels and gemm_f32.
 //
 // One part of the kernels' single translation unit: sepconv_kernels.cpp includes the parts in
-// order; each includes those it builds on.
+// order; each includes the parts whose names it uses.
 #pragma once
 
 #include "vec.h"
@@ -66,33 +66,6 @@ inline void micro_f32(i64 K, const float* a, i64 lda, const float* b, i64 ldb, f
       }
     }
 }
-
-#if defined(__AVX512F__) || defined(SEPCONV_VEC32)
-// The lanes of columns [first, first + lanes) that lie in [0, W), as a mask (arithmetic: a
-// loop over the lanes took a third of a 3x3 block's time), and a load of those lanes (zeros
-// elsewhere; the others are not read, so they may lie outside the plane).
-#if defined(__AVX512F__)
-typedef __mmask16 LaneMask;
-inline LaneMask lanes_inside(i64 first, i64 lanes, i64 W) {
-  const i64 lo = std::clamp<i64>(-first, 0, lanes), hi = std::clamp<i64>(W - first, lo, lanes);
-  return __mmask16(((uint32_t(1) << hi) - 1) & ~((uint32_t(1) << lo) - 1));
-}
-inline V<float>::t load_inside(LaneMask m, const float* p) {
-  return (V<float>::t)_mm512_maskz_loadu_ps(m, p);
-}
-#else
-typedef __m256i LaneMask;
-inline LaneMask lanes_inside(i64 first, i64 lanes, i64 W) {
-  const i64 lo = std::clamp<i64>(-first, 0, lanes), hi = std::clamp<i64>(W - first, lo, lanes);
-  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  return _mm256_and_si256(_mm256_cmpgt_epi32(lane, _mm256_set1_epi32(int(lo - 1))),
-                          _mm256_cmpgt_epi32(_mm256_set1_epi32(int(hi)), lane));
-}
-inline V<float>::t load_inside(LaneMask m, const float* p) {
-  return (V<float>::t)_mm256_maskload_ps(p, m);
-}
-#endif
-#endif
 
 #if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
 // Lanes [0, n) of v to p (n clamped to 0-8).

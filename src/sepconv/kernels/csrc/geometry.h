@@ -1,7 +1,7 @@
 // Geometry: the call's sizes and strides (Geo) and the padding index maps.
 //
 // One part of the kernels' single translation unit: sepconv_kernels.cpp includes the parts in
-// order; each includes those it builds on.
+// order; each includes the parts whose names it uses.
 #pragma once
 
 #include "vec.h"

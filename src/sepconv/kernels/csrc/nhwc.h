@@ -1,9 +1,11 @@
 // The channels_last (NHWC) depthwise loops over pad_nhwc's padded buffer.
 //
 // One part of the kernels' single translation unit: sepconv_kernels.cpp includes the parts in
-// order; each includes those it builds on.
+// order; each includes the parts whose names it uses.
 #pragma once
 
+#include "vec.h"
+#include "geometry.h"
 #include "planar.h"
 
 namespace {
@@ -45,7 +47,12 @@ void pad_nhwc_piece(const S* img, i64 sh, i64 sw, i64 sc, const Geo& g, const i6
         continue;
       }
       const S* p = img + sr * sh + sq * sw + c0 * sc;
-      if (M == 1 && sc == 1 && std::is_same<S, A>::value) {
+      if (M == 1 && sc == 1 && std::is_same<S, A>::value && kn == V<A>::L) {
+        // One channel vector (the backward's channel blocks of large planes): a vector move,
+        // not a memcpy call per pixel (without it the channels_last depthwise backward of
+        // 8x128x112x112 took 1.10x the time).
+        vst<A>(d, vld<A>(reinterpret_cast<const A*>(p) + k0));
+      } else if (M == 1 && sc == 1 && std::is_same<S, A>::value) {
         std::memcpy(d, p + k0, sizeof(A) * kn);
       } else if (M == 1) {
         for (i64 k = 0; k < kn; ++k) d[k] = toA(p[(k0 + k) * sc]);
@@ -59,9 +66,8 @@ void pad_nhwc_piece(const S* img, i64 sh, i64 sw, i64 sc, const Geo& g, const i6
 // NHWC: padded rows [r0, r0+R), columns [q0, q0+Q) of input channels [c0, c0+cin) of one
 // image into buf[R][Q][cin*M] (each input channel repeated M times); or, with a block stride
 // bs > 0 (nhwc_block_stride), in blocks of one channel vector: channel k of pixel (r, q) at
-// buf[(k / L) * bs + (r * Q + q) * L + k % L], written block by block so that the writes are
-// sequential (pixel by pixel, each pixel's writes went to cb / L places a block apart: twice
-// the time).
+// buf[(k / L) * bs + (r * Q + q) * L + k % L], written row by row, a few blocks at a time
+// (below).
 template <typename S, typename A>
 void pad_nhwc(const S* img, i64 sh, i64 sw, i64 sc, const Geo& g, const i64* ymap, const i64* xmap,
               i64 r0, i64 R, i64 q0, i64 Q, i64 c0, i64 cin, A* buf, i64 bs = 0) {
@@ -92,8 +98,8 @@ void pad_nhwc(const S* img, i64 sh, i64 sw, i64 sc, const Geo& g, const i64* yma
     pad_nhwc_piece<S, A>(img, sh, sw, sc, g, ymap, xmap, r0, R, q0, Q, c0, 0, cb, buf, cb);
     return;
   }
-  // Row by row, and in each row up to kPadVectors channel vectors (two cache lines) of a
-  // pixel per pass, by vector moves. Before, a pass per channel vector over the whole window
+  // Row by row, and in each row up to kPadVectors channel vectors of a pixel (four cache
+  // lines with AVX2, eight with AVX-512) per pass, by vector moves. Before, a pass per channel vector over the whole window
   // read one vector of each 512-byte pixel from L2 or beyond and was a fifth of the
   // channels_last 7x7 depthwise's time; this took 0.87-0.89x the time on 8x128x112x112 5x5
   // and 7x7 (AMD Zen 3; one vector a pass: 0.98x, two 0.95x, four 0.90-0.92x). (A memcpy call

@@ -1,9 +1,13 @@
 // One channels_last tile's depthwise: inner pixels in place, border strips padded.
 //
 // One part of the kernels' single translation unit: sepconv_kernels.cpp includes the parts in
-// order; each includes those it builds on.
+// order; each includes the parts whose names it uses.
 #pragma once
 
+#include "vec.h"
+#include "geometry.h"
+#include "planar.h"
+#include "nhwc.h"
 #include "tiles.h"
 
 namespace {

@@ -1,9 +1,10 @@
 // Transposes and the pointwise weight packed in GEMM panels.
 //
 // One part of the kernels' single translation unit: sepconv_kernels.cpp includes the parts in
-// order; each includes those it builds on.
+// order; each includes the parts whose names it uses.
 #pragma once
 
+#include "vec.h"
 #include "geometry.h"
 #include "gemm.h"
 

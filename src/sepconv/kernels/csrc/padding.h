@@ -1,9 +1,10 @@
 // Padded copies of planar input windows (pad_planar) and the stride-2 phase split.
 //
 // One part of the kernels' single translation unit: sepconv_kernels.cpp includes the parts in
-// order; each includes those it builds on.
+// order; each includes the parts whose names it uses.
 #pragma once
 
+#include "vec.h"
 #include "geometry.h"
 
 namespace {

@@ -2,10 +2,11 @@
 // (conv_direct_s1 / s2, conv_narrow_s1), and channel_tile, which picks one.
 //
 // One part of the kernels' single translation unit: sepconv_kernels.cpp includes the parts in
-// order; each includes those it builds on.
+// order; each includes the parts whose names it uses.
 #pragma once
 
-#include "gemm.h"
+#include "vec.h"
+#include "geometry.h"
 #include "padding.h"
 #include "reads.h"
 

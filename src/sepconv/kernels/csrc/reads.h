@@ -1,9 +1,10 @@
 // Reading input ahead: touching and prefetching windows, AheadLines.
 //
 // One part of the kernels' single translation unit: sepconv_kernels.cpp includes the parts in
-// order; each includes those it builds on.
+// order; each includes the parts whose names it uses.
 #pragma once
 
+#include "vec.h"
 #include "geometry.h"
 
 namespace {

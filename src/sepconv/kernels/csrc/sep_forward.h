@@ -1,10 +1,16 @@
 // The separable forward: tile GEMMs, whole-call and split paths, sep_forward.
 //
 // One part of the kernels' single translation unit: sepconv_kernels.cpp includes the parts in
-// order; each includes those it builds on.
+// order; each includes the parts whose names it uses.
 #pragma once
 
+#include "vec.h"
+#include "geometry.h"
 #include "blas.h"
+#include "gemm.h"
+#include "reads.h"
+#include "planar.h"
+#include "tiles.h"
 #include "nhwc_tile.h"
 #include "pack.h"
 

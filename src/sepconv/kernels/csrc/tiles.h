@@ -2,9 +2,12 @@
 // inner pixels that channels_last tiles read in place.
 //
 // One part of the kernels' single translation unit: sepconv_kernels.cpp includes the parts in
-// order; each includes those it builds on.
+// order; each includes the parts whose names it uses.
 #pragma once
 
+#include "vec.h"
+#include "geometry.h"
+#include "reads.h"
 #include "nhwc.h"
 
 namespace {

@@ -1,8 +1,8 @@
 // Element types and vectors: bf16, the vector types and their loads and stores (plain,
-// partial, streamed), runtime switches from the environment, horizontal sums.
+// partial, streamed, masked), runtime switches from the environment, horizontal sums.
 //
 // One part of the kernels' single translation unit: sepconv_kernels.cpp includes the parts in
-// order; each includes those it builds on.
+// order; each includes the parts whose names it uses.
 #pragma once
 
 #include <algorithm>
@@ -55,7 +55,7 @@ template <> struct Acc<double> { typedef double type; };
 
 // One vector register: 64 bytes with AVX-512, else 32 (AVX2's ymm). With a 64-byte type on
 // AVX2 every vector took two of the 16 ymm registers and the depthwise loops, blocked for 32
-// zmm, spilled (run M); the loops below are written for V<A>::L lanes and block by kVecRegs.
+// zmm, spilled (run M); the loops are written for V<A>::L lanes and block by kVecRegs.
 // Other builds (no AVX2 and FMA: the non-native build, other architectures) keep the 64-byte
 // type, which the own GEMM's 16-column blocks (micro_f32) assume where micro_avx2 is absent.
 #if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
@@ -261,5 +261,32 @@ template <typename A> inline A hsum(typename V<A>::t v) {
   for (int l = 0; l < V<A>::L; ++l) s += v[l];
   return s;
 }
+
+#if defined(__AVX512F__) || defined(SEPCONV_VEC32)
+// The lanes of columns [first, first + lanes) that lie in [0, W), as a mask (arithmetic: a
+// loop over the lanes took a third of a 3x3 block's time), and a load of those lanes (zeros
+// elsewhere; the others are not read, so they may lie outside the plane).
+#if defined(__AVX512F__)
+typedef __mmask16 LaneMask;
+inline LaneMask lanes_inside(i64 first, i64 lanes, i64 W) {
+  const i64 lo = std::clamp<i64>(-first, 0, lanes), hi = std::clamp<i64>(W - first, lo, lanes);
+  return __mmask16(((uint32_t(1) << hi) - 1) & ~((uint32_t(1) << lo) - 1));
+}
+inline V<float>::t load_inside(LaneMask m, const float* p) {
+  return (V<float>::t)_mm512_maskz_loadu_ps(m, p);
+}
+#else
+typedef __m256i LaneMask;
+inline LaneMask lanes_inside(i64 first, i64 lanes, i64 W) {
+  const i64 lo = std::clamp<i64>(-first, 0, lanes), hi = std::clamp<i64>(W - first, lo, lanes);
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_and_si256(_mm256_cmpgt_epi32(lane, _mm256_set1_epi32(int(lo - 1))),
+                          _mm256_cmpgt_epi32(_mm256_set1_epi32(int(hi)), lane));
+}
+inline V<float>::t load_inside(LaneMask m, const float* p) {
+  return (V<float>::t)_mm256_maskload_ps(p, m);
+}
+#endif
+#endif
 
 }  // namespace
