@@ -128,15 +128,18 @@ def time_interleaved(
     in a fixed order each one always followed the same other, and what that one left behind
     (caches, threads still spinning) weighed on it alone; the same kernel measured 0.94 and
     1.14 ms in two columns of one run. A function with a ``settle_s`` attribute is followed
-    by that long a pause, for threads that go on spinning after it returns."""
-    for fn in fns.values():  # warm up (and first-call costs)
+    by that long a pause, for threads that go on spinning after it returns (in the warm-up
+    too, where ``auto`` measures its choice on its first call)."""
+    for fn in fns.values():  # warm up (and first-call costs: auto measures its choice)
         fn()
         fn()
+        time.sleep(getattr(fn, "settle_s", 0.0))
     per_call = {}
     for name, fn in fns.items():
         start = time.perf_counter()
         fn()
         per_call[name] = max(time.perf_counter() - start, 1e-6)
+        time.sleep(getattr(fn, "settle_s", 0.0))
     rounds = 15
     samples: dict[str, list[float]] = {name: [] for name in fns}
     order = list(fns.items())

@@ -58,9 +58,52 @@ def test_call_time_is_estimated_after_the_first_call(monkeypatch):
         return next(scripted, measured)
 
     monkeypatch.setattr(autotune, "_seconds", seconds)
+    monkeypatch.setattr(autotune, "MAX_ROUNDS", autotune.ROUNDS)  # (no extra rounds)
     calls = []
     autotune.fastest({"only": lambda: calls.append(1)})
     assert len(calls) == 2 + autotune.ROUNDS * 50  # two untimed, then 50 per sample
+
+
+def _scripted(monkeypatch, times: dict[str, list[float]]):
+    """Candidates whose timings (seconds, the two estimates first) come from ``times``;
+    returns the candidates and the number of timings each used."""
+    runs = {name: iter(values) for name, values in times.items()}
+    used = dict.fromkeys(times, 0)
+    candidates = {name: (lambda name=name: name) for name in times}
+
+    def seconds(fn, reps):
+        name = fn()
+        used[name] += 1
+        return next(runs[name])
+
+    monkeypatch.setattr(autotune, "_seconds", seconds)
+    return candidates, used
+
+
+def test_disturbed_samples_get_more_rounds(monkeypatch):
+    """The kernel's first five samples all disturbed (3x), PyTorch's not all: five rounds
+    alone keep PyTorch's slower path; with PyTorch's spread showing the disturbance, the
+    rounds go on to MAX_ROUNDS and find the kernel's undisturbed time."""
+    kernel = [4e-4, 4e-4] + [1.3e-3] * 5 + [4e-4] * 20
+    pytorch = [6e-4, 6e-4, 2.4e-3, 6.2e-4] + [6.2e-4] * 20
+    candidates, used = _scripted(monkeypatch, {"kernel": kernel, "pytorch": pytorch})
+    assert autotune.fastest(candidates) == "kernel"
+    assert used["kernel"] == 2 + autotune.MAX_ROUNDS
+    monkeypatch.setattr(autotune, "MAX_ROUNDS", autotune.ROUNDS)
+    candidates, _ = _scripted(monkeypatch, {"kernel": kernel, "pytorch": pytorch})
+    assert autotune.fastest(candidates) == "pytorch"
+
+
+def test_extra_rounds_stop_at_max_rounds(monkeypatch):
+    noisy = [1e-3, 1e-3] + [1e-3, 2e-3] * 20  # always disturbed
+    quiet = [1e-3] * 42
+    candidates, used = _scripted(monkeypatch, {"a": noisy, "b": quiet})
+    autotune.fastest(candidates)
+    assert used == {"a": 2 + autotune.MAX_ROUNDS, "b": 2 + autotune.MAX_ROUNDS}
+    # (undisturbed: ROUNDS only)
+    candidates, used = _scripted(monkeypatch, {"a": quiet, "b": list(quiet)})
+    autotune.fastest(candidates)
+    assert used == {"a": 2 + autotune.ROUNDS, "b": 2 + autotune.ROUNDS}
 
 
 @pytest.fixture
