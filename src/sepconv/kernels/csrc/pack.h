@@ -10,33 +10,6 @@
 
 namespace {
 
-// dst[c * dld + r] = src[r * sld + c] for rows [0, rows) and columns [0, cols), in 32 x 32
-// blocks. The inner loop runs along the side with the larger leading dimension, so that the
-// other side steps by the smaller one: stepping by 4 KiB (the pixels of a 32 x 32 plane) put
-// a block's accesses into one cache set, and the backward took 1.9x the time.
-template <typename S>
-void transpose(const S* src, i64 sld, S* dst, i64 dld, i64 rows, i64 cols) {
-  constexpr i64 B = 32;
-  for (i64 r0 = 0; r0 < rows; r0 += B)
-    for (i64 c0 = 0; c0 < cols; c0 += B) {
-      const i64 r1 = std::min(rows, r0 + B), c1 = std::min(cols, c0 + B);
-      if (sld <= dld) {
-        for (i64 c = c0; c < c1; ++c)
-          for (i64 r = r0; r < r1; ++r) dst[c * dld + r] = src[r * sld + c];
-      } else {
-        for (i64 r = r0; r < r1; ++r)
-          for (i64 c = c0; c < c1; ++c) dst[c * dld + r] = src[r * sld + c];
-      }
-    }
-}
-
-// dst[g][k][o] = src[g][o][k] for each group: (Og x CMg) -> (CMg x Og).
-template <typename S>
-void transpose_groups(const S* src, S* dst, i64 G, i64 Og, i64 CMg) {
-  for (i64 gi = 0; gi < G; ++gi)
-    transpose(src + gi * Og * CMg, CMg, dst + gi * Og * CMg, Og, Og, CMg);
-}
-
 #if defined(__AVX2__)
 // dst[c * dld + r] = src[r * sld + c] for r, c in [0, 8): 8 loads, 24 shuffles, 8 stores
 // (element by element, packing ConvNeXt's 768 -> 3072 weight was 12 % of the layer's time).
@@ -59,6 +32,50 @@ inline void transpose8x8(const float* src, i64 sld, float* dst, i64 dld) {
   }
 }
 #endif
+
+// dst[c * dld + r] = src[r * sld + c] for rows [0, rows) and columns [0, cols), in 32 x 32
+// blocks, float with AVX2 in 8 x 8 tiles (transpose8x8; element by element, the backward's
+// transposes of the intermediate were 8 % of row 1's training step). The element loop runs
+// along the side with the larger leading dimension, so that the other side steps by the
+// smaller one: stepping by 4 KiB (the pixels of a 32 x 32 plane) put a block's accesses into
+// one cache set, and the backward took 1.9x the time.
+template <typename S>
+void transpose(const S* src, i64 sld, S* dst, i64 dld, i64 rows, i64 cols) {
+  constexpr i64 B = 32;
+  auto elements = [&](i64 r0, i64 r1, i64 c0, i64 c1) {
+    if (sld <= dld) {
+      for (i64 c = c0; c < c1; ++c)
+        for (i64 r = r0; r < r1; ++r) dst[c * dld + r] = src[r * sld + c];
+    } else {
+      for (i64 r = r0; r < r1; ++r)
+        for (i64 c = c0; c < c1; ++c) dst[c * dld + r] = src[r * sld + c];
+    }
+  };
+  for (i64 r0 = 0; r0 < rows; r0 += B)
+    for (i64 c0 = 0; c0 < cols; c0 += B) {
+      const i64 r1 = std::min(rows, r0 + B), c1 = std::min(cols, c0 + B);
+#if defined(__AVX2__)
+      if constexpr (std::is_same<S, float>::value) {
+        const i64 r8 = r0 + (r1 - r0) / 8 * 8, c8 = c0 + (c1 - c0) / 8 * 8;
+        for (i64 r = r0; r < r8; r += 8)
+          for (i64 c = c0; c < c8; c += 8)
+            transpose8x8(src + r * sld + c, sld, dst + c * dld + r, dld);
+        elements(r0, r8, c8, c1);
+        elements(r8, r1, c0, c1);
+        continue;
+      }
+#endif
+      elements(r0, r1, c0, c1);
+    }
+}
+
+// dst[g][k][o] = src[g][o][k] for each group: (Og x CMg) -> (CMg x Og).
+template <typename S>
+void transpose_groups(const S* src, S* dst, i64 G, i64 Og, i64 CMg) {
+  for (i64 gi = 0; gi < G; ++gi)
+    transpose(src + gi * Og * CMg, CMg, dst + gi * Og * CMg, Og, Og, CMg);
+}
+
 
 // Rows [k0, k1) of panel j of B = src^T, src being N x K row-major (B's columns are src's
 // rows): dst[(j*K + k)*kPanel + o] = src[(j*kPanel + o)*K + k], zero past N.
