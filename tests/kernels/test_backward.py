@@ -109,6 +109,23 @@ def test_gradients_of_wide_pointwise_layers(layout, gemm, case, outputs, kernels
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @settings(max_examples=8, deadline=None)
 @given(
+    case=cases(max_size=8, rank=2),
+    outputs=st.integers(64, 80),
+    size=st.tuples(st.integers(24, 48), st.integers(17, 48)),
+)
+def test_gradients_of_pointwise_weight_bands(layout, case, outputs, size, kernels_built):
+    """Output planes of more than 512 pixels (at stride 1): the own GEMM's pointwise weight
+    gradient goes by bands of output rows, each band's intermediate recomputed from its own
+    input rows."""
+    case = replace(case, O=case.G * outputs, layout=layout, spatial=size)
+    if output_fits(case):
+        with tile_gemm("own"):
+            _compare(case, torch.float32, 1e-4, depthwise_only=False, gy_like_output=True)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@settings(max_examples=8, deadline=None)
+@given(
     case=cases(max_size=16, rank=2), outputs=st.integers(257, 320), channels=st.integers(90, 200)
 )
 def test_gradients_of_wide_layers(layout, case, outputs, channels, kernels_built):
