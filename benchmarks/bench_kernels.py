@@ -117,6 +117,11 @@ def convnext_shapes(batch: int) -> list[Shape]:
 # ----------------------------------------------------------------------------- timing
 
 
+def _settle(fn: Callable[[], object]) -> None:
+    """Pause for ``fn.settle_s`` seconds, if it has one: threads that go on spinning after it."""
+    time.sleep(getattr(fn, "settle_s", 0.0))
+
+
 def time_interleaved(
     fns: dict[str, Callable[[], object]], budget_s: float = 0.6
 ) -> dict[str, float]:
@@ -133,13 +138,13 @@ def time_interleaved(
     for fn in fns.values():  # warm up (and first-call costs: auto measures its choice)
         fn()
         fn()
-        time.sleep(getattr(fn, "settle_s", 0.0))
+        _settle(fn)
     per_call = {}
     for name, fn in fns.items():
         start = time.perf_counter()
         fn()
         per_call[name] = max(time.perf_counter() - start, 1e-6)
-        time.sleep(getattr(fn, "settle_s", 0.0))
+        _settle(fn)
     rounds = 15
     samples: dict[str, list[float]] = {name: [] for name in fns}
     order = list(fns.items())
@@ -153,7 +158,7 @@ def time_interleaved(
             for _ in range(reps):
                 fn()
             samples[name].append((time.perf_counter() - start) / reps)
-            time.sleep(getattr(fn, "settle_s", 0.0))
+            _settle(fn)
     return {name: 1e3 * min(values) for name, values in samples.items()}
 
 

@@ -492,9 +492,8 @@ void backward(const S* x, const S* wd, const S* wp, const S* gy, const i64* gys,
         for (i64 r0 = 0; my_dwp && r0 < g.OH; r0 += band_rows) {
           const i64 rows = std::min(band_rows, g.OH - r0), bp = rows * g.OW;
           if (nhwc) {
-            const std::vector<A> zero_bias(cbm, A(0));
             conv_nhwc<S, A>(xb.data() + r0 * g.sy * g.Wu * cbm, g.Wu, cbm, wT.data() + cm0,
-                            g.CM, zero_bias.data(), rows, g.OW, g, mid.data(), g.OW * cbm, cbm);
+                            g.CM, zeros.data(), rows, g.OW, g, mid.data(), g.OW * cbm, cbm);
           } else {
             for (i64 j = 0; j < cbm; ++j)
               conv_planar<S, A>(xb.data() + (j / g.M) * HWu + r0 * g.sy * g.Qrow, g.Qrow, g.Qs,

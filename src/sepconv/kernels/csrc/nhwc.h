@@ -99,11 +99,12 @@ void pad_nhwc(const S* img, i64 sh, i64 sw, i64 sc, const Geo& g, const i64* yma
     return;
   }
   // Row by row, and in each row up to kPadVectors channel vectors of a pixel (four cache
-  // lines with AVX2, eight with AVX-512) per pass, by vector moves. Before, a pass per channel vector over the whole window
-  // read one vector of each 512-byte pixel from L2 or beyond and was a fifth of the
-  // channels_last 7x7 depthwise's time; this took 0.87-0.89x the time on 8x128x112x112 5x5
-  // and 7x7 (AMD Zen 3; one vector a pass: 0.98x, two 0.95x, four 0.90-0.92x). (A memcpy call
-  // per pixel and vector had taken 1.01-1.06x the time of vector moves.)
+  // lines with AVX2, eight with AVX-512) per pass, by vector moves. Before, a pass per channel
+  // vector over the whole window read one vector of each 512-byte pixel from L2 or beyond and
+  // was a fifth of the channels_last 7x7 depthwise's time; this took 0.87-0.89x the time on
+  // 8x128x112x112 5x5 and 7x7 (AMD Zen 3; one vector a pass: 0.98x, two 0.95x, four
+  // 0.90-0.92x). (A memcpy call per pixel and vector had taken 1.01-1.06x the time of vector
+  // moves.)
   constexpr i64 kPadVectors = 8;
   const bool plain = g.M == 1 && sc == 1 && std::is_same<S, A>::value;
   for (i64 r = 0; r < R; ++r) {
