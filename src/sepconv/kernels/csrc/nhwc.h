@@ -98,32 +98,30 @@ void pad_nhwc(const S* img, i64 sh, i64 sw, i64 sc, const Geo& g, const i64* yma
     pad_nhwc_piece<S, A>(img, sh, sw, sc, g, ymap, xmap, r0, R, q0, Q, c0, 0, cb, buf, cb);
     return;
   }
-  // Row by row, and in each row up to kPadVectors channel vectors of a pixel (four cache
-  // lines with AVX2, eight with AVX-512) per pass, by vector moves. Before, a pass per channel
-  // vector over the whole window read one vector of each 512-byte pixel from L2 or beyond and
-  // was a fifth of the channels_last 7x7 depthwise's time; this took 0.87-0.89x the time on
-  // 8x128x112x112 5x5 and 7x7 (AMD Zen 3; one vector a pass: 0.98x, two 0.95x, four
-  // 0.90-0.92x). (A memcpy call per pixel and vector had taken 1.01-1.06x the time of vector
-  // moves.)
-  constexpr i64 kPadVectors = 8;
+  // Row by row, and in each row every channel vector of a pixel before the next pixel, by
+  // vector moves: the row is then read in memory order, one stream, and each channel block
+  // is written in order. Passes of a few vectors of each pixel read the row 512 bytes apart
+  // at a time: one vector a pass was a fifth of the channels_last 7x7 depthwise's time, and
+  // against 8 vectors a pass (4 lines) whole pixels took 0.85-0.95x the time of the
+  // depthwise 5x5 and 7x7 on 8x128x112x112, 8x256x56x56 and 8x384x28x28 (AMD Zen 3; 8
+  // against one had taken 0.87-0.89x, 16 against 8 0.92-0.95x, 32 against 16 0.85-0.88x on
+  // 256 channels). A memcpy call per pixel and vector had taken 1.01-1.06x the time.
   const bool plain = g.M == 1 && sc == 1 && std::is_same<S, A>::value;
+  const i64 nv = cb / L;
   for (i64 r = 0; r < R; ++r) {
     const i64 sr = ymap[r0 + r];
-    for (i64 k0 = 0; k0 < cb; k0 += kPadVectors * L) {
-      const i64 nv = std::min(kPadVectors, (cb - k0) / L);
-      A* d = buf + (k0 / L) * bs + r * Q * L;
-      if (!plain || sr < 0) {
-        for (i64 v = 0; v < nv; ++v)
-          pad_nhwc_piece<S, A>(img, sh, sw, sc, g, ymap, xmap, r0 + r, 1, q0, Q, c0,
-                               k0 + v * L, L, d + v * bs, L);
-        continue;
-      }
-      const A* row = reinterpret_cast<const A*>(img) + sr * sh + c0 + k0;
-      for (i64 q = 0; q < Q; ++q, d += L) {
-        const i64 sq = xmap[q0 + q];
-        for (i64 v = 0; v < nv; ++v)
-          vst<A>(d + v * bs, sq < 0 ? vzero<A>() : vld<A>(row + sq * sw + v * L));
-      }
+    A* d = buf + r * Q * L;
+    if (!plain || sr < 0) {
+      for (i64 v = 0; v < nv; ++v)
+        pad_nhwc_piece<S, A>(img, sh, sw, sc, g, ymap, xmap, r0 + r, 1, q0, Q, c0, v * L, L,
+                             d + v * bs, L);
+      continue;
+    }
+    const A* row = reinterpret_cast<const A*>(img) + sr * sh + c0;
+    for (i64 q = 0; q < Q; ++q, d += L) {
+      const i64 sq = xmap[q0 + q];
+      for (i64 v = 0; v < nv; ++v)
+        vst<A>(d + v * bs, sq < 0 ? vzero<A>() : vld<A>(row + sq * sw + v * L));
     }
   }
 }
