@@ -165,6 +165,47 @@ def test_channels_last_channel_blocks(case, channels, multiplier, kernels_built)
         check_depthwise(case)
 
 
+@settings(max_examples=30)
+@given(
+    N=st.integers(1, 3),
+    channels=st.sampled_from((128, 256, 384)),
+    height=st.integers(1, 40),
+    width=st.integers(1, 90),
+    kernel=st.tuples(st.integers(1, 8), st.sampled_from((5, 7))),
+    row_stride=st.integers(1, 3),
+    row_dilation=st.integers(1, 2),
+    mode=st.sampled_from(("zeros", "reflect", "replicate", "circular")),
+    bias=st.booleans(),
+)
+def test_channels_last_ring_of_rows(
+    N, channels, height, width, kernel, row_stride, row_dilation, mode, bias, kernels_built
+):
+    """The channels_last depthwise of 5- and 7-wide filters (nhwc_ring.h): rows copied once
+    into a ring, two output rows a step (odd row counts), row strides and dilations, bands
+    of rows, pieces of columns (widths over about 40 pixels) and channel groups (384)."""
+    KH, KW = kernel
+    height = max(height, (KH - 1) * row_dilation + 1)  # (reflect needs padding < size)
+    width = max(width, KW)
+    case = Case(
+        rank=2,
+        N=N,
+        C=channels,
+        M=1,
+        O=8,
+        G=1,
+        spatial=(height, width),
+        kernel=kernel,
+        stride=(row_stride, 1),
+        dilation=(row_dilation, 1),
+        padding=(KH // 2 * row_dilation, KW // 2),
+        mode=mode,
+        layout="channels_last",
+        bias=bias,
+    )
+    with env("on"):
+        check_depthwise(case)
+
+
 @settings(max_examples=25)
 @given(case=inner_pixel_cases())
 def test_channels_last_inner_pixels(case, kernels_built):
@@ -201,6 +242,12 @@ LARGE_OUTPUT_CASES = (
     ),
     # 36 channels: a channel tail past the last whole vector
     Case(2, 2, 18, 2, 8, 1, (240, 245), (3, 3), (1, 1), (1, 1), 1, "zeros", "channels_last", True),
+    # the ring of rows (nhwc_ring.h): staged output rows two at a time, an odd row count,
+    # pieces of columns that are not line-aligned, two channel groups
+    Case(2, 1, 128, 1, 8, 1, (181, 183), (7, 7), (1, 1), (1, 1), 3, "zeros", "channels_last", True),
+    Case(
+        2, 2, 384, 1, 8, 1, (67, 101), (5, 5), (1, 1), (1, 1), 2, "reflect", "channels_last", False
+    ),
 )
 
 

@@ -147,16 +147,29 @@ inline void nhwc_block(const A* b, i64 pstep, const i64* off, i64 T, const A* wT
   for (int p = 0; p < PB; ++p) vstOut(d + p * dps + c, acc[p]);
 }
 
+// Where nhwc_block_s1 finds kernel row ky of a block: rows(ky) elements after its first
+// input pixel. Rows a fixed step apart (a padded window, or the image itself), or rows at
+// given offsets (nhwc_ring.h's ring of rows).
+struct RowStep {
+  i64 step;
+  i64 operator()(i64 ky) const { return ky * step; }
+};
+struct RowOffsets {
+  const i64* off;
+  i64 operator()(i64 ky) const { return off[ky]; }
+};
+
 // Stride 1, dilation 1 along the row: the PB + KW - 1 input vectors of a kernel row are
 // loaded once and reused by all KW taps (register sliding window). b, w, bias and d point at
-// the block's channel vector; input pixels are ps apart, rows rstep; weights ldw per tap.
+// the block's channel vector; input pixels are ps apart, kernel rows where rows() says;
+// weights ldw per tap.
 // Fewer than 8 pixels (row tails) of 5x5 and 7x7 filters keep 8 / PB partial sums per pixel:
 // one chain each ran at the FMA latency (7x7 rows 14 wide: 81 cycles per output vector for
 // 25 of FMAs). 3x3 tails do not gain from them (their short chains overlap anyway).
 // always_inline: called per block, the accumulators went through the stack before and after
 // (in-cache 4x56 pixels x 16 channels: 8.4 ns per output vector as a call, 6.9 inlined).
-template <int PB, int KW, typename S, typename A>
-__attribute__((always_inline)) inline void nhwc_block_s1(const A* b, i64 ps, i64 rstep, i64 KH,
+template <int PB, int KW, typename S, typename A, typename Rows>
+__attribute__((always_inline)) inline void nhwc_block_s1(const A* b, i64 ps, Rows rows, i64 KH,
                                                          const A* w, i64 ldw, const A* bias,
                                                          S* d, i64 dps) {
   typedef typename V<A>::t vec;
@@ -167,7 +180,7 @@ __attribute__((always_inline)) inline void nhwc_block_s1(const A* b, i64 ps, i64
     for (int h = 1; h < CH; ++h) acc[h][p] = vzero<A>();
   }
   for (i64 ky = 0; ky < KH; ++ky) {
-    const A* r = b + ky * rstep;
+    const A* r = b + rows(ky);
     const A* wr = w + ky * KW * ldw;
     if constexpr (kVecRegs < 32) {
       // 16 registers: the KW weight vectors stay in registers and each input vector is
@@ -229,8 +242,8 @@ void conv_nhwc_s1(const A* buf, i64 Q, i64 cb, const A* wT, i64 ldw, const A* bi
       const A* brow = bc + i * g.sy * Q * ps;
       S* drow = dst + i * drs + c;
       auto block = [&](i64 j, auto pb) __attribute__((always_inline)) {
-        nhwc_block_s1<decltype(pb)::value, KW, S, A>(brow + j * ps, ps, rstep, g.KH, wT + c, ldw,
-                                                     bias + c, drow + j * dps, dps);
+        nhwc_block_s1<decltype(pb)::value, KW, S, A>(brow + j * ps, ps, RowStep{rstep}, g.KH,
+                                                     wT + c, ldw, bias + c, drow + j * dps, dps);
       };
       in_blocks<8>(0, TW, block);
     }

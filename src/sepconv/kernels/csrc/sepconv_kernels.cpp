@@ -41,6 +41,7 @@
 #include "nhwc.h"
 #include "tiles.h"
 #include "nhwc_tile.h"
+#include "nhwc_ring.h"
 #include "pack.h"
 #include "sep_forward.h"
 #include "dw_forward.h"

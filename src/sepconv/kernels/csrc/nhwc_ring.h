@@ -1,0 +1,154 @@
+// The channels_last depthwise of 5- and 7-wide filters, output row by output row through a
+// ring of padded input rows.
+//
+// One part of the kernels' single translation unit: sepconv_kernels.cpp includes the parts in
+// order; each includes the parts whose names it uses.
+#pragma once
+
+#include "vec.h"
+#include "geometry.h"
+#include "planar.h"
+#include "nhwc.h"
+#include "tiles.h"
+
+namespace {
+
+// Whether dw_forward takes the ring: one filter per channel, 5- or 7-wide filters read from
+// pad_nhwc's channel-blocked layout (nhwc_block_stride: stride and dilation 1 along the row,
+// pixels of 128, 256, ... float channels).
+//
+// Why: tiles of whole output rows copy their window, halo rows included, for every tile. A
+// 4-row tile of a 7x7 filter copies 10 input rows, so the copy read each input row 2.5 times
+// (from L3 after the first), and it took as long as the arithmetic: 8x128x112x112 7x7,
+// 14.3 ms, of which 8 ms without the copy and 6 ms without the arithmetic (AMD Zen 3). The
+// ring copies each input row of a task once.
+constexpr i64 kRingRows = 8;  // filter rows at most (ring_task's row offsets)
+constexpr i64 kRingStep = 2;  // output rows computed per copied step
+
+template <typename A>
+inline bool nhwc_ring_ok(const Geo& g) {
+  return g.nhwc && g.M == 1 && g.KW > 3 && g.KH <= kRingRows &&
+         nhwc_block_stride<A>(g, g.CM, 1, 1) > 0;
+}
+
+// How dw_nhwc_ring splits the work: tasks of (image, output rows, output columns, channel
+// group), each with its own ring of `span` padded input rows of Q = TW + KW - 1 columns and
+// cg channels.
+struct RingPlan {
+  i64 cg, groups;        // channels per group, groups
+  i64 TW, pieces;        // output columns per task, column pieces
+  i64 TH, bands;         // output rows per task, row bands
+  i64 span;              // input rows one output row reads
+  i64 slots;             // rows in the ring: those of kRingStep output rows
+  i64 tasks;
+};
+
+// Ring bytes per thread: with a row of output staged, a row of input on its way and the
+// weights, about half of a 512 KiB L2.
+constexpr i64 kRingBytes = i64(192) << 10;
+// A pixel's channels in one group at most (whole pixels are copied in memory order).
+constexpr i64 kRingGroupBytes = 1024;
+
+template <typename A>
+RingPlan plan_ring(const Geo& g) {
+  const i64 L = V<A>::L, elem = sizeof(A);
+  RingPlan p;
+  p.groups = (g.CM * elem + kRingGroupBytes - 1) / kRingGroupBytes;
+  p.cg = ((g.CM + p.groups - 1) / p.groups + L - 1) / L * L;
+  p.groups = (g.CM + p.cg - 1) / p.cg;
+  p.span = (g.KH - 1) * g.dy + 1;
+  p.slots = (kRingStep - 1) * g.sy + p.span;
+  const i64 qmax = kRingBytes / (p.slots * p.cg * elem);
+  const i64 tw_max = std::max<i64>(8, qmax - (g.KW - 1));
+  p.pieces = (g.OW + tw_max - 1) / tw_max;
+  p.TW = std::min(g.OW, ((g.OW + p.pieces - 1) / p.pieces + 7) / 8 * 8);  // whole 8-pixel blocks
+  p.pieces = (g.OW + p.TW - 1) / p.TW;
+  // Bands of rows only where the images, pieces and groups leave threads idle (each band
+  // copies its own first span - 1 rows), and of at least 8 rows.
+  const i64 base = g.N * p.groups * p.pieces;
+  p.bands = std::clamp<i64>((4 * g.threads + base - 1) / base, 1, std::max<i64>(1, g.OH / 8));
+  p.TH = (g.OH + p.bands - 1) / p.bands;
+  p.bands = (g.OH + p.TH - 1) / p.TH;
+  p.tasks = base * p.bands;
+  return p;
+}
+
+// One task: output rows [oy0, oy0 + th), columns [ox0, ox0 + tw), channels [c0, c0 + cn) of
+// image img, kRingStep output rows at a time. Input row r (padded coordinates) goes to ring
+// slot r % p.slots, channel-blocked (pad_nhwc's layout; block stride slots * Q * L), just
+// before the first step that needs it. Output rows go to dst (the task's first pixel and
+// channel; rows drs, pixels dps apart), or through stage (kRingStep x tw x cn, then
+// stream_rows) where given.
+template <typename S, typename A>
+void ring_task(const S* img, const Geo& g, const RingPlan& p, const i64* ymap, const i64* xmap,
+               i64 oy0, i64 th, i64 ox0, i64 tw, i64 c0, i64 cn, A* ring, const A* wT,
+               const A* bias, S* dst, i64 drs, i64 dps, S* stage) {
+  const i64 L = V<A>::L;
+  const i64 Q = tw + (g.KW - 1) * g.dx, slot = Q * L, bs = p.slots * slot;
+  std::array<i64, kRingRows * kRingStep> off{};  // kernel row ky of step row s: [s * KH + ky]
+  const i64 ps = stage ? cn : dps, rs = stage ? tw * cn : drs;  // output pixel, row steps
+  i64 next = oy0 * g.sy;  // the next input row to copy
+  for (i64 i = oy0; i < oy0 + th; i += kRingStep) {
+    const i64 rows = std::min<i64>(kRingStep, oy0 + th - i);
+    for (next = std::max(next, i * g.sy); next < (i + rows - 1) * g.sy + p.span; ++next)
+      pad_nhwc<S, A>(img, g.xs[2], g.xs[3], g.xs[1], g, ymap, xmap, next, 1, ox0 * g.sx, Q, c0,
+                     cn, ring + (next % p.slots) * slot, bs);
+    for (i64 s = 0; s < rows; ++s)
+      for (i64 ky = 0; ky < g.KH; ++ky)
+        off[s * g.KH + ky] = (((i + s) * g.sy + ky * g.dy) % p.slots) * slot;
+    S* d = stage ? stage : dst + (i - oy0) * drs;
+    // Channel vectors outermost: the step's rows share most of their input lines, which
+    // stay in L1 from one row to the next.
+    for (i64 c = 0; c < cn; c += L) {
+      const A* bc = ring + (c / L) * bs;
+      const A* w = wT + c0 + c;
+      for (i64 s = 0; s < rows; ++s) {
+        const RowOffsets rows_at{off.data() + s * g.KH};
+        S* drow = d + s * rs + c;
+        auto block = [&](i64 j, auto pb) __attribute__((always_inline)) {
+          constexpr int PB = decltype(pb)::value;
+          if (g.KW == 5)
+            nhwc_block_s1<PB, 5, S, A>(bc + j * L, L, rows_at, g.KH, w, g.CM, bias + c0 + c,
+                                       drow + j * ps, ps);
+          else
+            nhwc_block_s1<PB, 7, S, A>(bc + j * L, L, rows_at, g.KH, w, g.CM, bias + c0 + c,
+                                       drow + j * ps, ps);
+        };
+        in_blocks<8>(0, tw, block);
+      }
+    }
+    for (i64 s = 0; stage && s < rows; ++s)
+      stream_rows(stage + s * rs, cn, dst + (i - oy0 + s) * drs, dps, tw, cn);
+  }
+}
+
+// The channels_last depthwise (nhwc_ring_ok) of x into out (channels innermost), weights wT
+// (prep_weights), biases b. stream: outputs around the caches (staged where stage).
+template <typename S, typename A>
+void dw_nhwc_ring(const S* x, const Geo& g, const i64* ymap, const i64* xmap, const A* wT,
+                  const A* b, S* out, bool stream, bool stage) {
+  const RingPlan p = plan_ring<A>(g);
+  const bool staged = stage && g.os[1] == 1;
+#pragma omp parallel num_threads(g.threads)
+  {
+    t_stream = stream && !staged;
+    const i64 Q = p.TW + (g.KW - 1) * g.dx;
+    std::vector<A> ring(p.slots * Q * p.cg);
+    std::vector<S> row_out(staged ? kRingStep * p.TW * p.cg : 0);
+#pragma omp for schedule(dynamic, 1)
+    for (i64 t = 0; t < p.tasks; ++t) {
+      const i64 grp = t % p.groups, piece = (t / p.groups) % p.pieces;
+      const i64 band = (t / (p.groups * p.pieces)) % p.bands, n = t / (p.groups * p.pieces * p.bands);
+      const i64 oy0 = band * p.TH, ox0 = piece * p.TW, c0 = grp * p.cg;
+      const i64 th = std::min(p.TH, g.OH - oy0), tw = std::min(p.TW, g.OW - ox0);
+      const i64 cn = std::min(p.cg, g.CM - c0);
+      S* o = out + n * g.os[0] + oy0 * g.os[2] + ox0 * g.os[3] + c0;
+      ring_task<S, A>(x + n * g.xs[0], g, p, ymap, xmap, oy0, th, ox0, tw, c0, cn, ring.data(),
+                      wT, b, o, g.os[2], g.os[3], staged ? row_out.data() : nullptr);
+    }
+    stream_fence();
+    t_stream = false;
+  }
+}
+
+}  // namespace
