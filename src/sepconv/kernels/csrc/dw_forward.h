@@ -30,7 +30,7 @@ void dw_forward(const S* x, const S* wd, const S* bd, S* out, const i64* geo) {
   // Staged output (kStageOutput): the tile to a buffer, then stream_rows; where the loops
   // store directly, vstOut streams.
   const bool stage = stream && kStageOutput;
-  if (nhwc_ring_ok<A>(g))
+  if (nhwc_ring_ok<S, A>(g))
     return dw_nhwc_ring<S, A>(x, g, ymap.data(), xmap.data(), wT.data(), b.data(), out, stream,
                               stage);
   if (g.nhwc) {

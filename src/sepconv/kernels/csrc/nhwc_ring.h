@@ -1,4 +1,4 @@
-// The channels_last depthwise of 5- and 7-wide filters, output row by output row through a
+// The channels_last depthwise at stride 1 along the row, output row by output row through a
 // ring of padded input rows.
 //
 // One part of the kernels' single translation unit: sepconv_kernels.cpp includes the parts in
@@ -13,21 +13,27 @@
 
 namespace {
 
-// Whether dw_forward takes the ring: one filter per channel, 5- or 7-wide filters read from
-// pad_nhwc's channel-blocked layout (nhwc_block_stride: stride and dilation 1 along the row,
-// pixels of 128, 256, ... float channels).
+// Whether dw_forward takes the ring: one filter per channel, filters read from pad_nhwc's
+// channel-blocked layout (nhwc_block_stride: stride and dilation 1 along the row, pixels of
+// 128, 256, ... float channels), 5- or 7-wide, or 3-wide on inputs of kRing3x3Bytes or more.
 //
 // Why: tiles of whole output rows copy their window, halo rows included, for every tile. A
 // 4-row tile of a 7x7 filter copies 10 input rows, so the copy read each input row 2.5 times
 // (from L3 after the first), and it took as long as the arithmetic: 8x128x112x112 7x7,
 // 14.3 ms, of which 8 ms without the copy and 6 ms without the arithmetic (AMD Zen 3). The
-// ring copies each input row of a task once.
+// ring copies each input row of a task once. 3x3 tiles read their inner pixels in place
+// instead of copying them; against that, the ring took 0.70-0.87x the time on inputs of
+// 12.8-25.7 MB (8x128x56x56, 4x128x112x112, 16x128x56x56), 0.92-0.96x on 51 MB
+// (8x128x112x112, which the tiles touch first), but 1.07-1.13x on inputs that stay in the L3
+// from call to call (1x128x112x112, 8x384x28x28: 6.4 and 9.6 MB).
+constexpr i64 kRing3x3Bytes = i64(12) << 20;
 constexpr i64 kRingRows = 8;  // filter rows at most (ring_task's row offsets)
-constexpr i64 kRingStep = 2;  // output rows computed per copied step
+constexpr i64 kRingStep = 2;  // output rows per copied step (1 took 0.98-1.09x the time, 4 1.0-1.02x)
 
-template <typename A>
+template <typename S, typename A>
 inline bool nhwc_ring_ok(const Geo& g) {
-  return g.nhwc && g.M == 1 && g.KW > 3 && g.KH <= kRingRows &&
+  const bool large = g.N * g.C * g.H * g.W * i64(sizeof(S)) >= kRing3x3Bytes;
+  return g.nhwc && g.M == 1 && g.KH <= kRingRows && (g.KW > 3 || large) &&
          nhwc_block_stride<A>(g, g.CM, 1, 1) > 0;
 }
 
@@ -107,7 +113,10 @@ void ring_task(const S* img, const Geo& g, const RingPlan& p, const i64* ymap, c
         S* drow = d + s * rs + c;
         auto block = [&](i64 j, auto pb) __attribute__((always_inline)) {
           constexpr int PB = decltype(pb)::value;
-          if (g.KW == 5)
+          if (g.KW == 3)
+            nhwc_block_s1<PB, 3, S, A>(bc + j * L, L, rows_at, g.KH, w, g.CM, bias + c0 + c,
+                                       drow + j * ps, ps);
+          else if (g.KW == 5)
             nhwc_block_s1<PB, 5, S, A>(bc + j * L, L, rows_at, g.KH, w, g.CM, bias + c0 + c,
                                        drow + j * ps, ps);
           else
