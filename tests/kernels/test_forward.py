@@ -244,11 +244,11 @@ LARGE_OUTPUT_CASES = (
     Case(2, 2, 18, 2, 8, 1, (240, 245), (3, 3), (1, 1), (1, 1), 1, "zeros", "channels_last", True),
     # the ring of rows (nhwc_ring.h): staged output rows two at a time, an odd row count,
     # pieces of columns that are not line-aligned, two channel groups; 3x3 on inputs of
-    # 12 MiB or more, at row stride 2 as well
+    # 24 MiB or more, at row stride 2 as well
     Case(2, 1, 128, 1, 8, 1, (181, 183), (7, 7), (1, 1), (1, 1), 3, "zeros", "channels_last", True),
     Case(
         2,
-        1,
+        2,
         128,
         1,
         8,
@@ -262,7 +262,7 @@ LARGE_OUTPUT_CASES = (
         "channels_last",
         False,
     ),
-    Case(2, 2, 256, 1, 8, 1, (97, 91), (3, 3), (2, 1), (1, 1), 1, "zeros", "channels_last", True),
+    Case(2, 3, 256, 1, 8, 1, (97, 91), (3, 3), (2, 1), (1, 1), 1, "zeros", "channels_last", True),
     Case(
         2, 2, 384, 1, 8, 1, (67, 101), (5, 5), (1, 1), (1, 1), 2, "reflect", "channels_last", False
     ),

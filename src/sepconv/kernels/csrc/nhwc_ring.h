@@ -22,11 +22,12 @@ namespace {
 // (from L3 after the first), and it took as long as the arithmetic: 8x128x112x112 7x7,
 // 14.3 ms, of which 8 ms without the copy and 6 ms without the arithmetic (AMD Zen 3). The
 // ring copies each input row of a task once. 3x3 tiles read their inner pixels in place
-// instead of copying them; against that, the ring took 0.70-0.87x the time on inputs of
-// 12.8-25.7 MB (8x128x56x56, 4x128x112x112, 16x128x56x56), 0.92-0.96x on 51 MB
-// (8x128x112x112, which the tiles touch first), but 1.07-1.13x on inputs that stay in the L3
-// from call to call (1x128x112x112, 8x384x28x28: 6.4 and 9.6 MB).
-constexpr i64 kRing3x3Bytes = i64(12) << 20;
+// instead of copying them, having touched them first (kTouchBytes); against that, the ring
+// took 0.87x the time on 51 MB inputs (8x128x112x112) and 0.94x on 25.7 MB ones
+// (4x128x112x112, 16x128x56x56), but 1.02-1.03x on 12.8 MB ones (8x128x56x56,
+// 8x512x28x28) and 1.07-1.13x on inputs that stay in the L3 from call to call
+// (1x128x112x112, 8x384x28x28: 6.4 and 9.6 MB).
+constexpr i64 kRing3x3Bytes = i64(24) << 20;
 constexpr i64 kRingRows = 8;  // filter rows at most (ring_task's row offsets)
 constexpr i64 kRingStep = 2;  // output rows per copied step (1 took 0.98-1.09x the time, 4 1.0-1.02x)
 

@@ -17,11 +17,14 @@ namespace {
 // - planar depthwise tasks touch their window first (touch_window: one load per cache line,
 //   in memory order, so the misses go out together): 3x3 / 5x5 / 7x7 on 8x128x112x112
 //   0.58 / 0.48 / 0.61x the time of prefetching it;
-// - channels_last tiles touch theirs where the input exceeds kTouchBytes: 8x96x112x112 0.54x
-//   (depthwise) and 0.72x (-> 24 s2). Smaller inputs took 1.03-1.18x: they are in the L3
-//   already, and the pass only adds loads.
+// - channels_last tiles touch theirs where the input is kTouchBytes or more: 8x96x112x112
+//   0.54x (depthwise) and 0.72x (-> 24 s2). On Zen 5 inputs under 32 MiB took 1.03-1.18x
+//   (in the L3 already, and the pass only adds loads). On Zen 3 (run T) those of 8-15 MB
+//   gained as well, against no pass: row 1 channels_last 0.92x, 8x144x56x56 -> 24 0.80x,
+//   32x64x32x32 -> 128 0.91x, depthwise 8x144x56x56 / 8x192x56x56 0.86 / 0.88x; inputs of
+//   4.8 MB took 1.10x (8x192x28x28, 1x96x112x112 -> 24 s2).
 int g_reads = 0;
-constexpr i64 kTouchBytes = i64(32) << 20;
+constexpr i64 kTouchBytes = i64(8) << 20;
 
 // The image rows [rlo, rhi) and columns [clo, chi) inside the padded window of rows
 // [r0, r0 + R) and columns [q0, q0 + Q) (either range may be empty).
