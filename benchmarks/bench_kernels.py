@@ -544,6 +544,7 @@ def targets(rows: list[Row], dw: list[dict], mamba: dict, train: dict) -> list[d
             "value": sep / first.floor_ms,
             "goal": 1.3,
             "met": sep / first.floor_ms <= 1.3,
+            "note": f"channels_last input: {t['sepconv_cl'] / first.floor_ms:.2f}",
         }
     )
 
