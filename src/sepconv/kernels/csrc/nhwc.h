@@ -66,8 +66,8 @@ void pad_nhwc_piece(const S* img, i64 sh, i64 sw, i64 sc, const Geo& g, const i6
 // NHWC: padded rows [r0, r0+R), columns [q0, q0+Q) of input channels [c0, c0+cin) of one
 // image into buf[R][Q][cin*M] (each input channel repeated M times); or, with a block stride
 // bs > 0 (nhwc_block_stride), in blocks of one channel vector: channel k of pixel (r, q) at
-// buf[(k / L) * bs + (r * Q + q) * L + k % L], written row by row, a few blocks at a time
-// (below).
+// buf[(k / L) * bs + (r * Q + q) * L + k % L], written row by row, every block of a pixel
+// before the next pixel (below).
 template <typename S, typename A>
 void pad_nhwc(const S* img, i64 sh, i64 sw, i64 sc, const Geo& g, const i64* ymap, const i64* xmap,
               i64 r0, i64 R, i64 q0, i64 Q, i64 c0, i64 cin, A* buf, i64 bs = 0) {

@@ -29,7 +29,8 @@ namespace {
 // (1x128x112x112, 8x384x28x28: 6.4 and 9.6 MB).
 constexpr i64 kRing3x3Bytes = i64(24) << 20;
 constexpr i64 kRingRows = 8;  // filter rows at most (ring_task's row offsets)
-constexpr i64 kRingStep = 2;  // output rows per copied step (1 took 0.98-1.09x the time, 4 1.0-1.02x)
+// Output rows computed per copied step (1 a step took 0.98-1.09x the time, 4 1.0-1.02x).
+constexpr i64 kRingStep = 2;
 
 template <typename S, typename A>
 inline bool nhwc_ring_ok(const Geo& g) {
@@ -39,7 +40,7 @@ inline bool nhwc_ring_ok(const Geo& g) {
 }
 
 // How dw_nhwc_ring splits the work: tasks of (image, output rows, output columns, channel
-// group), each with its own ring of `span` padded input rows of Q = TW + KW - 1 columns and
+// group), each with its own ring of `slots` padded input rows of Q = TW + KW - 1 columns and
 // cg channels.
 struct RingPlan {
   i64 cg, groups;        // channels per group, groups
@@ -96,11 +97,13 @@ void ring_task(const S* img, const Geo& g, const RingPlan& p, const i64* ymap, c
   const i64 ps = stage ? cn : dps, rs = stage ? tw * cn : drs;  // output pixel, row steps
   i64 next = oy0 * g.sy;  // the next input row to copy
   for (i64 i = oy0; i < oy0 + th; i += kRingStep) {
-    const i64 rows = std::min<i64>(kRingStep, oy0 + th - i);
-    for (next = std::max(next, i * g.sy); next < (i + rows - 1) * g.sy + p.span; ++next)
+    const i64 step_rows = std::min<i64>(kRingStep, oy0 + th - i);
+    // (every row of the step's span; with row strides above the span or dilated rows a few
+    // are copied that no output row reads)
+    for (next = std::max(next, i * g.sy); next < (i + step_rows - 1) * g.sy + p.span; ++next)
       pad_nhwc<S, A>(img, g.xs[2], g.xs[3], g.xs[1], g, ymap, xmap, next, 1, ox0 * g.sx, Q, c0,
                      cn, ring + (next % p.slots) * slot, bs);
-    for (i64 s = 0; s < rows; ++s)
+    for (i64 s = 0; s < step_rows; ++s)
       for (i64 ky = 0; ky < g.KH; ++ky)
         off[s * g.KH + ky] = (((i + s) * g.sy + ky * g.dy) % p.slots) * slot;
     S* d = stage ? stage : dst + (i - oy0) * drs;
@@ -109,7 +112,7 @@ void ring_task(const S* img, const Geo& g, const RingPlan& p, const i64* ymap, c
     for (i64 c = 0; c < cn; c += L) {
       const A* bc = ring + (c / L) * bs;
       const A* w = wT + c0 + c;
-      for (i64 s = 0; s < rows; ++s) {
+      for (i64 s = 0; s < step_rows; ++s) {
         const RowOffsets rows_at{off.data() + s * g.KH};
         S* drow = d + s * rs + c;
         auto block = [&](i64 j, auto pb) __attribute__((always_inline)) {
@@ -127,7 +130,7 @@ void ring_task(const S* img, const Geo& g, const RingPlan& p, const i64* ymap, c
         in_blocks<8>(0, tw, block);
       }
     }
-    for (i64 s = 0; stage && s < rows; ++s)
+    for (i64 s = 0; stage && s < step_rows; ++s)
       stream_rows(stage + s * rs, cn, dst + (i - oy0 + s) * drs, dps, tw, cn);
   }
 }
@@ -148,7 +151,8 @@ void dw_nhwc_ring(const S* x, const Geo& g, const i64* ymap, const i64* xmap, co
 #pragma omp for schedule(dynamic, 1)
     for (i64 t = 0; t < p.tasks; ++t) {
       const i64 grp = t % p.groups, piece = (t / p.groups) % p.pieces;
-      const i64 band = (t / (p.groups * p.pieces)) % p.bands, n = t / (p.groups * p.pieces * p.bands);
+      const i64 band = (t / (p.groups * p.pieces)) % p.bands;
+      const i64 n = t / (p.groups * p.pieces * p.bands);
       const i64 oy0 = band * p.TH, ox0 = piece * p.TW, c0 = grp * p.cg;
       const i64 th = std::min(p.TH, g.OH - oy0), tw = std::min(p.TW, g.OW - ox0);
       const i64 cn = std::min(p.cg, g.CM - c0);

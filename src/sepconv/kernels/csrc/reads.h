@@ -22,7 +22,7 @@ namespace {
 //   (in the L3 already, and the pass only adds loads). On Zen 3 (run T) those of 8-15 MB
 //   gained as well, against no pass: row 1 channels_last 0.92x, 8x144x56x56 -> 24 0.80x,
 //   32x64x32x32 -> 128 0.91x, depthwise 8x144x56x56 / 8x192x56x56 0.86 / 0.88x; inputs of
-//   4.8 MB took 1.10x (8x192x28x28, 1x96x112x112 -> 24 s2).
+//   4.8 MB took 1.10x (8x192x28x28, 1x96x112x112 -> 24 s2). (Not measured again on Zen 5.)
 int g_reads = 0;
 constexpr i64 kTouchBytes = i64(8) << 20;
 
