@@ -123,6 +123,17 @@ def test_auto_rule_for_depthwise_without_a_measurement(kernels_built):
         assert offered(20, 3, 1, False) and offered(20, 7, 1, True)
 
 
+def test_auto_rule_for_channels_last_3x3_depthwise_follows_the_reads(kernels_built, monkeypatch):
+    # channels_last 3x3 inputs of 8 MiB (1 x 8 x 512 x 512 floats) go to the kernels where
+    # they touch their input first (prefetch on), to PyTorch below 16 MB where they do not.
+    with env("auto"):
+        for prefetch, taken in (("on", True), ("off", False)):
+            monkeypatch.setenv("SEPCONV_KERNELS_PREFETCH", prefetch)
+            dispatch._calls.clear()  # (each problem's decision is kept)
+            assert _depthwise_offered(512, 3, 1, True) is taken
+            assert not _depthwise_offered(400, 3, 1, True)  # 5 MB
+
+
 def test_auto_takes_small_planes_with_a_depth_multiplier(kernels_built):
     # PyTorch's depthwise path with a multiplier is its slow generic one (docs/performance.md)
     small = _variant(spatial=(8, 8))

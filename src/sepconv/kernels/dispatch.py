@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from sepconv.functional.padding import PaddingPlan, pad_pairs
-from sepconv.kernels import _ops
+from sepconv.kernels import _build, _ops
 
 _MODES = ("auto", "on", "off")
 _warned: set[str] = set()
@@ -450,16 +450,25 @@ def _pytorch_wins_depthwise(g, x: Tensor) -> bool:
     fitted to forward + backward steps (docs/performance.md, run H); with a depth multiplier
     the kernels always win (oneDNN runs those 1.1-3x slower). 2d: PyTorch at stride > 1
     (the kernels took 1.2-2.2x its time), on NCHW planes under 100 pixels (1.3x), and on
-    channels_last 3x3 calls with outputs under 16 MB (0.9-1.7x; larger outputs cost PyTorch
-    fresh-allocation page faults, which the pooled outputs avoid); the kernels take
-    channels_last 5x5 and 7x7 (0.34-0.38x) and NCHW otherwise (0.09-0.67x). On AMD Zen 3
-    (AVX2) the same rule fits: 8x128x56x56 3x3 steps 0.79-0.96x PyTorch's time, 7x7
-    0.21-0.42x (run N)."""
+    channels_last 3x3 calls with small inputs (:func:`_nhwc_3x3_kernel_bytes`); the kernels
+    take channels_last 5x5 and 7x7 (0.34-0.38x) and NCHW otherwise (0.09-0.67x). On AMD
+    Zen 3 (AVX2) channels_last 7x7 steps took 0.21-0.42x (run N), 0.25-0.26x (run T)."""
     if g.rank != 2:
         return False
     if g.sy > 1 or g.sx > 1:
         return True
     if g.nhwc:
-        out_bytes = x.numel() * x.element_size()
-        return max(g.KH, g.KW) <= 3 and out_bytes < (16 << 20)
+        in_bytes = x.numel() * x.element_size()
+        return max(g.KH, g.KW) <= 3 and in_bytes < _nhwc_3x3_kernel_bytes()
     return g.OH * g.OW < 100
+
+
+def _nhwc_3x3_kernel_bytes() -> int:
+    """Input bytes from which channels_last 3x3 depthwise calls recording autograd history go
+    to the kernels. 16 MB where the kernels read their input as it comes (Intel, run H:
+    smaller steps took 0.9-1.7x PyTorch's time; larger ones cost PyTorch fresh-allocation
+    page faults, which the pooled outputs avoid); 8 MiB where they touch it first
+    (``SEPCONV_KERNELS_PREFETCH=on``, AMD), which they do from 8 MiB (run T, AMD Zen 3:
+    inputs of 8.4-51 MB took 0.61-0.92x PyTorch's time, 6.4 MB ones 0.94-1.02x, 2.4-4.8 MB
+    ones 1.14-1.18x)."""
+    return 8 << 20 if _build.prefetch_choice() == "on" else 16 << 20
