@@ -81,21 +81,25 @@ def test_vector_bits_match_the_cpu(kernels_built):
     assert bits < 256 or " avx2" in flags
 
 
-def test_auto_rule_without_a_measurement(kernels_built):
+@pytest.mark.parametrize("intel", (True, False))
+def test_auto_rule_without_a_measurement(intel, kernels_built, monkeypatch):
     # The rule (no reference to time against, as for calls that record autograd history):
-    # PyTorch on planes under 100 pixels, on channels_last planes up to 28x28 or strided,
-    # and on strided NCHW calls with outputs under 28x28; the kernels otherwise.
+    # PyTorch on planes under 100 pixels, on strided channels_last calls, on channels_last
+    # planes up to 28x28 on Intel, and on strided NCHW calls with outputs under 28x28; the
+    # kernels otherwise (off Intel also channels_last planes of 100 to 784 pixels).
+    monkeypatch.setattr(_build, "cpu_is_intel", lambda: intel)
+    channels_last_14x14 = _variant(layout="channels_last")
     to_pytorch = [
         _variant(spatial=(8, 8)),
         _variant(stride=(2, 2)),
-        _variant(layout="channels_last"),
+        _variant(spatial=(8, 8), layout="channels_last"),
         _variant(spatial=(60, 60), stride=(2, 2), layout="channels_last"),
-    ]
+    ] + [channels_last_14x14] * intel
     to_kernel = [
         _variant(),
         _variant(spatial=(30, 30), layout="channels_last"),
         _variant(spatial=(60, 60), stride=(2, 2)),
-    ]
+    ] + [channels_last_14x14] * (not intel)
     with env("auto"):
         assert all(_call(case) is None for case in to_pytorch)
         assert all(_call(case) is not None for case in to_kernel)

@@ -211,12 +211,17 @@ def prefetch_choice() -> str:
     return _setting("SEPCONV_KERNELS_PREFETCH", PREFETCH, intel="off", other="on")
 
 
+def cpu_is_intel() -> bool:
+    """Whether this CPU is Intel's (settings and ``auto``'s rules measured per vendor)."""
+    return "GenuineIntel" in cpu_fingerprint()
+
+
 def _setting(variable: str, choices: dict[str, int], intel: str, other: str) -> str:
     """The environment ``variable`` when it names a key of ``choices``, else the CPU's default."""
     value = os.environ.get(variable, "").strip().lower()
     if value in choices:
         return value
-    return intel if "GenuineIntel" in cpu_fingerprint() else other
+    return intel if cpu_is_intel() else other
 
 
 def _declare(lib: ctypes.CDLL) -> None:

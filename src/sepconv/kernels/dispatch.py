@@ -206,12 +206,14 @@ def _pytorch_wins_separable(g) -> bool:
     planes under 100 pixels, on channels_last planes of at most 28x28 and strided
     channels_last calls (oneDNN's channels_last kernels were as fast or faster), and on
     strided NCHW calls with output planes under 28x28 (the strided backward still scatters
-    tap by tap). The same rule holds without AVX-512: on AMD Zen 3 (AVX2) the kernels'
-    steps took 0.31-0.80x PyTorch's on 56x56 and 32x32 planes in both layouts (run N)."""
+    tap by tap). On AMD Zen 3 (AVX2) the kernels' steps took 0.31-0.80x PyTorch's on 56x56
+    and 32x32 planes in both layouts (run N), and also on channels_last planes of 14x14 and
+    28x28 at stride 1 (run T: 0.63-0.97x; 7x7 1.26x), so off Intel only channels_last planes
+    under 100 pixels go to PyTorch at stride 1."""
     plane = g.OH * g.OW
     strided = g.sy > 1 or g.sx > 1
     if g.nhwc:
-        return strided or plane <= 784
+        return strided or plane <= (784 if _build.cpu_is_intel() else 99)
     return plane < 100 or (strided and plane < 784)
 
 
