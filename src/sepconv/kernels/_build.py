@@ -13,6 +13,7 @@ Cache: ``$SEPCONV_CACHE_DIR`` or ``$XDG_CACHE_HOME/sepconv`` (default ``~/.cache
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import platform
@@ -211,6 +212,7 @@ def prefetch_choice() -> str:
     return _setting("SEPCONV_KERNELS_PREFETCH", PREFETCH, intel="off", other="on")
 
 
+@functools.cache
 def cpu_is_intel() -> bool:
     """Whether this CPU is Intel's (settings and ``auto``'s rules measured per vendor)."""
     return "GenuineIntel" in cpu_fingerprint()
