@@ -159,6 +159,17 @@ struct RowOffsets {
   i64 operator()(i64 ky) const { return off[ky]; }
 };
 
+// f(std::integral_constant<int, KW>()) for a 3-, 5- or 7-wide filter (nhwc_s1_ok): the
+// stride-1 loops take the width at compile time.
+template <typename F>
+__attribute__((always_inline)) inline void by_width(i64 KW, F f) {
+  switch (KW) {
+    case 3: f(std::integral_constant<int, 3>()); return;
+    case 5: f(std::integral_constant<int, 5>()); return;
+    default: f(std::integral_constant<int, 7>()); return;
+  }
+}
+
 // Stride 1, dilation 1 along the row: the PB + KW - 1 input vectors of a kernel row are
 // loaded once and reused by all KW taps (register sliding window). b, w, bias and d point at
 // the block's channel vector; input pixels are ps apart, kernel rows where rows() says;
@@ -256,11 +267,11 @@ template <typename S, typename A>
 void conv_nhwc(const A* buf, i64 Q, i64 cb, const A* wT, i64 ldw, const A* bias, i64 TH, i64 TW,
                const Geo& g, S* dst, i64 drs, i64 dps, i64 bs = 0) {
   if (nhwc_s1_ok<A>(g, cb)) {
-    switch (g.KW) {
-      case 3: conv_nhwc_s1<3, S, A>(buf, Q, cb, wT, ldw, bias, TH, TW, g, dst, drs, dps, bs); return;
-      case 5: conv_nhwc_s1<5, S, A>(buf, Q, cb, wT, ldw, bias, TH, TW, g, dst, drs, dps, bs); return;
-      default: conv_nhwc_s1<7, S, A>(buf, Q, cb, wT, ldw, bias, TH, TW, g, dst, drs, dps, bs); return;
-    }
+    by_width(g.KW, [&](auto kw) {
+      conv_nhwc_s1<decltype(kw)::value, S, A>(buf, Q, cb, wT, ldw, bias, TH, TW, g, dst, drs, dps,
+                                              bs);
+    });
+    return;
   }
   const i64 L = V<A>::L;
   const i64 T = g.T;

@@ -34,7 +34,7 @@ constexpr i64 kRingStep = 2;
 
 template <typename S, typename A>
 inline bool nhwc_ring_ok(const Geo& g) {
-  const bool large = g.N * g.C * g.H * g.W * i64(sizeof(S)) >= kRing3x3Bytes;
+  const bool large = input_bytes(g, sizeof(S)) >= kRing3x3Bytes;
   return g.nhwc && g.M == 1 && g.KH <= kRingRows && (g.KW > 3 || large) &&
          nhwc_block_stride<A>(g, g.CM, 1, 1) > 0;
 }
@@ -64,8 +64,8 @@ RingPlan plan_ring(const Geo& g) {
   p.groups = (g.CM * elem + kRingGroupBytes - 1) / kRingGroupBytes;
   p.cg = ((g.CM + p.groups - 1) / p.groups + L - 1) / L * L;
   p.groups = (g.CM + p.cg - 1) / p.cg;
-  p.span = (g.KH - 1) * g.dy + 1;
-  p.slots = (kRingStep - 1) * g.sy + p.span;
+  p.span = input_span(1, g.sy, g.KH, g.dy);
+  p.slots = input_span(kRingStep, g.sy, g.KH, g.dy);
   const i64 qmax = kRingBytes / (p.slots * p.cg * elem);
   const i64 tw_max = std::max<i64>(8, qmax - (g.KW - 1));
   p.pieces = (g.OW + tw_max - 1) / tw_max;
@@ -92,7 +92,7 @@ void ring_task(const S* img, const Geo& g, const RingPlan& p, const i64* ymap, c
                i64 oy0, i64 th, i64 ox0, i64 tw, i64 c0, i64 cn, A* ring, const A* wT,
                const A* bias, S* dst, i64 drs, i64 dps, S* stage) {
   const i64 L = V<A>::L;
-  const i64 Q = tw + (g.KW - 1) * g.dx, slot = Q * L, bs = p.slots * slot;
+  const i64 Q = input_span(tw, g.sx, g.KW, g.dx), slot = Q * L, bs = p.slots * slot;
   std::array<i64, kRingRows * kRingStep> off{};  // kernel row ky of step row s: [s * KH + ky]
   const i64 ps = stage ? cn : dps, rs = stage ? tw * cn : drs;  // output pixel, row steps
   i64 next = oy0 * g.sy;  // the next input row to copy
@@ -100,7 +100,8 @@ void ring_task(const S* img, const Geo& g, const RingPlan& p, const i64* ymap, c
     const i64 step_rows = std::min<i64>(kRingStep, oy0 + th - i);
     // (every row of the step's span; with row strides above the span or dilated rows a few
     // are copied that no output row reads)
-    for (next = std::max(next, i * g.sy); next < (i + step_rows - 1) * g.sy + p.span; ++next)
+    const i64 end = i * g.sy + input_span(step_rows, g.sy, g.KH, g.dy);
+    for (next = std::max(next, i * g.sy); next < end; ++next)
       pad_nhwc<S, A>(img, g.xs[2], g.xs[3], g.xs[1], g, ymap, xmap, next, 1, ox0 * g.sx, Q, c0,
                      cn, ring + (next % p.slots) * slot, bs);
     for (i64 s = 0; s < step_rows; ++s)
@@ -116,16 +117,10 @@ void ring_task(const S* img, const Geo& g, const RingPlan& p, const i64* ymap, c
         const RowOffsets rows_at{off.data() + s * g.KH};
         S* drow = d + s * rs + c;
         auto block = [&](i64 j, auto pb) __attribute__((always_inline)) {
-          constexpr int PB = decltype(pb)::value;
-          if (g.KW == 3)
-            nhwc_block_s1<PB, 3, S, A>(bc + j * L, L, rows_at, g.KH, w, g.CM, bias + c0 + c,
-                                       drow + j * ps, ps);
-          else if (g.KW == 5)
-            nhwc_block_s1<PB, 5, S, A>(bc + j * L, L, rows_at, g.KH, w, g.CM, bias + c0 + c,
-                                       drow + j * ps, ps);
-          else
-            nhwc_block_s1<PB, 7, S, A>(bc + j * L, L, rows_at, g.KH, w, g.CM, bias + c0 + c,
-                                       drow + j * ps, ps);
+          by_width(g.KW, [&](auto kw) __attribute__((always_inline)) {
+            nhwc_block_s1<decltype(pb)::value, decltype(kw)::value, S, A>(
+                bc + j * L, L, rows_at, g.KH, w, g.CM, bias + c0 + c, drow + j * ps, ps);
+          });
         };
         in_blocks<8>(0, tw, block);
       }
@@ -145,8 +140,7 @@ void dw_nhwc_ring(const S* x, const Geo& g, const i64* ymap, const i64* xmap, co
 #pragma omp parallel num_threads(g.threads)
   {
     t_stream = stream && !staged;
-    const i64 Q = p.TW + (g.KW - 1) * g.dx;
-    std::vector<A> ring(p.slots * Q * p.cg);
+    std::vector<A> ring(p.slots * input_span(p.TW, g.sx, g.KW, g.dx) * p.cg);
     std::vector<S> row_out(staged ? kRingStep * p.TW * p.cg : 0);
 #pragma omp for schedule(dynamic, 1)
     for (i64 t = 0; t < p.tasks; ++t) {

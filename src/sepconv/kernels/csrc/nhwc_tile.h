@@ -38,12 +38,10 @@ void conv_nhwc_inner(const A* x, i64 sh, i64 sw, i64 cb, const A* wB, const A* b
           nhwc_block<PB, S, A>(xb + c, g.sx * sw, off.data(), g.T, w, L, bias + c, 0, db + c, dps);
           continue;
         }
-        const RowStep rows{g.dy * sh};
-        switch (g.KW) {
-          case 3: nhwc_block_s1<PB, 3, S, A>(xb + c, sw, rows, g.KH, w, L, bias + c, db + c, dps); break;
-          case 5: nhwc_block_s1<PB, 5, S, A>(xb + c, sw, rows, g.KH, w, L, bias + c, db + c, dps); break;
-          default: nhwc_block_s1<PB, 7, S, A>(xb + c, sw, rows, g.KH, w, L, bias + c, db + c, dps); break;
-        }
+        by_width(g.KW, [&](auto kw) __attribute__((always_inline)) {
+          nhwc_block_s1<PB, decltype(kw)::value, S, A>(xb + c, sw, RowStep{g.dy * sh}, g.KH, w, L,
+                                                       bias + c, db + c, dps);
+        });
       }
     };
     in_blocks<8>(0, TW, block);

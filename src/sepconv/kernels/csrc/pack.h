@@ -76,7 +76,6 @@ void transpose_groups(const S* src, S* dst, i64 G, i64 Og, i64 CMg) {
     transpose(src + gi * Og * CMg, CMg, dst + gi * Og * CMg, Og, Og, CMg);
 }
 
-
 // Rows [k0, k1) of panel j of B = src^T, src being N x K row-major (B's columns are src's
 // rows): dst[(j*K + k)*kPanel + o] = src[(j*kPanel + o)*K + k], zero past N.
 void pack_panel_part(const float* src, i64 N, i64 K, i64 j, i64 k0, i64 k1, float* dst) {
