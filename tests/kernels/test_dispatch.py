@@ -129,7 +129,8 @@ def test_auto_rule_for_depthwise_without_a_measurement(kernels_built):
 
 def test_auto_rule_for_channels_last_3x3_depthwise_follows_the_reads(kernels_built, monkeypatch):
     # channels_last 3x3 inputs of 8 MiB (1 x 8 x 512 x 512 floats) go to the kernels where
-    # they touch their input first (prefetch on), to PyTorch below 16 MB where they do not.
+    # they touch their input first (prefetch on; from the library's kTouchBytes, which it
+    # exports), to PyTorch below 16 MB where they do not.
     with env("auto"):
         for prefetch, taken in (("on", True), ("off", False)):
             monkeypatch.setenv("SEPCONV_KERNELS_PREFETCH", prefetch)

@@ -29,7 +29,7 @@ import torch
 SOURCE = Path(__file__).resolve().parent / "csrc" / "sepconv_kernels.cpp"
 #: Every file of the translation unit: the source and the parts it includes.
 SOURCES = (SOURCE, *sorted(SOURCE.parent.glob("*.h")))
-ABI_VERSION = 5
+ABI_VERSION = 6
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -240,6 +240,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.sepconv_set_reads.argtypes = [c_int]
     lib.sepconv_set_reads.restype = c_int
     lib.sepconv_vector_bits.restype = c_int
+    lib.sepconv_touch_bytes.restype = ctypes.c_int64
 
 
 def open_library(path: Path) -> ctypes.CDLL:

@@ -469,9 +469,10 @@ def _nhwc_3x3_kernel_bytes() -> int:
     """Input bytes from which channels_last 3x3 depthwise calls recording autograd history go
     to the kernels. 16 MB where the kernels read their input as it comes (Intel, run H:
     smaller steps took 0.9-1.7x PyTorch's time; larger ones cost PyTorch fresh-allocation
-    page faults, which the pooled outputs avoid); 8 MiB where they touch it first
-    (``SEPCONV_KERNELS_PREFETCH=on``, AMD), which they do from 8 MiB (``kTouchBytes`` in
-    ``csrc/reads.h``; run T, AMD Zen 3:
-    inputs of 8.4-51 MB took 0.61-0.92x PyTorch's time, 6.4 MB ones 0.94-1.02x, 2.4-4.8 MB
-    ones 1.14-1.18x)."""
-    return 8 << 20 if _build.prefetch_choice() == "on" else 16 << 20
+    page faults, which the pooled outputs avoid); where they touch it first
+    (``SEPCONV_KERNELS_PREFETCH=on``, AMD), from the size at which they do so, the
+    library's ``kTouchBytes`` (8 MiB; run T, AMD Zen 3: inputs of 8.4-51 MB took
+    0.61-0.92x PyTorch's time, 6.4 MB ones 0.94-1.02x, 2.4-4.8 MB ones 1.14-1.18x)."""
+    if _build.prefetch_choice() != "on":
+        return 16 << 20
+    return _build.load().sepconv_touch_bytes()

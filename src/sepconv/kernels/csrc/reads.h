@@ -24,6 +24,7 @@ namespace {
 //   32x64x32x32 -> 128 0.91x, depthwise 8x144x56x56 / 8x192x56x56 0.86 / 0.88x; inputs of
 //   4.8 MB took 1.10x (8x192x28x28, 1x96x112x112 -> 24 s2). (Not measured again on Zen 5.)
 int g_reads = 0;
+// (Exported as sepconv_touch_bytes: auto's training rule for channels_last 3x3 follows it.)
 constexpr i64 kTouchBytes = i64(8) << 20;
 
 // The image rows [rlo, rhi) and columns [clo, chi) inside the padded window of rows

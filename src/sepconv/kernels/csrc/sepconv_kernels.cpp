@@ -52,7 +52,11 @@
 
 extern "C" {
 
-int sepconv_abi_version() { return 5; }
+int sepconv_abi_version() { return 6; }
+
+// Input bytes from which channels_last tiles touch their input first where the reads are on
+// (kTouchBytes): auto's training rule for channels_last 3x3 depthwise calls follows it.
+i64 sepconv_touch_bytes() { return kTouchBytes; }
 
 // The vector width the library was compiled for, in bits: 512 with AVX-512, 256 with AVX2.
 // (Reported by kernels.info(); with AVX2 and FMA the loops use one ymm register a vector.)
