@@ -13,6 +13,7 @@
 #include "nhwc.h"
 #include "tiles.h"
 #include "pack.h"
+#include "kept.h"
 
 namespace {
 
@@ -427,14 +428,15 @@ void backward(const S* x, const S* wd, const S* wp, const S* gy, const i64* gys,
   {
     const int tid = omp_get_thread_num();
     const i64 cbm_max = cblk * g.M;
-    std::vector<A> xb(nhwc ? HWu * cbm_max : HWu * cblk + kSlack);
-    std::vector<A> gb(fold ? (nhwc ? HWu * cbm_max : HWu) : 0);
-    std::vector<A> gpad(gx_direct && nhwc ? gt.Hu * gt.Wu * cbm_max : 0);
+    // (kept from call to call: as vectors they were page-faulted in again every call)
+    const KeptZeroed<A> xb(kKeptBwdInput, nhwc ? HWu * cbm_max : HWu * cblk + kSlack);
+    const KeptZeroed<A> gb(kKeptBwdFold, fold ? (nhwc ? HWu * cbm_max : HWu) : 0);
+    const KeptZeroed<A> gpad(kKeptBwdGradPad, gx_direct && nhwc ? gt.Hu * gt.Wu * cbm_max : 0);
     const std::vector<A> zeros(cbm_max, A(0));
-    std::vector<S> mid(sep ? band_rows * g.OW * cbm_max : 0);
-    std::vector<S> midT(own_dwp ? band_rows * g.OW * cbm_max : 0);
-    std::vector<S> dwp_tile(own_dwp ? g.Og * cbm_max : 0);
-    std::vector<A> gmid(sep ? P * cbm_max : 0);
+    const KeptZeroed<S> mid(kKeptBwdMid, sep ? band_rows * g.OW * cbm_max : 0);
+    const KeptZeroed<S> midT(kKeptBwdMidT, own_dwp ? band_rows * g.OW * cbm_max : 0);
+    const KeptZeroed<S> dwp_tile(kKeptBwdPointwise, own_dwp ? g.Og * cbm_max : 0);
+    const KeptZeroed<A> gmid(kKeptBwdGradMid, sep ? P * cbm_max : 0);
     std::vector<A> dwT_local(nhwc ? g.T * cbm_max : 0);
     A* my_dwd = dwd_t.data() + tid * g.CM * g.T;
     A* my_dbd = dbd ? dbd_t.data() + tid * g.CM : nullptr;

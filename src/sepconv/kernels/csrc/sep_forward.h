@@ -13,6 +13,7 @@
 #include "tiles.h"
 #include "nhwc_tile.h"
 #include "pack.h"
+#include "kept.h"
 
 namespace {
 
@@ -209,35 +210,6 @@ bool whole_ok(const Geo& g, bool few_tiles) {
 // 8x576x14x14 -> 160 s2 took 1.25-1.35x (packing there is cheap).
 bool whole_transposed(const Geo& g) {
   return g.nhwc && 2 * g.N * g.OH * g.OW * (g.CM + g.O) < g.O * g.CM;
-}
-
-// Buffers that a thread keeps from call to call, one per slot, each up to kKeepBytes (larger
-// ones are allocated per call, in `fallback`). glibc hands large freed blocks back to the
-// system (it unmaps them, or trims its heaps), so that a fresh buffer of megabytes was
-// page-faulted in again on every call: a loop of 8x384x14x14 -> 1536 calls took 16.3 ms a
-// call instead of 11.9, 8x960x7x7 -> 320 3.0 ms instead of 1.9 (AMD Zen 3 VM). The tile
-// intermediates are kept for the same reason, without a gain measured there (32x64x32x32 ->
-// 128 5.5-5.7 ms either way). A slot's buffer is in use by one call at a time:
-// slots are per thread (and element type), and a call uses each slot once. Buffers only
-// grow: each thread, OpenMP's workers included, keeps its largest until it exits (whole-
-// call buffers are at most a few MiB, whole_ok; tile intermediates the tile budget).
-enum KeptSlot { kKeptMid, kKeptPanels, kKeptOut, kKeptSlots };
-constexpr i64 kKeepBytes = i64(32) << 20;
-template <typename T>
-T* kept_buffer(KeptSlot slot, i64 n, std::unique_ptr<T[]>& fallback) {
-  thread_local std::unique_ptr<T[]> kept[kKeptSlots];
-  thread_local i64 kept_n[kKeptSlots] = {};
-  if (n * i64(sizeof(T)) > kKeepBytes) {
-    fallback.reset(new T[n]);
-    return fallback.get();
-  }
-  if (n > kept_n[slot]) {
-    kept[slot].reset();  // (not both at once; and no stale size if new throws)
-    kept_n[slot] = 0;
-    kept[slot].reset(new T[n]);
-    kept_n[slot] = n;
-  }
-  return kept[slot].get();
 }
 
 // Small intermediates (whole_ok): the depthwise output of the whole

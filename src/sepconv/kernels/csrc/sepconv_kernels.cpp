@@ -6,10 +6,10 @@
 // own GEMM (gemm.h), padded copies (padding.h), reading ahead (reads.h), the planar and
 // channels_last depthwise loops (planar.h, nhwc.h), output tiles (tiles.h, nhwc_tile.h),
 // packed weights (pack.h), the forwards (sep_forward.h, dw_forward.h) and the backward
-// (backward.h); the C ABI is at the end of this file. Tensors arrive as raw pointers plus
-// int64 strides; the pointwise GEMM goes to the BLAS that libtorch_cpu already carries
-// (MKL: sgemm_, dgemm_, cblas_gemm_bf16bf16f32). Threads: OpenMP, as many as
-// torch.get_num_threads().
+// (backward.h), with the buffers a thread keeps from call to call (kept.h); the C ABI is at
+// the end of this file. Tensors arrive as raw pointers plus int64 strides; the pointwise GEMM
+// goes to the BLAS that libtorch_cpu already carries (MKL: sgemm_, dgemm_,
+// cblas_gemm_bf16bf16f32). Threads: OpenMP, as many as torch.get_num_threads().
 //
 // Everything is done as 2d: a 1d convolution is a 2d one with H = 1.
 //
@@ -43,6 +43,7 @@
 #include "nhwc_tile.h"
 #include "nhwc_ring.h"
 #include "pack.h"
+#include "kept.h"
 #include "sep_forward.h"
 #include "dw_forward.h"
 #include "backward.h"

@@ -1,0 +1,76 @@
+// Buffers that a thread keeps from call to call (kept_buffer, KeptZeroed).
+//
+// One part of the kernels' single translation unit: sepconv_kernels.cpp includes the parts in
+// order; each includes the parts whose names it uses.
+#pragma once
+
+#include <algorithm>
+#include <memory>
+
+#include "vec.h"
+
+namespace {
+
+// Buffers that a thread keeps from call to call, one per slot, each up to kKeepBytes (larger
+// ones are allocated per call, in `fallback`). glibc hands large freed blocks back to the
+// system (it unmaps them, or trims its heaps), so that a fresh buffer of megabytes was
+// page-faulted in again on every call: a loop of 8x384x14x14 -> 1536 calls took 16.3 ms a
+// call instead of 11.9, 8x960x7x7 -> 320 3.0 ms instead of 1.9 (AMD Zen 3 VM). The tile
+// intermediates are kept for the same reason, without a gain measured there (32x64x32x32 ->
+// 128 5.5-5.7 ms either way). A slot's buffer is in use by one call at a time:
+// slots are per thread (and element type), and a call uses each slot once. Buffers only
+// grow: each thread, OpenMP's workers included, keeps its largest until it exits (whole-
+// call buffers are at most a few MiB, whole_ok; tile intermediates the tile budget; the
+// backward's, per block of channels, about three tile budgets, or 64 padded planes where
+// those are larger: 13 MB for 224 x 224).
+// The forward's slots (sep_forward.h) and the backward's (backward.h), one per per-thread
+// buffer of a call.
+enum KeptSlot {
+  kKeptMid,
+  kKeptPanels,
+  kKeptOut,
+  kKeptBwdInput,
+  kKeptBwdFold,
+  kKeptBwdGradPad,
+  kKeptBwdMid,
+  kKeptBwdMidT,
+  kKeptBwdPointwise,
+  kKeptBwdGradMid,
+  kKeptSlots
+};
+constexpr i64 kKeepBytes = i64(32) << 20;
+template <typename T>
+T* kept_buffer(KeptSlot slot, i64 n, std::unique_ptr<T[]>& fallback) {
+  thread_local std::unique_ptr<T[]> kept[kKeptSlots];
+  thread_local i64 kept_n[kKeptSlots] = {};
+  if (n * i64(sizeof(T)) > kKeepBytes) {
+    fallback.reset(new T[n]);
+    return fallback.get();
+  }
+  if (n > kept_n[slot]) {
+    kept[slot].reset();  // (not both at once; and no stale size if new throws)
+    kept_n[slot] = 0;
+    kept[slot].reset(new T[n]);
+    kept_n[slot] = n;
+  }
+  return kept[slot].get();
+}
+
+// n elements of a kept buffer, zeroed, as a value-initialised std::vector<T>(n) would be
+// (without its page faults: in the backward, whose per-thread buffers were vectors, row 1's
+// training step took 438 minor page faults a step on the AMD Zen 3 VM, at 3-5 us each).
+template <typename T>
+struct KeptZeroed {
+  std::unique_ptr<T[]> fallback;  // (beyond kKeepBytes)
+  T* p;
+  i64 n;
+  KeptZeroed(KeptSlot slot, i64 count) : p(kept_buffer(slot, count, fallback)), n(count) {
+    std::fill(p, p + n, T(0));
+  }
+  T* data() const { return p; }
+  T* begin() const { return p; }
+  T* end() const { return p + n; }
+  T& operator[](i64 i) const { return p[i]; }
+};
+
+}  // namespace
