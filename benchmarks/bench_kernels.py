@@ -431,10 +431,11 @@ for _ in range(3):  # one-time buffers of the libraries (BLAS packing, threads) 
     step()
     x.grad = None
     model.zero_grad(set_to_none=True)
-# The kernels' output pool would serve the measured step from memory allocated earlier;
-# empty it so that the step's own outputs count.
-from sepconv.kernels import _ops
-_ops.clear_pool()
+# The kernels' output pool and the buffers their threads keep between calls would serve
+# the measured step from memory allocated earlier; free them so that the step's own outputs
+# and buffers count.
+from sepconv import kernels
+kernels.release_memory()
 import gc
 gc.collect()
 base = rss("VmRSS:")

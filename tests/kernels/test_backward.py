@@ -302,6 +302,7 @@ def test_bfloat16_with_grad_declines(kernels_on):
 
 _REPEATED_BACKWARD = """
 import ctypes, resource, torch
+from sepconv import kernels
 from sepconv.kernels import _build, _ops
 lib = _build.load()
 x, gy = torch.randn(2, 64, 56, 56), torch.randn(2, 64, 56, 56)
@@ -314,22 +315,35 @@ pointers = [t.data_ptr() for t in (x, wd, wp, gy, gx, gwd, gbd, gwp)]
 def call():
     assert lib.sepconv_backward(0, *pointers[:4], strides[0], pointers[4], strides[1],
                                 *pointers[5:], geo) == 0
+def resident():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
 call()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(5):
     call()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
+faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5
+grads = [t.clone() for t in (gx, gwd, gbd, gwp)]
+kept = resident()
+kernels.release_memory()
+freed = kept - resident()
+call()  # allocates its buffers afresh
+# (the weight gradients' per-thread sums depend on which thread ran which block)
+assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-4) for a, b in zip(grads, (gx, gwd, gbd, gwp)))
+print(faults, freed)
 """
 
 
-def test_backward_keeps_its_buffers_between_calls(kernels_built):
+def test_backward_buffers_are_kept_between_calls_and_released_on_request(kernels_built):
     # Its per-thread buffers (about 1.7 MB a thread here) are kept from call to call
     # (kept.h). With every allocation of 64 KiB or more mapped afresh (glibc's
     # MALLOC_MMAP_THRESHOLD_), buffers allocated per call would page-fault on every call,
-    # about 400 faults a thread.
+    # about 400 faults a thread; sepconv.kernels.release_memory() unmaps them.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     run = subprocess.run(
         [sys.executable, "-c", _REPEATED_BACKWARD], env=env, capture_output=True, text=True
     )
     assert run.returncode == 0, run.stderr
-    assert float(run.stdout) < 50, f"{run.stdout.strip()} page faults a call"
+    faults, freed = map(float, run.stdout.split())
+    assert faults < 50, f"{faults} page faults a call"
+    assert freed >= 1 << 20, f"release_memory freed {freed} bytes"

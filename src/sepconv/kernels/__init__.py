@@ -60,6 +60,16 @@ def info() -> dict[str, Any]:
     }
 
 
+def release_memory() -> None:
+    """Free the memory the kernels keep between calls: the output pool's storages (those no
+    tensor still uses) and the buffers kept by this thread and by the OpenMP workers of
+    ``torch.get_num_threads()`` threads. Later calls allocate them afresh."""
+    from sepconv.kernels import _ops
+
+    _ops.clear_pool()
+    _ops.release_buffers()
+
+
 def _cpu_model(fingerprint: str) -> str:
     for line in fingerprint.splitlines():
         if line.startswith("model name"):
@@ -67,4 +77,4 @@ def _cpu_model(fingerprint: str) -> str:
     return "unknown"
 
 
-__all__ = ["available", "build", "info"]
+__all__ = ["available", "build", "info", "release_memory"]

@@ -241,6 +241,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.sepconv_set_reads.restype = c_int
     lib.sepconv_vector_bits.restype = c_int
     lib.sepconv_touch_bytes.restype = ctypes.c_int64
+    lib.sepconv_release_buffers.argtypes = [c_int]
+    lib.sepconv_release_buffers.restype = None
 
 
 def open_library(path: Path) -> ctypes.CDLL:

@@ -251,6 +251,14 @@ def clear_pool() -> None:
         _pool_bytes = 0
 
 
+def release_buffers() -> None:
+    """Free the buffers that the kernels' threads keep between calls (``csrc/kept.h``): those
+    of this thread and of the OpenMP workers of a team of ``torch.get_num_threads()``. A
+    no-op when the library is not loaded."""
+    if _build._lib is not None:
+        _build._lib.sepconv_release_buffers(torch.get_num_threads())
+
+
 def _layout_strides(shape, rank: int, channels_inner: bool) -> tuple[int, ...]:
     """Dense strides of ``shape``, with channels innermost when ``channels_inner``."""
     if not channels_inner:

@@ -39,21 +39,44 @@ enum KeptSlot {
   kKeptSlots
 };
 constexpr i64 kKeepBytes = i64(32) << 20;
+
+// One thread's kept buffers of element type T, a buffer and its size per slot.
+template <typename T>
+struct KeptStore {
+  std::unique_ptr<T[]> buf[kKeptSlots];
+  i64 n[kKeptSlots] = {};
+  void release() {
+    for (int s = 0; s < kKeptSlots; ++s) buf[s].reset(), n[s] = 0;
+  }
+};
+
+template <typename T>
+KeptStore<T>& kept_store() {
+  thread_local KeptStore<T> store;
+  return store;
+}
+
 template <typename T>
 T* kept_buffer(KeptSlot slot, i64 n, std::unique_ptr<T[]>& fallback) {
-  thread_local std::unique_ptr<T[]> kept[kKeptSlots];
-  thread_local i64 kept_n[kKeptSlots] = {};
   if (n * i64(sizeof(T)) > kKeepBytes) {
     fallback.reset(new T[n]);
     return fallback.get();
   }
-  if (n > kept_n[slot]) {
-    kept[slot].reset();  // (not both at once; and no stale size if new throws)
-    kept_n[slot] = 0;
-    kept[slot].reset(new T[n]);
-    kept_n[slot] = n;
+  KeptStore<T>& kept = kept_store<T>();
+  if (n > kept.n[slot]) {
+    kept.buf[slot].reset();  // (not both at once; and no stale size if new throws)
+    kept.n[slot] = 0;
+    kept.buf[slot].reset(new T[n]);
+    kept.n[slot] = n;
   }
-  return kept[slot].get();
+  return kept.buf[slot].get();
+}
+
+// Frees the calling thread's kept buffers, of every element type that keeps any.
+inline void release_kept() {
+  kept_store<float>().release();
+  kept_store<double>().release();
+  kept_store<bf16>().release();
 }
 
 // n elements of a kept buffer, zeroed, as a value-initialised std::vector<T>(n) would be

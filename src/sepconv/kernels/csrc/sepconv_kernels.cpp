@@ -87,6 +87,13 @@ int sepconv_set_reads(int mode) {
   return old;
 }
 
+// Frees the buffers that the calling thread and the OpenMP workers of a team of `threads`
+// keep between calls (kept.h); later calls allocate them again.
+void sepconv_release_buffers(int threads) {
+#pragma omp parallel num_threads(threads > 0 ? threads : 1)
+  release_kept();
+}
+
 int sepconv_sep_forward(int dtype, const void* x, const void* wd, const void* bd, const void* wp,
                         const void* bp, void* out, const i64* geo) {
   switch (dtype) {
