@@ -12,6 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sepconv import SeparableConv2d
 from sepconv.functional.conv import depthwise_forward, separable_forward
 from sepconv.kernels import _build, _ops
 from tests.kernels.helpers import (
@@ -314,7 +315,7 @@ strides = [(ctypes.c_int64 * 4)(*_ops.strides4(t, 2)) for t in (gy, gx)]
 pointers = [t.data_ptr() for t in (x, wd, wp, gy, gx, gwd, gbd, gwp)]
 def call():
     assert lib.sepconv_backward(0, *pointers[:4], strides[0], pointers[4], strides[1],
-                                *pointers[5:], geo) == 0
+                                *pointers[5:], geo, 0) == 0
 def resident():
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
@@ -347,3 +348,27 @@ def test_backward_buffers_are_kept_between_calls_and_released_on_request(kernels
     faults, freed = map(float, run.stdout.split())
     assert faults < 50, f"{faults} page faults a call"
     assert freed >= 1 << 20, f"release_memory freed {freed} bytes"
+
+
+def test_gradients_repeat_exactly_with_deterministic_algorithms(kernels_on):
+    # With dynamic scheduling the weight gradients' per-thread sums depend on which thread
+    # ran which block (half of such calls differed in rounding); under
+    # torch.use_deterministic_algorithms(True) the tasks go to the threads statically.
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(2)
+    torch.use_deterministic_algorithms(True)
+    try:
+        layer = SeparableConv2d(64, 64, 3, padding=1)
+        x = torch.randn(2, 64, 56, 56, requires_grad=True)
+        gy = torch.randn(2, 64, 56, 56)
+        first = None
+        for _ in range(20):
+            layer.zero_grad()
+            x.grad = None
+            layer(x).backward(gy)
+            grads = [p.grad.clone() for p in layer.parameters()] + [x.grad.clone()]
+            first = first or grads
+            assert all(torch.equal(a, b) for a, b in zip(first, grads))
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+        torch.set_num_threads(threads)

@@ -445,6 +445,7 @@ def backward_raw(x, wd, wp, gy, g: Geometry, need_x: bool, need_bd: bool, need_w
             _ptr(gbd),
             _ptr(gwp),
             geo,
+            int(torch.are_deterministic_algorithms_enabled()),
         )
     )
     return gx, gwd, gbd, gwp

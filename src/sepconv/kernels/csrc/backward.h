@@ -345,10 +345,12 @@ void fold_nhwc(const Geo& g, i64 cin, const A* gbuf, const i64* ymap, const i64*
 // Backward of separable (wp != null) or depthwise (wp == null) convolution.
 // gy: output gradient, strides gys[4]; gx (may be null): input gradient, strides gxs[4].
 // dwd (CM*T), dbd (CM, may be null), dwp (O*CMg, may be null): accumulator-type results.
+// deterministic: the same results on every call with as many threads (tasks assigned to
+// threads statically).
 template <typename S>
 void backward(const S* x, const S* wd, const S* wp, const S* gy, const i64* gys, S* gx,
               const i64* gxs, typename Acc<S>::type* dwd, typename Acc<S>::type* dbd,
-              typename Acc<S>::type* dwp, const i64* geo) {
+              typename Acc<S>::type* dwp, const i64* geo, bool deterministic) {
   typedef typename Acc<S>::type A;
   const Geo g = make_geo(geo);
   const bool sep = wp != nullptr;
@@ -424,6 +426,15 @@ void backward(const S* x, const S* wd, const S* wp, const S* gy, const i64* gys,
   constexpr i64 kDwpBandPixels = 512;
   const i64 band_rows = own_dwp ? std::clamp<i64>(kDwpBandPixels / g.OW, 1, g.OH) : g.OH;
 
+  // Dynamic scheduling lets a thread that the machine slows take fewer tasks. With
+  // torch.use_deterministic_algorithms(True) each thread takes a fixed share instead, so that
+  // its weight-gradient sums, and their reduction below, add in the same order on every call
+  // (with dynamic scheduling half the calls' weight gradients differed in rounding). The
+  // task loop's schedule(runtime) reads this; the caller's setting is restored after it.
+  omp_sched_t old_kind;
+  int old_chunk;
+  omp_get_schedule(&old_kind, &old_chunk);
+  omp_set_schedule(deterministic ? omp_sched_static : omp_sched_dynamic, deterministic ? 0 : 1);
 #pragma omp parallel num_threads(nth)
   {
     const int tid = omp_get_thread_num();
@@ -441,7 +452,7 @@ void backward(const S* x, const S* wd, const S* wp, const S* gy, const i64* gys,
     A* my_dwd = dwd_t.data() + tid * g.CM * g.T;
     A* my_dbd = dbd ? dbd_t.data() + tid * g.CM : nullptr;
     A* my_dwp = dwp_t.empty() ? nullptr : dwp_t.data() + tid * g.O * g.CMg;
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(runtime)  // (dynamic, or static when deterministic: above)
     for (i64 t = 0; t < tasks; ++t) {
       const i64 n = t / (groups * nblk), gi = (t / nblk) % groups, bi = t % nblk;
       const i64 c0 = gi * cin_group + bi * cblk;
@@ -590,6 +601,7 @@ void backward(const S* x, const S* wd, const S* wp, const S* gy, const i64* gys,
       }
     }
   }
+  omp_set_schedule(old_kind, old_chunk);
   // Reduce per-thread accumulators.
   for (i64 i = 0; i < g.CM * g.T; ++i) {
     A s = 0;

@@ -50,10 +50,16 @@ struct KeptStore {
   }
 };
 
+// The calling thread's store, on the heap: the library's thread_locals all live in the
+// static TLS block (t_stream and t_ahead are initial-exec), which every dlopen'ed library
+// shares and which is small. As thread_locals, the stores took 480 of the library's 560
+// bytes there, and a third library loaded into a process failed ("cannot allocate memory
+// in static TLS block"); as pointers they take 24.
 template <typename T>
 KeptStore<T>& kept_store() {
-  thread_local KeptStore<T> store;
-  return store;
+  thread_local std::unique_ptr<KeptStore<T>> store;
+  if (!store) store.reset(new KeptStore<T>());
+  return *store;
 }
 
 template <typename T>
