@@ -63,7 +63,9 @@ def info() -> dict[str, Any]:
 def release_memory() -> None:
     """Free the memory the kernels keep between calls: the output pool's storages (those no
     tensor still uses) and the buffers kept by this thread and by the OpenMP workers of
-    ``torch.get_num_threads()`` threads. Later calls allocate them afresh."""
+    ``torch.get_num_threads()`` threads (up to a few padded planes a thread for large
+    images). Later calls allocate them afresh. Buffers kept by kernel calls made from other
+    Python threads stay with those threads."""
     from sepconv.kernels import _ops
 
     _ops.clear_pool()

@@ -45,9 +45,6 @@ template <typename T>
 struct KeptStore {
   std::unique_ptr<T[]> buf[kKeptSlots];
   i64 n[kKeptSlots] = {};
-  void release() {
-    for (int s = 0; s < kKeptSlots; ++s) buf[s].reset(), n[s] = 0;
-  }
 };
 
 // The calling thread's store, on the heap: the library's thread_locals all live in the
@@ -56,8 +53,14 @@ struct KeptStore {
 // bytes there, and a third library loaded into a process failed ("cannot allocate memory
 // in static TLS block"); as pointers they take 24.
 template <typename T>
-KeptStore<T>& kept_store() {
+std::unique_ptr<KeptStore<T>>& kept_store_ptr() {
   thread_local std::unique_ptr<KeptStore<T>> store;
+  return store;
+}
+
+template <typename T>
+KeptStore<T>& kept_store() {
+  std::unique_ptr<KeptStore<T>>& store = kept_store_ptr<T>();
   if (!store) store.reset(new KeptStore<T>());
   return *store;
 }
@@ -80,9 +83,9 @@ T* kept_buffer(KeptSlot slot, i64 n, std::unique_ptr<T[]>& fallback) {
 
 // Frees the calling thread's kept buffers, of every element type that keeps any.
 inline void release_kept() {
-  kept_store<float>().release();
-  kept_store<double>().release();
-  kept_store<bf16>().release();
+  kept_store_ptr<float>().reset();
+  kept_store_ptr<double>().reset();
+  kept_store_ptr<bf16>().reset();
 }
 
 // n elements of a kept buffer, zeroed, as a value-initialised std::vector<T>(n) would be
