@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from sepconv import DepthwiseConv1d, SeparableConv1d, SeparableConv2d
+from sepconv import DepthwiseConv1d, DepthwiseConv2d, SeparableConv1d, SeparableConv2d
 from sepconv.functional.padding import resolve_padding
 from sepconv.kernels import _build, _ops, dispatch
 from tests.kernels.helpers import Case, env
@@ -172,6 +172,18 @@ def test_fallback_without_compiler_warns_once(no_compiler):
         expected = layer(x)
     torch.testing.assert_close(out, expected)
     torch.testing.assert_close(out_again, expected)
+
+
+def test_channels_last_3x3_depthwise_without_compiler_falls_back(no_compiler, monkeypatch):
+    # auto's rule for these reads a threshold from the library (kTouchBytes), which cannot
+    # be loaded here: PyTorch's path runs, with the one warning, instead of a BuildError.
+    monkeypatch.setenv("SEPCONV_KERNELS_PREFETCH", "on")
+    layer = DepthwiseConv2d(8, 3, padding=1)
+    x = torch.randn(1, 8, 40, 40).contiguous(memory_format=torch.channels_last)
+    with env("auto"), torch.no_grad(), pytest.warns(RuntimeWarning, match="unavailable"):
+        out = layer(x)
+    with env("off"), torch.no_grad():
+        torch.testing.assert_close(out, layer(x))
 
 
 def test_env_on_without_compiler_raises(no_compiler):
