@@ -473,9 +473,9 @@ def _nhwc_3x3_kernel_bytes() -> int:
     (``SEPCONV_KERNELS_PREFETCH=on``, AMD), from the size at which they do so, the
     library's ``kTouchBytes`` (8 MiB; run T, AMD Zen 3: inputs of 8.4-51 MB took
     0.61-0.92x PyTorch's time, 6.4 MB ones 0.94-1.02x, 2.4-4.8 MB ones 1.14-1.18x)."""
-    if _build.prefetch_choice() != "on":
-        return 16 << 20
-    try:
-        return _build.load().sepconv_touch_bytes()
-    except _build.BuildError:  # (no kernels: _run declines the call, with its warning)
-        return 16 << 20
+    if _build.prefetch_choice() == "on":
+        try:
+            return _build.load().sepconv_touch_bytes()
+        except _build.BuildError:  # (no kernels: _run declines the call, with its warning)
+            pass
+    return 16 << 20
