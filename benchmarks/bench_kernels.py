@@ -20,6 +20,7 @@ subset; ``SEPCONV_BENCH_COMPILE=all`` compiles every row with torch.compile;
 """
 
 import contextlib
+import copy
 import io
 import json
 import math
@@ -401,6 +402,70 @@ def bench_mamba() -> dict:
     return {"shape": f"{N}x{C}x{L} k4 causal", "times_ms": times, "bytes": 2 * 4 * x.numel()}
 
 
+def bench_mid_stage() -> dict:
+    """MobileNet-style layers at inference: depthwise -> BatchNorm -> ReLU6 -> pointwise, on
+    MobileNetV2's depthwise/projection shapes. PyTorch eager runs four modules (NCHW and
+    channels_last); ONNX Runtime folds the norm into the depthwise conv; sepconv's layer
+    (``mid_norm_layer``, ``mid_act_layer``) runs one fused call (``csrc/mid_stage.h``)."""
+    shapes = mobilenet_v2_shapes(1)[::3] if QUICK else mobilenet_v2_shapes(1)
+    shapes += [] if QUICK else mobilenet_v2_shapes(8)[::3]
+    rows = []
+    for shape in shapes:
+        rows.append(_bench_mid_row(shape))
+        print(
+            f"  mid BN+ReLU6 {shape.label}: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in rows[-1]["times_ms"].items()),
+            flush=True,
+        )
+    speedups = [r["times_ms"]["pytorch_nchw"] / r["times_ms"]["auto_nchw"] for r in rows]
+    return {"rows": rows, "geomean_speedup_nchw": geomean(speedups)}
+
+
+def _bench_mid_row(shape: Shape) -> dict:
+    from sepconv import SeparableConv2d
+
+    torch.manual_seed(0)
+    layer = SeparableConv2d(
+        shape.C,
+        shape.O,
+        shape.k,
+        shape.s,
+        padding=shape.k // 2,
+        mid_norm_layer="batchnorm",
+        mid_act_layer="relu6",
+    )
+    with torch.no_grad():
+        layer.mid_norm.running_mean.normal_()
+        layer.mid_norm.running_var.uniform_(0.5, 2.0)
+    layer.eval()
+    ref = nn.Sequential(layer.depthwise, layer.mid_norm, layer.mid_act, layer.pointwise)
+    ref_cl = copy.deepcopy(ref).to(memory_format=torch.channels_last)
+    x = torch.randn(shape.N, shape.C, shape.H, shape.H)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        os.environ["SEPCONV_KERNELS"] = "off"
+        expected = ref(x)
+        os.environ["SEPCONV_KERNELS"] = "on"
+        got = layer(x)
+    if (got - expected).abs().max().item() > 1e-4 * max(expected.abs().max().item(), 1.0):
+        raise AssertionError(f"sepconv's mid-stage output differs from PyTorch on {shape.label}")
+    fns: dict[str, Callable[[], object]] = {
+        "pytorch_nchw": in_mode(lambda: ref(x), "off"),
+        "pytorch_cl": in_mode(lambda: ref_cl(x_cl), "off"),
+    }
+    ort_run = _onnx_runner(ref, x)
+    if ort_run is not None:
+        fns["onnxruntime"] = ort_run
+    fns["auto_nchw"] = in_mode(lambda: layer(x), "auto")
+    fns["auto_cl"] = in_mode(lambda: layer(x_cl), "auto")
+    from sepconv.kernels import dispatch
+
+    dispatch._calls.clear()
+    times = time_interleaved(fns, 0.4 if QUICK else 0.6)
+    os.environ.pop("SEPCONV_KERNELS", None)
+    return {"label": shape.label, "times_ms": times}
+
+
 _TRAIN_SCRIPT = r"""
 import os, sys, time, json, torch
 from torch import nn
@@ -749,6 +814,7 @@ def main(out_dir: Path) -> dict:
             f"  {shape.name}: {shape.label}: " + ", ".join(f"{k} {v:.3f}" for k, v in t.items()),
             flush=True,
         )
+    mid = bench_mid_stage()
     dw = bench_depthwise()
     mamba = bench_mamba()
     train = bench_training()
@@ -778,6 +844,11 @@ def main(out_dir: Path) -> dict:
         + ", ".join(f"{n} {t:.2f} ms" for n, t in train["times_ms"].items())
         + f"; peak memory {train['peak_bytes']}"
     )
+    print(
+        "\nMobileNet-style layers (depthwise -> BatchNorm -> ReLU6 -> pointwise, eval), "
+        f"geometric-mean speed-up of sepconv (auto, NCHW) over PyTorch eager NCHW: "
+        f"{mid['geomean_speedup_nchw']:.2f}x"
+    )
     result_targets = targets(rows, dw, mamba, train)
     print("\ntargets:")
     for entry in result_targets:
@@ -802,6 +873,7 @@ def main(out_dir: Path) -> dict:
             }
             for r in rows
         ],
+        "mid_stage": mid,
         "depthwise": dw,
         "mamba": mamba,
         "training": train,

@@ -43,7 +43,7 @@ def test_profile_writes_every_format(capsys, tmp_path):
         str(png),
     )
     assert code == 0, err
-    assert "3.depthwise" in out and "separable" in out and "total" in out
+    assert "3.norm" in out and "separable" in out and "total" in out
     data = json.loads(js.read_text())
     assert data["totals"]["params"] == data["totals"]["model_params"] == 36_906
     assert data["totals"]["forward_ms"] > 0

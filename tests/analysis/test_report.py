@@ -50,9 +50,18 @@ def test_columns_sum_to_totals(measured):
 
 def test_rows_and_separable_attribution(measured):
     by_name = {r.name: r for r in measured.rows}
-    # MobileNet-style blocks (norm/act between the stages) run stage by stage: one row per stage.
-    assert by_name["3.depthwise"].kind == "depthwise" and by_name["3.pointwise"].kind == "pointwise"
-    assert by_name["3.depthwise"].output_shape == (2, 16, 16, 16)
+    # MobileNet-style blocks in eval mode run fused, the norm and activation between the
+    # stages included: one "separable" row, its norm's work and parameters counted.
+    block = by_name["3"]
+    assert block.kind == "separable" and block.output_shape == (2, 32, 16, 16)
+    assert not any(name in by_name for name in ("3.depthwise", "3.mid_norm", "3.mid_act"))
+    stages = mobilenet_stack()[3]
+    assert block.params == sum(
+        p.numel()
+        for m in (stages.depthwise, stages.mid_norm, stages.pointwise)
+        for p in m.parameters()
+    )
+    assert block.macs == 2 * 16 * 16 * 16 * (9 + 1 + 32)  # depthwise, norm, pointwise
     # The Xception-style block runs fused: one "separable" row, its children are not rows.
     fused = by_name["7"]
     assert fused.kind == "separable" and fused.type == "SeparableConv2d"
@@ -68,9 +77,19 @@ def test_rows_and_separable_attribution(measured):
         assert r.bound_ms == pytest.approx(1e3 * measured.peaks.bound_seconds(2 * r.macs, r.bytes))
 
 
+def test_stage_rows_where_the_stages_run_one_by_one():
+    """In training mode the norm between the stages uses batch statistics: the stages run
+    module by module, one row each."""
+    report = profile(mobilenet_stack().train(), torch.randn(2, 3, 32, 32), measure=False)
+    by_name = {r.name: r for r in report.rows}
+    assert by_name["3.depthwise"].kind == "depthwise" and by_name["3.pointwise"].kind == "pointwise"
+    assert by_name["3.depthwise"].output_shape == (2, 16, 16, 16)
+    assert by_name["3.mid_norm"].kind == "norm" and "3" not in by_name
+
+
 def test_outputs(measured, tmp_path):
     table = str(measured)
-    assert "7.pointwise" not in table and "3.depthwise" in table and "total" in table
+    assert "7.pointwise" not in table and "3.depthwise" not in table and "total" in table
     markdown = measured.to_markdown()
     assert markdown.count("\n| ") == len(measured.rows) + 2  # header, rows, total
     lines = list(csv.DictReader(io.StringIO(measured.to_csv())))

@@ -170,21 +170,35 @@ def conv_macs(module: nn.modules.conv._ConvNd, x: Tensor, output: Tensor) -> int
 
 
 def separable_macs(module: sep_separable._SeparableConvNd, x: Tensor, output: Tensor) -> int:
-    """Depthwise plus pointwise MACs of a separable layer's fused conv stages."""
+    """Depthwise plus pointwise MACs of a separable layer's fused conv stages, and one a
+    depthwise output element for a norm between them (as :func:`macs_of` counts a norm
+    module; the fused kernels fold it into the depthwise weights, but the count is the
+    model's, whichever way it runs)."""
     dw, pw = module.depthwise, module.pointwise
     rank = len(dw.kernel_size)
     batch = x.shape[0] if x.dim() == rank + 2 else 1
     out = tuple(output.shape[-rank:])
-    return cost.conv_macs(
-        dw.in_channels, dw.out_channels, tuple(dw.kernel_size), out, groups=dw.groups, batch=batch
-    ) + cost.conv_macs(
-        pw.in_channels, pw.out_channels, (1,) * rank, out, groups=pw.groups, batch=batch
+    norm = batch * dw.out_channels * math.prod(out) if isinstance(module.mid_norm, _NORMS) else 0
+    return (
+        cost.conv_macs(
+            dw.in_channels,
+            dw.out_channels,
+            tuple(dw.kernel_size),
+            out,
+            groups=dw.groups,
+            batch=batch,
+        )
+        + cost.conv_macs(
+            pw.in_channels, pw.out_channels, (1,) * rank, out, groups=pw.groups, batch=batch
+        )
+        + norm
     )
 
 
 def separable_modules(module: sep_separable._SeparableConvNd) -> tuple[nn.Module, ...]:
-    """The stages whose weights a fused separable call reads."""
-    return module.depthwise, module.pointwise
+    """The stages whose weights (and buffers) a fused separable call reads: the convolutions
+    and the modules between them."""
+    return module.depthwise, module.mid_norm, module.mid_act, module.pointwise
 
 
 def params_of(modules: Iterable[nn.Module]) -> int:

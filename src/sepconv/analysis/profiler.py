@@ -235,7 +235,8 @@ def profile(
     step = _Stepper(progress)
 
     saved = {name: b.detach().clone() for name, b in model.named_buffers()}
-    tracer = _Tracer(model, capture=backward, sync=sync)
+    with torch.no_grad():  # (as the forwards below: separable layers decide on fusing by it)
+        tracer = _Tracer(model, capture=backward, sync=sync)
     try:
         with torch.no_grad():
             calls = tracer.run(lambda: model(*args, **kwargs), count=True)

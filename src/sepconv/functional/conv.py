@@ -9,6 +9,8 @@ CPU kernels first (:mod:`sepconv.kernels.dispatch`) and runs PyTorch otherwise.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.fx
 import torch.nn.functional as F
@@ -68,6 +70,36 @@ def _pytorch_depthwise(x, weight, bias, stride, dilation, plan, padding_mode) ->
     return conv_forward(x, weight, bias, stride, dilation, x.shape[1], plan, padding_mode)
 
 
+@dataclass
+class MidStage:
+    """What runs between the depthwise and pointwise stages of an inference call, as
+    MobileNet's depthwise -> BatchNorm -> ReLU6 -> pointwise: a batch norm with running
+    statistics (optional), then a clamp (optional; ReLU is ``lo=0``, ReLU6 ``lo=0, hi=6``).
+
+    The fast kernels fold the norm into the depthwise weights and clamp the intermediate
+    while it is in cache; calls that record autograd history run PyTorch's ops instead.
+
+    Attributes:
+        running_mean, running_var: ``(C*M,)``, or None for no norm.
+        weight, bias: the norm's affine ``(C*M,)``, or None (1 and 0).
+        eps: the norm's eps.
+        lo, hi: the clamp's bounds; None leaves that side open (both None: no clamp).
+    """
+
+    running_mean: Tensor | None = None
+    running_var: Tensor | None = None
+    weight: Tensor | None = None
+    bias: Tensor | None = None
+    eps: float = 1e-5
+    lo: float | None = None
+    hi: float | None = None
+
+    def kernel_args(self) -> tuple[tuple, tuple]:
+        """``(norm tensors, parameters)`` as :func:`sepconv.kernels.dispatch.separable` takes them."""
+        norm = (self.running_mean, self.running_var, self.weight, self.bias)
+        return norm, (self.running_mean is not None, float(self.eps), self.lo, self.hi)
+
+
 def separable_forward(
     x: Tensor,
     depthwise_weight: Tensor,
@@ -78,11 +110,13 @@ def separable_forward(
     dilation: tuple[int, ...],
     plan: PaddingPlan,
     padding_mode: str,
+    mid: MidStage | None = None,
 ) -> Tensor:
     """Depthwise then pointwise conv; ``x`` is ``(N, C, *spatial)``.
 
     ``depthwise_weight`` is ``(C*M, 1, *kernel)``; ``pointwise_weight`` is
-    ``(O, C*M/G, 1, ..., 1)`` for a pointwise stage with ``G`` groups.
+    ``(O, C*M/G, 1, ..., 1)`` for a pointwise stage with ``G`` groups. ``mid``: what runs
+    between the stages (:class:`MidStage`), if anything.
     """
     args = (
         x,
@@ -95,6 +129,12 @@ def separable_forward(
         plan,
         padding_mode,
     )
+    if mid is not None:
+        norm, params = mid.kernel_args()
+        out = dispatch.separable(*args, reference=_pytorch_separable_mid, mid=(norm, params))
+        return (
+            out if out is not None else _pytorch_separable_mid(*args[:5], *norm, *args[5:], params)
+        )
     out = dispatch.separable(*args, reference=_pytorch_separable)
     return out if out is not None else _pytorch_separable(*args)
 
@@ -103,7 +143,26 @@ def _pytorch_separable(x, wd, wp, bd, bp, stride, dilation, plan, padding_mode) 
     """PyTorch's two convolutions (what runs when the fast kernels decline); arguments as
     :func:`separable_forward`'s, weights and biases abbreviated."""
     mid = _pytorch_depthwise(x, wd, bd, stride, dilation, plan, padding_mode)
-    return _CONV[len(stride)](mid, wp, bp, 1, 0, 1, wd.shape[0] // wp.shape[1])
+    return _pointwise(mid, wp, bp, wd, len(stride))
+
+
+def _pytorch_separable_mid(
+    x, wd, wp, bd, bp, mean, var, nw, nb, stride, dilation, plan, padding_mode, params
+) -> Tensor:
+    """:func:`_pytorch_separable` with a :class:`MidStage` between the convolutions: its
+    norm's tensors after the biases, ``params`` as :meth:`MidStage.kernel_args` gives them."""
+    mid = _pytorch_depthwise(x, wd, bd, stride, dilation, plan, padding_mode)
+    norm, eps, lo, hi = params
+    if norm:
+        mid = F.batch_norm(mid, mean, var, nw, nb, False, 0.0, eps)
+    if lo is not None or hi is not None:
+        mid = torch.clamp(mid, lo, hi)
+    return _pointwise(mid, wp, bp, wd, len(stride))
+
+
+def _pointwise(mid: Tensor, wp: Tensor, bp: Tensor | None, wd: Tensor, rank: int) -> Tensor:
+    # (rank from the stride, not wp.dim(): under torch.fx the weight is a Proxy)
+    return _CONV[rank](mid, wp, bp, 1, 0, 1, wd.shape[0] // wp.shape[1])
 
 
 # ----------------------------------------------------------------------------- public API

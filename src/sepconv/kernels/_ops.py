@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import struct
 import threading
 from dataclasses import dataclass
 
@@ -132,7 +133,31 @@ def tile_budget() -> int:
         return 0
 
 
-def _geo_array(g: Geometry, xs, os_, out_nhwc: bool = False) -> ctypes.Array:
+#: The stage between a separable forward's convolutions (``csrc/mid_stage.h``), as the
+#: kernels take it: ``(norm, eps, lo, hi)``: whether a batch norm with running statistics
+#: runs (its ``eps``), then a clamp to ``[lo, hi]`` (None: unbounded on that side).
+MidParams = tuple[bool, float, float | None, float | None]
+
+
+def _double_bits(value: float) -> int:
+    return struct.unpack("<q", struct.pack("<d", float(value)))[0]
+
+
+def _mid_values(mid: MidParams | None) -> list[int]:
+    """geo[30..33]: flags (1: norm, 2: clamp), eps, lo and hi as the bits of doubles."""
+    if mid is None:
+        return [0, 0, 0, 0]
+    norm, eps, lo, hi = mid
+    clamp = lo is not None or hi is not None
+    lo = -float("inf") if lo is None else lo
+    hi = float("inf") if hi is None else hi
+    flags = (1 if norm else 0) | (2 if clamp else 0)
+    return [flags, _double_bits(eps), _double_bits(lo), _double_bits(hi)]
+
+
+def _geo_array(
+    g: Geometry, xs, os_, out_nhwc: bool = False, mid: MidParams | None = None
+) -> ctypes.Array:
     values = [
         g.N,
         g.C,
@@ -158,6 +183,7 @@ def _geo_array(g: Geometry, xs, os_, out_nhwc: bool = False) -> ctypes.Array:
         *xs,
         *os_,
         int(out_nhwc),
+        *_mid_values(mid),
     ]
     return (ctypes.c_int64 * len(values))(*values)
 
@@ -314,16 +340,19 @@ class Launch:
         return pooled_empty(self.out_shape, self.out_strides, dtype, self.out_nbytes)
 
 
-def _launch(x: Tensor, g: Geometry, channels: int, out_nhwc: bool) -> Launch:
+def _launch(
+    x: Tensor, g: Geometry, channels: int, out_nhwc: bool, mid: MidParams | None = None
+) -> Launch:
     shape = _out_shape(g, channels)
     strides = _layout_strides(shape, g.rank, out_nhwc)
-    geo = _geo_array(g, strides4(x, g.rank), _as4(strides, g.rank), out_nhwc)
+    geo = _geo_array(g, strides4(x, g.rank), _as4(strides, g.rank), out_nhwc, mid)
     return Launch(g, geo, shape, strides, storage_bytes(shape, strides, x.dtype))
 
 
-def separable_launch(x: Tensor, g: Geometry) -> Launch:
-    """The :class:`Launch` of a fused separable forward of ``x``."""
-    return _launch(x, g, g.O, _out_channels_last(x, g.rank))
+def separable_launch(x: Tensor, g: Geometry, mid: MidParams | None = None) -> Launch:
+    """The :class:`Launch` of a fused separable forward of ``x``, with the stage ``mid``
+    between the convolutions when given."""
+    return _launch(x, g, g.O, _out_channels_last(x, g.rank), mid)
 
 
 def depthwise_launch(x: Tensor, g: Geometry) -> Launch:
@@ -338,14 +367,19 @@ def depthwise_launch(x: Tensor, g: Geometry) -> Launch:
     return _launch(x, g, g.C * g.M, out_nhwc)
 
 
-def separable_forward_raw(x, wd, wp, bd, bp, g: Geometry, launch: Launch | None = None) -> Tensor:
+def separable_forward_raw(
+    x, wd, wp, bd, bp, g: Geometry, launch: Launch | None = None, norm=(None,) * 4
+) -> Tensor:
     """Fused forward ``(N, C, *spatial) -> (N, O, *spatial_out)`` (``launch`` from
-    :func:`separable_launch`, computed here when not given)."""
+    :func:`separable_launch`, computed here when not given). ``norm``: the batch norm's
+    ``(running_mean, running_var, weight, bias)``, each ``(C*M,)`` or None, where the
+    launch has a stage between the convolutions with a norm."""
     lib = _build.load()
     launch = launch or separable_launch(x, g)
     out = launch.empty_output(x.dtype)
     # Named, so that contiguous copies stay alive during the call.
     wd, wp, bd, bp = _contiguous(wd), _contiguous(wp), _contiguous(bd), _contiguous(bp)
+    norm = [_contiguous(t) for t in norm]
     _check(
         lib.sepconv_sep_forward(
             DTYPE_CODE[x.dtype],
@@ -356,6 +390,7 @@ def separable_forward_raw(x, wd, wp, bd, bp, g: Geometry, launch: Launch | None 
             _ptr(bp),
             out.data_ptr(),
             launch.geo,
+            *[_ptr(t) for t in norm],
         )
     )
     return out

@@ -59,7 +59,7 @@ def _warn_once(key: str, message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
-def _tracing() -> bool:
+def tracing() -> bool:
     """Tracing, compiling, or a Python dispatch/function mode (FlopCounterMode, FakeTensorMode,
     profilers built on modes...) that expects to see the standard aten ops."""
     # First, and alone: Dynamo folds is_compiling() to True without a graph break, so it
@@ -77,7 +77,7 @@ def _tracing() -> bool:
 @functools.cache
 def _mode_checks() -> tuple[Callable[[], object], Callable[[], bool]]:
     """The current Python dispatch mode's getter and torch.fx's is-tracing check, looked up
-    once (imported on every call, _tracing took 2.3 us; now 0.7 us)."""
+    once (imported on every call, tracing took 2.3 us; now 0.7 us)."""
     try:
         from torch.utils._python_dispatch import _get_current_dispatch_mode
     except ImportError:  # pragma: no cover
@@ -138,7 +138,7 @@ def _common_checks(x, tensors) -> bool | None:
     """Whether the call records autograd history, or None to decline it."""
     if type(x) not in _TENSOR_TYPES or x.dim() not in (3, 4) or x.dtype not in _DTYPES:
         return None
-    if _tracing() or _autocast_on():  # autocast picks the dtype; PyTorch's path applies it
+    if tracing() or _autocast_on():  # autocast picks the dtype; PyTorch's path applies it
         return None
     dtype = x.dtype
     if dtype == torch.bfloat16 and not _bf16_supported():
@@ -240,7 +240,9 @@ def _remember(key: tuple, call: _Call | None) -> _Call | None:
     return call
 
 
-def _problem_key(kind: str, x: Tensor, tensors, stride, dilation, plan, padding_mode) -> tuple:
+def _problem_key(
+    kind: str, x: Tensor, tensors, stride, dilation, plan, padding_mode, *mid_params
+) -> tuple:
     shapes = tuple([None if t is None else t.shape for t in tensors])  # list: no generator
     return (
         kind,
@@ -253,6 +255,7 @@ def _problem_key(kind: str, x: Tensor, tensors, stride, dilation, plan, padding_
         plan,
         padding_mode,
         torch.get_num_threads(),
+        *mid_params,
     )
 
 
@@ -301,13 +304,14 @@ def _offer(kind: str, x: Tensor, tensors, conv_args, plan_problem, runners, refe
     """What :func:`separable` and :func:`depthwise` share: checks, the problem's remembered
     :class:`_Call` (``plan_problem()`` makes it the first time), and ``_run``.
 
-    ``runners`` is ``(with autograd, without)``: functions ``(tensors, launch, x)``.
+    ``runners`` is ``(with autograd, without)``: functions ``(tensors, launch, x)``; calls
+    that record autograd history are declined where the first is None.
     """
     current = mode()
     if current == "off":
         return None
     grad = _common_checks(x, tensors)
-    if grad is None:
+    if grad is None or (grad and runners[0] is None):
         return None
     key = _problem_key(kind, x, tensors, *conv_args)
     call = _calls.get(key, _MISSING)
@@ -333,19 +337,32 @@ def separable(
     plan: PaddingPlan,
     padding_mode: str,
     reference: Callable[..., Tensor] | None = None,
+    mid: tuple[tuple, _ops.MidParams] | None = None,
 ) -> Tensor | None:
     """Fused depthwise+pointwise forward of ``x`` ``(N, C, *spatial)``, or ``None`` to decline.
 
-    ``reference`` is the PyTorch path, called with the same arguments, which ``auto``
-    times against the kernel on a problem's first inference call.
+    ``reference`` is the PyTorch path, called with the same arguments (and, with ``mid``,
+    the norm's tensors after the biases and the parameters last), which ``auto`` times
+    against the kernel on a problem's first inference call.
+
+    ``mid``: a stage between the convolutions, ``(norm tensors, parameters)``: the batch
+    norm's ``(running_mean, running_var, weight, bias)`` (all None without a norm; weight
+    and bias may be None) and :data:`sepconv.kernels._ops.MidParams`. Inference only:
+    calls that record autograd history are declined.
     """
     tensors = (depthwise_weight, pointwise_weight, depthwise_bias, pointwise_bias)
     conv_args = (stride, dilation, plan, padding_mode)
+    kind, runners = "separable", _SEPARABLE
+    if mid is not None:
+        tensors, conv_args = (*tensors, *mid[0]), (*conv_args, mid[1])
+        kind, runners = "separable mid", _SEPARABLE_MID
 
     def plan_problem():
+        if mid is not None and not _norm_fits(mid, depthwise_weight.shape[0]):
+            return None
         return _plan_separable(x, depthwise_weight, pointwise_weight, *conv_args)
 
-    return _offer("separable", x, tensors, conv_args, plan_problem, _SEPARABLE, reference)
+    return _offer(kind, x, tensors, conv_args, plan_problem, runners, reference)
 
 
 def _apply_separable(tensors, launch, x):
@@ -359,12 +376,32 @@ def _raw_separable(tensors, launch, x):
 _SEPARABLE = (_apply_separable, _raw_separable)
 
 
+def _norm_fits(mid: tuple[tuple, _ops.MidParams], channels: int) -> bool:
+    """A norm's tensors are one value per depthwise channel (statistics present)."""
+    (mean, var, weight, bias), (norm, *_) = mid
+    if not norm:
+        return True
+    if mean is None or var is None:
+        return False
+    return all(t is None or t.shape == (channels,) for t in (mean, var, weight, bias))
+
+
+def _raw_separable_mid(tensors, launch, x):
+    return _ops.separable_forward_raw(x, *tensors[:4], launch.g, launch, norm=tensors[4:])
+
+
+_SEPARABLE_MID = (None, _raw_separable_mid)
+
+
 def _reference_call(reference, tensors, conv_args, x):
     return reference(x, *tensors, *conv_args)
 
 
-def _plan_separable(x, depthwise_weight, pointwise_weight, stride, dilation, plan, padding_mode):
-    """The :class:`_Call` of a separable problem, or None when the kernels decline it."""
+def _plan_separable(
+    x, depthwise_weight, pointwise_weight, stride, dilation, plan, padding_mode, mid_params=None
+):
+    """The :class:`_Call` of a separable problem (``mid_params``: those of a stage between
+    the convolutions), or None when the kernels decline it."""
     rank = x.dim() - 2
     mid = depthwise_weight.shape[0]
     out_channels, per_group = pointwise_weight.shape[0], pointwise_weight.shape[1]
@@ -395,7 +432,7 @@ def _plan_separable(x, depthwise_weight, pointwise_weight, stride, dilation, pla
     # With a depth multiplier PyTorch leaves its specialised depthwise kernels (3-10x slower
     # than the fused kernel at every size measured), so only M == 1 may go to PyTorch.
     rule = mult > 1 or not _pytorch_wins_separable(g)
-    return _Call(_ops.separable_launch(x, g), rule)
+    return _Call(_ops.separable_launch(x, g, mid_params), rule)
 
 
 def depthwise(

@@ -1,6 +1,7 @@
 """NumPy reference implementations, the ground truth of the tests (see :mod:`sepconv.reference.conv`)."""
 
 from sepconv.reference.conv import (
+    batch_norm_inference,
     conv,
     conv_transpose,
     depthwise_conv,
@@ -8,4 +9,11 @@ from sepconv.reference.conv import (
     separable_conv,
 )
 
-__all__ = ["conv", "conv_transpose", "depthwise_conv", "padding_pairs", "separable_conv"]
+__all__ = [
+    "batch_norm_inference",
+    "conv",
+    "conv_transpose",
+    "depthwise_conv",
+    "padding_pairs",
+    "separable_conv",
+]

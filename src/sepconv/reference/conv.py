@@ -181,11 +181,43 @@ def separable_conv(
     padding: int | Sequence | str = 0,
     dilation: int | Sequence[int] = 1,
     padding_mode: str = "zeros",
+    *,
+    mid_norm: tuple | None = None,
+    mid_clamp: tuple[float | None, float | None] | None = None,
 ) -> np.ndarray:
-    """Depthwise conv, then pointwise conv with ``pointwise_weight`` ``(O, C*M/G, 1, ..., 1)``."""
+    """Depthwise conv, then pointwise conv with ``pointwise_weight`` ``(O, C*M/G, 1, ..., 1)``.
+
+    Between them (MobileNet style, at inference): ``mid_norm`` ``(running_mean, running_var,
+    weight, bias, eps)`` (each ``(C*M,)``; weight and bias may be None), then ``mid_clamp``
+    ``(lo, hi)`` (either None: open on that side).
+    """
     mid = depthwise_conv(
         x, depthwise_weight, depthwise_bias, stride, padding, dilation, padding_mode
     )
+    if mid_norm is not None:
+        mid = batch_norm_inference(mid, *mid_norm)
+    if mid_clamp is not None and any(bound is not None for bound in mid_clamp):
+        mid = np.clip(mid, *mid_clamp)
     pointwise_weight = np.asarray(pointwise_weight, np.float64)
     groups = mid.shape[1] // pointwise_weight.shape[1]
     return conv(mid, pointwise_weight, pointwise_bias, groups=groups)
+
+
+def batch_norm_inference(
+    x: np.ndarray,
+    mean: np.ndarray,
+    var: np.ndarray,
+    weight: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
+    eps: float = 1e-5,
+) -> np.ndarray:
+    """Batch norm with running statistics of ``x`` ``(N, C, *spatial)``: per channel
+    ``(x - mean) / sqrt(var + eps) * weight + bias`` (weight 1 and bias 0 when None)."""
+    x = np.asarray(x, np.float64)
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+
+    def per_channel(v, default: float) -> np.ndarray | float:
+        return default if v is None else np.asarray(v, np.float64).reshape(shape)
+
+    out = (x - per_channel(mean, 0.0)) / np.sqrt(per_channel(var, 1.0) + eps)
+    return out * per_channel(weight, 1.0) + per_channel(bias, 0.0)

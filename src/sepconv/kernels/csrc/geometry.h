@@ -20,7 +20,17 @@ struct Geo {
   const float* wpb = nullptr;     // [wp | bp], O x (CM + 1) (BLAS, planar mid, one group)
   bool own_gemm = false;          // forward tile GEMMs: own kernel (else BLAS)
   bool stream_out = false;        // own tile GEMMs store whole lines around the caches
+  // The separable forward's inference stage between depthwise and pointwise (mid_stage.h):
+  // a batch norm with running statistics (eps) and a clamp to [lo, hi].
+  bool mid_norm = false, mid_clamp = false;
+  double mid_eps = 0, mid_lo = 0, mid_hi = 0;
 };
+
+inline double bits_to_double(i64 bits) {
+  double d;
+  std::memcpy(&d, &bits, sizeof d);
+  return d;
+}
 
 Geo make_geo(const i64* g) {
   Geo r;
@@ -31,6 +41,11 @@ Geo make_geo(const i64* g) {
   r.budget_set = g[20] > 0;
   for (int i = 0; i < 4; ++i) { r.xs[i] = g[21 + i]; r.os[i] = g[25 + i]; }
   r.out_nhwc = g[29];  // 1 when the output has channels innermost
+  r.mid_norm = (g[30] & 1) != 0;  // (doubles as their bits)
+  r.mid_clamp = (g[30] & 2) != 0;
+  r.mid_eps = bits_to_double(g[31]);
+  r.mid_lo = bits_to_double(g[32]);
+  r.mid_hi = bits_to_double(g[33]);
   r.CM = r.C * r.M;
   r.T = r.KH * r.KW;
   r.Hu = (r.OH - 1) * r.sy + (r.KH - 1) * r.dy + 1;

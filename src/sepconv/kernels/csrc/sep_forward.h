@@ -14,6 +14,7 @@
 #include "nhwc_tile.h"
 #include "pack.h"
 #include "kept.h"
+#include "mid_stage.h"
 
 namespace {
 
@@ -142,10 +143,12 @@ void sep_forward_split(const float* x, const std::vector<float>& w, const std::v
         if (nhwc) {
           nhwc_tile<float, float>(xn, g, ymap, xmap, ir, oy0, ox0, th, tw, c0, cin, buf.data(),
                                   wT.data(), b.data(), mid.data(), tw * g.CM, g.CM);
+          clamp_mid(g, mid.data() + cm0, P, cin * g.M, g.CM);
         } else {
           channel_tile<float, float, float>(xn + c0 * g.xs[1], g, direct, oy0, ox0, th, tw, r0, R,
                                             q0, Q, ymap, xmap, buf.data(), w.data() + cm0 * g.T,
                                             b.data() + cm0, mid.data() + cm0 * P, P, tw);
+          clamp_mid(g, mid.data() + cm0 * P, 1, g.M * P, 0);
         }
       }
       // (implicit barrier: the whole intermediate tile is ready)
@@ -260,6 +263,8 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
                                 0, g.C, buf.data(), wT.data(), b.data(),
                                 mid + (s.n * Pimg + s.oy0 * g.OW + s.ox0) * g.CM,
                                 g.OW * g.CM, g.CM);
+        clamp_mid(g, mid + (s.n * Pimg + s.oy0 * g.OW + s.ox0) * g.CM, s.th, s.tw * g.CM,
+                  g.OW * g.CM);
       }
     } else {
 #pragma omp for schedule(dynamic, 4)
@@ -269,6 +274,7 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
                                           g.OH, g.OW, 0, g.Hu, 0, g.Wu, ymap, xmap, buf.data(),
                                           w.data() + cm * g.T, b.data() + cm,
                                           mid + cm * P + n * Pimg, P, g.OW);
+        clamp_mid(g, mid + cm * P + n * Pimg, g.M, Pimg, P);
       }
     }
     // (implicit barrier: the whole intermediate is ready)
@@ -378,13 +384,15 @@ inline bool stream_tile_output(const Geo& g) {
          g.N * g.O * g.OH * g.OW * 4 >= kStreamGemmBytes;
 }
 
+// norm: the batch norm between the stages where geo asks for one (mid_stage.h).
 template <typename S>
 void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp, S* out,
-                 const i64* geo) {
+                 const i64* geo, const MidNorm<S>& norm) {
   typedef typename Acc<S>::type A;
   Geo g = make_geo(geo);
   std::vector<A> w, wT, b;
   prep_weights<S, A>(wd, bd, g, w, wT, b);
+  if (g.mid_norm) fold_mid_norm<S, A>(g, norm, w, wT, b);
   const auto ymap = make_map(g.Hu, g.H, g.pt, g.mode);
   const auto xmap = make_map(g.Wu, g.W, g.pl, g.mode);
   const bool nhwc = g.nhwc != 0;
@@ -483,6 +491,7 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
         if (touch) touch_nhwc(xn, g, oy0, ox0, th, tw);
         nhwc_tile<S, A>(xn, g, ymap.data(), xmap.data(), ir, oy0, ox0, th, tw, 0, g.C, buf.data(),
                         wT.data(), b.data(), mid, tw * mps, mps);
+        clamp_mid(g, mid, P, g.CM, mps);
       } else {
         for (i64 c = 0; c < g.C; ++c) {
           // A later channel's rows: each channel's piece is short, which the hardware
@@ -494,6 +503,7 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
           channel_tile<S, A, S>(xn + c * g.xs[1], g, direct, oy0, ox0, th, tw, r0, R, q0, Q,
                                 ymap.data(), xmap.data(), buf.data(), w.data() + cm * g.T,
                                 b.data() + cm, mid + cm * mcs, mcs, tw);
+          clamp_mid(g, mid + cm * mcs, g.M, P, mcs);
         }
       }
       // Output tile: pixels are consecutive in (oy, ox) order (whole rows, or one row piece).

@@ -44,6 +44,7 @@
 #include "nhwc_ring.h"
 #include "pack.h"
 #include "kept.h"
+#include "mid_stage.h"
 #include "sep_forward.h"
 #include "dw_forward.h"
 #include "backward.h"
@@ -51,9 +52,23 @@
 // ------------------------------------------------------------------ C ABI
 // dtype codes: 0 float32, 1 float64, 2 bfloat16.
 
+namespace {
+
+template <typename S>
+int sep_forward_as(const void* x, const void* wd, const void* bd, const void* wp, const void* bp,
+                   void* out, const i64* geo, const void* mean, const void* var, const void* nw,
+                   const void* nb) {
+  const MidNorm<S> norm{(const S*)mean, (const S*)var, (const S*)nw, (const S*)nb};
+  sep_forward<S>((const S*)x, (const S*)wd, (const S*)bd, (const S*)wp, (const S*)bp, (S*)out,
+                 geo, norm);
+  return 0;
+}
+
+}  // namespace
+
 extern "C" {
 
-int sepconv_abi_version() { return 6; }
+int sepconv_abi_version() { return 7; }
 
 // Input bytes from which channels_last tiles touch their input first where the reads are on
 // (kTouchBytes): auto's training rule for channels_last 3x3 depthwise calls follows it.
@@ -94,21 +109,19 @@ void sepconv_release_buffers(int threads) {
   release_kept();
 }
 
+// The separable forward. geo[30..33] may ask for the inference stage between the
+// convolutions (mid_stage.h); mean, var, nw, nb are then its batch norm's tensors (nw and nb
+// may be null), otherwise all null.
 int sepconv_sep_forward(int dtype, const void* x, const void* wd, const void* bd, const void* wp,
-                        const void* bp, void* out, const i64* geo) {
+                        const void* bp, void* out, const i64* geo, const void* mean,
+                        const void* var, const void* nw, const void* nb) {
   switch (dtype) {
     case 0:
-      sep_forward<float>((const float*)x, (const float*)wd, (const float*)bd, (const float*)wp,
-                         (const float*)bp, (float*)out, geo);
-      return 0;
+      return sep_forward_as<float>(x, wd, bd, wp, bp, out, geo, mean, var, nw, nb);
     case 1:
-      sep_forward<double>((const double*)x, (const double*)wd, (const double*)bd,
-                          (const double*)wp, (const double*)bp, (double*)out, geo);
-      return 0;
+      return sep_forward_as<double>(x, wd, bd, wp, bp, out, geo, mean, var, nw, nb);
     case 2:
-      sep_forward<bf16>((const bf16*)x, (const bf16*)wd, (const bf16*)bd, (const bf16*)wp,
-                        (const bf16*)bp, (bf16*)out, geo);
-      return 0;
+      return sep_forward_as<bf16>(x, wd, bd, wp, bp, out, geo, mean, var, nw, nb);
   }
   return 1;
 }

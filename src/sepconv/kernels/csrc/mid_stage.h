@@ -1,0 +1,70 @@
+// The inference stage between a separable forward's depthwise and pointwise convolutions
+// (MobileNet's depthwise -> BatchNorm -> ReLU6 -> pointwise): a batch norm with running
+// statistics, folded into the depthwise weights and bias, then a clamp (ReLU, ReLU6,
+// Hardtanh) of the intermediate while it is in cache. Without it such a layer ran the
+// depthwise, the norm, the activation and the pointwise as four passes over memory.
+//
+// One part of the kernels' single translation unit: sepconv_kernels.cpp includes the parts in
+// order; each includes the parts whose names it uses.
+#pragma once
+
+#include <cmath>
+
+#include "vec.h"
+#include "geometry.h"
+
+namespace {
+
+// The batch norm's tensors (C*M values each; weight and bias may be null: 1 and 0).
+template <typename S>
+struct MidNorm {
+  const S* mean;
+  const S* var;
+  const S* weight;
+  const S* bias;
+};
+
+// Folds y = (mid - mean) / sqrt(var + eps) * weight + bias into the depthwise weights
+// (w[cm][t], wT[t][cm]) and bias b[cm], as PyTorch's inference batch norm computes it:
+// alpha = weight / sqrt(var + eps), y = mid * alpha + (bias - mean * alpha).
+template <typename S, typename A>
+void fold_mid_norm(const Geo& g, const MidNorm<S>& n, std::vector<A>& w, std::vector<A>& wT,
+                   std::vector<A>& b) {
+  for (i64 c = 0; c < g.CM; ++c) {
+    const A invstd = A(1) / std::sqrt(toA(n.var[c]) + A(g.mid_eps));
+    const A alpha = n.weight ? invstd * toA(n.weight[c]) : invstd;
+    const A shift = (n.bias ? toA(n.bias[c]) : A(0)) - toA(n.mean[c]) * alpha;
+    for (i64 t = 0; t < g.T; ++t) {
+      w[c * g.T + t] *= alpha;
+      wT[t * g.CM + c] *= alpha;
+    }
+    b[c] = b[c] * alpha + shift;
+  }
+}
+
+// Clamps `rows` rows of `len` elements, `stride` apart, to [g.mid_lo, g.mid_hi] in place
+// (NaN stays NaN, as in PyTorch's activations). No-op without a clamp.
+template <typename S>
+void clamp_mid(const Geo& g, S* p, i64 rows, i64 len, i64 stride) {
+  if (!g.mid_clamp) return;
+  typedef typename Acc<S>::type A;
+  const A lo = A(g.mid_lo), hi = A(g.mid_hi);
+  for (i64 r = 0; r < rows; ++r) {
+    S* row = p + r * stride;
+    if constexpr (std::is_same<S, bf16>::value) {
+      for (i64 i = 0; i < len; ++i) {
+        A v = toA(row[i]);
+        v = v < lo ? lo : v;
+        fromA(v > hi ? hi : v, row + i);
+      }
+    } else {
+      for (i64 i = 0; i < len; ++i) {
+        S v = row[i];
+        v = v < lo ? lo : v;
+        row[i] = v > hi ? hi : v;
+      }
+    }
+  }
+}
+
+}  // namespace

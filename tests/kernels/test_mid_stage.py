@@ -1,0 +1,275 @@
+"""The fused separable forward with a stage between the convolutions (MobileNet's depthwise
+-> BatchNorm -> ReLU6 -> pointwise, at inference) equals the PyTorch path and the NumPy
+reference, and the layers take it only where it is exact."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from sepconv import SeparableConv1d, SeparableConv2d, reference
+from sepconv.functional.conv import MidStage, separable_forward
+from sepconv.kernels import _build, dispatch
+from tests.conftest import assert_close_to_reference
+from tests.kernels.helpers import Case, cases, env, output_fits, tile_gemm
+from tests.kernels.test_forward import (
+    FEW_TILE_CASES,
+    MANY_TILE_CASES,
+    RTOL,
+    WHOLE_CALL_CASES,
+    _close,
+    _np,
+)
+
+
+@st.composite
+def mid_stages(draw, channels: int, dtype=torch.float32) -> MidStage:
+    """A random norm (or none; affine or not) and clamp (none, ReLU, ReLU6, Hardtanh)."""
+    seed = draw(st.integers(0, 2**16))
+    gen = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, low=None):
+        t = torch.randn(*shape, generator=gen, dtype=torch.float64)
+        return (t.abs() + low if low is not None else t).to(dtype)
+
+    norm = {}
+    if draw(st.booleans()):
+        affine = draw(st.booleans())
+        norm = dict(
+            running_mean=rnd(channels),
+            running_var=rnd(channels, low=0.25),
+            weight=rnd(channels) if affine else None,
+            bias=rnd(channels) if affine else None,
+            eps=draw(st.sampled_from((1e-5, 1e-3, 0.1))),
+        )
+    kind = draw(st.sampled_from(("none", "relu", "relu6", "hardtanh")))
+    lo, hi = {"none": (None, None), "relu": (0.0, None), "relu6": (0.0, 6.0)}.get(
+        kind, (-0.5, 0.75)
+    )
+    return MidStage(**norm, lo=lo, hi=hi)
+
+
+def _reference(case: Case, x, weights, mid: MidStage) -> np.ndarray:
+    wd, wp, bd, bp = weights
+    norm = None
+    if mid.running_mean is not None:
+        norm = (*[_np(t) for t in (mid.running_mean, mid.running_var, mid.weight, mid.bias)],)
+        norm = (*norm, mid.eps)
+    return reference.separable_conv(
+        _np(x),
+        _np(wd),
+        _np(wp),
+        _np(bd),
+        _np(bp),
+        case.stride,
+        case.padding,
+        case.dilation,
+        case.mode,
+        mid_norm=norm,
+        mid_clamp=(mid.lo, mid.hi),
+    )
+
+
+def _pytorch(*args, mid: MidStage) -> torch.Tensor:
+    old = os.environ.get("SEPCONV_KERNELS")
+    os.environ["SEPCONV_KERNELS"] = "off"
+    try:
+        return separable_forward(*args, mid=mid)
+    finally:
+        os.environ["SEPCONV_KERNELS"] = old if old is not None else "on"
+
+
+def check_mid(case: Case, mid: MidStage, dtype=torch.float32, rtol: float = RTOL) -> None:
+    """The kernel's output equals the PyTorch path's and the NumPy reference's."""
+    x = case.input(dtype)
+    weights = case.weights(dtype)
+    args = (x, *weights, case.stride, case.dilation, case.plan(), case.mode)
+    with torch.no_grad():
+        fast = dispatch.separable(*args, mid=mid.kernel_args())
+    if not output_fits(case):
+        assert fast is None
+        return
+    assert fast is not None, case
+    with torch.no_grad():
+        expected = _pytorch(*args, mid=mid)
+    assert_close_to_reference(fast, expected.double().numpy(), rtol=max(rtol, RTOL))
+    assert_close_to_reference(fast, _reference(case, x, weights, mid), rtol=rtol)
+
+
+@given(data=st.data(), case=cases())
+def test_mid_stage_matches(data, case, kernels_built):
+    mid = data.draw(mid_stages(case.C * case.M))
+    with env("on"):
+        check_mid(case, mid)
+
+
+@settings(max_examples=25)
+@given(data=st.data(), case=cases(max_size=30, rank=2))
+def test_mid_stage_matches_in_float64(data, case, kernels_built):
+    mid = data.draw(mid_stages(case.C * case.M, torch.float64))
+    with env("on"):
+        check_mid(case, mid, torch.float64, rtol=1e-10)
+
+
+@pytest.mark.parametrize("gemm", sorted(_build.TILE_GEMM))
+@settings(max_examples=5)
+@given(data=st.data())
+def test_mid_stage_on_every_path(gemm, data, kernels_built):
+    """Tiles of rows and row pieces, threads sharing few tiles, the whole call at once: each
+    path clamps the intermediate it wrote."""
+    with env("on"), tile_gemm(gemm):
+        for case in MANY_TILE_CASES + FEW_TILE_CASES + WHOLE_CALL_CASES[::3]:
+            check_mid(case, data.draw(mid_stages(case.C * case.M)))
+
+
+def test_mid_stage_in_bfloat16(kernels_on):
+    if not dispatch._bf16_supported():
+        pytest.skip("no native bfloat16 on this CPU")
+    case = Case(
+        2, 2, 24, 1, 16, 1, (12, 12), (3, 3), (1, 1), (1, 1), 1, "zeros", "contiguous", True
+    )
+    gen = torch.Generator().manual_seed(3)
+    mid = MidStage(
+        torch.randn(24, generator=gen).bfloat16(),
+        (torch.rand(24, generator=gen) + 0.5).bfloat16(),
+        torch.randn(24, generator=gen).bfloat16(),
+        torch.randn(24, generator=gen).bfloat16(),
+        1e-3,
+        0.0,
+        6.0,
+    )
+    check_mid(case, mid, torch.bfloat16, rtol=3e-2)
+
+
+def test_nan_passes_the_clamp(kernels_on):
+    """ReLU6 of NaN is NaN in PyTorch; the fused clamp keeps it so."""
+    case = Case(2, 1, 4, 1, 3, 1, (6, 6), (3, 3), (1, 1), (1, 1), 1, "zeros", "contiguous", False)
+    x = case.input()
+    x[0, 1, 2, 2] = float("nan")
+    args = (x, *case.weights(), case.stride, case.dilation, case.plan(), case.mode)
+    with torch.no_grad():
+        fast = dispatch.separable(*args, mid=MidStage(lo=0.0, hi=6.0).kernel_args())
+    assert torch.isnan(fast).any()
+    torch.testing.assert_close(fast, _pytorch(*args, mid=MidStage(lo=0.0, hi=6.0)), equal_nan=True)
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+def _mobilenet_layer(cls=SeparableConv2d, act="relu6") -> nn.Module:
+    if act == "hardtanh":
+        act = nn.Hardtanh(-0.5, 0.75)
+    layer = cls(16, 24, 3, padding=1, mid_norm_layer="batchnorm", mid_act_layer=act)
+    norm = layer.mid_norm
+    with torch.no_grad():
+        norm.running_mean.normal_()
+        norm.running_var.uniform_(0.5, 2.0)
+        norm.weight.normal_()
+        norm.bias.normal_()
+    return layer.eval()
+
+
+def _count_fused_calls(monkeypatch) -> list[int]:
+    calls = [0]
+    raw = dispatch._SEPARABLE_MID[1]
+
+    def counted(*args):
+        calls[0] += 1
+        return raw(*args)
+
+    monkeypatch.setattr(dispatch, "_SEPARABLE_MID", (None, counted))
+    return calls
+
+
+@pytest.mark.parametrize("act", ["relu", "relu6", "hardtanh", None])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_layer_fuses_its_inference_mid_stage(act, layout, monkeypatch, kernels_on):
+    calls = _count_fused_calls(monkeypatch)
+    layer = _mobilenet_layer(act=act)
+    x = torch.randn(2, 16, 11, 11)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        fast = layer(x)
+        with env("off"):
+            expected = layer(x)
+    assert calls[0] == 1
+    _close(fast, expected)
+
+
+def test_layer_1d_fuses_its_mid_stage(monkeypatch, kernels_on):
+    calls = _count_fused_calls(monkeypatch)
+    layer = _mobilenet_layer(SeparableConv1d)
+    x = torch.randn(2, 16, 40)
+    with torch.inference_mode():
+        fast = layer(x)
+        with env("off"):
+            expected = layer(x)
+    assert calls[0] == 1
+    _close(fast, expected)
+
+
+def _unfused_cases():
+    def training(layer):
+        layer.mid_norm.train()
+
+    def no_statistics(layer):
+        layer.mid_norm = nn.BatchNorm2d(16, track_running_stats=False).eval()
+
+    def group_norm(layer):
+        layer.mid_norm = nn.GroupNorm(4, 16)
+
+    def silu(layer):
+        layer.mid_act = nn.SiLU()
+
+    def hooked(layer):
+        layer.mid_act.register_forward_hook(lambda module, args, out: out * 2)
+
+    def patched(layer):
+        layer.mid_norm.forward = lambda x: x + 1
+
+    return [training, no_statistics, group_norm, silu, hooked, patched]
+
+
+@pytest.mark.parametrize("change", _unfused_cases(), ids=lambda f: f.__name__)
+def test_layer_runs_other_mid_stages_module_by_module(change, monkeypatch, kernels_on):
+    """A norm in training mode or without statistics, other norms and activations, hooks and
+    patched forwards: the modules run one by one, as with the kernels off."""
+    calls = _count_fused_calls(monkeypatch)
+    x = torch.randn(2, 16, 9, 9)
+    layers = [_mobilenet_layer(), _mobilenet_layer()]
+    layers[1].load_state_dict(layers[0].state_dict())
+    for layer in layers:
+        change(layer)
+    with torch.no_grad():
+        out = layers[0](x)
+        with env("off"):
+            expected = layers[1](x)
+    assert calls[0] == 0
+    _close(out, expected)
+    for a, b in zip(layers[0].buffers(), layers[1].buffers()):
+        torch.testing.assert_close(a, b)  # (training mode: the same running statistics)
+
+
+def test_layer_with_autograd_takes_pytorch_ops(monkeypatch, kernels_on):
+    """Recording autograd history, the eval layer runs PyTorch's ops: the same gradients as
+    the modules one by one."""
+    calls = _count_fused_calls(monkeypatch)
+    layer = _mobilenet_layer()
+    x = torch.randn(2, 16, 9, 9, requires_grad=True)
+    layer(x).square().sum().backward()
+    grads = [x.grad.clone()] + [p.grad.clone() for p in layer.parameters()]
+    x.grad = None
+    layer.zero_grad()
+    with env("off"):
+        layer(x).square().sum().backward()
+    expected = [x.grad] + [p.grad for p in layer.parameters()]
+    assert calls[0] == 0
+    for a, b in zip(grads, expected):
+        torch.testing.assert_close(a, b)
