@@ -7,6 +7,8 @@ from torch import Tensor, nn
 
 from sepconv import _validation as check
 from sepconv.blocks.common import ConvNormAct, SqueezeExcite
+from sepconv.blocks.fused import fused_depthwise_pointwise, run_sequential
+from sepconv.layers.fusion import hooked
 from sepconv.layers.norm_act import LayerSpec, create_norm
 
 
@@ -79,9 +81,29 @@ class DepthwiseSeparableBlock(nn.Module):
         self.has_residual = bool(residual) and stride == 1 and in_channels == out_channels
 
     def forward(self, x: Tensor) -> Tensor:
-        """``(N, C, H, W) -> (N, O, H', W')``."""
-        out = self.conv_pw(self.se(self.conv_dw(x)))
+        """``(N, C, H, W) -> (N, O, H', W')``.
+
+        At inference the depthwise conv-norm-act and the pointwise conv run as one fused call
+        (:mod:`sepconv.blocks.fused`) where that is exact; the pointwise norm and activation
+        follow.
+        """
+        out = self._fused_stages(x)
+        if out is None:
+            out = self.conv_pw(self.se(self.conv_dw(x)))
         return x + out if self.has_residual else out
+
+    def _fused_stages(self, x: Tensor) -> Tensor | None:
+        """``conv_pw(conv_dw(x))`` with the depthwise stage and ``conv_pw``'s conv fused, or None."""
+        pw = self.conv_pw
+        if type(self.se) is not nn.Identity or type(pw) is not ConvNormAct or hooked(pw):
+            return None
+        layers = list(pw._modules.values())
+        out = fused_depthwise_pointwise(self.conv_dw, layers[0], x)
+        if out is None:
+            return None
+        for layer in layers[1:]:
+            out = layer(out)
+        return out
 
 
 class InvertedResidual(nn.Module):
@@ -166,5 +188,10 @@ class InvertedResidual(nn.Module):
         return self.use_res_connect
 
     def forward(self, x: Tensor) -> Tensor:
-        """``(N, C, H, W) -> (N, O, H', W')``; ``x + conv(x)`` when ``use_res_connect``."""
-        return x + self.conv(x) if self.use_res_connect else self.conv(x)
+        """``(N, C, H, W) -> (N, O, H', W')``; ``x + conv(x)`` when ``use_res_connect``.
+
+        At inference the depthwise conv-norm-act and the projection run as one fused call
+        (:mod:`sepconv.blocks.fused`) where that is exact.
+        """
+        out = run_sequential(self.conv, x)
+        return x + out if self.use_res_connect else out

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules import module as _torch_module
 
 from sepconv import _validation as check
 from sepconv.functional.conv import MidStage, separable_forward
@@ -21,6 +20,7 @@ from sepconv.functional.weights import separable_to_dense
 from sepconv.kernels import dispatch
 from sepconv.layers import conv as convs
 from sepconv.layers import transpose
+from sepconv.layers.fusion import UNFUSED, any_global_hooks, hooked, mid_stage_of, records_history
 from sepconv.layers.norm_act import LayerSpec, create_act, create_norm
 
 
@@ -191,7 +191,7 @@ class _SeparableConvNd(_SeparableBase):
 
     def _conv_stages(self, x: Tensor) -> Tensor:
         mid = self._fused_mid()
-        if mid is _UNFUSED:
+        if mid is UNFUSED:
             return super()._conv_stages(x)
         stages = self._modules
         dw, pw = stages["depthwise"], stages["pointwise"]
@@ -211,11 +211,11 @@ class _SeparableConvNd(_SeparableBase):
 
     def _can_fuse_stages(self) -> bool:
         """Whether the stages run as one fused call, skipping their own ``forward``."""
-        return self._fused_mid() is not _UNFUSED
+        return self._fused_mid() is not UNFUSED
 
     def _fused_mid(self) -> MidStage | object | None:
         """What one fused call of the stages runs between the convolutions: None (nothing),
-        a :class:`MidStage`, or ``_UNFUSED`` where the stages must run one by one.
+        a :class:`MidStage`, or ``UNFUSED`` where the stages must run one by one.
 
         Fused only when nothing observes or rewrites a stage: both convolutions are the
         layer's own classes with their own ``forward`` (not replaced by, say, a QAT conv), no
@@ -224,20 +224,21 @@ class _SeparableConvNd(_SeparableBase):
         nothing, or what :func:`_mid_stage` takes (an inference batch norm, a clamp).
         """
         stages = self._modules
-        if _any_global_hooks():
-            return _UNFUSED
+        if any_global_hooks():
+            return UNFUSED
         if not (
             _is_plain_stage(stages["depthwise"], self._depthwise_cls)
             and _is_plain_stage(stages["pointwise"], self._pointwise_cls)
         ):
-            return _UNFUSED
+            return UNFUSED
         if not _has_mid_layers(stages):
             return None
-        if (torch.is_grad_enabled() and _records_history(stages)) or dispatch.tracing():
+        recorded = (stages["depthwise"], stages["pointwise"], stages["mid_norm"])
+        if (torch.is_grad_enabled() and records_history(*recorded)) or dispatch.tracing():
             # The kernels would decline the call: module by module, as before (and exported
             # or traced graphs show the modules whatever the grad mode).
-            return _UNFUSED
-        return _mid_stage(stages["mid_norm"], stages["mid_act"], self._rank)
+            return UNFUSED
+        return mid_stage_of(stages["mid_norm"], stages["mid_act"], self._rank)
 
     def to_dense(self) -> nn.Module:
         """One equivalent dense conv (exact), when nothing sits between the stages.
@@ -263,84 +264,9 @@ class _SeparableConvNd(_SeparableBase):
         return self._dense_or_sequential(dense)
 
 
-_UNFUSED = object()
-_BATCH_NORMS = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
-_CLAMPS = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
-
-
-def _mid_stage(norm: nn.Module, act: nn.Module, rank: int) -> MidStage | object:
-    """The :class:`MidStage` of mid layers ``norm`` then ``act``, or ``_UNFUSED``.
-
-    Taken: an ``nn.BatchNorm{rank}d`` in eval mode with running statistics (or an
-    ``nn.Identity``), then an ``nn.ReLU``, ``nn.ReLU6`` or ``nn.Hardtanh`` (or an
-    ``nn.Identity``), each of exactly that class, unhooked, its ``forward`` not replaced
-    and its parameters plain. Anything else (a norm in training mode, GroupNorm, SiLU...)
-    runs module by module. (Attributes are read from the modules' dicts: through
-    ``nn.Module.__getattr__`` this took 8 us a call.)
-    """
-    if _hooked(act) or "forward" in act.__dict__:
-        return _UNFUSED
-    kind = type(act)
-    if kind is nn.ReLU:
-        lo, hi = 0.0, None
-    elif kind in _CLAMPS:
-        lo, hi = float(act.min_val), float(act.max_val)
-    elif kind is nn.Identity:
-        lo = hi = None
-    else:
-        return _UNFUSED
-    if type(norm) is nn.Identity:
-        return _UNFUSED if _hooked(norm) else MidStage(lo=lo, hi=hi)
-    if not _is_inference_norm(norm, rank):
-        return _UNFUSED
-    buffers, params = norm._buffers, norm._parameters
-    return MidStage(
-        buffers["running_mean"],
-        buffers["running_var"],
-        params["weight"],
-        params["bias"],
-        norm.eps,
-        lo,
-        hi,
-    )
-
-
-def _records_history(stages: dict[str, nn.Module]) -> bool:
-    """Whether a parameter of the convolutions or the mid norm requires grad."""
-    for name in ("depthwise", "pointwise", "mid_norm"):
-        for p in stages[name]._parameters.values():
-            if p is not None and p.requires_grad:
-                return True
-    return False
-
-
-def _is_inference_norm(norm: nn.Module, rank: int) -> bool:
-    """An unhooked, unpatched ``nn.BatchNorm{rank}d`` that normalises with its running
-    statistics (eval mode, statistics kept) and has plain parameters."""
-    if type(norm) is not _BATCH_NORMS[rank] or norm.training or "forward" in norm.__dict__:
-        return False
-    buffers, params = norm._buffers, norm._parameters
-    return (
-        not _hooked(norm)
-        and buffers.get("running_mean") is not None
-        and buffers.get("running_var") is not None
-        and "weight" in params
-        and "bias" in params
-    )
-
-
 def _has_mid_layers(stages: dict[str, nn.Module]) -> bool:
     return not (
         isinstance(stages["mid_norm"], nn.Identity) and isinstance(stages["mid_act"], nn.Identity)
-    )
-
-
-def _hooked(module: nn.Module) -> bool:
-    return bool(
-        module._forward_hooks
-        or module._forward_pre_hooks
-        or module._backward_hooks
-        or module._backward_pre_hooks
     )
 
 
@@ -350,24 +276,14 @@ def _is_plain_stage(stage: nn.Module, expected: type) -> bool:
     if type(stage) is not expected or "forward" in stage.__dict__:
         return False  # replaced (e.g. a QAT conv) or patched: its forward must run
     params = stage._parameters
-    return not _hooked(stage) and "weight" in params and "bias" in params
+    return not hooked(stage) and "weight" in params and "bias" in params
 
 
 def _run_stage(stage: nn.Module, x: Tensor) -> Tensor:
     """``stage(x)``, skipping the call of an unhooked ``nn.Identity`` (3.8 us a call)."""
-    if type(stage) is nn.Identity and not _hooked(stage) and not _any_global_hooks():
+    if type(stage) is nn.Identity and not hooked(stage) and not any_global_hooks():
         return x
     return stage(x)
-
-
-def _any_global_hooks() -> bool:
-    m = _torch_module
-    return bool(
-        m._global_forward_hooks
-        or m._global_forward_pre_hooks
-        or m._global_backward_hooks
-        or m._global_backward_pre_hooks
-    )
 
 
 def _dense_conv_like(

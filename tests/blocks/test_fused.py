@@ -1,0 +1,220 @@
+"""MobileNet blocks at inference: the depthwise conv-norm-act and the 1x1 conv after it run as
+one fused call where that is exact, and module by module otherwise, with the same result."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from sepconv.blocks import DepthwiseSeparableBlock, InvertedResidual
+from sepconv.blocks import fused as fused_module
+from sepconv.kernels import _build, dispatch
+from sepconv.models import mobilenet_v1, mobilenet_v2
+
+
+@pytest.fixture(scope="module")
+def kernels_built() -> None:
+    try:
+        _build.load()
+    except _build.BuildError as error:  # pragma: no cover - machines without a compiler
+        pytest.skip(f"C++ kernels unavailable: {error}")
+
+
+@pytest.fixture
+def kernels_on(monkeypatch, kernels_built):
+    monkeypatch.setenv("SEPCONV_KERNELS", "on")
+
+
+def _randomise_norms(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Running statistics and affine parameters away from their identity defaults."""
+    gen = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            n = module.num_features
+            with torch.no_grad():
+                module.running_mean.copy_(0.3 * torch.randn(n, generator=gen))
+                module.running_var.copy_(0.5 + torch.rand(n, generator=gen))
+                module.weight.copy_(1 + 0.2 * torch.randn(n, generator=gen))
+                module.bias.copy_(0.2 * torch.randn(n, generator=gen))
+    return model
+
+
+def _module_by_module(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The unfused result: recording autograd history, every module runs its own forward."""
+    with torch.enable_grad():
+        return model(x).detach()
+
+
+def _count_fused(monkeypatch) -> list[int]:
+    calls = [0]
+    original = fused_module.separable_forward
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(fused_module, "separable_forward", counted)
+    return calls
+
+
+def _check(model: nn.Module, x: torch.Tensor, fused_calls: int, monkeypatch) -> None:
+    calls = _count_fused(monkeypatch)
+    with torch.no_grad():
+        out = model(x)
+    assert calls[0] == fused_calls
+    expected = _module_by_module(model, x)
+    scale = max(1.0, expected.abs().max().item())
+    assert (out - expected).abs().max().item() <= 1e-5 * scale
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    cin=st.integers(1, 24),
+    cout=st.integers(1, 24),
+    stride=st.integers(1, 2),
+    kernel=st.sampled_from((3, 5)),
+    multiplier=st.integers(1, 2),
+    act=st.sampled_from(("relu", "relu6", None)),
+    pw_act=st.booleans(),
+    size=st.integers(3, 17),
+    batch=st.integers(1, 3),
+    channels_last=st.booleans(),
+)
+def test_depthwise_separable_block(
+    cin, cout, stride, kernel, multiplier, act, pw_act, size, batch, channels_last, kernels_built
+):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SEPCONV_KERNELS", "on")
+        block = DepthwiseSeparableBlock(
+            cin,
+            cout,
+            kernel,
+            stride,
+            depth_multiplier=multiplier,
+            act_layer=act,
+            pw_act=pw_act,
+            residual=True,
+        )
+        block = _randomise_norms(block).eval()
+        x = torch.randn(batch, cin, size, size)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        _check(block, x, 1, patch)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    cin=st.integers(1, 16),
+    cout=st.integers(1, 16),
+    stride=st.integers(1, 2),
+    expand=st.sampled_from((1, 2, 6)),
+    kernel=st.sampled_from((3, 5)),
+    dilation=st.integers(1, 2),
+    size=st.integers(5, 15),
+    batch=st.integers(1, 3),
+)
+def test_inverted_residual(cin, cout, stride, expand, kernel, dilation, size, batch, kernels_built):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SEPCONV_KERNELS", "on")
+        block = InvertedResidual(
+            cin, cout, stride, expand_ratio=expand, kernel_size=kernel, dilation=dilation
+        )
+        block = _randomise_norms(block).eval()
+        _check(block, torch.randn(batch, cin, size, size), 1, patch)
+
+
+def _not_fused_cases():
+    def training(block):
+        block.train()
+
+    def squeeze_excite(block):
+        return DepthwiseSeparableBlock(8, 12, se_ratio=0.25)
+
+    def hooked_depthwise(block):
+        block.conv_dw.conv.register_forward_hook(lambda module, args, out: out * 2)
+
+    def hooked_pointwise(block):
+        block.conv_pw.register_forward_pre_hook(lambda module, args: (args[0] + 1,))
+
+    def silu(block):
+        return DepthwiseSeparableBlock(8, 12, act_layer="silu")
+
+    def group_norm(block):
+        return DepthwiseSeparableBlock(8, 12, norm_layer=lambda c: nn.GroupNorm(4, c))
+
+    def same_padding(block):
+        block.conv_dw[0] = nn.Conv2d(8, 8, 3, padding="same", groups=8, bias=False)
+
+    return [
+        training,
+        squeeze_excite,
+        hooked_depthwise,
+        hooked_pointwise,
+        silu,
+        group_norm,
+        same_padding,
+    ]
+
+
+@pytest.mark.parametrize("change", _not_fused_cases(), ids=lambda f: f.__name__)
+def test_block_runs_module_by_module_where_it_must(change, monkeypatch, kernels_on):
+    block = DepthwiseSeparableBlock(8, 12)
+    block = change(block) or block
+    _randomise_norms(block)
+    if block.conv_dw.training and change.__name__ != "training":
+        block.eval()
+    x = torch.randn(2, 8, 9, 9)
+    expected_state = {k: v.clone() for k, v in block.state_dict().items()}
+    calls = _count_fused(monkeypatch)
+    with torch.no_grad():
+        out = block(x)
+        with monkeypatch.context() as patch:
+            patch.setenv("SEPCONV_KERNELS", "off")
+            block.load_state_dict(expected_state)  # (training mode updates the statistics)
+            expected = block(x)
+    assert calls[0] == 0
+    torch.testing.assert_close(out, expected)
+
+
+def test_unbatched_input_runs_module_by_module(monkeypatch, kernels_on):
+    """A 3-d input to the blocks' Conv2d is one image, never a batch of 1d rows: the modules
+    run, and BatchNorm2d rejects it as without the kernels."""
+    block = _randomise_norms(DepthwiseSeparableBlock(8, 12)).eval()
+    calls = _count_fused(monkeypatch)
+    with torch.no_grad(), pytest.raises(ValueError, match="expected 4D input"):
+        block(torch.randn(8, 9, 9))
+    assert calls[0] == 0
+
+
+@pytest.mark.parametrize("make", [mobilenet_v1, mobilenet_v2])
+def test_models_fuse_every_block(make, monkeypatch, kernels_on):
+    model = _randomise_norms(make(width_mult=0.25, num_classes=10)).eval()
+    blocks = sum(
+        isinstance(m, (DepthwiseSeparableBlock, InvertedResidual)) for m in model.modules()
+    )
+    kernel_calls = [0]
+    raw = dispatch._SEPARABLE_MID[1]
+
+    def counted(*args):
+        kernel_calls[0] += 1
+        return raw(*args)
+
+    monkeypatch.setattr(dispatch, "_SEPARABLE_MID", (None, counted))
+    _check(model, torch.randn(2, 3, 64, 64), blocks, monkeypatch)
+    assert kernel_calls[0] == blocks  # (the kernels ran, not only the fused PyTorch path)
+
+
+def test_off_runs_pytorch(monkeypatch):
+    """``SEPCONV_KERNELS=off``: the fused call's PyTorch path (no kernel)."""
+    monkeypatch.setenv("SEPCONV_KERNELS", "off")
+    block = _randomise_norms(DepthwiseSeparableBlock(8, 12)).eval()
+    x = torch.randn(2, 8, 9, 9)
+    with torch.no_grad():
+        out = block(x)
+    assert os.environ["SEPCONV_KERNELS"] == "off"
+    torch.testing.assert_close(out, _module_by_module(block, x))
