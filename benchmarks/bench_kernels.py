@@ -438,7 +438,9 @@ def _bench_mid_row(shape: Shape) -> dict:
         layer.mid_norm.running_mean.normal_()
         layer.mid_norm.running_var.uniform_(0.5, 2.0)
     layer.eval()
-    ref = nn.Sequential(layer.depthwise, layer.mid_norm, layer.mid_act, layer.pointwise)
+    # (eval: the ONNX export restores the training flag of the model it exports, and these
+    # modules are the layer's own)
+    ref = nn.Sequential(layer.depthwise, layer.mid_norm, layer.mid_act, layer.pointwise).eval()
     ref_cl = copy.deepcopy(ref).to(memory_format=torch.channels_last)
     x = torch.randn(shape.N, shape.C, shape.H, shape.H)
     x_cl = x.contiguous(memory_format=torch.channels_last)
@@ -464,6 +466,43 @@ def _bench_mid_row(shape: Shape) -> dict:
     times = time_interleaved(fns, 0.4 if QUICK else 0.6)
     os.environ.pop("SEPCONV_KERNELS", None)
     return {"label": shape.label, "times_ms": times}
+
+
+def bench_models() -> list[dict]:
+    """Whole networks at inference: ``sepconv.models.mobilenet_v1/v2`` (224x224, eval), whose
+    blocks fuse their depthwise conv-norm-act and 1x1 conv (``sepconv.blocks.fused``).
+    PyTorch eager: the same modules with ``SEPCONV_KERNELS=off`` (the same aten ops as
+    module by module), NCHW and channels_last; ONNX Runtime on the exported model."""
+    from sepconv.models import mobilenet_v1, mobilenet_v2
+
+    entries = []
+    for make in (mobilenet_v1, mobilenet_v2):
+        for batch in (1,) if QUICK else (1, 8):
+            torch.manual_seed(0)
+            model = make().eval()
+            model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+            x = torch.randn(batch, 3, 224, 224)
+            x_cl = x.contiguous(memory_format=torch.channels_last)
+            fns: dict[str, Callable[[], object]] = {
+                "pytorch_nchw": in_mode(lambda m=model, x=x: m(x), "off"),
+                "pytorch_cl": in_mode(lambda m=model_cl, x=x_cl: m(x), "off"),
+            }
+            ort_run = _onnx_runner(model, x)
+            if ort_run is not None:
+                fns["onnxruntime"] = ort_run
+            fns["auto_nchw"] = in_mode(lambda m=model, x=x: m(x), "auto")
+            fns["auto_cl"] = in_mode(lambda m=model_cl, x=x_cl: m(x), "auto")
+            from sepconv.kernels import dispatch
+
+            dispatch._calls.clear()
+            times = time_interleaved(fns, 1.0 if QUICK else 2.0)
+            os.environ.pop("SEPCONV_KERNELS", None)
+            entries.append({"model": f"{make.__name__} b{batch}", "times_ms": times})
+            print(
+                f"  {entries[-1]['model']}: " + ", ".join(f"{k} {v:.2f}" for k, v in times.items()),
+                flush=True,
+            )
+    return entries
 
 
 _TRAIN_SCRIPT = r"""
@@ -815,6 +854,7 @@ def main(out_dir: Path) -> dict:
             flush=True,
         )
     mid = bench_mid_stage()
+    models = bench_models()
     dw = bench_depthwise()
     mamba = bench_mamba()
     train = bench_training()
@@ -849,6 +889,19 @@ def main(out_dir: Path) -> dict:
         f"geometric-mean speed-up of sepconv (auto, NCHW) over PyTorch eager NCHW: "
         f"{mid['geomean_speedup_nchw']:.2f}x"
     )
+    print("\nwhole networks (224x224, eval), speed-up of sepconv over PyTorch eager NCHW:")
+    for entry in models:
+        t = entry["times_ms"]
+        best_pytorch = min(t["pytorch_nchw"], t["pytorch_cl"])
+        print(
+            f"  {entry['model']}: {t['pytorch_nchw'] / t['auto_nchw']:.2f}x (NCHW input), "
+            f"{best_pytorch / min(t['auto_nchw'], t['auto_cl']):.2f}x best layout against best"
+            + (
+                f", ONNX Runtime / sepconv {t['onnxruntime'] / t['auto_nchw']:.2f}x"
+                if "onnxruntime" in t
+                else ""
+            )
+        )
     result_targets = targets(rows, dw, mamba, train)
     print("\ntargets:")
     for entry in result_targets:
@@ -874,6 +927,7 @@ def main(out_dir: Path) -> dict:
             for r in rows
         ],
         "mid_stage": mid,
+        "models": models,
         "depthwise": dw,
         "mamba": mamba,
         "training": train,
