@@ -16,6 +16,27 @@ settings.register_profile("thorough", deadline=None, max_examples=400)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
+@pytest.fixture(scope="session")
+def kernels_built() -> None:
+    """Build (or load from the cache) the C++ kernels; skip if this machine cannot."""
+    from sepconv.kernels import _build
+
+    try:
+        _build.load()
+    except _build.BuildError as error:  # pragma: no cover - machines without a compiler
+        pytest.skip(f"C++ kernels unavailable: {error}")
+
+
+@pytest.fixture
+def kernels_on(monkeypatch, kernels_built):
+    monkeypatch.setenv("SEPCONV_KERNELS", "on")
+
+
+@pytest.fixture
+def kernels_off(monkeypatch):
+    monkeypatch.setenv("SEPCONV_KERNELS", "off")
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

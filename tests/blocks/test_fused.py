@@ -13,21 +13,8 @@ from torch import nn
 
 from sepconv.blocks import DepthwiseSeparableBlock, InvertedResidual
 from sepconv.blocks import fused as fused_module
-from sepconv.kernels import _build, dispatch
 from sepconv.models import mobilenet_v1, mobilenet_v2
-
-
-@pytest.fixture(scope="module")
-def kernels_built() -> None:
-    try:
-        _build.load()
-    except _build.BuildError as error:  # pragma: no cover - machines without a compiler
-        pytest.skip(f"C++ kernels unavailable: {error}")
-
-
-@pytest.fixture
-def kernels_on(monkeypatch, kernels_built):
-    monkeypatch.setenv("SEPCONV_KERNELS", "on")
+from tests.kernels.helpers import count_mid_kernel_calls
 
 
 def _randomise_norms(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -197,14 +184,7 @@ def test_models_fuse_every_block(make, monkeypatch, kernels_on):
     blocks = sum(
         isinstance(m, (DepthwiseSeparableBlock, InvertedResidual)) for m in model.modules()
     )
-    kernel_calls = [0]
-    raw = dispatch._SEPARABLE_MID[1]
-
-    def counted(*args):
-        kernel_calls[0] += 1
-        return raw(*args)
-
-    monkeypatch.setattr(dispatch, "_SEPARABLE_MID", (None, counted))
+    kernel_calls = count_mid_kernel_calls(monkeypatch)
     _check(model, torch.randn(2, 3, 64, 64), blocks, monkeypatch)
     assert kernel_calls[0] == blocks  # (the kernels ran, not only the fused PyTorch path)
 

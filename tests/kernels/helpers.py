@@ -111,6 +111,46 @@ def output_fits(case: Case) -> bool:
     return True
 
 
+def numpy_separable(case: Case, x, weights, **mid):
+    """The NumPy reference of ``case``'s separable convolution of ``x`` with ``weights``
+    ``(wd, wp, bd, bp)`` (``mid``: :func:`sepconv.reference.separable_conv`'s ``mid_norm``,
+    ``mid_clamp``)."""
+    from sepconv import reference
+
+    def np64(t):
+        return None if t is None else t.detach().double().numpy()
+
+    wd, wp, bd, bp = weights
+    return reference.separable_conv(
+        np64(x),
+        np64(wd),
+        np64(wp),
+        np64(bd),
+        np64(bp),
+        case.stride,
+        case.padding,
+        case.dilation,
+        case.mode,
+        **mid,
+    )
+
+
+def count_mid_kernel_calls(monkeypatch) -> list[int]:
+    """A one-element list counting the fused kernel's calls with a stage between the
+    convolutions (``dispatch._SEPARABLE_MID``) from now on."""
+    from sepconv.kernels import dispatch
+
+    calls = [0]
+    raw = dispatch._SEPARABLE_MID[1]
+
+    def counted(*args):
+        calls[0] += 1
+        return raw(*args)
+
+    monkeypatch.setattr(dispatch, "_SEPARABLE_MID", (None, counted))
+    return calls
+
+
 class env:
     """``with env("on"):`` sets SEPCONV_KERNELS for the block and restores it."""
 

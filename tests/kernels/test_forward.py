@@ -20,6 +20,7 @@ from tests.kernels.helpers import (
     cases,
     env,
     inner_pixel_cases,
+    numpy_separable,
     output_fits,
     prefetch,
     stride1_square_cases,
@@ -63,18 +64,7 @@ def check_separable(case: Case) -> None:
         return
     assert fast is not None, case
     _close(fast, _torch_path(separable_forward, *args))
-    expected = reference.separable_conv(
-        _np(x),
-        _np(wd),
-        _np(wp),
-        _np(bd),
-        _np(bp),
-        case.stride,
-        case.padding,
-        case.dilation,
-        case.mode,
-    )
-    assert_close_to_reference(fast, expected, rtol=RTOL)
+    assert_close_to_reference(fast, numpy_separable(case, x, (wd, wp, bd, bp)), rtol=RTOL)
 
 
 def check_depthwise(case: Case) -> None:

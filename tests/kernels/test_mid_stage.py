@@ -13,18 +13,25 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from sepconv import SeparableConv1d, SeparableConv2d, reference
+from sepconv import SeparableConv1d, SeparableConv2d
 from sepconv.functional.conv import MidStage, separable_forward
 from sepconv.kernels import _build, dispatch
 from tests.conftest import assert_close_to_reference
-from tests.kernels.helpers import Case, cases, env, output_fits, tile_gemm
+from tests.kernels.helpers import (
+    Case,
+    cases,
+    count_mid_kernel_calls,
+    env,
+    numpy_separable,
+    output_fits,
+    tile_gemm,
+)
 from tests.kernels.test_forward import (
     FEW_TILE_CASES,
     MANY_TILE_CASES,
     RTOL,
     WHOLE_CALL_CASES,
     _close,
-    _np,
 )
 
 
@@ -56,24 +63,11 @@ def mid_stages(draw, channels: int, dtype=torch.float32) -> MidStage:
 
 
 def _reference(case: Case, x, weights, mid: MidStage) -> np.ndarray:
-    wd, wp, bd, bp = weights
     norm = None
     if mid.running_mean is not None:
-        norm = (*[_np(t) for t in (mid.running_mean, mid.running_var, mid.weight, mid.bias)],)
-        norm = (*norm, mid.eps)
-    return reference.separable_conv(
-        _np(x),
-        _np(wd),
-        _np(wp),
-        _np(bd),
-        _np(bp),
-        case.stride,
-        case.padding,
-        case.dilation,
-        case.mode,
-        mid_norm=norm,
-        mid_clamp=(mid.lo, mid.hi),
-    )
+        tensors = (mid.running_mean, mid.running_var, mid.weight, mid.bias)
+        norm = (*[None if t is None else t.double().numpy() for t in tensors], mid.eps)
+    return numpy_separable(case, x, weights, mid_norm=norm, mid_clamp=(mid.lo, mid.hi))
 
 
 def _pytorch(*args, mid: MidStage) -> torch.Tensor:
@@ -175,44 +169,27 @@ def _mobilenet_layer(cls=SeparableConv2d, act="relu6") -> nn.Module:
     return layer.eval()
 
 
-def _count_fused_calls(monkeypatch) -> list[int]:
-    calls = [0]
-    raw = dispatch._SEPARABLE_MID[1]
-
-    def counted(*args):
-        calls[0] += 1
-        return raw(*args)
-
-    monkeypatch.setattr(dispatch, "_SEPARABLE_MID", (None, counted))
-    return calls
-
-
-@pytest.mark.parametrize("act", ["relu", "relu6", "hardtanh", None])
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_layer_fuses_its_inference_mid_stage(act, layout, monkeypatch, kernels_on):
-    calls = _count_fused_calls(monkeypatch)
-    layer = _mobilenet_layer(act=act)
-    x = torch.randn(2, 16, 11, 11)
-    if layout == "channels_last":
-        x = x.contiguous(memory_format=torch.channels_last)
-    with torch.no_grad():
-        fast = layer(x)
-        with env("off"):
-            expected = layer(x)
-    assert calls[0] == 1
-    _close(fast, expected)
-
-
-def test_layer_1d_fuses_its_mid_stage(monkeypatch, kernels_on):
-    calls = _count_fused_calls(monkeypatch)
-    layer = _mobilenet_layer(SeparableConv1d)
-    x = torch.randn(2, 16, 40)
+def _check_fused_layer(layer: nn.Module, x: torch.Tensor, monkeypatch) -> None:
+    calls = count_mid_kernel_calls(monkeypatch)
     with torch.inference_mode():
         fast = layer(x)
         with env("off"):
             expected = layer(x)
     assert calls[0] == 1
     _close(fast, expected)
+
+
+@pytest.mark.parametrize("act", ["relu", "relu6", "hardtanh", None])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_layer_fuses_its_inference_mid_stage(act, layout, monkeypatch, kernels_on):
+    x = torch.randn(2, 16, 11, 11)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    _check_fused_layer(_mobilenet_layer(act=act), x, monkeypatch)
+
+
+def test_layer_1d_fuses_its_mid_stage(monkeypatch, kernels_on):
+    _check_fused_layer(_mobilenet_layer(SeparableConv1d), torch.randn(2, 16, 40), monkeypatch)
 
 
 def _unfused_cases():
@@ -241,7 +218,7 @@ def _unfused_cases():
 def test_layer_runs_other_mid_stages_module_by_module(change, monkeypatch, kernels_on):
     """A norm in training mode or without statistics, other norms and activations, hooks and
     patched forwards: the modules run one by one, as with the kernels off."""
-    calls = _count_fused_calls(monkeypatch)
+    calls = count_mid_kernel_calls(monkeypatch)
     x = torch.randn(2, 16, 9, 9)
     layers = [_mobilenet_layer(), _mobilenet_layer()]
     layers[1].load_state_dict(layers[0].state_dict())
@@ -260,7 +237,7 @@ def test_layer_runs_other_mid_stages_module_by_module(change, monkeypatch, kerne
 def test_layer_with_autograd_takes_pytorch_ops(monkeypatch, kernels_on):
     """Recording autograd history, the eval layer runs PyTorch's ops: the same gradients as
     the modules one by one."""
-    calls = _count_fused_calls(monkeypatch)
+    calls = count_mid_kernel_calls(monkeypatch)
     layer = _mobilenet_layer()
     x = torch.randn(2, 16, 9, 9, requires_grad=True)
     layer(x).square().sum().backward()
