@@ -198,3 +198,17 @@ def test_off_runs_pytorch(monkeypatch):
         out = block(x)
     assert os.environ["SEPCONV_KERNELS"] == "off"
     torch.testing.assert_close(out, _module_by_module(block, x))
+
+
+def test_folded_norms_still_fuse(monkeypatch, kernels_on):
+    """After ``sepconv.fold_batchnorm`` the blocks' norms are identities: the blocks still
+    fuse, and the network equals the unfolded one."""
+    import sepconv
+
+    model = _randomise_norms(mobilenet_v2(width_mult=0.25, num_classes=10)).eval()
+    folded = sepconv.fold_batchnorm(model)
+    blocks = sum(isinstance(m, InvertedResidual) for m in folded.modules())
+    x = torch.randn(2, 3, 64, 64)
+    _check(folded, x, blocks, monkeypatch)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-5)

@@ -250,3 +250,18 @@ def test_layer_with_autograd_takes_pytorch_ops(monkeypatch, kernels_on):
     assert calls[0] == 0
     for a, b in zip(grads, expected):
         torch.testing.assert_close(a, b)
+
+
+def test_frozen_layer_with_input_gradient_takes_pytorch_ops(monkeypatch, kernels_on):
+    """Frozen parameters, an input that requires grad: the fused call is offered, the kernels
+    decline it (no backward for the stage) and PyTorch's ops give the input gradient."""
+    calls = count_mid_kernel_calls(monkeypatch)
+    layer = _mobilenet_layer().requires_grad_(False)
+    x = torch.randn(2, 16, 9, 9, requires_grad=True)
+    layer(x).square().sum().backward()
+    grad = x.grad.clone()
+    x.grad = None
+    with env("off"):
+        layer(x).square().sum().backward()
+    assert calls[0] == 0
+    torch.testing.assert_close(grad, x.grad)

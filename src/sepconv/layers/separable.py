@@ -221,7 +221,8 @@ class _SeparableConvNd(_SeparableBase):
         layer's own classes with their own ``forward`` (not replaced by, say, a QAT conv), no
         module or global hooks (pruning and weight norm use pre-hooks) and no
         parametrization (then ``weight`` is no longer a plain parameter); and between them
-        nothing, or what :func:`_mid_stage` takes (an inference batch norm, a clamp).
+        nothing, or what :func:`~sepconv.layers.fusion.mid_stage_of` takes (an inference batch
+        norm, a clamp).
         """
         stages = self._modules
         if any_global_hooks():
