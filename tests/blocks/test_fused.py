@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from sepconv.blocks import DepthwiseSeparableBlock, InvertedResidual
+from sepconv.blocks import ConvNormAct, DepthwiseSeparableBlock, InvertedResidual
 from sepconv.blocks import fused as fused_module
 from sepconv.models import mobilenet_v1, mobilenet_v2
 from tests.kernels.helpers import count_mid_kernel_calls
@@ -104,15 +104,21 @@ def test_depthwise_separable_block(
     dilation=st.integers(1, 2),
     size=st.integers(5, 15),
     batch=st.integers(1, 3),
+    channels_last=st.booleans(),
 )
-def test_inverted_residual(cin, cout, stride, expand, kernel, dilation, size, batch, kernels_built):
+def test_inverted_residual(
+    cin, cout, stride, expand, kernel, dilation, size, batch, channels_last, kernels_built
+):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SEPCONV_KERNELS", "on")
         block = InvertedResidual(
             cin, cout, stride, expand_ratio=expand, kernel_size=kernel, dilation=dilation
         )
         block = _randomise_norms(block).eval()
-        _check(block, torch.randn(batch, cin, size, size), 1, patch)
+        x = torch.randn(batch, cin, size, size)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        _check(block, x, 1, patch)
 
 
 def _not_fused_cases():
@@ -212,3 +218,56 @@ def test_folded_norms_still_fuse(monkeypatch, kernels_on):
     _check(folded, x, blocks, monkeypatch)
     with torch.no_grad():
         torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("norm", ["batchnorm", None])
+@pytest.mark.parametrize("act", ["relu6", "relu", None])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pointwise_conv_norm_act(norm, act, layout, dtype, kernels_on):
+    """A 1x1 ConvNormAct as one GEMM with the norm folded in, the clamp in place: the
+    modules' result, in the input's layout."""
+    cna = _randomise_norms(ConvNormAct(12, 20, 1, norm_layer=norm, act_layer=act)).to(dtype)
+    cna.eval()
+    with torch.no_grad():
+        for p in cna.parameters():
+            p.normal_()  # (a conv bias too, without a norm)
+    x = torch.randn(3, 12, 9, 7, dtype=dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out = fused_module.pointwise_conv_norm_act(cna, x)
+    assert out is not None
+    expected = _module_by_module(cna, x)
+    assert out.stride() == expected.stride()
+    scale = max(1.0, expected.abs().max().item())
+    assert (out - expected).abs().max().item() <= (
+        1e-5 if dtype == torch.float32 else 1e-12
+    ) * scale
+
+
+def _pointwise_declined():
+    return {
+        "stride 2": (ConvNormAct(12, 20, 1, stride=2), torch.randn(2, 12, 8, 8)),
+        "groups": (ConvNormAct(12, 20, 1, groups=2), torch.randn(2, 12, 8, 8)),
+        "3x3": (ConvNormAct(12, 20, 3), torch.randn(2, 12, 8, 8)),
+        "silu": (ConvNormAct(12, 20, 1, act_layer="silu"), torch.randn(2, 12, 8, 8)),
+        "strided input": (ConvNormAct(12, 20, 1), torch.randn(2, 12, 8, 16)[..., ::2]),
+        "bfloat16": (ConvNormAct(12, 20, 1).bfloat16(), torch.randn(2, 12, 8, 8).bfloat16()),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_pointwise_declined()))
+def test_pointwise_conv_norm_act_declines(name, kernels_on):
+    cna, x = _pointwise_declined()[name]
+    with torch.no_grad():
+        assert fused_module.pointwise_conv_norm_act(cna.eval(), x) is None
+
+
+def test_pointwise_conv_norm_act_off_and_with_autograd(monkeypatch):
+    cna = _randomise_norms(ConvNormAct(12, 20, 1)).eval()
+    x = torch.randn(2, 12, 8, 8)
+    assert fused_module.pointwise_conv_norm_act(cna, x) is None  # (grad enabled, parameters)
+    monkeypatch.setenv("SEPCONV_KERNELS", "off")
+    with torch.no_grad():
+        assert fused_module.pointwise_conv_norm_act(cna, x) is None

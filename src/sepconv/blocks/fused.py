@@ -7,6 +7,11 @@ load), which :class:`~sepconv.SeparableConv2d`'s fusion does not see. Here the p
 :func:`sepconv.functional.conv.separable_forward` with the norm and activation as its
 :class:`~sepconv.functional.conv.MidStage`, where that is exact and unobserved
 (:mod:`sepconv.layers.fusion`); otherwise the modules run one by one.
+
+A 1x1 ``ConvNormAct`` on its own (MobileNetV2's expansion, the last conv of the features)
+runs as one GEMM into a pooled output with the norm folded into its weights and bias, then
+the activation in place (:func:`pointwise_conv_norm_act`): module by module it wrote three
+fresh tensors, which page-fault on first touch (docs/performance.md, run V).
 """
 
 from __future__ import annotations
@@ -17,9 +22,9 @@ import torch
 from torch import Tensor, nn
 
 from sepconv.blocks.common import ConvNormAct
-from sepconv.functional.conv import separable_forward
+from sepconv.functional.conv import MidStage, separable_forward
 from sepconv.functional.padding import PaddingPlan, resolve_padding
-from sepconv.kernels import dispatch
+from sepconv.kernels import _ops, dispatch
 from sepconv.layers.fusion import UNFUSED, any_global_hooks, hooked, mid_stage_of, records_history
 
 
@@ -38,19 +43,14 @@ def fused_depthwise_pointwise(dw: nn.Module, pw: nn.Module, x: Tensor) -> Tensor
     """
     if x.dim() != 4 or any_global_hooks() or type(dw) is not ConvNormAct or hooked(dw):
         return None
-    children = list(dw._modules.values())
-    has_norm, has_act = dw._has_norm, dw._has_act  # (ConvNormAct leaves out absent ones)
-    if len(children) != 1 + has_norm + has_act:
-        return None  # (appended to or cut since)
-    conv = children[0]
+    stages = _stages(dw)
+    if stages is None:
+        return None
+    conv, norm, act = stages
     if not (_plain_conv(conv) and _plain_conv(pw) and _is_depthwise(conv) and _is_pointwise(pw)):
         return None
-    norm = children[1] if has_norm else _IDENTITY
-    act = children[-1] if has_act else _IDENTITY
-    if (torch.is_grad_enabled() and records_history(conv, pw, norm)) or dispatch.tracing():
-        return None
-    mid = mid_stage_of(norm, act, 2)
-    if mid is UNFUSED:
+    mid = _inference_mid(norm, act, conv, pw)
+    if mid is None:
         return None
     stride, dilation = conv.stride, conv.dilation
     plan = _plan(conv.padding, conv.kernel_size, stride, dilation)
@@ -69,9 +69,65 @@ def fused_depthwise_pointwise(dw: nn.Module, pw: nn.Module, x: Tensor) -> Tensor
     )
 
 
+def pointwise_conv_norm_act(cna: nn.Module, x: Tensor) -> Tensor | None:
+    """``cna(x)`` for a 1x1 :class:`ConvNormAct` at inference, or None where its modules
+    must run one by one.
+
+    One GEMM with the norm folded into the weights and the bias (``torch.baddbmm``, or
+    ``torch.addmm`` for channels_last input) into a pooled output
+    (:func:`sepconv.kernels._ops.pooled_empty`), then the clamp in place.
+
+    Args:
+        cna: a ``ConvNormAct`` whose conv is a plain 1x1 ``nn.Conv2d`` (stride 1, no padding,
+            one group), its norm and activation as :func:`mid_stage_of` takes them.
+        x: ``(N, C, H, W)``, float32 or float64, contiguous or channels_last.
+
+    Returns:
+        ``(N, O, H, W)`` in ``x``'s layout, or None (also under ``SEPCONV_KERNELS=off``).
+    """
+    if x.dim() != 4 or x.dtype not in (torch.float32, torch.float64) or dispatch.mode() == "off":
+        return None
+    if any_global_hooks() or type(cna) is not ConvNormAct or hooked(cna):
+        return None
+    stages = _stages(cna)
+    if stages is None:
+        return None
+    conv, norm, act = stages
+    if not (_plain_conv(conv) and _is_pointwise(conv) and conv.groups == 1):
+        return None
+    mid = _inference_mid(norm, act, conv)
+    if mid is None or not _plain_tensors(x, conv, mid):
+        return None
+    return _folded_gemm(x, conv, mid)
+
+
+def norm_act_inplace(out: Tensor, norm: nn.Module, act: nn.Module) -> Tensor | None:
+    """``act(norm(out))`` computed in ``out`` (which the caller owns: a fresh output), or None
+    where the modules must run: one pass for the norm (``torch.addcmul``), one for the clamp.
+    Module by module each wrote a fresh tensor."""
+    if out.dim() != 4 or any_global_hooks():
+        return None
+    mid = _inference_mid(norm, act)
+    if mid is None:
+        return None
+    if mid.running_mean is not None:
+        alpha = torch.rsqrt(mid.running_var + mid.eps)
+        if mid.weight is not None:
+            alpha = alpha * mid.weight
+        shift = -mid.running_mean * alpha
+        if mid.bias is not None:
+            shift = shift + mid.bias
+        shape = (1, -1, 1, 1)
+        torch.addcmul(shift.view(shape), out, alpha.view(shape), out=out)
+    if mid.lo is not None or mid.hi is not None:
+        out.clamp_(mid.lo, mid.hi)
+    return out
+
+
 def run_sequential(layers: nn.Sequential, x: Tensor) -> Tensor:
     """``layers(x)``, with each depthwise ``ConvNormAct`` directly followed by a 1x1 conv run
-    as one fused call where :func:`fused_depthwise_pointwise` takes the pair."""
+    as one fused call where :func:`fused_depthwise_pointwise` takes the pair, and other 1x1
+    ``ConvNormAct`` layers as :func:`pointwise_conv_norm_act` runs them."""
     if hooked(layers) or any_global_hooks() or "forward" in layers.__dict__:
         return layers(x)
     modules = list(layers._modules.values())
@@ -82,11 +138,73 @@ def run_sequential(layers: nn.Sequential, x: Tensor) -> Tensor:
             if out is not None:
                 x, i = out, i + 2
                 continue
-        x, i = modules[i](x), i + 1
+        out = pointwise_conv_norm_act(modules[i], x)
+        x, i = (out if out is not None else modules[i](x)), i + 1
     return x
 
 
 _IDENTITY = nn.Identity()
+
+
+def _stages(cna: ConvNormAct) -> tuple[nn.Module, nn.Module, nn.Module] | None:
+    """``(conv, norm, act)`` of a ConvNormAct (``nn.Identity`` for an absent one), or None
+    when its children are not what it was built with."""
+    children = list(cna._modules.values())
+    has_norm, has_act = cna._has_norm, cna._has_act  # (ConvNormAct leaves out absent ones)
+    if len(children) != 1 + has_norm + has_act:
+        return None  # (appended to or cut since)
+    norm = children[1] if has_norm else _IDENTITY
+    return children[0], norm, children[-1] if has_act else _IDENTITY
+
+
+def _inference_mid(norm: nn.Module, act: nn.Module, *convs: nn.Module) -> MidStage | None:
+    """The norm and activation as a :class:`MidStage`, or None: autograd history to record,
+    tracing, or modules :func:`mid_stage_of` does not take."""
+    if (torch.is_grad_enabled() and records_history(*convs, norm)) or dispatch.tracing():
+        return None
+    mid = mid_stage_of(norm, act, 2)
+    return None if mid is UNFUSED else mid
+
+
+def _plain_tensors(x: Tensor, conv: nn.Conv2d, mid: MidStage) -> bool:
+    """Every tensor is a plain CPU tensor of ``x``'s dtype (as the kernels' own check), and
+    ``x`` contiguous or channels_last."""
+    if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+        return False
+    tensors = (conv.weight, conv.bias, mid.running_mean, mid.running_var, mid.weight, mid.bias)
+    return dispatch.plain_tensors((x, *tensors), x.dtype)
+
+
+def _folded_gemm(x: Tensor, conv: nn.Conv2d, mid: MidStage) -> Tensor:
+    """The 1x1 conv with ``mid``'s norm folded in, then its clamp in place."""
+    n, c, h, w = x.shape
+    o = conv.out_channels
+    weight, bias = conv.weight.view(o, c), conv.bias
+    if mid.running_mean is not None:
+        alpha = torch.rsqrt(mid.running_var + mid.eps)
+        if mid.weight is not None:
+            alpha = alpha * mid.weight
+        shift = -mid.running_mean * alpha if bias is None else (bias - mid.running_mean) * alpha
+        bias = shift if mid.bias is None else shift + mid.bias
+        weight = weight * alpha[:, None]
+    if bias is None:
+        bias = x.new_zeros(o)
+    if x.is_contiguous():
+        out = _ops.pooled_empty((n, o, h, w), (o * h * w, h * w, w, 1), x.dtype)
+        columns = out.view(n, o, h * w)
+        torch.baddbmm(
+            bias.view(1, o, 1).expand(n, o, h * w),
+            weight.expand(n, o, c),
+            x.view(n, c, h * w),
+            out=columns,
+        )
+    else:  # channels_last: pixels are rows
+        out = _ops.pooled_empty((n, o, h, w), (o * h * w, 1, w * o, o), x.dtype)
+        rows = out.permute(0, 2, 3, 1).view(n * h * w, o)
+        torch.addmm(bias, x.permute(0, 2, 3, 1).reshape(n * h * w, c), weight.t(), out=rows)
+    if mid.lo is not None or mid.hi is not None:
+        out.clamp_(mid.lo, mid.hi)
+    return out
 
 
 def _plain_conv(conv: nn.Module) -> bool:

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from sepconv import _validation as check
 from sepconv.blocks.common import ConvNormAct, SqueezeExcite
-from sepconv.blocks.fused import fused_depthwise_pointwise, run_sequential
+from sepconv.blocks.fused import fused_depthwise_pointwise, norm_act_inplace, run_sequential
 from sepconv.layers.fusion import hooked
 from sepconv.layers.norm_act import LayerSpec, create_norm
 
@@ -101,6 +101,9 @@ class DepthwiseSeparableBlock(nn.Module):
         out = fused_depthwise_pointwise(self.conv_dw, layers[0], x)
         if out is None:
             return None
+        done = norm_act_inplace(out, pw.norm, pw.act) if len(layers) > 1 else out
+        if done is not None:
+            return done
         for layer in layers[1:]:
             out = layer(out)
         return out

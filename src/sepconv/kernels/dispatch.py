@@ -121,7 +121,7 @@ def _functorch_active() -> bool:
         return False
 
 
-def _plain(tensors, dtype: torch.dtype) -> bool:
+def plain_tensors(tensors, dtype: torch.dtype) -> bool:
     """Every tensor (None allowed) is a plain strided CPU tensor of ``dtype``: no subclass,
     no sparse layout (quantized tensors have other dtypes)."""
     for t in tensors:
@@ -143,7 +143,7 @@ def _common_checks(x, tensors) -> bool | None:
     dtype = x.dtype
     if dtype == torch.bfloat16 and not _bf16_supported():
         return None
-    if not _plain((x, *tensors), dtype) or x.numel() == 0 or _functorch_active():
+    if not plain_tensors((x, *tensors), dtype) or x.numel() == 0 or _functorch_active():
         return None
     if torch.autograd.forward_ad._current_level >= 0:
         return None

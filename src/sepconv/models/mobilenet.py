@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from sepconv.blocks.common import ConvNormAct, make_divisible
+from sepconv.blocks.fused import run_sequential
 from sepconv.blocks.mobilenet import DepthwiseSeparableBlock, InvertedResidual
 from sepconv.layers.norm_act import LayerSpec
 
@@ -87,13 +88,14 @@ class _MobileNet(nn.Module):
         self.classifier = _classifier(channels, num_classes, dropout, **factory)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """``(N, in_chans, H, W) -> (N, num_features, H/32, W/32)`` (unpooled)."""
-        return self.features(x)
+        """``(N, in_chans, H, W) -> (N, num_features, H/32, W/32)`` (unpooled). At inference
+        1x1 conv-norm-act layers run as one GEMM each (:mod:`sepconv.blocks.fused`)."""
+        return run_sequential(self.features, x)
 
     def forward(self, x: Tensor) -> Tensor:
         """``(N, in_chans, H, W) -> (N, num_classes)``."""
         return self.classifier(
-            torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1)
+            torch.flatten(nn.functional.adaptive_avg_pool2d(self.forward_features(x), 1), 1)
         )
 
 
