@@ -126,44 +126,21 @@ def norm_act_inplace(out: Tensor, norm: nn.Module, act: nn.Module) -> Tensor | N
 
 def run_sequential(layers: nn.Sequential, x: Tensor) -> Tensor:
     """``layers(x)``, with each depthwise ``ConvNormAct`` directly followed by a 1x1 conv run
-    as one fused call where :func:`fused_depthwise_pointwise` takes the pair, other 1x1
-    ``ConvNormAct`` layers as :func:`pointwise_conv_norm_act` runs them, and a norm or
-    clamping activation after either applied in place to their fresh output."""
-    return run_sequential_owned(layers, x)[0]
-
-
-def run_sequential_owned(layers: nn.Sequential, x: Tensor) -> tuple[Tensor, bool]:
-    """:func:`run_sequential`, and whether its output is a fresh tensor of its own (which
-    the caller may then update in place)."""
+    as one fused call where :func:`fused_depthwise_pointwise` takes the pair, and other 1x1
+    ``ConvNormAct`` layers as :func:`pointwise_conv_norm_act` runs them."""
     if hooked(layers) or any_global_hooks() or "forward" in layers.__dict__:
-        return layers(x), False
+        return layers(x)
     modules = list(layers._modules.values())
-    i, owned = 0, False
+    i = 0
     while i < len(modules):
-        module = modules[i]
-        if owned:
-            done = _inplace_stage(module, x)
-            if done is not None:
-                x, i = done, i + 1
-                continue
         if i + 1 < len(modules):
-            out = fused_depthwise_pointwise(module, modules[i + 1], x)
+            out = fused_depthwise_pointwise(modules[i], modules[i + 1], x)
             if out is not None:
-                x, i, owned = out, i + 2, True
+                x, i = out, i + 2
                 continue
-        out = pointwise_conv_norm_act(module, x)
-        owned = out is not None
-        x, i = (out if owned else module(x)), i + 1
-    return x, owned
-
-
-def _inplace_stage(module: nn.Module, out: Tensor) -> Tensor | None:
-    """``module(out)`` in place for an inference batch norm or a clamping activation."""
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        return norm_act_inplace(out, module, _IDENTITY)
-    if isinstance(module, (nn.ReLU, nn.Hardtanh)):
-        return norm_act_inplace(out, _IDENTITY, module)
-    return None
+        out = pointwise_conv_norm_act(modules[i], x)
+        x, i = (out if out is not None else modules[i](x)), i + 1
+    return x
 
 
 _IDENTITY = nn.Identity()

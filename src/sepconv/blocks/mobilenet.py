@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from sepconv import _validation as check
 from sepconv.blocks.common import ConvNormAct, SqueezeExcite
-from sepconv.blocks.fused import fused_depthwise_pointwise, norm_act_inplace, run_sequential_owned
+from sepconv.blocks.fused import fused_depthwise_pointwise, norm_act_inplace, run_sequential
 from sepconv.layers.fusion import hooked
 from sepconv.layers.norm_act import LayerSpec, create_norm
 
@@ -196,7 +196,5 @@ class InvertedResidual(nn.Module):
         At inference the depthwise conv-norm-act and the projection run as one fused call
         (:mod:`sepconv.blocks.fused`) where that is exact.
         """
-        out, owned = run_sequential_owned(self.conv, x)
-        if not self.use_res_connect:
-            return out
-        return out.add_(x) if owned else x + out
+        out = run_sequential(self.conv, x)
+        return x + out if self.use_res_connect else out
