@@ -224,10 +224,12 @@ def test_folded_norms_still_fuse(monkeypatch, kernels_on):
 @pytest.mark.parametrize("act", ["relu6", "relu", None])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_pointwise_conv_norm_act(norm, act, layout, dtype, kernels_on):
+@pytest.mark.parametrize("bias", [None, True])
+def test_pointwise_conv_norm_act(norm, act, layout, dtype, bias, kernels_on):
     """A 1x1 ConvNormAct as one GEMM with the norm folded in, the clamp in place: the
-    modules' result, in the input's layout."""
-    cna = _randomise_norms(ConvNormAct(12, 20, 1, norm_layer=norm, act_layer=act)).to(dtype)
+    modules' result, in the input's layout (a conv bias before the norm too)."""
+    cna = ConvNormAct(12, 20, 1, bias=bias, norm_layer=norm, act_layer=act)
+    cna = _randomise_norms(cna).to(dtype)
     cna.eval()
     with torch.no_grad():
         for p in cna.parameters():

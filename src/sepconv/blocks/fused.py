@@ -111,12 +111,7 @@ def norm_act_inplace(out: Tensor, norm: nn.Module, act: nn.Module) -> Tensor | N
     if mid is None:
         return None
     if mid.running_mean is not None:
-        alpha = torch.rsqrt(mid.running_var + mid.eps)
-        if mid.weight is not None:
-            alpha = alpha * mid.weight
-        shift = -mid.running_mean * alpha
-        if mid.bias is not None:
-            shift = shift + mid.bias
+        alpha, shift = _norm_affine(mid)
         shape = (1, -1, 1, 1)
         torch.addcmul(shift.view(shape), out, alpha.view(shape), out=out)
     if mid.lo is not None or mid.hi is not None:
@@ -175,17 +170,23 @@ def _plain_tensors(x: Tensor, conv: nn.Conv2d, mid: MidStage) -> bool:
     return dispatch.plain_tensors((x, *tensors), x.dtype)
 
 
+def _norm_affine(mid: MidStage) -> tuple[Tensor, Tensor]:
+    """``(alpha, shift)`` of ``mid``'s norm: ``norm(y) = y * alpha + shift`` per channel."""
+    alpha = torch.rsqrt(mid.running_var + mid.eps)
+    if mid.weight is not None:
+        alpha = alpha * mid.weight
+    shift = -mid.running_mean * alpha
+    return alpha, shift if mid.bias is None else shift + mid.bias
+
+
 def _folded_gemm(x: Tensor, conv: nn.Conv2d, mid: MidStage) -> Tensor:
     """The 1x1 conv with ``mid``'s norm folded in, then its clamp in place."""
     n, c, h, w = x.shape
     o = conv.out_channels
     weight, bias = conv.weight.view(o, c), conv.bias
     if mid.running_mean is not None:
-        alpha = torch.rsqrt(mid.running_var + mid.eps)
-        if mid.weight is not None:
-            alpha = alpha * mid.weight
-        shift = -mid.running_mean * alpha if bias is None else (bias - mid.running_mean) * alpha
-        bias = shift if mid.bias is None else shift + mid.bias
+        alpha, shift = _norm_affine(mid)
+        bias = shift if bias is None else torch.addcmul(shift, bias, alpha)
         weight = weight * alpha[:, None]
     if bias is None:
         bias = x.new_zeros(o)
