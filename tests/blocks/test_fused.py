@@ -13,7 +13,7 @@ from torch import nn
 
 from sepconv.blocks import ConvNormAct, DepthwiseSeparableBlock, InvertedResidual
 from sepconv.blocks import fused as fused_module
-from sepconv.models import mobilenet_v1, mobilenet_v2
+from sepconv.models import mobilenet_v1, mobilenet_v1_small, mobilenet_v2, mobilenet_v2_small
 from tests.kernels.helpers import count_mid_kernel_calls
 
 
@@ -273,3 +273,26 @@ def test_pointwise_conv_norm_act_off_and_with_autograd(monkeypatch):
     monkeypatch.setenv("SEPCONV_KERNELS", "off")
     with torch.no_grad():
         assert fused_module.pointwise_conv_norm_act(cna, x) is None
+
+
+@pytest.mark.parametrize("make", [mobilenet_v1_small, mobilenet_v2_small])
+def test_models_trace_and_export_as_modules(make, tmp_path, kernels_on):
+    """Tracing (torch.fx, torch.jit.trace) and ONNX export see the modules, not the fused
+    calls, and give the eager result."""
+    model = _randomise_norms(make(num_classes=10)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+        graph = torch.fx.symbolic_trace(model)
+        assert not any(
+            n.op == "call_function" and "fused" in str(n.target) for n in graph.graph.nodes
+        )
+        torch.testing.assert_close(graph(x), expected)
+        traced = torch.jit.trace(model, x)
+        torch.testing.assert_close(traced(x), expected)
+    ort = pytest.importorskip("onnxruntime")
+    path = tmp_path / "model.onnx"
+    torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["x"])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"x": x.numpy()})
+    torch.testing.assert_close(torch.from_numpy(got), expected, rtol=1e-4, atol=1e-5)

@@ -41,6 +41,8 @@ def fused_depthwise_pointwise(dw: nn.Module, pw: nn.Module, x: Tensor) -> Tensor
         ``(N, O, H', W')``, or None: autograd history to record, tracing, hooks, other
         module classes, or a norm/activation :func:`mid_stage_of` does not take.
     """
+    if dispatch.tracing():  # (first: under torch.fx, x is a Proxy that cannot be inspected)
+        return None
     if x.dim() != 4 or any_global_hooks() or type(dw) is not ConvNormAct or hooked(dw):
         return None
     stages = _stages(dw)
@@ -85,6 +87,8 @@ def pointwise_conv_norm_act(cna: nn.Module, x: Tensor) -> Tensor | None:
     Returns:
         ``(N, O, H, W)`` in ``x``'s layout, or None (also under ``SEPCONV_KERNELS=off``).
     """
+    if dispatch.tracing():  # (first: under torch.fx, x is a Proxy that cannot be inspected)
+        return None
     if x.dim() != 4 or x.dtype not in (torch.float32, torch.float64) or dispatch.mode() == "off":
         return None
     if any_global_hooks() or type(cna) is not ConvNormAct or hooked(cna):
@@ -105,7 +109,7 @@ def norm_act_inplace(out: Tensor, norm: nn.Module, act: nn.Module) -> Tensor | N
     """``act(norm(out))`` computed in ``out`` (which the caller owns: a fresh output), or None
     where the modules must run: one pass for the norm (``torch.addcmul``), one for the clamp.
     Module by module each wrote a fresh tensor."""
-    if out.dim() != 4 or any_global_hooks():
+    if dispatch.tracing() or out.dim() != 4 or any_global_hooks():
         return None
     mid = _inference_mid(norm, act)
     if mid is None:
