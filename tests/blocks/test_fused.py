@@ -284,9 +284,9 @@ def test_models_trace_and_export_as_modules(make, tmp_path, kernels_on):
     with torch.no_grad():
         expected = model(x)
         graph = torch.fx.symbolic_trace(model)
-        assert not any(
-            n.op == "call_function" and "fused" in str(n.target) for n in graph.graph.nodes
-        )
+        convs = {name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+        called = {node.target for node in graph.graph.nodes if node.op == "call_module"}
+        assert convs <= called  # (every conv a module call in the graph)
         torch.testing.assert_close(graph(x), expected)
         traced = torch.jit.trace(model, x)
         torch.testing.assert_close(traced(x), expected)
@@ -296,3 +296,71 @@ def test_models_trace_and_export_as_modules(make, tmp_path, kernels_on):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (got,) = session.run(None, {"x": x.numpy()})
     torch.testing.assert_close(torch.from_numpy(got), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("make", [mobilenet_v1_small, mobilenet_v2_small])
+def test_frozen_models_give_input_gradients(make, monkeypatch, kernels_on):
+    """Saliency maps: frozen parameters, an input that requires grad. The blocks run their
+    modules (no fused call writes into a tensor with history), with the modules' gradient."""
+    calls = _count_fused(monkeypatch)
+    model = _randomise_norms(make(num_classes=10)).eval().requires_grad_(False)
+    x = torch.randn(1, 3, 32, 32, requires_grad=True)
+    model(x)[0, 3].backward()
+    grad = x.grad.clone()
+    x.grad = None
+    with monkeypatch.context() as patch:
+        patch.setenv("SEPCONV_KERNELS", "off")
+        model(x)[0, 3].backward()
+    assert calls[0] == 0
+    torch.testing.assert_close(grad, x.grad)
+
+
+def test_blocks_under_autocast_and_vmap_run_the_modules(monkeypatch, kernels_on):
+    calls = _count_fused(monkeypatch)
+    block = _randomise_norms(InvertedResidual(8, 12, expand_ratio=2)).eval()
+    x = torch.randn(2, 8, 9, 9)
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = block(x)
+        assert out.dtype == torch.bfloat16  # (as the modules: autocast picks the dtype)
+        batched = torch.func.vmap(block)(x.unsqueeze(1))
+        torch.testing.assert_close(batched.squeeze(1), _module_by_module(block, x))
+    assert calls[0] == 0
+
+
+def _observed_cases():
+    def se_hook(block, seen):
+        block.se.register_forward_hook(lambda *args: seen.append(1))
+
+    def patched_pointwise(block, seen):
+        block.conv_pw.forward = lambda x: seen.append(1) or x[:, :12]
+
+    def appended_act(block, seen):
+        block.conv_pw.append(nn.Hardtanh(-0.1, 0.1))
+
+    return [se_hook, patched_pointwise, appended_act]
+
+
+@pytest.mark.parametrize("change", _observed_cases(), ids=lambda f: f.__name__)
+def test_observed_or_changed_block_stages_run(change, monkeypatch, kernels_on):
+    """Hooks, patched forwards and appended modules in the V1 block are honoured."""
+    block = _randomise_norms(DepthwiseSeparableBlock(8, 12, pw_act=False)).eval()
+    seen: list[int] = []
+    change(block, seen)
+    x = torch.randn(2, 8, 9, 9)
+    calls = _count_fused(monkeypatch)
+    with torch.no_grad():
+        out = block(x)
+    with monkeypatch.context() as patch, torch.no_grad():
+        patch.setenv("SEPCONV_KERNELS", "off")
+        expected = block(x)
+    assert calls[0] == 0
+    assert len(seen) == (0 if change.__name__ == "appended_act" else 2)
+    torch.testing.assert_close(out, expected)
+
+
+def test_miswired_pointwise_conv_raises_as_the_modules(kernels_on):
+    block = _randomise_norms(DepthwiseSeparableBlock(8, 12, depth_multiplier=2)).eval()
+    block.conv_pw[0] = nn.Conv2d(8, 12, 1)  # (the depthwise stage gives 16 channels)
+    with torch.no_grad(), pytest.raises(RuntimeError, match="to have 8 channels"):
+        block(torch.randn(2, 8, 9, 9))

@@ -265,3 +265,29 @@ def test_frozen_layer_with_input_gradient_takes_pytorch_ops(monkeypatch, kernels
         layer(x).square().sum().backward()
     assert calls[0] == 0
     torch.testing.assert_close(grad, x.grad)
+
+
+@pytest.mark.parametrize("act", ["relu", "relu6"])
+def test_input_gradient_at_the_clamp_bounds(act, monkeypatch, kernels_on):
+    """Intermediate values exactly on a bound: ReLU/ReLU6 pass no gradient there (and
+    ``torch.clamp`` would); the frozen layer with an input gradient runs its modules."""
+    layer = SeparableConv2d(4, 8, 3, padding=1, bias=False, mid_act_layer=act)
+    layer = layer.eval().requires_grad_(False)
+    x = torch.randn(2, 4, 9, 9)
+    x[..., :5] = 0.0  # (depthwise outputs of exactly 0 on the left)
+    x.requires_grad_(True)
+    layer(x).sum().backward()
+    grad = x.grad.clone()
+    x.grad = None
+    mid = layer.mid_act(layer.depthwise(x))
+    layer.pointwise(mid).sum().backward()
+    torch.testing.assert_close(grad, x.grad)
+
+
+def test_mid_stage_rejects_inconsistent_arguments():
+    with pytest.raises(ValueError, match="need running_mean"):
+        MidStage(weight=torch.ones(3))
+    with pytest.raises(ValueError, match="come together"):
+        MidStage(running_mean=torch.zeros(3))
+    with pytest.raises(ValueError, match="lo must not exceed hi"):
+        MidStage(lo=1.0, hi=0.0)

@@ -41,16 +41,16 @@ def fused_depthwise_pointwise(dw: nn.Module, pw: nn.Module, x: Tensor) -> Tensor
         ``(N, O, H', W')``, or None: autograd history to record, tracing, hooks, other
         module classes, or a norm/activation :func:`mid_stage_of` does not take.
     """
-    if dispatch.tracing():  # (first: under torch.fx, x is a Proxy that cannot be inspected)
+    if not _eager_inference_on(x) or not _plain_module(dw, ConvNormAct):
         return None
-    if x.dim() != 4 or any_global_hooks() or type(dw) is not ConvNormAct or hooked(dw):
-        return None
-    stages = _stages(dw)
+    stages = conv_norm_act_stages(dw)
     if stages is None:
         return None
     conv, norm, act = stages
     if not (_plain_conv(conv) and _plain_conv(pw) and _is_depthwise(conv) and _is_pointwise(pw)):
         return None
+    if x.shape[1] != conv.in_channels or pw.in_channels != conv.out_channels:
+        return None  # (mis-wired: the modules raise their error)
     mid = _inference_mid(norm, act, conv, pw)
     if mid is None:
         return None
@@ -87,17 +87,17 @@ def pointwise_conv_norm_act(cna: nn.Module, x: Tensor) -> Tensor | None:
     Returns:
         ``(N, O, H, W)`` in ``x``'s layout, or None (also under ``SEPCONV_KERNELS=off``).
     """
-    if dispatch.tracing():  # (first: under torch.fx, x is a Proxy that cannot be inspected)
+    if not _eager_inference_on(x) or x.dtype not in (torch.float32, torch.float64):
         return None
-    if x.dim() != 4 or x.dtype not in (torch.float32, torch.float64) or dispatch.mode() == "off":
+    if not _plain_module(cna, ConvNormAct):
         return None
-    if any_global_hooks() or type(cna) is not ConvNormAct or hooked(cna):
-        return None
-    stages = _stages(cna)
+    stages = conv_norm_act_stages(cna)
     if stages is None:
         return None
     conv, norm, act = stages
     if not (_plain_conv(conv) and _is_pointwise(conv) and conv.groups == 1):
+        return None
+    if x.shape[1] != conv.in_channels:
         return None
     mid = _inference_mid(norm, act, conv)
     if mid is None or not _plain_tensors(x, conv, mid):
@@ -109,7 +109,7 @@ def norm_act_inplace(out: Tensor, norm: nn.Module, act: nn.Module) -> Tensor | N
     """``act(norm(out))`` computed in ``out`` (which the caller owns: a fresh output), or None
     where the modules must run: one pass for the norm (``torch.addcmul``), one for the clamp.
     Module by module each wrote a fresh tensor."""
-    if dispatch.tracing() or out.dim() != 4 or any_global_hooks():
+    if not _eager_inference_on(out):
         return None
     mid = _inference_mid(norm, act)
     if mid is None:
@@ -145,7 +145,21 @@ def run_sequential(layers: nn.Sequential, x: Tensor) -> Tensor:
 _IDENTITY = nn.Identity()
 
 
-def _stages(cna: ConvNormAct) -> tuple[nn.Module, nn.Module, nn.Module] | None:
+def _eager_inference_on(x: Tensor) -> bool:
+    """Plain eager inference on a 4-d ``x`` (:func:`sepconv.kernels.dispatch.eager_inference`),
+    the kernels not turned off, no global hooks. Tracing is asked first: under torch.fx, ``x``
+    is a Proxy that cannot be inspected."""
+    if not dispatch.eager_inference(x) or dispatch.mode() == "off" or any_global_hooks():
+        return False
+    return x.dim() == 4
+
+
+def _plain_module(module: nn.Module, cls: type) -> bool:
+    """``module`` is exactly ``cls``, unhooked, its ``forward`` not patched."""
+    return type(module) is cls and not hooked(module) and "forward" not in module.__dict__
+
+
+def conv_norm_act_stages(cna: ConvNormAct) -> tuple[nn.Module, nn.Module, nn.Module] | None:
     """``(conv, norm, act)`` of a ConvNormAct (``nn.Identity`` for an absent one), or None
     when its children are not what it was built with."""
     children = list(cna._modules.values())
@@ -159,7 +173,7 @@ def _stages(cna: ConvNormAct) -> tuple[nn.Module, nn.Module, nn.Module] | None:
 def _inference_mid(norm: nn.Module, act: nn.Module, *convs: nn.Module) -> MidStage | None:
     """The norm and activation as a :class:`MidStage`, or None: autograd history to record,
     tracing, or modules :func:`mid_stage_of` does not take."""
-    if (torch.is_grad_enabled() and records_history(*convs, norm)) or dispatch.tracing():
+    if torch.is_grad_enabled() and records_history(*convs, norm):
         return None
     mid = mid_stage_of(norm, act, 2)
     return None if mid is UNFUSED else mid

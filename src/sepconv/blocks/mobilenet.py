@@ -7,7 +7,12 @@ from torch import Tensor, nn
 
 from sepconv import _validation as check
 from sepconv.blocks.common import ConvNormAct, SqueezeExcite
-from sepconv.blocks.fused import fused_depthwise_pointwise, norm_act_inplace, run_sequential
+from sepconv.blocks.fused import (
+    conv_norm_act_stages,
+    fused_depthwise_pointwise,
+    norm_act_inplace,
+    run_sequential,
+)
 from sepconv.layers.fusion import hooked
 from sepconv.layers.norm_act import LayerSpec, create_norm
 
@@ -94,19 +99,20 @@ class DepthwiseSeparableBlock(nn.Module):
 
     def _fused_stages(self, x: Tensor) -> Tensor | None:
         """``conv_pw(conv_dw(x))`` with the depthwise stage and ``conv_pw``'s conv fused, or None."""
-        pw = self.conv_pw
-        if type(self.se) is not nn.Identity or type(pw) is not ConvNormAct or hooked(pw):
+        pw, se = self.conv_pw, self.se
+        if type(se) is not nn.Identity or hooked(se) or "forward" in se.__dict__:
             return None
-        layers = list(pw._modules.values())
-        out = fused_depthwise_pointwise(self.conv_dw, layers[0], x)
+        if type(pw) is not ConvNormAct or hooked(pw) or "forward" in pw.__dict__:
+            return None
+        stages = conv_norm_act_stages(pw)
+        if stages is None:
+            return None
+        conv, norm, act = stages
+        out = fused_depthwise_pointwise(self.conv_dw, conv, x)
         if out is None:
             return None
-        done = norm_act_inplace(out, pw.norm, pw.act) if len(layers) > 1 else out
-        if done is not None:
-            return done
-        for layer in layers[1:]:
-            out = layer(out)
-        return out
+        done = norm_act_inplace(out, norm, act)
+        return done if done is not None else act(norm(out))
 
 
 class InvertedResidual(nn.Module):

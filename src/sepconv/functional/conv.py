@@ -94,6 +94,20 @@ class MidStage:
     lo: float | None = None
     hi: float | None = None
 
+    def __post_init__(self) -> None:
+        if self.running_mean is None and not (
+            self.running_var is None and self.weight is None and self.bias is None
+        ):
+            raise ValueError(
+                "MidStage: running_var, weight and bias need running_mean (the norm); got "
+                f"running_mean=None with running_var={self.running_var is not None}, "
+                f"weight={self.weight is not None}, bias={self.bias is not None}"
+            )
+        if (self.running_mean is None) != (self.running_var is None):
+            raise ValueError("MidStage: running_mean and running_var come together")
+        if self.lo is not None and self.hi is not None and self.lo > self.hi:
+            raise ValueError(f"MidStage: lo must not exceed hi, got lo={self.lo}, hi={self.hi}")
+
     def kernel_args(self) -> tuple[tuple, tuple]:
         """``(norm tensors, parameters)`` as :func:`sepconv.kernels.dispatch.separable` takes them."""
         norm = (self.running_mean, self.running_var, self.weight, self.bias)
@@ -155,9 +169,19 @@ def _pytorch_separable_mid(
     norm, eps, lo, hi = params
     if norm:
         mid = F.batch_norm(mid, mean, var, nw, nb, False, 0.0, eps)
-    if lo is not None or hi is not None:
-        mid = torch.clamp(mid, lo, hi)
-    return _pointwise(mid, wp, bp, wd, len(stride))
+    return _pointwise(_clamp(mid, lo, hi), wp, bp, wd, len(stride))
+
+
+def _clamp(x: Tensor, lo: float | None, hi: float | None) -> Tensor:
+    """The clamp as the activation modules compute it: ReLU for ``[0, inf)``, Hardtanh for
+    two bounds (their gradients are zero at the bounds; ``torch.clamp``'s is not)."""
+    if lo is None and hi is None:
+        return x
+    if lo == 0.0 and hi is None:
+        return F.relu(x)
+    if lo is not None and hi is not None:
+        return F.hardtanh(x, lo, hi)
+    return torch.clamp(x, lo, hi)
 
 
 def _pointwise(mid: Tensor, wp: Tensor, bp: Tensor | None, wd: Tensor, rank: int) -> Tensor:

@@ -134,6 +134,18 @@ def plain_tensors(tensors, dtype: torch.dtype) -> bool:
     return True
 
 
+def eager_inference(x: Tensor) -> bool:
+    """A call on ``x`` that records no autograd history for ``x`` and runs plain eager
+    PyTorch: not tracing or compiling, no autocast, no functorch transform, no forward-mode
+    AD. (The caller checks its own parameters' ``requires_grad``.) What fused inference paths
+    outside the kernels (:mod:`sepconv.blocks.fused`) require before they touch ``x``."""
+    if tracing() or _autocast_on() or _functorch_active():
+        return False
+    if torch.autograd.forward_ad._current_level >= 0:
+        return False
+    return not (torch.is_grad_enabled() and x.requires_grad)
+
+
 def _common_checks(x, tensors) -> bool | None:
     """Whether the call records autograd history, or None to decline it."""
     if type(x) not in _TENSOR_TYPES or x.dim() not in (3, 4) or x.dtype not in _DTYPES:

@@ -191,7 +191,9 @@ class _SeparableConvNd(_SeparableBase):
 
     def _conv_stages(self, x: Tensor) -> Tensor:
         mid = self._fused_mid()
-        if mid is UNFUSED:
+        if mid is UNFUSED or (mid is not None and not dispatch.eager_inference(x)):
+            # (a stage between the convolutions is fused only at eager inference: with an
+            # input gradient, autocast, functorch or forward AD, the modules run)
             return super()._conv_stages(x)
         stages = self._modules
         dw, pw = stages["depthwise"], stages["pointwise"]
