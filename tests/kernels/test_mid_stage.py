@@ -291,3 +291,14 @@ def test_mid_stage_rejects_inconsistent_arguments():
         MidStage(running_mean=torch.zeros(3))
     with pytest.raises(ValueError, match="lo must not exceed hi"):
         MidStage(lo=1.0, hi=0.0)
+
+
+def test_off_runs_the_layer_module_by_module(monkeypatch):
+    """``SEPCONV_KERNELS=off`` is the reference: the stages run as modules (each a row in
+    ``sepconv profile``), not as one functional call."""
+    layer = _mobilenet_layer()
+    with torch.no_grad():
+        monkeypatch.setenv("SEPCONV_KERNELS", "off")
+        assert not layer._can_fuse_stages()
+        monkeypatch.setenv("SEPCONV_KERNELS", "auto")
+        assert layer._can_fuse_stages()

@@ -241,6 +241,8 @@ class _SeparableConvNd(_SeparableBase):
             # The kernels would decline the call: module by module, as before (and exported
             # or traced graphs show the modules whatever the grad mode).
             return UNFUSED
+        if dispatch.mode() == "off":
+            return UNFUSED  # (the reference: the modules, each a profiler row of its own)
         return mid_stage_of(stages["mid_norm"], stages["mid_act"], self._rank)
 
     def to_dense(self) -> nn.Module:
