@@ -25,7 +25,14 @@ from sepconv.blocks.common import ConvNormAct
 from sepconv.functional.conv import MidStage, separable_forward
 from sepconv.functional.padding import PaddingPlan, resolve_padding
 from sepconv.kernels import _ops, dispatch
-from sepconv.layers.fusion import UNFUSED, any_global_hooks, hooked, mid_stage_of, records_history
+from sepconv.layers.fusion import (
+    UNFUSED,
+    any_global_hooks,
+    has_plain_weights,
+    inference_mid_stage,
+    plain_module,
+    unobserved,
+)
 
 
 def fused_depthwise_pointwise(dw: nn.Module, pw: nn.Module, x: Tensor) -> Tensor | None:
@@ -39,9 +46,10 @@ def fused_depthwise_pointwise(dw: nn.Module, pw: nn.Module, x: Tensor) -> Tensor
 
     Returns:
         ``(N, O, H', W')``, or None: autograd history to record, tracing, hooks, other
-        module classes, or a norm/activation :func:`mid_stage_of` does not take.
+        module classes, or a norm/activation that
+        :func:`~sepconv.layers.fusion.mid_stage_of` does not take.
     """
-    if not _eager_inference_on(x) or not _plain_module(dw, ConvNormAct):
+    if not _eager_inference_on(x) or not plain_module(dw, ConvNormAct):
         return None
     stages = conv_norm_act_stages(dw)
     if stages is None:
@@ -51,8 +59,8 @@ def fused_depthwise_pointwise(dw: nn.Module, pw: nn.Module, x: Tensor) -> Tensor
         return None
     if x.shape[1] != conv.in_channels or pw.in_channels != conv.out_channels:
         return None  # (mis-wired: the modules raise their error)
-    mid = _inference_mid(norm, act, conv, pw)
-    if mid is None:
+    mid = inference_mid_stage(norm, act, 2, conv, pw)
+    if mid is UNFUSED:
         return None
     stride, dilation = conv.stride, conv.dilation
     plan = _plan(conv.padding, conv.kernel_size, stride, dilation)
@@ -81,7 +89,8 @@ def pointwise_conv_norm_act(cna: nn.Module, x: Tensor) -> Tensor | None:
 
     Args:
         cna: a ``ConvNormAct`` whose conv is a plain 1x1 ``nn.Conv2d`` (stride 1, no padding,
-            one group), its norm and activation as :func:`mid_stage_of` takes them.
+            one group), its norm and activation as
+            :func:`~sepconv.layers.fusion.mid_stage_of` takes them.
         x: ``(N, C, H, W)``, float32 or float64, contiguous or channels_last.
 
     Returns:
@@ -89,7 +98,7 @@ def pointwise_conv_norm_act(cna: nn.Module, x: Tensor) -> Tensor | None:
     """
     if not _eager_inference_on(x) or x.dtype not in (torch.float32, torch.float64):
         return None
-    if not _plain_module(cna, ConvNormAct):
+    if not plain_module(cna, ConvNormAct):
         return None
     stages = conv_norm_act_stages(cna)
     if stages is None:
@@ -99,8 +108,8 @@ def pointwise_conv_norm_act(cna: nn.Module, x: Tensor) -> Tensor | None:
         return None
     if x.shape[1] != conv.in_channels:
         return None
-    mid = _inference_mid(norm, act, conv)
-    if mid is None or not _plain_tensors(x, conv, mid):
+    mid = inference_mid_stage(norm, act, 2, conv)
+    if mid is UNFUSED or not _plain_tensors(x, conv, mid):
         return None
     return _folded_gemm(x, conv, mid)
 
@@ -111,8 +120,8 @@ def norm_act_inplace(out: Tensor, norm: nn.Module, act: nn.Module) -> Tensor | N
     Module by module each wrote a fresh tensor."""
     if not _eager_inference_on(out):
         return None
-    mid = _inference_mid(norm, act)
-    if mid is None:
+    mid = inference_mid_stage(norm, act, 2)
+    if mid is UNFUSED:
         return None
     if mid.running_mean is not None:
         alpha, shift = _norm_affine(mid)
@@ -127,7 +136,7 @@ def run_sequential(layers: nn.Sequential, x: Tensor) -> Tensor:
     """``layers(x)``, with each depthwise ``ConvNormAct`` directly followed by a 1x1 conv run
     as one fused call where :func:`fused_depthwise_pointwise` takes the pair, and other 1x1
     ``ConvNormAct`` layers as :func:`pointwise_conv_norm_act` runs them."""
-    if hooked(layers) or any_global_hooks() or "forward" in layers.__dict__:
+    if not unobserved(layers) or any_global_hooks():
         return layers(x)
     modules = list(layers._modules.values())
     i = 0
@@ -154,11 +163,6 @@ def _eager_inference_on(x: Tensor) -> bool:
     return x.dim() == 4
 
 
-def _plain_module(module: nn.Module, cls: type) -> bool:
-    """``module`` is exactly ``cls``, unhooked, its ``forward`` not patched."""
-    return type(module) is cls and not hooked(module) and "forward" not in module.__dict__
-
-
 def conv_norm_act_stages(cna: ConvNormAct) -> tuple[nn.Module, nn.Module, nn.Module] | None:
     """``(conv, norm, act)`` of a ConvNormAct (``nn.Identity`` for an absent one), or None
     when its children are not what it was built with."""
@@ -168,15 +172,6 @@ def conv_norm_act_stages(cna: ConvNormAct) -> tuple[nn.Module, nn.Module, nn.Mod
         return None  # (appended to or cut since)
     norm = children[1] if has_norm else _IDENTITY
     return children[0], norm, children[-1] if has_act else _IDENTITY
-
-
-def _inference_mid(norm: nn.Module, act: nn.Module, *convs: nn.Module) -> MidStage | None:
-    """The norm and activation as a :class:`MidStage`, or None: autograd history to record,
-    tracing, or modules :func:`mid_stage_of` does not take."""
-    if torch.is_grad_enabled() and records_history(*convs, norm):
-        return None
-    mid = mid_stage_of(norm, act, 2)
-    return None if mid is UNFUSED else mid
 
 
 def _plain_tensors(x: Tensor, conv: nn.Conv2d, mid: MidStage) -> bool:
@@ -229,10 +224,11 @@ def _folded_gemm(x: Tensor, conv: nn.Conv2d, mid: MidStage) -> Tensor:
 def _plain_conv(conv: nn.Module) -> bool:
     """An ``nn.Conv2d`` of exactly that class, its own ``forward``, unhooked, plain
     parameters (not pruned or parametrized), integer padding."""
-    if type(conv) is not nn.Conv2d or "forward" in conv.__dict__ or hooked(conv):
-        return False
-    params = conv._parameters
-    return "weight" in params and "bias" in params and not isinstance(conv.padding, str)
+    return (
+        plain_module(conv, nn.Conv2d)
+        and has_plain_weights(conv)
+        and not isinstance(conv.padding, str)
+    )
 
 
 def _is_depthwise(conv: nn.Conv2d) -> bool:

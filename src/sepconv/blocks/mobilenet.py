@@ -13,7 +13,7 @@ from sepconv.blocks.fused import (
     norm_act_inplace,
     run_sequential,
 )
-from sepconv.layers.fusion import hooked
+from sepconv.layers.fusion import plain_module
 from sepconv.layers.norm_act import LayerSpec, create_norm
 
 
@@ -99,10 +99,8 @@ class DepthwiseSeparableBlock(nn.Module):
 
     def _fused_stages(self, x: Tensor) -> Tensor | None:
         """``conv_pw(conv_dw(x))`` with the depthwise stage and ``conv_pw``'s conv fused, or None."""
-        pw, se = self.conv_pw, self.se
-        if type(se) is not nn.Identity or hooked(se) or "forward" in se.__dict__:
-            return None
-        if type(pw) is not ConvNormAct or hooked(pw) or "forward" in pw.__dict__:
+        pw = self.conv_pw
+        if not (plain_module(self.se, nn.Identity) and plain_module(pw, ConvNormAct)):
             return None
         stages = conv_norm_act_stages(pw)
         if stages is None:

@@ -9,6 +9,7 @@ the :class:`~sepconv.functional.conv.MidStage` that the fused kernels run.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 from torch.nn.modules import module as _torch_module
 
@@ -30,7 +31,7 @@ def mid_stage_of(norm: nn.Module, act: nn.Module, rank: int) -> MidStage | objec
     runs module by module. (Attributes are read from the modules' dicts: through
     ``nn.Module.__getattr__`` this took 8 us a call.)
     """
-    if hooked(act) or "forward" in act.__dict__:
+    if not unobserved(act):
         return UNFUSED
     kind = type(act)
     if kind is nn.ReLU:
@@ -57,6 +58,17 @@ def mid_stage_of(norm: nn.Module, act: nn.Module, rank: int) -> MidStage | objec
     )
 
 
+def inference_mid_stage(
+    norm: nn.Module, act: nn.Module, rank: int, *recorded: nn.Module
+) -> MidStage | object:
+    """:func:`mid_stage_of`, or ``UNFUSED`` where the call would record autograd history
+    for a parameter of ``norm`` or the ``recorded`` modules (the kernels have no backward
+    for the stage)."""
+    if torch.is_grad_enabled() and records_history(*recorded, norm):
+        return UNFUSED
+    return mid_stage_of(norm, act, rank)
+
+
 def records_history(*modules: nn.Module) -> bool:
     """Whether a parameter of the modules (not their children) requires grad."""
     for module in modules:
@@ -69,16 +81,32 @@ def records_history(*modules: nn.Module) -> bool:
 def is_inference_norm(norm: nn.Module, rank: int) -> bool:
     """An unhooked, unpatched ``nn.BatchNorm{rank}d`` that normalises with its running
     statistics (eval mode, statistics kept) and has plain parameters."""
-    if type(norm) is not _BATCH_NORMS[rank] or norm.training or "forward" in norm.__dict__:
+    if not plain_module(norm, _BATCH_NORMS[rank]) or norm.training:
         return False
-    buffers, params = norm._buffers, norm._parameters
+    buffers = norm._buffers
     return (
-        not hooked(norm)
-        and buffers.get("running_mean") is not None
+        buffers.get("running_mean") is not None
         and buffers.get("running_var") is not None
-        and "weight" in params
-        and "bias" in params
+        and has_plain_weights(norm)
     )
+
+
+def plain_module(module: nn.Module, cls: type) -> bool:
+    """``module`` is exactly ``cls``, unhooked, its ``forward`` not patched (so that a fused
+    call may skip its ``forward``)."""
+    return type(module) is cls and unobserved(module)
+
+
+def unobserved(module: nn.Module) -> bool:
+    """No hooks on ``module`` and its ``forward`` not patched on the instance."""
+    return not hooked(module) and "forward" not in module.__dict__
+
+
+def has_plain_weights(module: nn.Module) -> bool:
+    """``weight`` and ``bias`` are plain parameters (or a bias of None): not pruned or
+    parametrized, which moves them out of ``_parameters``."""
+    params = module._parameters
+    return "weight" in params and "bias" in params
 
 
 def hooked(module: nn.Module) -> bool:

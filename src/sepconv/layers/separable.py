@@ -20,7 +20,14 @@ from sepconv.functional.weights import separable_to_dense
 from sepconv.kernels import dispatch
 from sepconv.layers import conv as convs
 from sepconv.layers import transpose
-from sepconv.layers.fusion import UNFUSED, any_global_hooks, hooked, mid_stage_of, records_history
+from sepconv.layers.fusion import (
+    UNFUSED,
+    any_global_hooks,
+    has_plain_weights,
+    hooked,
+    inference_mid_stage,
+    plain_module,
+)
 from sepconv.layers.norm_act import LayerSpec, create_act, create_norm
 
 
@@ -236,14 +243,17 @@ class _SeparableConvNd(_SeparableBase):
             return UNFUSED
         if not _has_mid_layers(stages):
             return None
-        recorded = (stages["depthwise"], stages["pointwise"], stages["mid_norm"])
-        if (torch.is_grad_enabled() and records_history(*recorded)) or dispatch.tracing():
-            # The kernels would decline the call: module by module, as before (and exported
-            # or traced graphs show the modules whatever the grad mode).
+        if dispatch.tracing() or dispatch.mode() == "off":
+            # Traced or exported graphs show the modules whatever the grad mode; "off" is the
+            # reference: the modules, each a profiler row of its own.
             return UNFUSED
-        if dispatch.mode() == "off":
-            return UNFUSED  # (the reference: the modules, each a profiler row of its own)
-        return mid_stage_of(stages["mid_norm"], stages["mid_act"], self._rank)
+        return inference_mid_stage(
+            stages["mid_norm"],
+            stages["mid_act"],
+            self._rank,
+            stages["depthwise"],
+            stages["pointwise"],
+        )
 
     def to_dense(self) -> nn.Module:
         """One equivalent dense conv (exact), when nothing sits between the stages.
@@ -278,10 +288,8 @@ def _has_mid_layers(stages: dict[str, nn.Module]) -> bool:
 def _is_plain_stage(stage: nn.Module, expected: type) -> bool:
     """The stage is the layer's own class with its own ``forward``, unhooked, unpruned, its
     weight and bias plain parameters (or a bias of None)."""
-    if type(stage) is not expected or "forward" in stage.__dict__:
-        return False  # replaced (e.g. a QAT conv) or patched: its forward must run
-    params = stage._parameters
-    return not hooked(stage) and "weight" in params and "bias" in params
+    # (another class, e.g. a QAT conv, or a patched forward: its forward must run)
+    return plain_module(stage, expected) and has_plain_weights(stage)
 
 
 def _run_stage(stage: nn.Module, x: Tensor) -> Tensor:
