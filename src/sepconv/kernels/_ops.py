@@ -367,8 +367,11 @@ def depthwise_launch(x: Tensor, g: Geometry) -> Launch:
     return _launch(x, g, g.C * g.M, out_nhwc)
 
 
+_NO_NORM = (None, None, None, None)
+
+
 def separable_forward_raw(
-    x, wd, wp, bd, bp, g: Geometry, launch: Launch | None = None, norm=(None,) * 4
+    x, wd, wp, bd, bp, g: Geometry, launch: Launch | None = None, norm=_NO_NORM
 ) -> Tensor:
     """Fused forward ``(N, C, *spatial) -> (N, O, *spatial_out)`` (``launch`` from
     :func:`separable_launch`, computed here when not given). ``norm``: the batch norm's
@@ -379,7 +382,8 @@ def separable_forward_raw(
     out = launch.empty_output(x.dtype)
     # Named, so that contiguous copies stay alive during the call.
     wd, wp, bd, bp = _contiguous(wd), _contiguous(wp), _contiguous(bd), _contiguous(bp)
-    norm = [_contiguous(t) for t in norm]
+    if norm is not _NO_NORM:  # (not on every plain call: two list passes of four Nones)
+        norm = [_contiguous(t) for t in norm]
     _check(
         lib.sepconv_sep_forward(
             DTYPE_CODE[x.dtype],
@@ -390,7 +394,7 @@ def separable_forward_raw(
             _ptr(bp),
             out.data_ptr(),
             launch.geo,
-            *[_ptr(t) for t in norm],
+            *(_NO_NORM if norm is _NO_NORM else [_ptr(t) for t in norm]),
         )
     )
     return out

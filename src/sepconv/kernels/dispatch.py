@@ -139,25 +139,27 @@ def eager_inference(x: Tensor) -> bool:
     PyTorch: not tracing or compiling, no autocast, no functorch transform, no forward-mode
     AD. (The caller checks its own parameters' ``requires_grad``.) What fused inference paths
     outside the kernels (:mod:`sepconv.blocks.fused`) require before they touch ``x``."""
+    return _plain_eager() and not (torch.is_grad_enabled() and x.requires_grad)
+
+
+def _plain_eager() -> bool:
+    """Not tracing or compiling, no autocast (it picks the dtype; PyTorch's path applies it),
+    no functorch transform (tensors are wrapped), no forward-mode AD."""
     if tracing() or _autocast_on() or _functorch_active():
         return False
-    if torch.autograd.forward_ad._current_level >= 0:
-        return False
-    return not (torch.is_grad_enabled() and x.requires_grad)
+    return torch.autograd.forward_ad._current_level < 0
 
 
 def _common_checks(x, tensors) -> bool | None:
     """Whether the call records autograd history, or None to decline it."""
     if type(x) not in _TENSOR_TYPES or x.dim() not in (3, 4) or x.dtype not in _DTYPES:
         return None
-    if tracing() or _autocast_on():  # autocast picks the dtype; PyTorch's path applies it
+    if not _plain_eager():
         return None
     dtype = x.dtype
     if dtype == torch.bfloat16 and not _bf16_supported():
         return None
-    if not plain_tensors((x, *tensors), dtype) or x.numel() == 0 or _functorch_active():
-        return None
-    if torch.autograd.forward_ad._current_level >= 0:
+    if not plain_tensors((x, *tensors), dtype) or x.numel() == 0:
         return None
     grad = torch.is_grad_enabled() and (
         x.requires_grad or any(t is not None and t.requires_grad for t in tensors)
