@@ -4,8 +4,6 @@ reference, and the layers take it only where it is exact."""
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
@@ -71,12 +69,8 @@ def _reference(case: Case, x, weights, mid: MidStage) -> np.ndarray:
 
 
 def _pytorch(*args, mid: MidStage) -> torch.Tensor:
-    old = os.environ.get("SEPCONV_KERNELS")
-    os.environ["SEPCONV_KERNELS"] = "off"
-    try:
+    with env("off"):
         return separable_forward(*args, mid=mid)
-    finally:
-        os.environ["SEPCONV_KERNELS"] = old if old is not None else "on"
 
 
 def check_mid(case: Case, mid: MidStage, dtype=torch.float32, rtol: float = RTOL) -> None:
