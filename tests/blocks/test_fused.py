@@ -225,9 +225,20 @@ def test_folded_norms_still_fuse(monkeypatch, kernels_on):
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("bias", [None, True])
-def test_pointwise_conv_norm_act(norm, act, layout, dtype, bias, kernels_on):
+@pytest.mark.parametrize("route", ["kernel", "pytorch"])
+def test_pointwise_conv_norm_act(norm, act, layout, dtype, bias, route, monkeypatch, kernels_on):
     """A 1x1 ConvNormAct as one GEMM with the norm folded in, the clamp in place: the
-    modules' result, in the input's layout (a conv bias before the norm too)."""
+    modules' result, in the input's layout (a conv bias before the norm too), through the
+    kernels' 1x1 forward (float32) or PyTorch's GEMM."""
+    monkeypatch.setattr(fused_module, "_pointwise_kernel_on", lambda: route == "kernel")
+    kernel_calls = [0]
+    original = fused_module._ops.pointwise_forward_raw
+
+    def counted(*args):
+        kernel_calls[0] += 1
+        return original(*args)
+
+    monkeypatch.setattr(fused_module._ops, "pointwise_forward_raw", counted)
     cna = ConvNormAct(12, 20, 1, bias=bias, norm_layer=norm, act_layer=act)
     cna = _randomise_norms(cna).to(dtype)
     cna.eval()
@@ -240,6 +251,7 @@ def test_pointwise_conv_norm_act(norm, act, layout, dtype, bias, kernels_on):
     with torch.no_grad():
         out = fused_module.pointwise_conv_norm_act(cna, x)
     assert out is not None
+    assert kernel_calls[0] == (route == "kernel" and dtype == torch.float32)
     expected = _module_by_module(cna, x)
     assert out.stride() == expected.stride()
     scale = max(1.0, expected.abs().max().item())

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from sepconv.blocks.common import ConvNormAct
 from sepconv.functional.conv import MidStage, separable_forward
 from sepconv.functional.padding import PaddingPlan, resolve_padding
-from sepconv.kernels import _ops, dispatch
+from sepconv.kernels import _build, _ops, dispatch
 from sepconv.layers.fusion import (
     UNFUSED,
     any_global_hooks,
@@ -49,7 +49,12 @@ def fused_depthwise_pointwise(dw: nn.Module, pw: nn.Module, x: Tensor) -> Tensor
         module classes, or a norm/activation that
         :func:`~sepconv.layers.fusion.mid_stage_of` does not take.
     """
-    if not _eager_inference_on(x) or not plain_module(dw, ConvNormAct):
+    return _fused_pair(dw, pw, x) if _eager_inference_on(x) else None
+
+
+def _fused_pair(dw: nn.Module, pw: nn.Module, x: Tensor) -> Tensor | None:
+    """:func:`fused_depthwise_pointwise` once :func:`_eager_inference_on` holds."""
+    if not plain_module(dw, ConvNormAct):
         return None
     stages = conv_norm_act_stages(dw)
     if stages is None:
@@ -96,9 +101,12 @@ def pointwise_conv_norm_act(cna: nn.Module, x: Tensor) -> Tensor | None:
     Returns:
         ``(N, O, H, W)`` in ``x``'s layout, or None (also under ``SEPCONV_KERNELS=off``).
     """
-    if not _eager_inference_on(x) or x.dtype not in (torch.float32, torch.float64):
-        return None
-    if not plain_module(cna, ConvNormAct):
+    return _pointwise(cna, x) if _eager_inference_on(x) else None
+
+
+def _pointwise(cna: nn.Module, x: Tensor) -> Tensor | None:
+    """:func:`pointwise_conv_norm_act` once :func:`_eager_inference_on` holds."""
+    if x.dtype not in (torch.float32, torch.float64) or not plain_module(cna, ConvNormAct):
         return None
     stages = conv_norm_act_stages(cna)
     if stages is None:
@@ -136,17 +144,20 @@ def run_sequential(layers: nn.Sequential, x: Tensor) -> Tensor:
     """``layers(x)``, with each depthwise ``ConvNormAct`` directly followed by a 1x1 conv run
     as one fused call where :func:`fused_depthwise_pointwise` takes the pair, and other 1x1
     ``ConvNormAct`` layers as :func:`pointwise_conv_norm_act` runs them."""
-    if not unobserved(layers) or any_global_hooks():
+    # What holds for the whole sequence is asked once (asked per layer, it was a tenth of
+    # MobileNetV2's time at batch 1); whether x records history, per layer.
+    if not unobserved(layers) or not _eager_on():
         return layers(x)
     modules = list(layers._modules.values())
     i = 0
     while i < len(modules):
-        if i + 1 < len(modules):
-            out = fused_depthwise_pointwise(modules[i], modules[i + 1], x)
+        inference = _inference_input(x)
+        if inference and i + 1 < len(modules):
+            out = _fused_pair(modules[i], modules[i + 1], x)
             if out is not None:
                 x, i = out, i + 2
                 continue
-        out = pointwise_conv_norm_act(modules[i], x)
+        out = _pointwise(modules[i], x) if inference else None
         x, i = (out if out is not None else modules[i](x)), i + 1
     return x
 
@@ -155,12 +166,21 @@ _IDENTITY = nn.Identity()
 
 
 def _eager_inference_on(x: Tensor) -> bool:
-    """Plain eager inference on a 4-d ``x`` (:func:`sepconv.kernels.dispatch.eager_inference`),
-    the kernels not turned off, no global hooks. Tracing is asked first: under torch.fx, ``x``
-    is a Proxy that cannot be inspected."""
-    if not dispatch.eager_inference(x) or dispatch.mode() == "off" or any_global_hooks():
-        return False
-    return x.dim() == 4
+    """Plain eager inference on a 4-d ``x``: :func:`_eager_on` and :func:`_inference_input`.
+    Tracing is asked first: under torch.fx, ``x`` is a Proxy that cannot be inspected."""
+    return _eager_on() and _inference_input(x)
+
+
+def _eager_on() -> bool:
+    """Plain eager PyTorch (:func:`sepconv.kernels.dispatch.plain_eager`: not tracing,
+    compiling...), the kernels not turned off, no global hooks."""
+    return dispatch.plain_eager() and dispatch.mode() != "off" and not any_global_hooks()
+
+
+def _inference_input(x: Tensor) -> bool:
+    """``x`` is 4-d and records no autograd history (as
+    :func:`sepconv.kernels.dispatch.eager_inference` asks)."""
+    return x.dim() == 4 and not (torch.is_grad_enabled() and x.requires_grad)
 
 
 def conv_norm_act_stages(cna: ConvNormAct) -> tuple[nn.Module, nn.Module, nn.Module] | None:
@@ -193,7 +213,11 @@ def _norm_affine(mid: MidStage) -> tuple[Tensor, Tensor]:
 
 
 def _folded_gemm(x: Tensor, conv: nn.Conv2d, mid: MidStage) -> Tensor:
-    """The 1x1 conv with ``mid``'s norm folded in, then its clamp in place."""
+    """The 1x1 conv with ``mid``'s norm folded in, then its clamp: in one kernel call where
+    the own GEMM runs the kernels' GEMMs (float32), else through PyTorch."""
+    if x.dtype == torch.float32 and _pointwise_kernel_on():
+        norm, params = mid.kernel_args()
+        return _ops.pointwise_forward_raw(x, conv.weight, conv.bias, params, norm)
     n, c, h, w = x.shape
     o = conv.out_channels
     weight, bias = conv.weight.view(o, c), conv.bias
@@ -219,6 +243,13 @@ def _folded_gemm(x: Tensor, conv: nn.Conv2d, mid: MidStage) -> Tensor:
     if mid.lo is not None or mid.hi is not None:
         out.clamp_(mid.lo, mid.hi)
     return out
+
+
+def _pointwise_kernel_on() -> bool:
+    """The kernels' 1x1 forward (``csrc/pointwise.h``) runs on the own GEMM: where that runs
+    the kernels' GEMMs (``own``: AMD and other non-Intel CPUs). On Intel CPUs MKL's AVX-512
+    code is as fast, and this has not been measured there."""
+    return _build.tile_gemm_choice() == "own" and dispatch.kernels_usable()
 
 
 def _plain_conv(conv: nn.Module) -> bool:

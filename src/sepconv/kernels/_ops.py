@@ -400,6 +400,46 @@ def separable_forward_raw(
     return out
 
 
+def pointwise_forward_raw(
+    x: Tensor, weight: Tensor, bias: Tensor | None, mid: MidParams, norm=_NO_NORM
+) -> Tensor:
+    """The 1x1 convolution of inference in one call (``csrc/pointwise.h``):
+    ``clamp(norm(conv1x1(x, weight, bias)))``, float32.
+
+    Args:
+        x: ``(N, C, H, W)``, contiguous or channels_last (the output has its layout).
+        weight: ``(O, C, 1, 1)``. bias: ``(O,)`` or None.
+        mid: the norm's ``eps`` and the clamp, as :data:`MidParams` (``norm`` True only
+            with ``norm`` given).
+        norm: ``(running_mean, running_var, weight, bias)``, each ``(O,)`` (the last two
+            may be None), or all None.
+
+    Returns:
+        ``(N, O, H, W)``.
+    """
+    lib = _build.load()
+    n, c, h, w = x.shape
+    o = weight.shape[0]
+    nhwc = not x.is_contiguous()
+    strides = (o * h * w, 1, w * o, o) if nhwc else (o * h * w, h * w, w, 1)
+    out = pooled_empty((n, o, h, w), strides, x.dtype)
+    flags, *bits = _mid_values(mid)
+    geo = (ctypes.c_int64 * 10)(n, c, o, h * w, int(nhwc), torch.get_num_threads(), flags, *bits)
+    weight, bias = weight.contiguous(), _contiguous(bias)  # named: alive during the call
+    norm = [_contiguous(t) for t in norm]
+    _check(
+        lib.sepconv_pw_forward(
+            x.data_ptr(),
+            weight.data_ptr(),
+            _ptr(bias),
+            *[_ptr(t) for t in norm],
+            out.data_ptr(),
+            geo,
+        )
+    )
+    return out
+
+
 def depthwise_forward_raw(x, wd, bd, g: Geometry, launch: Launch | None = None) -> Tensor:
     """Depthwise forward ``(N, C, *spatial) -> (N, C*M, *spatial_out)``."""
     lib = _build.load()

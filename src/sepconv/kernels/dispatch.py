@@ -139,10 +139,10 @@ def eager_inference(x: Tensor) -> bool:
     PyTorch: not tracing or compiling, no autocast, no functorch transform, no forward-mode
     AD. (The caller checks its own parameters' ``requires_grad``.) What fused inference paths
     outside the kernels (:mod:`sepconv.blocks.fused`) require before they touch ``x``."""
-    return _plain_eager() and not (torch.is_grad_enabled() and x.requires_grad)
+    return plain_eager() and not (torch.is_grad_enabled() and x.requires_grad)
 
 
-def _plain_eager() -> bool:
+def plain_eager() -> bool:
     """Not tracing or compiling, no autocast (it picks the dtype; PyTorch's path applies it),
     no functorch transform (tensors are wrapped), no forward-mode AD."""
     if tracing() or _autocast_on() or _functorch_active():
@@ -154,7 +154,7 @@ def _common_checks(x, tensors) -> bool | None:
     """Whether the call records autograd history, or None to decline it."""
     if type(x) not in _TENSOR_TYPES or x.dim() not in (3, 4) or x.dtype not in _DTYPES:
         return None
-    if not _plain_eager():
+    if not plain_eager():
         return None
     dtype = x.dtype
     if dtype == torch.bfloat16 and not _bf16_supported():
@@ -206,6 +206,12 @@ def _load_or_decline(current: str) -> bool:
             f"sepconv: fast CPU kernels unavailable, using the PyTorch path ({str(error).splitlines()[0]})",
         )
         return False
+
+
+def kernels_usable() -> bool:
+    """Whether the kernels are loaded, or load now (building them on first use): False where
+    they cannot be built (warning once), an error under ``SEPCONV_KERNELS=on``."""
+    return _load_or_decline(mode())
 
 
 def _fits_int32(g) -> bool:

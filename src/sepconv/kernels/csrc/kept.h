@@ -23,8 +23,8 @@ namespace {
 // call buffers are at most a few MiB, whole_ok; tile intermediates the tile budget; the
 // backward's, per block of channels, about three tile budgets, or 64 padded planes where
 // those are larger: 13 MB for 224 x 224).
-// The forward's slots (sep_forward.h) and the backward's (backward.h), one per per-thread
-// buffer of a call.
+// The forward's slots (sep_forward.h), the backward's (backward.h) and the 1x1 forward's
+// (pointwise.h), one per per-thread buffer of a call.
 enum KeptSlot {
   kKeptMid,
   kKeptPanels,
@@ -36,6 +36,8 @@ enum KeptSlot {
   kKeptBwdMidT,
   kKeptBwdPointwise,
   kKeptBwdGradMid,
+  kKeptPwWeight,
+  kKeptPwBias,
   kKeptSlots
 };
 constexpr i64 kKeepBytes = i64(32) << 20;

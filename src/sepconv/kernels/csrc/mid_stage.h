@@ -24,16 +24,23 @@ struct MidNorm {
   const S* bias;
 };
 
-// Folds y = (mid - mean) / sqrt(var + eps) * weight + bias into the depthwise weights
-// (w[cm][t], wT[t][cm]) and bias b[cm], as PyTorch's inference batch norm computes it:
-// alpha = weight / sqrt(var + eps), y = mid * alpha + (bias - mean * alpha).
+// A batch norm's y = (v - mean) / sqrt(var + eps) * weight + bias as y = v * alpha + shift for
+// channel c, as PyTorch's inference batch norm computes it: alpha = weight / sqrt(var + eps),
+// shift = bias - mean * alpha.
+template <typename S, typename A>
+void norm_affine(const MidNorm<S>& n, i64 c, double eps, A& alpha, A& shift) {
+  const A invstd = A(1) / std::sqrt(toA(n.var[c]) + A(eps));
+  alpha = n.weight ? invstd * toA(n.weight[c]) : invstd;
+  shift = (n.bias ? toA(n.bias[c]) : A(0)) - toA(n.mean[c]) * alpha;
+}
+
+// Folds the norm into the depthwise weights (w[cm][t], wT[t][cm]) and bias b[cm].
 template <typename S, typename A>
 void fold_mid_norm(const Geo& g, const MidNorm<S>& n, std::vector<A>& w, std::vector<A>& wT,
                    std::vector<A>& b) {
   for (i64 c = 0; c < g.CM; ++c) {
-    const A invstd = A(1) / std::sqrt(toA(n.var[c]) + A(g.mid_eps));
-    const A alpha = n.weight ? invstd * toA(n.weight[c]) : invstd;
-    const A shift = (n.bias ? toA(n.bias[c]) : A(0)) - toA(n.mean[c]) * alpha;
+    A alpha, shift;
+    norm_affine(n, c, g.mid_eps, alpha, shift);
     for (i64 t = 0; t < g.T; ++t) {
       w[c * g.T + t] *= alpha;
       wT[t * g.CM + c] *= alpha;
@@ -42,13 +49,10 @@ void fold_mid_norm(const Geo& g, const MidNorm<S>& n, std::vector<A>& w, std::ve
   }
 }
 
-// Clamps `rows` rows of `len` elements, `stride` apart, to [g.mid_lo, g.mid_hi] in place
-// (NaN stays NaN, as in PyTorch's activations). No-op without a clamp.
-template <typename S>
-void clamp_mid(const Geo& g, S* p, i64 rows, i64 len, i64 stride) {
-  if (!g.mid_clamp) return;
-  typedef typename Acc<S>::type A;
-  const A lo = A(g.mid_lo), hi = A(g.mid_hi);
+// Clamps `rows` rows of `len` elements, `stride` apart, to [lo, hi] in place (NaN stays NaN,
+// as in PyTorch's activations).
+template <typename S, typename A>
+void clamp_rows(S* p, i64 rows, i64 len, i64 stride, A lo, A hi) {
   for (i64 r = 0; r < rows; ++r) {
     S* row = p + r * stride;
     if constexpr (std::is_same<S, bf16>::value) {
@@ -65,6 +69,13 @@ void clamp_mid(const Geo& g, S* p, i64 rows, i64 len, i64 stride) {
       }
     }
   }
+}
+
+// clamp_rows to [g.mid_lo, g.mid_hi]; no-op without a clamp.
+template <typename S>
+void clamp_mid(const Geo& g, S* p, i64 rows, i64 len, i64 stride) {
+  typedef typename Acc<S>::type A;
+  if (g.mid_clamp) clamp_rows(p, rows, len, stride, A(g.mid_lo), A(g.mid_hi));
 }
 
 }  // namespace

@@ -5,9 +5,9 @@
 // element and vector types (vec.h), the call's geometry (geometry.h), BLAS (blas.h), the
 // own GEMM (gemm.h), padded copies (padding.h), reading ahead (reads.h), the planar and
 // channels_last depthwise loops (planar.h, nhwc.h), output tiles (tiles.h, nhwc_tile.h),
-// packed weights (pack.h), the forwards (sep_forward.h, dw_forward.h) and the backward
-// (backward.h), with the buffers a thread keeps from call to call (kept.h); the C ABI is at
-// the end of this file. Tensors arrive as raw pointers plus int64 strides; the pointwise GEMM
+// packed weights (pack.h), the forwards (sep_forward.h, the 1x1 one in pointwise.h,
+// dw_forward.h) and the backward (backward.h), with the buffers a thread keeps from call to
+// call (kept.h); the C ABI is at the end of this file. Tensors arrive as raw pointers plus int64 strides; the pointwise GEMM
 // goes to the BLAS that libtorch_cpu already carries (MKL: sgemm_, dgemm_,
 // cblas_gemm_bf16bf16f32). Threads: OpenMP, as many as torch.get_num_threads().
 //
@@ -46,6 +46,7 @@
 #include "kept.h"
 #include "mid_stage.h"
 #include "sep_forward.h"
+#include "pointwise.h"
 #include "dw_forward.h"
 #include "backward.h"
 
@@ -68,7 +69,7 @@ int sep_forward_as(const void* x, const void* wd, const void* bd, const void* wp
 
 extern "C" {
 
-int sepconv_abi_version() { return 7; }
+int sepconv_abi_version() { return 8; }
 
 // Input bytes from which channels_last tiles touch their input first where the reads are on
 // (kTouchBytes): auto's training rule for channels_last 3x3 depthwise calls follows it.
@@ -124,6 +125,18 @@ int sepconv_sep_forward(int dtype, const void* x, const void* wd, const void* bd
       return sep_forward_as<bf16>(x, wd, bd, wp, bp, out, geo, mean, var, nw, nb);
   }
   return 1;
+}
+
+// The 1x1 convolution of inference, float32 (pointwise.h): out = clamp(norm(w x + b)).
+// geo: see PwGeo; mean, var, nw, nb: the norm's tensors (O values; null without a norm; nw
+// and nb may be null), b may be null.
+int sepconv_pw_forward(const void* x, const void* w, const void* b, const void* mean,
+                       const void* var, const void* nw, const void* nb, void* out,
+                       const i64* geo) {
+  const MidNorm<float> norm{(const float*)mean, (const float*)var, (const float*)nw,
+                            (const float*)nb};
+  pw_forward((const float*)x, (const float*)w, (const float*)b, norm, (float*)out, geo);
+  return 0;
 }
 
 int sepconv_dw_forward(int dtype, const void* x, const void* wd, const void* bd, void* out,

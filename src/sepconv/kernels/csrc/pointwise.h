@@ -1,0 +1,119 @@
+// The 1x1 convolution of inference with its batch norm folded in and its clamp, as one call
+// on the own GEMM: out = clamp(W' x + b') (MobileNetV2's expansions, the last 1x1 conv of its
+// features). Through PyTorch it was a BLAS call (MKL runs its AVX2 code on AMD CPUs: half the
+// own GEMM's rate with AVX-512) between a dozen small tensor operations that fold the norm
+// per call, and a clamp pass over the output.
+//
+// One part of the kernels' single translation unit: sepconv_kernels.cpp includes the parts in
+// order; each includes the parts whose names it uses.
+#pragma once
+
+#include "vec.h"
+#include "geometry.h"
+#include "gemm.h"
+#include "pack.h"
+#include "kept.h"
+#include "mid_stage.h"
+
+namespace {
+
+// geo: N, C, O, P (pixels an image), nhwc (input and output channels_last, dense), threads,
+// flags (1: norm, 2: clamp), then eps, lo and hi as the bits of doubles.
+struct PwGeo {
+  i64 N, C, O, P, threads;
+  bool nhwc, norm, clamp;
+  float eps, lo, hi;
+};
+
+inline PwGeo pw_geo(const i64* g) {
+  return PwGeo{g[0],         g[1],
+               g[2],         g[3],
+               std::max<i64>(1, g[5]), g[4] != 0,
+               (g[6] & 1) != 0, (g[6] & 2) != 0,
+               float(bits_to_double(g[7])), float(bits_to_double(g[8])),
+               float(bits_to_double(g[9]))};
+}
+
+// W' (O x C) and b' (O, then zeros up to `bias_len`): the norm folded into the weight's rows
+// and the bias, or the weight and bias as they are.
+void fold_pointwise(const PwGeo& g, const float* w, const float* b, const MidNorm<float>& n,
+                    float* wf, float* bf, i64 bias_len) {
+  for (i64 o = 0; o < g.O; ++o) {
+    float alpha = 1.0f, shift = 0.0f;
+    if (g.norm) norm_affine(n, o, g.eps, alpha, shift);
+    for (i64 c = 0; c < g.C; ++c) wf[o * g.C + c] = w[o * g.C + c] * alpha;
+    bf[o] = (b ? b[o] : 0.0f) * alpha + shift;
+  }
+  std::fill(bf + g.O, bf + bias_len, 0.0f);
+}
+
+// Planar: each image's output planes are W' (O x C) times its input planes (C x P), in tasks
+// of (image, block of columns, block of output channels); a task's input columns (C x cw)
+// stay in L2 while the weight's rows pass over them, and its output block is clamped there.
+void pw_planar(const PwGeo& g, const float* x, const float* wf, const float* bf, float* out) {
+  i64 cw = std::min<i64>(1024, std::max<i64>(64, (i64(64) << 10) / g.C / 16 * 16));
+  const i64 wanted = 4 * g.threads;  // tasks, so that the threads end together
+  while (cw > 64 && g.N * ((g.P + cw - 1) / cw) < wanted) cw = std::max<i64>(64, cw / 2 / 16 * 16);
+  const i64 chunks = (g.P + cw - 1) / cw;
+  // Few columns (batch 1, small planes): blocks of output channels too, of at least 24 rows.
+  const i64 rb = std::max<i64>(1, std::min((wanted + g.N * chunks - 1) / (g.N * chunks),
+                                           (g.O + 23) / 24));
+  const i64 rows = (g.O + rb - 1) / rb;
+#pragma omp parallel for num_threads(g.threads) schedule(dynamic, 1)
+  for (i64 t = 0; t < g.N * chunks * rb; ++t) {
+    const i64 n = t / (chunks * rb), p0 = (t / rb) % chunks * cw, o0 = t % rb * rows;
+    const i64 pn = std::min(cw, g.P - p0), on = std::min(rows, g.O - o0);
+    if (on <= 0) continue;
+    float* c = out + (n * g.O + o0) * g.P + p0;
+    gemm_f32(on, pn, g.C, wf + o0 * g.C, g.C, x + n * g.C * g.P + p0, g.P, c, g.P, bf + o0,
+             nullptr);
+    if (g.clamp) clamp_rows(c, on, pn, g.P, g.lo, g.hi);
+  }
+}
+
+// channels_last: the pixels' rows (N*P x C) times W'^T packed in panels (C x O), in blocks of
+// rows; each block clamped while in cache.
+void pw_nhwc(const PwGeo& g, const float* x, const float* panels, const float* bf, float* out) {
+  const i64 rows = g.N * g.P;
+  const i64 rb = std::min<i64>(96, std::max<i64>(6, (rows + 4 * g.threads - 1) / (4 * g.threads)));
+#pragma omp parallel for num_threads(g.threads) schedule(dynamic, 1)
+  for (i64 r0 = 0; r0 < rows; r0 += rb) {
+    const i64 rn = std::min(rb, rows - r0);
+    float* c = out + r0 * g.O;
+    gemm_f32(rn, g.O, g.C, x + r0 * g.C, g.C, panels, kPanel, c, g.O, nullptr, bf, kPanel * g.C);
+    if (g.clamp) clamp_rows(c, rn, g.O, g.O, g.lo, g.hi);
+  }
+}
+
+void pw_forward(const float* x, const float* w, const float* b, const MidNorm<float>& norm,
+                float* out, const i64* geo) {
+  const PwGeo g = pw_geo(geo);
+  const i64 bias_len = panel_count(g.O) * kPanel + kSlack;  // (read by whole vectors)
+  std::unique_ptr<float[]> wf_own, bf_own, panels_own;  // (beyond kKeepBytes)
+  float* const wf = kept_buffer(kKeptPwWeight, g.O * g.C, wf_own);
+  float* const bf = kept_buffer(kKeptPwBias, bias_len, bf_own);
+  fold_pointwise(g, w, b, norm, wf, bf, bias_len);
+  if (!g.nhwc) {
+    pw_planar(g, x, wf, bf, out);
+    return;
+  }
+  // channels_last with few pixels and a large weight (1x320x7x7 -> 1280: 1.6x the time
+  // packed): the images transposed to planes and back, around the planar GEMM, where packing
+  // the weight would move more (as whole_transposed).
+  if (2 * g.N * g.P * (g.C + g.O) < g.O * g.C) {
+    std::unique_ptr<float[]> planes_own;
+    float* const planes = kept_buffer(kKeptMid, g.N * g.P * (g.C + g.O), planes_own);
+    float* const out_planes = planes + g.N * g.P * g.C;
+    for (i64 n = 0; n < g.N; ++n)
+      transpose(x + n * g.P * g.C, g.C, planes + n * g.C * g.P, g.P, g.P, g.C);
+    pw_planar(g, planes, wf, bf, out_planes);
+    for (i64 n = 0; n < g.N; ++n)
+      transpose(out_planes + n * g.O * g.P, g.P, out + n * g.P * g.O, g.O, g.O, g.P);
+    return;
+  }
+  float* const panels = kept_buffer(kKeptPanels, panel_count(g.O) * kPanel * g.C, panels_own);
+  pack_panels(wf, 1, g.O, g.C, g.threads, panels);
+  pw_nhwc(g, x, panels, bf, out);
+}
+
+}  // namespace
