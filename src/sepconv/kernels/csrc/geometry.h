@@ -19,6 +19,12 @@ struct Geo {
   const float* bp_pad = nullptr;  // pointwise bias with slack (own GEMM)
   const float* wpb = nullptr;     // [wp | bp], O x (CM + 1) (BLAS, planar mid, one group)
   bool own_gemm = false;          // forward tile GEMMs: own kernel (else BLAS)
+  // bfloat16 forward on the own bfloat16 GEMM (gemm_bf16.h): the pointwise weight as its
+  // channels_last GEMM reads it (pair-interleaved panels) or as the planar one does (rows
+  // padded to an even length), and the bias in float (with slack); bias_f set: that GEMM runs.
+  const bf16* wp_pairs = nullptr;
+  const bf16* wp_even = nullptr;
+  const float* bias_f = nullptr;
   bool stream_out = false;        // own tile GEMMs store whole lines around the caches
   // The separable forward's inference stage between depthwise and pointwise (mid_stage.h):
   // a batch norm with running statistics (eps) and a clamp to [lo, hi].

@@ -54,6 +54,10 @@ void pad_nhwc_piece(const S* img, i64 sh, i64 sw, i64 sc, const Geo& g, const i6
         vst<A>(d, vld<A>(reinterpret_cast<const A*>(p) + k0));
       } else if (M == 1 && sc == 1 && std::is_same<S, A>::value) {
         std::memcpy(d, p + k0, sizeof(A) * kn);
+      } else if (M == 1 && sc == 1) {  // (bfloat16 widened a vector at a time)
+        i64 k = 0;
+        for (; k + V<A>::L <= kn; k += V<A>::L) vst<A>(d + k, vld_from<S, A>(p + k0 + k));
+        for (; k < kn; ++k) d[k] = toA(p[k0 + k]);
       } else if (M == 1) {
         for (i64 k = 0; k < kn; ++k) d[k] = toA(p[(k0 + k) * sc]);
       } else {
@@ -106,7 +110,7 @@ void pad_nhwc(const S* img, i64 sh, i64 sw, i64 sc, const Geo& g, const i64* yma
   // depthwise 5x5 and 7x7 on 8x128x112x112, 8x256x56x56 and 8x384x28x28 (AMD Zen 3; 8
   // against one had taken 0.87-0.89x, 16 against 8 0.92-0.95x, 32 against 16 0.85-0.88x on
   // 256 channels). A memcpy call per pixel and vector had taken 1.01-1.06x the time.
-  const bool plain = g.M == 1 && sc == 1 && std::is_same<S, A>::value;
+  const bool plain = g.M == 1 && sc == 1 && (std::is_same<S, A>::value || std::is_same<S, bf16>::value);
   const i64 nv = cb / L;
   for (i64 r = 0; r < R; ++r) {
     const i64 sr = ymap[r0 + r];
@@ -117,11 +121,11 @@ void pad_nhwc(const S* img, i64 sh, i64 sw, i64 sc, const Geo& g, const i64* yma
                              d + v * bs, L);
       continue;
     }
-    const A* row = reinterpret_cast<const A*>(img) + sr * sh + c0;
+    const S* row = img + sr * sh + c0;
     for (i64 q = 0; q < Q; ++q, d += L) {
       const i64 sq = xmap[q0 + q];
       for (i64 v = 0; v < nv; ++v)
-        vst<A>(d + v * bs, sq < 0 ? vzero<A>() : vld<A>(row + sq * sw + v * L));
+        vst<A>(d + v * bs, sq < 0 ? vzero<A>() : vld_from<S, A>(row + sq * sw + v * L));
     }
   }
 }

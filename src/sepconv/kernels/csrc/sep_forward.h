@@ -100,7 +100,31 @@ void tile_gemm(const Geo& g, S* mid, bool mid_nhwc, i64 P, i64 mcs, const S* wp,
 template <>
 void tile_gemm<bf16>(const Geo& g, bf16* mid, bool mid_nhwc, i64 P, i64 mcs, const bf16* wp,
                      const bf16* bp, bf16* out, i64 ocs, i64 ops, float* ftmp) {
-  // ftmp: P x Og floats.
+  // ftmp: P x Og floats, or (own bfloat16 GEMM, planar) ceil(CMg / 2) x P pairs and slack.
+#if defined(SEPCONV_BF16_GEMM)
+  if (g.bias_f && mid_nhwc && ocs == 1) {  // out[p, o] = sum_k mid[p, k] * wp[o, k]
+    const i64 KP = (g.CMg + 1) / 2, panels = (g.Og + kPanelBf16 - 1) / kPanelBf16;
+    for (i64 gi = 0; gi < g.G; ++gi)
+      gemm_bf16(P, g.Og, g.CMg, mid + gi * g.CMg, g.CM,
+                g.wp_pairs + gi * panels * KP * kPanelBf16Row, kPanelBf16Row,
+                KP * kPanelBf16Row, out + gi * g.Og, ops, nullptr, g.bias_f + gi * g.Og);
+    return;
+  }
+  if (g.bias_f && !mid_nhwc && ops == 1) {  // out[o, p] = sum_k wp[o, k] * mid[k, p]
+    const i64 KP = (g.CMg + 1) / 2;
+    bf16* const pairs = reinterpret_cast<bf16*>(ftmp);  // (one float holds a pair)
+    for (i64 gi = 0; gi < g.G; ++gi) {
+      const bf16* rows = mid + gi * g.CMg * mcs;
+      for (i64 kp = 0; kp < KP; ++kp)
+        interleave_pairs(rows + 2 * kp * mcs, 2 * kp + 1 < g.CMg ? rows + (2 * kp + 1) * mcs
+                                                                   : nullptr,
+                         P, pairs + kp * 2 * P);
+      gemm_bf16(g.Og, P, 2 * KP, g.wp_even + gi * g.Og * 2 * KP, 2 * KP, pairs, 2 * P, 0,
+                out + gi * g.Og * ocs, ocs, g.bias_f + gi * g.Og, nullptr);
+    }
+    return;
+  }
+#endif
   for (i64 gi = 0; gi < g.G; ++gi) {
     Mat A_ = mid_nhwc ? Mat{mid + gi * g.CMg, g.CM, 1} : Mat{mid + gi * g.CMg * mcs, 1, mcs};
     Mat B_{wp + gi * g.Og * g.CMg, 1, g.CMg};
@@ -384,6 +408,31 @@ inline bool stream_tile_output(const Geo& g) {
          g.N * g.O * g.OH * g.OW * 4 >= kStreamGemmBytes;
 }
 
+#if defined(SEPCONV_BF16_GEMM)
+// The pointwise weight and bias as the own bfloat16 tile GEMMs read them (Geo::wp_pairs,
+// wp_even, bias_f), in the buffers given.
+void prep_bf16_gemm(Geo& g, const bf16* wp, const bf16* bp, std::vector<bf16>& pairs,
+                    std::vector<bf16>& even, std::vector<float>& bias) {
+  const i64 KP = (g.CMg + 1) / 2, panels = (g.Og + kPanelBf16 - 1) / kPanelBf16;
+  if (g.nhwc) {
+    const i64 per_group = panels * KP * kPanelBf16Row;
+    pairs.resize(g.G * per_group);
+    for (i64 gi = 0; gi < g.G; ++gi)
+      pack_pairs_panels(wp + gi * g.Og * g.CMg, g.Og, g.CMg, pairs.data() + gi * per_group);
+    g.wp_pairs = pairs.data();
+  } else {
+    even.assign(g.O * 2 * KP, bf16{0});
+    for (i64 o = 0; o < g.O; ++o)
+      std::memcpy(even.data() + o * 2 * KP, wp + o * g.CMg, sizeof(bf16) * g.CMg);
+    g.wp_even = even.data();
+  }
+  bias.assign(g.O + kSlack, 0.0f);
+  if (bp)
+    for (i64 o = 0; o < g.O; ++o) bias[o] = toA(bp[o]);
+  g.bias_f = bias.data();
+}
+#endif
+
 // norm: the batch norm between the stages where geo asks for one (mid_stage.h).
 template <typename S>
 void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp, S* out,
@@ -464,6 +513,12 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
     }
   }
 
+#if defined(SEPCONV_BF16_GEMM)
+  std::vector<bf16> wp_pairs_buf, wp_even_buf;
+  std::vector<float> bias_f_buf;
+  if constexpr (std::is_same<S, bf16>::value)
+    prep_bf16_gemm(g, wp, bp, wp_pairs_buf, wp_even_buf, bias_f_buf);
+#endif
   const auto ir = inner_read<S, A>(g, wT);
   const bool touch = nhwc && touch_nhwc_input(g, sizeof(S));
   g.stream_out = stream_tile_output(g);
@@ -480,7 +535,8 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
     S* const mid = kept_buffer(kKeptMid, mid_size, mid_own);
     std::memset(static_cast<void*>(mid + mid_size - kSlack), 0, sizeof(S) * kSlack);
     std::vector<A> buf(nhwc ? Rmax * Qmax * g.CM : Rmax * qrow_max + kSlack);
-    std::vector<float> ftmp(std::is_same<S, bf16>::value ? Pmax * g.Og : 0);
+    std::vector<float> ftmp(
+        std::is_same<S, bf16>::value ? std::max(Pmax * g.Og, (g.CMg + 1) / 2 * Pmax + 32) : 0);
 #pragma omp for schedule(dynamic, 1)
     for (i64 t = 0; t < tl.count; ++t) {
       const auto [n, oy0, ox0, th, tw, P, R, Q, r0, q0] = tile_at(tl, g, t);

@@ -3,7 +3,7 @@
 // One translation unit with a plain C ABI, loaded with ctypes (no torch headers, so it
 // compiles in seconds). Its parts are the headers included below, in order, one job each:
 // element and vector types (vec.h), the call's geometry (geometry.h), BLAS (blas.h), the
-// own GEMM (gemm.h), padded copies (padding.h), reading ahead (reads.h), the planar and
+// own GEMMs (gemm.h, gemm_bf16.h), padded copies (padding.h), reading ahead (reads.h), the planar and
 // channels_last depthwise loops (planar.h, nhwc.h), output tiles (tiles.h, nhwc_tile.h),
 // packed weights (pack.h), the forwards (sep_forward.h, the 1x1 one in pointwise.h,
 // dw_forward.h) and the backward (backward.h), with the buffers a thread keeps from call to
@@ -35,6 +35,7 @@
 #include "geometry.h"
 #include "blas.h"
 #include "gemm.h"
+#include "gemm_bf16.h"
 #include "padding.h"
 #include "reads.h"
 #include "planar.h"

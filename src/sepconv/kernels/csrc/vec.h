@@ -113,16 +113,41 @@ template <> inline V<float>::t vset<float>(float s) {
 // Store a vector of accumulators into storage type S.
 inline void vstS(float* p, V<float>::t v) { vst<float>(p, v); }
 inline void vstS(double* p, V<double>::t v) { vst<double>(p, v); }
+#if defined(__AVX512F__)
+// bfloat16 as fromA and toA compute it, 16 lanes at once (lane by lane, the bfloat16
+// depthwise loops took 1.7x the float32 ones' time; docs/performance.md, run W).
+inline void vstS(bf16* p, V<float>::t v) {
+  const __m512i u = _mm512_castps_si512((__m512)v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lsb)), 16);
+  const __mmask16 nan = _mm512_cmp_ps_mask((__m512)v, (__m512)v, _CMP_UNORD_Q);
+  r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40)));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
+}
+inline V<float>::t vldS(const bf16* p) {
+  const __m512i u = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return (V<float>::t)_mm512_castsi512_ps(_mm512_slli_epi32(u, 16));
+}
+#else
 inline void vstS(bf16* p, V<float>::t v) {
   for (int l = 0; l < V<float>::L; ++l) fromA(v[l], p + l);
 }
-// Load storage type S as accumulators.
-inline V<float>::t vldS(const float* p) { return vld<float>(p); }
-inline V<double>::t vldS(const double* p) { return vld<double>(p); }
 inline V<float>::t vldS(const bf16* p) {
   V<float>::t v;
   for (int l = 0; l < V<float>::L; ++l) v[l] = toA(p[l]);
   return v;
+}
+#endif
+// Load storage type S as accumulators.
+inline V<float>::t vldS(const float* p) { return vld<float>(p); }
+inline V<double>::t vldS(const double* p) { return vld<double>(p); }
+// A vector of A from storage S: the same type, or bfloat16 widened to float.
+template <typename S, typename A>
+inline typename V<A>::t vld_from(const S* p) {
+  if constexpr (std::is_same<S, A>::value)
+    return vld<A>(p);
+  else
+    return vldS(p);
 }
 
 // Output stores of the depthwise kernels: non-temporal (bypassing the caches, no read for
