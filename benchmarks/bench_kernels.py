@@ -468,6 +468,74 @@ def _bench_mid_row(shape: Shape) -> dict:
     return {"label": shape.label, "times_ms": times}
 
 
+def bench_bfloat16() -> dict | None:
+    """The layers in bfloat16 at inference, where the CPU has native bfloat16 (None elsewhere):
+    PyTorch eager's depthwise and pointwise modules (oneDNN's bfloat16 kernels), NCHW and
+    channels_last, against sepconv's fused forward (forced on, and auto). On AVX512-BF16 the
+    tile GEMMs run on its dot products (``csrc/gemm_bf16.h``)."""
+    from sepconv.kernels import dispatch
+
+    if not dispatch._bf16_supported():
+        return None
+    shapes = issue_shapes()[:2] if QUICK else issue_shapes()
+    if not QUICK:
+        shapes += mobilenet_v2_shapes(1)[::4] + mobilenet_v2_shapes(8)[::3] + convnext_shapes(8)[:2]
+    rows = []
+    for shape in shapes:
+        rows.append(_bench_bfloat16_row(shape))
+        print(
+            f"  bfloat16 {shape.label}: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in rows[-1]["times_ms"].items()),
+            flush=True,
+        )
+
+    def best(times, prefix):
+        return min(times[f"{prefix}_nchw"], times[f"{prefix}_cl"])
+
+    return {
+        "rows": rows,
+        "geomean_speedup_nchw": geomean(
+            [r["times_ms"]["pytorch_nchw"] / r["times_ms"]["auto_nchw"] for r in rows]
+        ),
+        "geomean_best_against_best": geomean(
+            [best(r["times_ms"], "pytorch") / best(r["times_ms"], "auto") for r in rows]
+        ),
+    }
+
+
+def _bench_bfloat16_row(shape: Shape) -> dict:
+    from sepconv import SeparableConv2d
+
+    torch.manual_seed(0)
+    layer = SeparableConv2d(shape.C, shape.O, shape.k, shape.s, padding=shape.k // 2)
+    layer = layer.eval().bfloat16()
+    ref = nn.Sequential(layer.depthwise, layer.pointwise).eval()
+    ref_cl = copy.deepcopy(ref).to(memory_format=torch.channels_last)
+    x = torch.randn(shape.N, shape.C, shape.H, shape.H).bfloat16()
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        os.environ["SEPCONV_KERNELS"] = "off"
+        expected = ref(x).float()
+        os.environ["SEPCONV_KERNELS"] = "on"
+        got = layer(x).float()
+    if (got - expected).abs().max().item() > 2e-2 * max(expected.abs().max().item(), 1.0):
+        raise AssertionError(f"sepconv's bfloat16 output differs from PyTorch on {shape.label}")
+    fns: dict[str, Callable[[], object]] = {
+        "pytorch_nchw": in_mode(lambda: ref(x), "off"),
+        "pytorch_cl": in_mode(lambda: ref_cl(x_cl), "off"),
+        "sepconv_nchw": in_mode(lambda: layer(x), "on"),
+        "sepconv_cl": in_mode(lambda: layer(x_cl), "on"),
+        "auto_nchw": in_mode(lambda: layer(x), "auto"),
+        "auto_cl": in_mode(lambda: layer(x_cl), "auto"),
+    }
+    from sepconv.kernels import dispatch
+
+    dispatch._calls.clear()
+    times = time_interleaved(fns, 0.4 if QUICK else 0.6)
+    os.environ.pop("SEPCONV_KERNELS", None)
+    return {"label": shape.label, "times_ms": times}
+
+
 def bench_models() -> list[dict]:
     """Whole networks at inference: ``sepconv.models.mobilenet_v1/v2`` (224x224, eval), whose
     blocks fuse their depthwise conv-norm-act and 1x1 conv (``sepconv.blocks.fused``).
@@ -854,6 +922,7 @@ def main(out_dir: Path) -> dict:
             flush=True,
         )
     mid = bench_mid_stage()
+    bf16 = bench_bfloat16()
     models = bench_models()
     dw = bench_depthwise()
     mamba = bench_mamba()
@@ -889,6 +958,12 @@ def main(out_dir: Path) -> dict:
         f"geometric-mean speed-up of sepconv (auto, NCHW) over PyTorch eager NCHW: "
         f"{mid['geomean_speedup_nchw']:.2f}x"
     )
+    if bf16 is not None:
+        print(
+            "\nbfloat16 layers (native bfloat16), geometric-mean speed-up of sepconv (auto) over "
+            f"PyTorch eager NCHW: {bf16['geomean_speedup_nchw']:.2f}x; best layout against "
+            f"best: {bf16['geomean_best_against_best']:.2f}x"
+        )
     print("\nwhole networks (224x224, eval), speed-up of sepconv over PyTorch eager NCHW:")
     for entry in models:
         t = entry["times_ms"]
@@ -927,6 +1002,7 @@ def main(out_dir: Path) -> dict:
             for r in rows
         ],
         "mid_stage": mid,
+        "bfloat16": bf16,
         "models": models,
         "depthwise": dw,
         "mamba": mamba,
