@@ -65,6 +65,57 @@ __attribute__((noinline)) void pad_row_s2(const float* row, const Geo& g, const 
 }
 #endif
 
+// One padded row of a plane (see pad_planar) into d: columns [q0, q0+Q) of the input row
+// `row` (elements sw apart), interior columns [qa, qb).
+template <typename S, typename A>
+void pad_planar_row(const S* row, i64 sw, const Geo& g, const i64* xmap, i64 q0, i64 Q, i64 qa,
+                    i64 qb, A* d) {
+  const i64 qs = (Q + g.sx - 1) / g.sx, qrow = qs * g.sx;
+#if defined(__AVX512F__) || defined(__AVX2__)
+  if constexpr (std::is_same<S, float>::value && std::is_same<A, float>::value) {
+    // 0.6-0.85x the time of the element-by-element split on rows 28-112 wide (1.05x on
+    // 14-wide ones, which are a small part of any network's time).
+    if (g.sx == 2 && sw == 1 && qb > qa) {
+      pad_row_s2(row, g, xmap, q0, Q, qa, qb, qs, d);
+      return;
+    }
+  }
+#endif
+  if (g.sx == 1) {
+    for (i64 q = 0; q < qa; ++q) { i64 s = xmap[q0 + q]; d[q] = s < 0 ? A(0) : toA(row[s * sw]); }
+    const S* src = row + (q0 + qa - g.pl) * sw;
+    if (sw == 1 && std::is_same<S, A>::value) {
+      std::memcpy(d + qa, src, sizeof(A) * (qb - qa));
+    } else if (sw == 1) {
+      for (i64 q = qa; q < qb; ++q) d[q] = toA(src[q - qa]);
+    } else {
+      for (i64 q = qa; q < qb; ++q) d[q] = toA(src[(q - qa) * sw]);
+    }
+    for (i64 q = qb; q < Q; ++q) { i64 s = xmap[q0 + q]; d[q] = s < 0 ? A(0) : toA(row[s * sw]); }
+    for (i64 q = Q; q < qrow; ++q) d[q] = A(0);
+    return;
+  }
+  const S* src = row + (q0 - g.pl) * sw;  // src[q * sw] for interior columns q
+  for (i64 ph = 0; ph < g.sx; ++ph) {
+    A* dp = d + ph * qs;
+    i64 idx = 0, q = ph;
+    for (; q < std::min(qa, Q); q += g.sx, ++idx) {
+      const i64 s = xmap[q0 + q];
+      dp[idx] = s < 0 ? A(0) : toA(row[s * sw]);
+    }
+    if (sw == 1) {
+      for (; q < qb; q += g.sx, ++idx) dp[idx] = toA(src[q]);
+    } else {
+      for (; q < qb; q += g.sx, ++idx) dp[idx] = toA(src[q * sw]);
+    }
+    for (; q < Q; q += g.sx, ++idx) {
+      const i64 s = xmap[q0 + q];
+      dp[idx] = s < 0 ? A(0) : toA(row[s * sw]);
+    }
+    for (; idx < qs; ++idx) dp[idx] = A(0);
+  }
+}
+
 // Planar: padded rows [r0, r0+R) and columns [q0, q0+Q) of one input plane into buf
 // (R rows of Qrow = sx*ceil(Q/sx) elements, stride-phase layout).
 template <typename S, typename A>
@@ -72,6 +123,16 @@ void pad_planar(const S* plane, i64 sh, i64 sw, const Geo& g, const i64* ymap, c
                 i64 r0, i64 R, i64 q0, i64 Q, A* buf) {
   const i64 qs = (Q + g.sx - 1) / g.sx, qrow = qs * g.sx;
   const i64 qa = std::clamp<i64>(g.pl - q0, 0, Q), qb = std::clamp<i64>(g.pl + g.W - q0, 0, Q);
+#if defined(__AVX512F__)
+  // Stride 2, bfloat16: rows widened to float a vector at a time first, then split as float
+  // rows (pad_row_s2): element by element, this was 39 % of 8x144x56x56 -> 32 s2's time.
+  // 0.70-0.89x the time this way on rows 56-112 wide; 14 and 28 wide 1.04-1.27x, stride 1
+  // 1.11x, hence not there (run W).
+  constexpr i64 kWide = 512;
+  float wide[std::is_same<S, bf16>::value ? kWide : 1];
+  const bool widen = std::is_same<S, bf16>::value && sw == 1 && g.sx == 2 && g.W >= 56 &&
+                     g.W <= kWide;
+#endif
   for (i64 r = 0; r < R; ++r) {
     A* d = buf + r * qrow;
     const i64 sr = ymap[r0 + r];
@@ -79,50 +140,19 @@ void pad_planar(const S* plane, i64 sh, i64 sw, const Geo& g, const i64* ymap, c
       std::memset(d, 0, sizeof(A) * qrow);
       continue;
     }
-    const S* row = plane + sr * sh;
-#if defined(__AVX512F__) || defined(__AVX2__)
-    if constexpr (std::is_same<S, float>::value && std::is_same<A, float>::value) {
-      // 0.6-0.85x the time of the element-by-element split on rows 28-112 wide (1.05x on
-      // 14-wide ones, which are a small part of any network's time).
-      if (g.sx == 2 && sw == 1 && qb > qa) {
-        pad_row_s2(row, g, xmap, q0, Q, qa, qb, qs, d);
+#if defined(__AVX512F__)
+    if constexpr (std::is_same<S, bf16>::value && std::is_same<A, float>::value) {
+      if (widen) {
+        const S* row = plane + sr * sh;
+        i64 j = 0;
+        for (; j + V<float>::L <= g.W; j += V<float>::L) vst<float>(wide + j, vldS(row + j));
+        for (; j < g.W; ++j) wide[j] = toA(row[j]);
+        pad_planar_row<float, float>(wide, 1, g, xmap, q0, Q, qa, qb, d);
         continue;
       }
     }
 #endif
-    if (g.sx == 1) {
-      for (i64 q = 0; q < qa; ++q) { i64 s = xmap[q0 + q]; d[q] = s < 0 ? A(0) : toA(row[s * sw]); }
-      const S* src = row + (q0 + qa - g.pl) * sw;
-      if (sw == 1 && std::is_same<S, A>::value) {
-        std::memcpy(d + qa, src, sizeof(A) * (qb - qa));
-      } else if (sw == 1) {
-        for (i64 q = qa; q < qb; ++q) d[q] = toA(src[q - qa]);
-      } else {
-        for (i64 q = qa; q < qb; ++q) d[q] = toA(src[(q - qa) * sw]);
-      }
-      for (i64 q = qb; q < Q; ++q) { i64 s = xmap[q0 + q]; d[q] = s < 0 ? A(0) : toA(row[s * sw]); }
-      for (i64 q = Q; q < qrow; ++q) d[q] = A(0);
-    } else {
-      const S* src = row + (q0 - g.pl) * sw;  // src[q * sw] for interior columns q
-      for (i64 ph = 0; ph < g.sx; ++ph) {
-        A* dp = d + ph * qs;
-        i64 idx = 0, q = ph;
-        for (; q < std::min(qa, Q); q += g.sx, ++idx) {
-          const i64 s = xmap[q0 + q];
-          dp[idx] = s < 0 ? A(0) : toA(row[s * sw]);
-        }
-        if (sw == 1) {
-          for (; q < qb; q += g.sx, ++idx) dp[idx] = toA(src[q]);
-        } else {
-          for (; q < qb; q += g.sx, ++idx) dp[idx] = toA(src[q * sw]);
-        }
-        for (; q < Q; q += g.sx, ++idx) {
-          const i64 s = xmap[q0 + q];
-          dp[idx] = s < 0 ? A(0) : toA(row[s * sw]);
-        }
-        for (; idx < qs; ++idx) dp[idx] = A(0);
-      }
-    }
+    pad_planar_row<S, A>(plane + sr * sh, sw, g, xmap, q0, Q, qa, qb, d);
   }
 }
 
