@@ -122,3 +122,11 @@ def test_bfloat16_depthwise_rounds_to_nearest_even(layout):
     assert same >= 0.99, f"only {same:.3f} of the outputs rounded as the reference"
     step = torch.from_numpy(np.abs(expected)).to(torch.bfloat16).double() * 2.0**-7
     assert ((out.double() - rounded.double()).abs() <= step + 1e-30).all()
+
+
+@pytest.mark.parametrize("width", [56, 61, 64, 113])
+def test_bfloat16_stride2_wide_rows(width):
+    """Stride 2 on planar rows 56 or more wide: the rows widened to float before the split."""
+    _check(
+        Case(2, 2, 6, 1, 20, 1, (9, width), (3, 3), (2, 2), (1, 1), 1, "zeros", "contiguous", True)
+    )
