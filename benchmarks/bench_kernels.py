@@ -409,16 +409,20 @@ def bench_mid_stage() -> dict:
     (``mid_norm_layer``, ``mid_act_layer``) runs one fused call (``csrc/mid_stage.h``)."""
     shapes = mobilenet_v2_shapes(1)[::3] if QUICK else mobilenet_v2_shapes(1)
     shapes += [] if QUICK else mobilenet_v2_shapes(8)[::3]
-    rows = []
-    for shape in shapes:
-        rows.append(_bench_mid_row(shape))
-        print(
-            f"  mid BN+ReLU6 {shape.label}: "
-            + ", ".join(f"{k} {v:.3f}" for k, v in rows[-1]["times_ms"].items()),
-            flush=True,
-        )
+    rows = _bench_rows(shapes, _bench_mid_row, "mid BN+ReLU6")
     speedups = [r["times_ms"]["pytorch_nchw"] / r["times_ms"]["auto_nchw"] for r in rows]
     return {"rows": rows, "geomean_speedup_nchw": geomean(speedups)}
+
+
+def _bench_rows(shapes: list[Shape], bench_row: Callable[[Shape], dict], tag: str) -> list[dict]:
+    """``bench_row`` of every shape (``{"label", "times_ms"}``), each printed as it is done."""
+    rows = []
+    for shape in shapes:
+        rows.append(bench_row(shape))
+        times = rows[-1]["times_ms"]
+        line = ", ".join(f"{k} {v:.3f}" for k, v in times.items())
+        print(f"  {tag} {shape.label}: {line}", flush=True)
+    return rows
 
 
 def _bench_mid_row(shape: Shape) -> dict:
@@ -480,14 +484,7 @@ def bench_bfloat16() -> dict | None:
     shapes = issue_shapes()[:2] if QUICK else issue_shapes()
     if not QUICK:
         shapes += mobilenet_v2_shapes(1)[::4] + mobilenet_v2_shapes(8)[::3] + convnext_shapes(8)[:2]
-    rows = []
-    for shape in shapes:
-        rows.append(_bench_bfloat16_row(shape))
-        print(
-            f"  bfloat16 {shape.label}: "
-            + ", ".join(f"{k} {v:.3f}" for k, v in rows[-1]["times_ms"].items()),
-            flush=True,
-        )
+    rows = _bench_rows(shapes, _bench_bfloat16_row, "bfloat16")
 
     def best(times, prefix):
         return min(times[f"{prefix}_nchw"], times[f"{prefix}_cl"])
