@@ -44,10 +44,11 @@ def _seed():
 
 
 def assert_close_to_reference(
-    actual: torch.Tensor, expected: np.ndarray, rtol: float = 1e-10
+    actual: torch.Tensor, expected: np.ndarray, rtol: float = 1e-10, scale: float = 0.0
 ) -> None:
-    """``actual`` equals the NumPy ``expected`` within ``rtol`` of its largest magnitude."""
+    """``actual`` equals the NumPy ``expected`` within ``rtol`` of its largest magnitude (or of
+    ``scale``, if larger: the magnitude before a clamp, whose rounding the clamp keeps)."""
     actual_np = actual.detach().double().numpy()
     assert actual_np.shape == expected.shape, (actual_np.shape, expected.shape)
-    scale = max(1.0, float(np.abs(expected).max(initial=0.0)))
+    scale = max(1.0, scale, float(np.abs(expected).max(initial=0.0)))
     np.testing.assert_allclose(actual_np, expected, rtol=0, atol=rtol * scale)

@@ -121,6 +121,40 @@ def test_inverted_residual(
         _check(block, x, 1, patch)
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: InvertedResidual(8, 8, 1, expand_ratio=6),  # (the shortcut too)
+        lambda: InvertedResidual(8, 16, 2, expand_ratio=1),
+        lambda: DepthwiseSeparableBlock(8, 12),
+        lambda: DepthwiseSeparableBlock(8, 12, pw_act=False),
+    ],
+    ids=["ir-expand-shortcut", "ir-stride2", "v1", "v1-linear"],
+)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_norms_after_the_fused_call_go_into_it(make, channels_last, monkeypatch, kernels_on):
+    """The norm (and activation) after the block's 1x1 conv runs inside the fused call: no
+    batch norm module runs at inference, and the result is the modules'."""
+    block = _randomise_norms(make()).eval()
+    x = torch.randn(2, 8, 12, 12)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    expected = _module_by_module(block, x)
+    norms = [0]
+    original = torch.nn.functional.batch_norm
+
+    def counted(*args, **kwargs):
+        norms[0] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "batch_norm", counted)
+    with torch.no_grad():
+        out = block(x)
+    assert norms[0] == 0
+    scale = max(1.0, expected.abs().max().item())
+    assert (out - expected).abs().max().item() <= 1e-5 * scale
+
+
 def _not_fused_cases():
     def training(block):
         block.train()

@@ -4,6 +4,8 @@ reference, and the layers take it only where it is exact."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from sepconv import SeparableConv1d, SeparableConv2d
+from sepconv import SeparableConv1d, SeparableConv2d, reference
 from sepconv.functional.conv import MidStage, separable_forward
 from sepconv.kernels import _build, dispatch
 from tests.conftest import assert_close_to_reference
@@ -60,34 +62,57 @@ def mid_stages(draw, channels: int, dtype=torch.float32) -> MidStage:
     return MidStage(**norm, lo=lo, hi=hi)
 
 
-def _reference(case: Case, x, weights, mid: MidStage) -> np.ndarray:
-    norm = None
-    if mid.running_mean is not None:
-        tensors = (mid.running_mean, mid.running_var, mid.weight, mid.bias)
-        norm = (*[None if t is None else t.double().numpy() for t in tensors], mid.eps)
-    return numpy_separable(case, x, weights, mid_norm=norm, mid_clamp=(mid.lo, mid.hi))
+def _numpy_norm(stage: MidStage) -> tuple | None:
+    if stage.running_mean is None:
+        return None
+    tensors = (stage.running_mean, stage.running_var, stage.weight, stage.bias)
+    return (*[None if t is None else t.double().numpy() for t in tensors], stage.eps)
 
 
-def _pytorch(*args, mid: MidStage) -> torch.Tensor:
+def _reference(case: Case, x, weights, mid: MidStage, post: MidStage | None = None) -> np.ndarray:
+    out = numpy_separable(case, x, weights, mid_norm=_numpy_norm(mid), mid_clamp=(mid.lo, mid.hi))
+    if post is not None:
+        norm = _numpy_norm(post)
+        if norm is not None:
+            out = reference.batch_norm_inference(out, *norm)
+        if post.lo is not None or post.hi is not None:
+            out = np.clip(out, post.lo, post.hi)
+    return out
+
+
+def _pytorch(*args, mid: MidStage, post: MidStage | None = None) -> torch.Tensor:
     with env("off"):
-        return separable_forward(*args, mid=mid)
+        return separable_forward(*args, mid=mid, post=post)
 
 
-def check_mid(case: Case, mid: MidStage, dtype=torch.float32, rtol: float = RTOL) -> None:
-    """The kernel's output equals the PyTorch path's and the NumPy reference's."""
+def check_mid(
+    case: Case,
+    mid: MidStage,
+    dtype=torch.float32,
+    rtol: float = RTOL,
+    post: MidStage | None = None,
+) -> None:
+    """The kernel's output equals the PyTorch path's and the NumPy reference's (with the
+    stage ``mid`` between the convolutions and ``post``, if given, after them)."""
     x = case.input(dtype)
     weights = case.weights(dtype)
     args = (x, *weights, case.stride, case.dilation, case.plan(), case.mode)
     with torch.no_grad():
-        fast = dispatch.separable(*args, mid=mid.kernel_args())
+        fast = dispatch.separable(
+            *args, mid=mid.kernel_args(), post=None if post is None else post.kernel_args()
+        )
     if not output_fits(case):
         assert fast is None
         return
     assert fast is not None, case
     with torch.no_grad():
-        expected = _pytorch(*args, mid=mid)
-    assert_close_to_reference(fast, expected.double().numpy(), rtol=max(rtol, RTOL))
-    assert_close_to_reference(fast, _reference(case, x, weights, mid), rtol=rtol)
+        expected = _pytorch(*args, mid=mid, post=post)
+    scale = 0.0
+    if post is not None:  # (the output's magnitude before the clamp)
+        unclamped = replace(post, lo=None, hi=None)
+        scale = float(np.abs(_reference(case, x, weights, mid, unclamped)).max(initial=0.0))
+    assert_close_to_reference(fast, expected.double().numpy(), max(rtol, RTOL), scale)
+    assert_close_to_reference(fast, _reference(case, x, weights, mid, post), rtol, scale)
 
 
 @given(data=st.data(), case=cases())
@@ -103,6 +128,38 @@ def test_mid_stage_matches_in_float64(data, case, kernels_built):
     mid = data.draw(mid_stages(case.C * case.M, torch.float64))
     with env("on"):
         check_mid(case, mid, torch.float64, rtol=1e-10)
+
+
+@settings(max_examples=40)
+@given(data=st.data(), case=cases())
+def test_stage_after_the_convolutions_matches(data, case, kernels_built):
+    """A norm over the outputs and a clamp after the pointwise convolution (SeparableConv's
+    norm_layer / act_layer, MobileNet's projection norm), with or without a stage between."""
+    mid = data.draw(mid_stages(case.C * case.M))
+    post = data.draw(mid_stages(case.O))
+    with env("on"):
+        check_mid(case, mid, post=post)
+
+
+@settings(max_examples=15)
+@given(data=st.data(), case=cases(max_size=30, rank=2))
+def test_stage_after_the_convolutions_in_float64(data, case, kernels_built):
+    mid = data.draw(mid_stages(case.C * case.M, torch.float64))
+    post = data.draw(mid_stages(case.O, torch.float64))
+    with env("on"):
+        check_mid(case, mid, torch.float64, rtol=1e-10, post=post)
+
+
+@pytest.mark.parametrize("gemm", sorted(_build.TILE_GEMM))
+@settings(max_examples=5)
+@given(data=st.data())
+def test_stage_after_the_convolutions_on_every_path(gemm, data, kernels_built):
+    """Tiles, threads sharing few tiles, the whole call: each path applies the norm (folded
+    into the pointwise weight) and clamps the output it wrote."""
+    with env("on"), tile_gemm(gemm):
+        for case in MANY_TILE_CASES + FEW_TILE_CASES + WHOLE_CALL_CASES[::3]:
+            post = data.draw(mid_stages(case.O))
+            check_mid(case, data.draw(mid_stages(case.C * case.M)), post=post)
 
 
 @pytest.mark.parametrize("gemm", sorted(_build.TILE_GEMM))
@@ -184,6 +241,70 @@ def test_layer_fuses_its_inference_mid_stage(act, layout, monkeypatch, kernels_o
 
 def test_layer_1d_fuses_its_mid_stage(monkeypatch, kernels_on):
     _check_fused_layer(_mobilenet_layer(SeparableConv1d), torch.randn(2, 16, 40), monkeypatch)
+
+
+def _normed_layer(cls=SeparableConv2d, act="relu", mid=False) -> nn.Module:
+    """A separable layer with an inference norm and ``act`` after the pointwise stage (and
+    the MobileNet stage between, if ``mid``)."""
+    layer = cls(
+        16,
+        24,
+        3,
+        padding=1,
+        norm_layer="batchnorm",
+        act_layer=nn.Hardtanh(-0.5, 0.75) if act == "hardtanh" else act,
+        mid_norm_layer="batchnorm" if mid else None,
+        mid_act_layer="relu6" if mid else None,
+    )
+    for norm in (layer.norm, layer.mid_norm):
+        if isinstance(norm, nn.Identity):
+            continue
+        with torch.no_grad():
+            norm.running_mean.normal_()
+            norm.running_var.uniform_(0.5, 2.0)
+            norm.weight.normal_()
+            norm.bias.normal_()
+    return layer.eval()
+
+
+@pytest.mark.parametrize("act", ["relu", "relu6", "hardtanh", None])
+@pytest.mark.parametrize("mid", [False, True])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_layer_fuses_its_norm_and_act_after(act, mid, layout, monkeypatch, kernels_on):
+    """``norm_layer`` / ``act_layer`` after the pointwise stage (Xception / Keras style):
+    in the one fused call at inference, the modules' result."""
+    x = torch.randn(2, 16, 11, 13)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    _check_fused_layer(_normed_layer(act=act, mid=mid), x, monkeypatch)
+
+
+def test_layer_1d_fuses_its_norm_and_act_after(monkeypatch, kernels_on):
+    layer = _normed_layer(SeparableConv1d, "relu6", mid=True)
+    _check_fused_layer(layer, torch.randn(2, 16, 40), monkeypatch)
+
+
+@pytest.mark.parametrize("change", ["training", "silu", "hooked", "grad"])
+def test_layer_norm_and_act_after_run_as_modules_where_they_must(change, monkeypatch, kernels_on):
+    """A norm in training mode, another activation, a hook, autograd: the modules after the
+    pointwise stage run (and the stages before stay fused where they can)."""
+    calls = count_mid_kernel_calls(monkeypatch)
+    layers = [_normed_layer(), _normed_layer()]
+    layers[1].load_state_dict(layers[0].state_dict())
+    for layer in layers:
+        if change == "training":
+            layer.norm.train()
+        elif change == "silu":
+            layer.act = nn.SiLU()
+        elif change == "hooked":
+            layer.norm.register_forward_hook(lambda module, args, out: out * 2)
+    x = torch.randn(2, 16, 9, 9)
+    with torch.set_grad_enabled(change == "grad"):
+        out = layers[0](x)
+        with env("off"):
+            expected = layers[1](x)
+    assert calls[0] == 0
+    _close(out.detach(), expected.detach())
 
 
 def _unfused_cases():

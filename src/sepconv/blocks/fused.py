@@ -35,7 +35,9 @@ from sepconv.layers.fusion import (
 )
 
 
-def fused_depthwise_pointwise(dw: nn.Module, pw: nn.Module, x: Tensor) -> Tensor | None:
+def fused_depthwise_pointwise(
+    dw: nn.Module, pw: nn.Module, x: Tensor, post: MidStage | None = None
+) -> Tensor | None:
     """``pw(dw(x))`` as one fused call, or None where the modules must run one by one.
 
     Args:
@@ -43,16 +45,20 @@ def fused_depthwise_pointwise(dw: nn.Module, pw: nn.Module, x: Tensor) -> Tensor
             input channel, any depth multiplier, integer padding).
         pw: a 1x1 ``nn.Conv2d`` (stride 1, no padding; any groups).
         x: ``(N, C, H, W)``.
+        post: what the call applies after ``pw`` (the norm and clamp of the modules that
+            follow it, from :func:`~sepconv.layers.fusion.inference_mid_stage`), or None.
 
     Returns:
         ``(N, O, H', W')``, or None: autograd history to record, tracing, hooks, other
         module classes, or a norm/activation that
         :func:`~sepconv.layers.fusion.mid_stage_of` does not take.
     """
-    return _fused_pair(dw, pw, x) if _eager_inference_on(x) else None
+    return _fused_pair(dw, pw, x, post) if _eager_inference_on(x) else None
 
 
-def _fused_pair(dw: nn.Module, pw: nn.Module, x: Tensor) -> Tensor | None:
+def _fused_pair(
+    dw: nn.Module, pw: nn.Module, x: Tensor, post: MidStage | None = None
+) -> Tensor | None:
     """:func:`fused_depthwise_pointwise` once :func:`_eager_inference_on` holds."""
     if not plain_module(dw, ConvNormAct):
         return None
@@ -81,6 +87,7 @@ def _fused_pair(dw: nn.Module, pw: nn.Module, x: Tensor) -> Tensor | None:
         plan,
         conv.padding_mode,
         mid,
+        post,
     )
 
 
@@ -153,9 +160,12 @@ def run_sequential(layers: nn.Sequential, x: Tensor) -> Tensor:
     while i < len(modules):
         inference = _inference_input(x)
         if inference and i + 1 < len(modules):
-            out = _fused_pair(modules[i], modules[i + 1], x)
+            # (a batch norm after the pair, as MobileNetV2's projection norm, goes into the
+            # call: as a module it was a pass over the output and a fresh tensor)
+            post = _norm_after(modules[i + 2]) if i + 2 < len(modules) else None
+            out = _fused_pair(modules[i], modules[i + 1], x, post)
             if out is not None:
-                x, i = out, i + 2
+                x, i = out, i + (2 if post is None else 3)
                 continue
         out = _pointwise(modules[i], x) if inference else None
         x, i = (out if out is not None else modules[i](x)), i + 1
@@ -163,6 +173,14 @@ def run_sequential(layers: nn.Sequential, x: Tensor) -> Tensor:
 
 
 _IDENTITY = nn.Identity()
+
+
+def _norm_after(module: nn.Module) -> MidStage | None:
+    """An inference ``nn.BatchNorm2d`` as the stage after a fused call, or None."""
+    if type(module) is not nn.BatchNorm2d:
+        return None
+    post = inference_mid_stage(module, _IDENTITY, 2)
+    return None if post is UNFUSED else post
 
 
 def _eager_inference_on(x: Tensor) -> bool:

@@ -13,7 +13,7 @@ from sepconv.blocks.fused import (
     norm_act_inplace,
     run_sequential,
 )
-from sepconv.layers.fusion import plain_module
+from sepconv.layers.fusion import UNFUSED, inference_mid_stage, plain_module
 from sepconv.layers.norm_act import LayerSpec, create_norm
 
 
@@ -106,6 +106,9 @@ class DepthwiseSeparableBlock(nn.Module):
         if stages is None:
             return None
         conv, norm, act = stages
+        post = inference_mid_stage(norm, act, 2, conv)  # (in the call where it can be)
+        if post is not UNFUSED:
+            return fused_depthwise_pointwise(self.conv_dw, conv, x, post)
         out = fused_depthwise_pointwise(self.conv_dw, conv, x)
         if out is None:
             return None

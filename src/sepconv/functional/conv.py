@@ -114,6 +114,9 @@ class MidStage:
         return norm, (self.running_mean is not None, float(self.eps), self.lo, self.hi)
 
 
+_NO_STAGE = MidStage()
+
+
 def separable_forward(
     x: Tensor,
     depthwise_weight: Tensor,
@@ -125,12 +128,14 @@ def separable_forward(
     plan: PaddingPlan,
     padding_mode: str,
     mid: MidStage | None = None,
+    post: MidStage | None = None,
 ) -> Tensor:
     """Depthwise then pointwise conv; ``x`` is ``(N, C, *spatial)``.
 
     ``depthwise_weight`` is ``(C*M, 1, *kernel)``; ``pointwise_weight`` is
     ``(O, C*M/G, 1, ..., 1)`` for a pointwise stage with ``G`` groups. ``mid``: what runs
-    between the stages (:class:`MidStage`), if anything.
+    between the stages (:class:`MidStage`), if anything; ``post``: what runs after the
+    pointwise stage (a :class:`MidStage` over its ``O`` outputs: a norm, then a clamp).
     """
     args = (
         x,
@@ -143,11 +148,19 @@ def separable_forward(
         plan,
         padding_mode,
     )
-    if mid is not None:
-        norm, params = mid.kernel_args()
-        out = dispatch.separable(*args, reference=_pytorch_separable_mid, mid=(norm, params))
-        return (
-            out if out is not None else _pytorch_separable_mid(*args[:5], *norm, *args[5:], params)
+    if mid is not None or post is not None:
+        norm, params = (mid or _NO_STAGE).kernel_args()
+        post_norm, post_params = (post or _NO_STAGE).kernel_args()
+        out = dispatch.separable(
+            *args,
+            reference=_pytorch_separable_stages,
+            mid=(norm, params),
+            post=(post_norm, post_params),
+        )
+        if out is not None:
+            return out
+        return _pytorch_separable_stages(
+            *args[:5], *norm, *post_norm, *args[5:], params, post_params
         )
     out = dispatch.separable(*args, reference=_pytorch_separable)
     return out if out is not None else _pytorch_separable(*args)
@@ -160,16 +173,25 @@ def _pytorch_separable(x, wd, wp, bd, bp, stride, dilation, plan, padding_mode) 
     return _pointwise(mid, wp, bp, wd, len(stride))
 
 
-def _pytorch_separable_mid(
-    x, wd, wp, bd, bp, mean, var, nw, nb, stride, dilation, plan, padding_mode, params
-) -> Tensor:
-    """:func:`_pytorch_separable` with a :class:`MidStage` between the convolutions: its
-    norm's tensors after the biases, ``params`` as :meth:`MidStage.kernel_args` gives them."""
+def _pytorch_separable_stages(
+    x, wd, wp, bd, bp, mean, var, nw, nb, pmean, pvar, pnw, pnb, stride, dilation, plan,
+    padding_mode, params, post_params,
+) -> Tensor:  # fmt: skip
+    """:func:`_pytorch_separable` with :class:`MidStage` s between the convolutions and after
+    them: their norms' tensors after the biases, ``params`` / ``post_params`` as
+    :meth:`MidStage.kernel_args` gives them."""
     mid = _pytorch_depthwise(x, wd, bd, stride, dilation, plan, padding_mode)
+    mid = _pytorch_stage(mid, mean, var, nw, nb, params)
+    out = _pointwise(mid, wp, bp, wd, len(stride))
+    return _pytorch_stage(out, pmean, pvar, pnw, pnb, post_params)
+
+
+def _pytorch_stage(x, mean, var, weight, bias, params) -> Tensor:
+    """A :class:`MidStage`'s norm (inference batch norm) then clamp, as the modules compute them."""
     norm, eps, lo, hi = params
     if norm:
-        mid = F.batch_norm(mid, mean, var, nw, nb, False, 0.0, eps)
-    return _pointwise(_clamp(mid, lo, hi), wp, bp, wd, len(stride))
+        x = F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
+    return _clamp(x, lo, hi)
 
 
 def _clamp(x: Tensor, lo: float | None, hi: float | None) -> Tensor:

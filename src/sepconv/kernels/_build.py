@@ -29,7 +29,7 @@ import torch
 SOURCE = Path(__file__).resolve().parent / "csrc" / "sepconv_kernels.cpp"
 #: Every file of the translation unit: the source and the parts it includes.
 SOURCES = (SOURCE, *sorted(SOURCE.parent.glob("*.h")))
-ABI_VERSION = 8
+ABI_VERSION = 9
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -229,7 +229,7 @@ def _setting(variable: str, choices: dict[str, int], intel: str, other: str) -> 
 def _declare(lib: ctypes.CDLL) -> None:
     p, i64p, c_int = ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int
     lib.sepconv_abi_version.restype = c_int
-    lib.sepconv_sep_forward.argtypes = [c_int, p, p, p, p, p, p, i64p, p, p, p, p]
+    lib.sepconv_sep_forward.argtypes = [c_int, p, p, p, p, p, p, i64p, ctypes.POINTER(p)]
     lib.sepconv_sep_forward.restype = c_int
     lib.sepconv_pw_forward.argtypes = [p, p, p, p, p, p, p, p, i64p]
     lib.sepconv_pw_forward.restype = c_int

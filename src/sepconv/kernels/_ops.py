@@ -133,9 +133,10 @@ def tile_budget() -> int:
         return 0
 
 
-#: The stage between a separable forward's convolutions (``csrc/mid_stage.h``), as the
-#: kernels take it: ``(norm, eps, lo, hi)``: whether a batch norm with running statistics
-#: runs (its ``eps``), then a clamp to ``[lo, hi]`` (None: unbounded on that side).
+#: The stage between a separable forward's convolutions, or the one after them
+#: (``csrc/mid_stage.h``), as the kernels take it: ``(norm, eps, lo, hi)``: whether a batch
+#: norm with running statistics runs (its ``eps``), then a clamp to ``[lo, hi]`` (None:
+#: unbounded on that side).
 MidParams = tuple[bool, float, float | None, float | None]
 
 
@@ -144,7 +145,8 @@ def _double_bits(value: float) -> int:
 
 
 def _mid_values(mid: MidParams | None) -> list[int]:
-    """geo[30..33]: flags (1: norm, 2: clamp), eps, lo and hi as the bits of doubles."""
+    """geo[30..33] (or [34..37] after the convolutions): flags (1: norm, 2: clamp), eps, lo
+    and hi as the bits of doubles."""
     if mid is None:
         return [0, 0, 0, 0]
     norm, eps, lo, hi = mid
@@ -156,7 +158,12 @@ def _mid_values(mid: MidParams | None) -> list[int]:
 
 
 def _geo_array(
-    g: Geometry, xs, os_, out_nhwc: bool = False, mid: MidParams | None = None
+    g: Geometry,
+    xs,
+    os_,
+    out_nhwc: bool = False,
+    mid: MidParams | None = None,
+    post: MidParams | None = None,
 ) -> ctypes.Array:
     values = [
         g.N,
@@ -184,6 +191,7 @@ def _geo_array(
         *os_,
         int(out_nhwc),
         *_mid_values(mid),
+        *_mid_values(post),
     ]
     return (ctypes.c_int64 * len(values))(*values)
 
@@ -341,18 +349,25 @@ class Launch:
 
 
 def _launch(
-    x: Tensor, g: Geometry, channels: int, out_nhwc: bool, mid: MidParams | None = None
+    x: Tensor,
+    g: Geometry,
+    channels: int,
+    out_nhwc: bool,
+    mid: MidParams | None = None,
+    post: MidParams | None = None,
 ) -> Launch:
     shape = _out_shape(g, channels)
     strides = _layout_strides(shape, g.rank, out_nhwc)
-    geo = _geo_array(g, strides4(x, g.rank), _as4(strides, g.rank), out_nhwc, mid)
+    geo = _geo_array(g, strides4(x, g.rank), _as4(strides, g.rank), out_nhwc, mid, post)
     return Launch(g, geo, shape, strides, storage_bytes(shape, strides, x.dtype))
 
 
-def separable_launch(x: Tensor, g: Geometry, mid: MidParams | None = None) -> Launch:
+def separable_launch(
+    x: Tensor, g: Geometry, mid: MidParams | None = None, post: MidParams | None = None
+) -> Launch:
     """The :class:`Launch` of a fused separable forward of ``x``, with the stage ``mid``
-    between the convolutions when given."""
-    return _launch(x, g, g.O, _out_channels_last(x, g.rank), mid)
+    between the convolutions and ``post`` after them when given."""
+    return _launch(x, g, g.O, _out_channels_last(x, g.rank), mid, post)
 
 
 def depthwise_launch(x: Tensor, g: Geometry) -> Launch:
@@ -368,22 +383,25 @@ def depthwise_launch(x: Tensor, g: Geometry) -> Launch:
 
 
 _NO_NORM = (None, None, None, None)
+_NO_NORMS = (ctypes.c_void_p * 8)()  # (all null)
 
 
 def separable_forward_raw(
-    x, wd, wp, bd, bp, g: Geometry, launch: Launch | None = None, norm=_NO_NORM
+    x, wd, wp, bd, bp, g: Geometry, launch: Launch | None = None, norm=_NO_NORM, post=_NO_NORM
 ) -> Tensor:
     """Fused forward ``(N, C, *spatial) -> (N, O, *spatial_out)`` (``launch`` from
-    :func:`separable_launch`, computed here when not given). ``norm``: the batch norm's
-    ``(running_mean, running_var, weight, bias)``, each ``(C*M,)`` or None, where the
-    launch has a stage between the convolutions with a norm."""
+    :func:`separable_launch`, computed here when not given). ``norm`` / ``post``: the batch
+    norms' ``(running_mean, running_var, weight, bias)``, each ``(C*M,)`` / ``(O,)`` or None,
+    where the launch has a stage with a norm between the convolutions / after them."""
     lib = _build.load()
     launch = launch or separable_launch(x, g)
     out = launch.empty_output(x.dtype)
     # Named, so that contiguous copies stay alive during the call.
     wd, wp, bd, bp = _contiguous(wd), _contiguous(wp), _contiguous(bd), _contiguous(bp)
-    if norm is not _NO_NORM:  # (not on every plain call: two list passes of four Nones)
-        norm = [_contiguous(t) for t in norm]
+    norms = _NO_NORMS
+    if norm is not _NO_NORM or post is not _NO_NORM:  # (not on every plain call)
+        kept = [_contiguous(t) for t in (*norm, *post)]
+        norms = (ctypes.c_void_p * 8)(*[_ptr(t) for t in kept])
     _check(
         lib.sepconv_sep_forward(
             DTYPE_CODE[x.dtype],
@@ -394,7 +412,7 @@ def separable_forward_raw(
             _ptr(bp),
             out.data_ptr(),
             launch.geo,
-            *(_NO_NORM if norm is _NO_NORM else [_ptr(t) for t in norm]),
+            norms,
         )
     )
     return out

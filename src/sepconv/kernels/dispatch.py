@@ -358,27 +358,35 @@ def separable(
     padding_mode: str,
     reference: Callable[..., Tensor] | None = None,
     mid: tuple[tuple, _ops.MidParams] | None = None,
+    post: tuple[tuple, _ops.MidParams] | None = None,
 ) -> Tensor | None:
     """Fused depthwise+pointwise forward of ``x`` ``(N, C, *spatial)``, or ``None`` to decline.
 
-    ``reference`` is the PyTorch path, called with the same arguments (and, with ``mid``,
-    the norm's tensors after the biases and the parameters last), which ``auto`` times
-    against the kernel on a problem's first inference call.
+    ``reference`` is the PyTorch path, called with the same arguments (and, with ``mid`` or
+    ``post``, the norms' tensors after the biases, those of ``mid`` first, and both stages'
+    parameters last), which ``auto`` times against the kernel on a problem's first
+    inference call.
 
     ``mid``: a stage between the convolutions, ``(norm tensors, parameters)``: the batch
     norm's ``(running_mean, running_var, weight, bias)`` (all None without a norm; weight
-    and bias may be None) and :data:`sepconv.kernels._ops.MidParams`. Inference only:
+    and bias may be None) and :data:`sepconv.kernels._ops.MidParams`. ``post``: the same
+    after the pointwise convolution (a norm over its outputs, then a clamp). Inference only:
     calls that record autograd history are declined.
     """
     tensors = (depthwise_weight, pointwise_weight, depthwise_bias, pointwise_bias)
     conv_args = (stride, dilation, plan, padding_mode)
     kind, runners = "separable", _SEPARABLE
-    if mid is not None:
-        tensors, conv_args = (*tensors, *mid[0]), (*conv_args, mid[1])
-        kind, runners = "separable mid", _SEPARABLE_MID
+    if mid is not None or post is not None:
+        mid, post = mid or NO_STAGE, post or NO_STAGE
+        tensors = (*tensors, *mid[0], *post[0])
+        conv_args = (*conv_args, mid[1], post[1])
+        kind, runners = "separable stages", _SEPARABLE_MID
 
     def plan_problem():
-        if mid is not None and not _norm_fits(mid, depthwise_weight.shape[0]):
+        if mid is not None and not (
+            _norm_fits(mid, depthwise_weight.shape[0])
+            and _norm_fits(post, pointwise_weight.shape[0])
+        ):
             return None
         return _plan_separable(x, depthwise_weight, pointwise_weight, *conv_args)
 
@@ -396,8 +404,12 @@ def _raw_separable(tensors, launch, x):
 _SEPARABLE = (_apply_separable, _raw_separable)
 
 
+#: No stage (as ``mid`` or ``post`` of :func:`separable`): no norm, no clamp.
+NO_STAGE: tuple[tuple, _ops.MidParams] = (_ops._NO_NORM, (False, 1e-5, None, None))
+
+
 def _norm_fits(mid: tuple[tuple, _ops.MidParams], channels: int) -> bool:
-    """A norm's tensors are one value per depthwise channel (statistics present)."""
+    """A norm's tensors are one value per channel of its stage (statistics present)."""
     (mean, var, weight, bias), (norm, *_) = mid
     if not norm:
         return True
@@ -407,7 +419,9 @@ def _norm_fits(mid: tuple[tuple, _ops.MidParams], channels: int) -> bool:
 
 
 def _raw_separable_mid(tensors, launch, x):
-    return _ops.separable_forward_raw(x, *tensors[:4], launch.g, launch, norm=tensors[4:])
+    return _ops.separable_forward_raw(
+        x, *tensors[:4], launch.g, launch, norm=tensors[4:8], post=tensors[8:12]
+    )
 
 
 _SEPARABLE_MID = (None, _raw_separable_mid)
@@ -418,10 +432,18 @@ def _reference_call(reference, tensors, conv_args, x):
 
 
 def _plan_separable(
-    x, depthwise_weight, pointwise_weight, stride, dilation, plan, padding_mode, mid_params=None
+    x,
+    depthwise_weight,
+    pointwise_weight,
+    stride,
+    dilation,
+    plan,
+    padding_mode,
+    mid_params=None,
+    post_params=None,
 ):
-    """The :class:`_Call` of a separable problem (``mid_params``: those of a stage between
-    the convolutions), or None when the kernels decline it."""
+    """The :class:`_Call` of a separable problem (``mid_params`` / ``post_params``: those of
+    the stages between and after the convolutions), or None when the kernels decline it."""
     rank = x.dim() - 2
     mid = depthwise_weight.shape[0]
     out_channels, per_group = pointwise_weight.shape[0], pointwise_weight.shape[1]
@@ -452,7 +474,7 @@ def _plan_separable(
     # With a depth multiplier PyTorch leaves its specialised depthwise kernels (3-10x slower
     # than the fused kernel at every size measured), so only M == 1 may go to PyTorch.
     rule = mult > 1 or not _pytorch_wins_separable(g)
-    return _Call(_ops.separable_launch(x, g, mid_params), rule)
+    return _Call(_ops.separable_launch(x, g, mid_params, post_params), rule)
 
 
 def depthwise(

@@ -94,11 +94,14 @@ class _SeparableBase(nn.Module):
     # about 1.4 us a lookup on the benchmark machine, a tenth of a small layer's kernel.
     def forward(self, x: Tensor) -> Tensor:
         """``(N, C, *spatial) -> (N, O, *spatial_out)``; unbatched ``(C, *spatial)`` too."""
-        stages = self._modules
-        batched = stages["depthwise"]._batched(x)
-        out = self._conv_stages(batched)
-        out = _run_stage(stages["act"], _run_stage(stages["norm"], out))
+        batched = self._modules["depthwise"]._batched(x)
+        out = self._all_stages(batched)
         return out if batched is x else out.squeeze(0)
+
+    def _all_stages(self, x: Tensor) -> Tensor:
+        """The convolutions, then ``norm`` and ``act``; ``x`` batched."""
+        stages = self._modules
+        return _run_stage(stages["act"], _run_stage(stages["norm"], self._conv_stages(x)))
 
     def _conv_stages(self, x: Tensor) -> Tensor:
         return self.pointwise(self.mid_act(self.mid_norm(self.depthwise(x))))
@@ -196,12 +199,28 @@ class _SeparableConvNd(_SeparableBase):
 
     padding_mode = property(lambda self: self.depthwise.padding_mode)
 
+    def _all_stages(self, x: Tensor) -> Tensor:
+        # ``norm`` and ``act`` in the fused call too, where they are an inference batch norm
+        # and a clamp: as modules, each was a pass over the output and a fresh tensor.
+        post = self._fused_post()
+        if post is None:
+            return super()._all_stages(x)
+        mid = self._fused_mid()
+        if mid is UNFUSED or not dispatch.eager_inference(x):
+            return super()._all_stages(x)
+        return self._fused_call(x, mid, post)
+
     def _conv_stages(self, x: Tensor) -> Tensor:
         mid = self._fused_mid()
         if mid is UNFUSED or (mid is not None and not dispatch.eager_inference(x)):
             # (a stage between the convolutions is fused only at eager inference: with an
             # input gradient, autocast, functorch or forward AD, the modules run)
             return super()._conv_stages(x)
+        return self._fused_call(x, mid)
+
+    def _fused_call(self, x: Tensor, mid: MidStage | None, post: MidStage | None = None) -> Tensor:
+        """The stages as one :func:`separable_forward` call, with ``mid`` between the
+        convolutions and ``post`` after them."""
         stages = self._modules
         dw, pw = stages["depthwise"], stages["pointwise"]
         dw_params, pw_params = dw._parameters, pw._parameters  # plain: _can_fuse_stages
@@ -216,7 +235,22 @@ class _SeparableConvNd(_SeparableBase):
             dw._plan,
             dw.padding_mode,
             mid,
+            post,
         )
+
+    def _fused_post(self) -> MidStage | None:
+        """``norm`` then ``act`` as the stage after the convolutions of a fused call, or None
+        where there are none or they must run as modules (:func:`inference_mid_stage`; also
+        when tracing and under ``SEPCONV_KERNELS=off``)."""
+        stages = self._modules
+        if isinstance(stages["norm"], nn.Identity) and isinstance(stages["act"], nn.Identity):
+            return None
+        if dispatch.tracing() or dispatch.mode() == "off":
+            return None
+        post = inference_mid_stage(
+            stages["norm"], stages["act"], self._rank, stages["depthwise"], stages["pointwise"]
+        )
+        return None if post is UNFUSED else post
 
     def _can_fuse_stages(self) -> bool:
         """Whether the stages run as one fused call, skipping their own ``forward``."""

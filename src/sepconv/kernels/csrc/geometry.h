@@ -30,6 +30,10 @@ struct Geo {
   // a batch norm with running statistics (eps) and a clamp to [lo, hi].
   bool mid_norm = false, mid_clamp = false;
   double mid_eps = 0, mid_lo = 0, mid_hi = 0;
+  // The stage after the pointwise convolution (mid_stage.h): a batch norm over the outputs,
+  // folded into the pointwise weight, then a clamp of the output while it is in cache.
+  bool post_norm = false, post_clamp = false;
+  double post_eps = 0, post_lo = 0, post_hi = 0;
 };
 
 inline double bits_to_double(i64 bits) {
@@ -52,6 +56,11 @@ Geo make_geo(const i64* g) {
   r.mid_eps = bits_to_double(g[31]);
   r.mid_lo = bits_to_double(g[32]);
   r.mid_hi = bits_to_double(g[33]);
+  r.post_norm = (g[34] & 1) != 0;
+  r.post_clamp = (g[34] & 2) != 0;
+  r.post_eps = bits_to_double(g[35]);
+  r.post_lo = bits_to_double(g[36]);
+  r.post_hi = bits_to_double(g[37]);
   r.CM = r.C * r.M;
   r.T = r.KH * r.KW;
   r.Hu = (r.OH - 1) * r.sy + (r.KH - 1) * r.dy + 1;

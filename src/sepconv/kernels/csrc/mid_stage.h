@@ -71,6 +71,46 @@ void clamp_rows(S* p, i64 rows, i64 len, i64 stride, A lo, A hi) {
   }
 }
 
+// The stage after the pointwise convolution: its norm folded into copies of the pointwise
+// weight's rows (wp[o][k] * alpha[o]) and bias (bp[o] * alpha[o] + shift[o]), which wp and bp
+// then point to. (SeparableConv's norm_layer, MobileNetV2's projection norm, MobileNetV1's
+// pointwise norm: a pass over the output and a fresh tensor each, as a module.)
+template <typename S>
+void fold_post_norm(const Geo& g, const MidNorm<S>& n, const S*& wp, const S*& bp,
+                    std::vector<S>& wp_folded, std::vector<S>& bp_folded) {
+  typedef typename Acc<S>::type A;
+  wp_folded.resize(g.O * g.CMg);
+  bp_folded.resize(g.O);
+  for (i64 o = 0; o < g.O; ++o) {
+    A alpha, shift;
+    norm_affine(n, o, g.post_eps, alpha, shift);
+    for (i64 k = 0; k < g.CMg; ++k) fromA(toA(wp[o * g.CMg + k]) * alpha, &wp_folded[o * g.CMg + k]);
+    fromA((bp ? toA(bp[o]) : A(0)) * alpha + shift, &bp_folded[o]);
+  }
+  wp = wp_folded.data();
+  bp = bp_folded.data();
+}
+
+// The output clamp of the stage after the pointwise convolution on output rows [oy0, oy0 +
+// th), columns [ox0, ox0 + tw) of image n (no-op without a clamp).
+template <typename S>
+void clamp_post(const Geo& g, S* out, i64 n, i64 oy0, i64 th, i64 ox0, i64 tw) {
+  if (!g.post_clamp) return;
+  typedef typename Acc<S>::type A;
+  const A lo = A(g.post_lo), hi = A(g.post_hi);
+  S* base = out + n * g.os[0] + oy0 * g.os[2] + ox0 * g.os[3];
+  for (i64 y = 0; y < th; ++y) {
+    S* row = base + y * g.os[2];
+    if (g.os[3] == 1)  // planar: O pieces of tw pixels
+      clamp_rows(row, g.O, tw, g.os[1], lo, hi);
+    else if (g.os[1] == 1)  // channels innermost: tw pixels of O channels
+      clamp_rows(row, tw, g.O, g.os[3], lo, hi);
+    else
+      for (i64 o = 0; o < g.O; ++o)
+        for (i64 x = 0; x < tw; ++x) clamp_rows(row + o * g.os[1] + x * g.os[3], 1, 1, 0, lo, hi);
+  }
+}
+
 // clamp_rows to [g.mid_lo, g.mid_hi]; no-op without a clamp.
 template <typename S>
 void clamp_mid(const Geo& g, S* p, i64 rows, i64 len, i64 stride) {

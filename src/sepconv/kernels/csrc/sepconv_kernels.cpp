@@ -58,11 +58,13 @@ namespace {
 
 template <typename S>
 int sep_forward_as(const void* x, const void* wd, const void* bd, const void* wp, const void* bp,
-                   void* out, const i64* geo, const void* mean, const void* var, const void* nw,
-                   const void* nb) {
-  const MidNorm<S> norm{(const S*)mean, (const S*)var, (const S*)nw, (const S*)nb};
+                   void* out, const i64* geo, const void* const* norms) {
+  const MidNorm<S> norm{(const S*)norms[0], (const S*)norms[1], (const S*)norms[2],
+                        (const S*)norms[3]};
+  const MidNorm<S> post{(const S*)norms[4], (const S*)norms[5], (const S*)norms[6],
+                        (const S*)norms[7]};
   sep_forward<S>((const S*)x, (const S*)wd, (const S*)bd, (const S*)wp, (const S*)bp, (S*)out,
-                 geo, norm);
+                 geo, norm, post);
   return 0;
 }
 
@@ -70,7 +72,7 @@ int sep_forward_as(const void* x, const void* wd, const void* bd, const void* wp
 
 extern "C" {
 
-int sepconv_abi_version() { return 8; }
+int sepconv_abi_version() { return 9; }
 
 // Input bytes from which channels_last tiles touch their input first where the reads are on
 // (kTouchBytes): auto's training rule for channels_last 3x3 depthwise calls follows it.
@@ -112,18 +114,18 @@ void sepconv_release_buffers(int threads) {
 }
 
 // The separable forward. geo[30..33] may ask for the inference stage between the
-// convolutions (mid_stage.h); mean, var, nw, nb are then its batch norm's tensors (nw and nb
-// may be null), otherwise all null.
+// convolutions, geo[34..37] for the one after them (mid_stage.h); norms: eight pointers, the
+// batch norms' mean, var, weight and bias of the stage between (C*M values each) and of the
+// stage after (O values each), null where there is none (weight and bias may be null).
 int sepconv_sep_forward(int dtype, const void* x, const void* wd, const void* bd, const void* wp,
-                        const void* bp, void* out, const i64* geo, const void* mean,
-                        const void* var, const void* nw, const void* nb) {
+                        const void* bp, void* out, const i64* geo, const void* const* norms) {
   switch (dtype) {
     case 0:
-      return sep_forward_as<float>(x, wd, bd, wp, bp, out, geo, mean, var, nw, nb);
+      return sep_forward_as<float>(x, wd, bd, wp, bp, out, geo, norms);
     case 1:
-      return sep_forward_as<double>(x, wd, bd, wp, bp, out, geo, mean, var, nw, nb);
+      return sep_forward_as<double>(x, wd, bd, wp, bp, out, geo, norms);
     case 2:
-      return sep_forward_as<bf16>(x, wd, bd, wp, bp, out, geo, mean, var, nw, nb);
+      return sep_forward_as<bf16>(x, wd, bd, wp, bp, out, geo, norms);
   }
   return 1;
 }
