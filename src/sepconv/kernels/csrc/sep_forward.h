@@ -408,13 +408,15 @@ inline bool stream_tile_output(const Geo& g) {
          g.N * g.O * g.OH * g.OW * 4 >= kStreamGemmBytes;
 }
 
-// clamp_post over the whole output (the whole-call and split paths, whose outputs are small),
-// image rows shared among the threads.
-template <typename S>
-void clamp_post_all(const Geo& g, S* out) {
-  if (!g.post_clamp) return;
-#pragma omp parallel for num_threads(g.threads) schedule(static)
-  for (i64 r = 0; r < g.N * g.OH; ++r) clamp_post(g, out, r / g.OH, r % g.OH, 1, 0, g.OW);
+// The stage after the convolutions over the whole output (the whole-call and split paths,
+// whose outputs are small; threads only for large ones, a team's start costing more than
+// a small output's pass).
+template <typename S, typename A>
+void post_stage_all(const Geo& g, const PostStage<A>& after, S* out) {
+  if (!after.active()) return;
+  const i64 rows = g.N * g.OH;
+#pragma omp parallel for num_threads(g.threads) schedule(static) if (rows * g.OW * g.O >= (1 << 18))
+  for (i64 r = 0; r < rows; ++r) after.apply(g, out, r / g.OH, r % g.OH, 1, 0, g.OW);
 }
 
 #if defined(SEPCONV_BF16_GEMM)
@@ -448,8 +450,7 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
                  const i64* geo, const MidNorm<S>& norm, const MidNorm<S>& post) {
   typedef typename Acc<S>::type A;
   Geo g = make_geo(geo);
-  std::vector<S> wp_post, bp_post;
-  if (g.post_norm) fold_post_norm(g, post, wp, bp, wp_post, bp_post);
+  const PostStage<A> after = PostStage<A>::make(g, post);
   std::vector<A> w, wT, b;
   prep_weights<S, A>(wd, bd, g, w, wT, b);
   if (g.mid_norm) fold_mid_norm<S, A>(g, norm, w, wT, b);
@@ -501,7 +502,7 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
     }
     if (whole) {
       sep_forward_whole(x, w, wT, b, wp, bp, out, g, tl, ymap.data(), xmap.data());
-      clamp_post_all(g, out);
+      post_stage_all(g, after, out);
       return;
     }
     // Bias as an extra GEMM input channel (tile_gemm) where copying the weight costs at most
@@ -521,7 +522,7 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
     const bool split_ok = nhwc ? (out_nhwc && g.wpT) : (!out_nhwc && g.os[3] == 1);
     if (g.own_gemm && split_ok && few_tiles) {
       sep_forward_split(x, w, wT, b, wp, bp, out, g, tl, ymap.data(), xmap.data(), out_nhwc);
-      clamp_post_all(g, out);
+      post_stage_all(g, after, out);
       return;
     }
   }
@@ -534,7 +535,7 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
 #endif
   const auto ir = inner_read<S, A>(g, wT);
   const bool touch = nhwc && touch_nhwc_input(g, sizeof(S));
-  g.stream_out = stream_tile_output(g) && !g.post_clamp;  // (the clamp reads the tile back)
+  g.stream_out = stream_tile_output(g) && !after.active();  // (it reads the tile back)
 #pragma omp parallel num_threads(g.threads)
   {
     const i64 Pmax = tl.TH * tl.TW;
@@ -578,7 +579,7 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
       // Output tile: pixels are consecutive in (oy, ox) order (whole rows, or one row piece).
       S* o = out + n * g.os[0] + oy0 * g.os[2] + ox0 * g.os[3];
       tile_gemm<S>(g, mid, nhwc, P, mcs, wp, bp, o, g.os[1], g.os[3], ftmp.data());
-      clamp_post(g, out, n, oy0, th, ox0, tw);  // (while the tile is in cache)
+      after.apply(g, out, n, oy0, th, ox0, tw);  // (while the tile is in cache)
     }
     if (g.stream_out) stream_fence();
   }
