@@ -211,13 +211,17 @@ def _mobilenet_layer(cls=SeparableConv2d, act="relu6") -> nn.Module:
     if act == "hardtanh":
         act = nn.Hardtanh(-0.5, 0.75)
     layer = cls(16, 24, 3, padding=1, mid_norm_layer="batchnorm", mid_act_layer=act)
-    norm = layer.mid_norm
+    _randomise_norm(layer.mid_norm)
+    return layer.eval()
+
+
+def _randomise_norm(norm: nn.Module) -> None:
+    """Running statistics and affine parameters away from their identity defaults."""
     with torch.no_grad():
         norm.running_mean.normal_()
         norm.running_var.uniform_(0.5, 2.0)
         norm.weight.normal_()
         norm.bias.normal_()
-    return layer.eval()
 
 
 def _check_fused_layer(layer: nn.Module, x: torch.Tensor, monkeypatch) -> None:
@@ -257,13 +261,8 @@ def _normed_layer(cls=SeparableConv2d, act="relu", mid=False) -> nn.Module:
         mid_act_layer="relu6" if mid else None,
     )
     for norm in (layer.norm, layer.mid_norm):
-        if isinstance(norm, nn.Identity):
-            continue
-        with torch.no_grad():
-            norm.running_mean.normal_()
-            norm.running_var.uniform_(0.5, 2.0)
-            norm.weight.normal_()
-            norm.bias.normal_()
+        if not isinstance(norm, nn.Identity):
+            _randomise_norm(norm)
     return layer.eval()
 
 

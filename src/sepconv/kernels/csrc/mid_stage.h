@@ -105,6 +105,10 @@ struct PostStage {
   void apply(const Geo& g, S* out, i64 n, i64 oy0, i64 th, i64 ox0, i64 tw) const {
     if (!active()) return;
     S* base = out + n * g.os[0] + oy0 * g.os[2] + ox0 * g.os[3];
+    if (g.os[3] == 1 && g.os[2] == tw) {  // planar whole rows: one run a channel (not 14-long
+      for (i64 o = 0; o < g.O; ++o) channel_run(base + o * g.os[1], th * tw, 1, o);  // ones)
+      return;
+    }
     for (i64 y = 0; y < th; ++y) {
       S* row = base + y * g.os[2];
       if (g.os[1] == 1 && g.os[3] != 1) {
