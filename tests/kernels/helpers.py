@@ -136,18 +136,18 @@ def numpy_separable(case: Case, x, weights, **mid):
 
 
 def count_mid_kernel_calls(monkeypatch) -> list[int]:
-    """A one-element list counting the fused kernel's calls with a stage between the
-    convolutions (``dispatch._SEPARABLE_MID``) from now on."""
+    """A one-element list counting the fused kernel's calls with a stage between or after the
+    convolutions (``dispatch._SEPARABLE_STAGES``) from now on."""
     from sepconv.kernels import dispatch
 
     calls = [0]
-    raw = dispatch._SEPARABLE_MID[1]
+    raw = dispatch._SEPARABLE_STAGES[1]
 
     def counted(*args):
         calls[0] += 1
         return raw(*args)
 
-    monkeypatch.setattr(dispatch, "_SEPARABLE_MID", (None, counted))
+    monkeypatch.setattr(dispatch, "_SEPARABLE_STAGES", (None, counted))
     return calls
 
 

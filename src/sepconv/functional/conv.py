@@ -114,9 +114,6 @@ class MidStage:
         return norm, (self.running_mean is not None, float(self.eps), self.lo, self.hi)
 
 
-_NO_STAGE = MidStage()
-
-
 def separable_forward(
     x: Tensor,
     depthwise_weight: Tensor,
@@ -149,8 +146,8 @@ def separable_forward(
         padding_mode,
     )
     if mid is not None or post is not None:
-        norm, params = (mid or _NO_STAGE).kernel_args()
-        post_norm, post_params = (post or _NO_STAGE).kernel_args()
+        norm, params = mid.kernel_args() if mid is not None else dispatch.NO_STAGE
+        post_norm, post_params = post.kernel_args() if post is not None else dispatch.NO_STAGE
         out = dispatch.separable(
             *args,
             reference=_pytorch_separable_stages,

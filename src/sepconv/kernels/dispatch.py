@@ -380,7 +380,7 @@ def separable(
         mid, post = mid or NO_STAGE, post or NO_STAGE
         tensors = (*tensors, *mid[0], *post[0])
         conv_args = (*conv_args, mid[1], post[1])
-        kind, runners = "separable stages", _SEPARABLE_MID
+        kind, runners = "separable stages", _SEPARABLE_STAGES
 
     def plan_problem():
         if mid is not None and not (
@@ -418,13 +418,13 @@ def _norm_fits(mid: tuple[tuple, _ops.MidParams], channels: int) -> bool:
     return all(t is None or t.shape == (channels,) for t in (mean, var, weight, bias))
 
 
-def _raw_separable_mid(tensors, launch, x):
+def _raw_separable_stages(tensors, launch, x):
     return _ops.separable_forward_raw(
         x, *tensors[:4], launch.g, launch, norm=tensors[4:8], post=tensors[8:12]
     )
 
 
-_SEPARABLE_MID = (None, _raw_separable_mid)
+_SEPARABLE_STAGES = (None, _raw_separable_stages)
 
 
 def _reference_call(reference, tensors, conv_args, x):

@@ -149,6 +149,20 @@ inline void micro_avx2(i64 K, const float* a, i64 lda, const float* b, i64 ldb, 
 #define SEPCONV_MICRO_AVX2 1
 #endif
 
+// f(std::integral_constant<int, R>()) for R = mr (1 to 6): a block's row count as the
+// micro-kernels' template argument (the float32 and bfloat16 ones).
+template <typename F>
+inline void with_rows(i64 mr, F&& f) {
+  switch (mr) {
+    case 6: f(std::integral_constant<int, 6>()); break;
+    case 5: f(std::integral_constant<int, 5>()); break;
+    case 4: f(std::integral_constant<int, 4>()); break;
+    case 3: f(std::integral_constant<int, 3>()); break;
+    case 2: f(std::integral_constant<int, 2>()); break;
+    default: f(std::integral_constant<int, 1>()); break;
+  }
+}
+
 // stream: whole-line stores of C bypass the caches; accumulate: C += A B (both only where
 // micro_avx2 runs).
 template <int NV>
@@ -157,19 +171,11 @@ inline void micro_rows(i64 mr, i64 K, const float* a, i64 lda, const float* b, i
                        bool stream = false, bool accumulate = false) {
 #if defined(SEPCONV_MICRO_AVX2)
   if (NV == 1) {
-    auto run = [&](auto mr_c, auto nw_c) {
-      micro_avx2<decltype(mr_c)::value, decltype(nw_c)::value>(
-          K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid, stream, accumulate);
-    };
     auto by_rows = [&](auto nw_c) {
-      switch (mr) {
-        case 6: return run(std::integral_constant<int, 6>(), nw_c);
-        case 5: return run(std::integral_constant<int, 5>(), nw_c);
-        case 4: return run(std::integral_constant<int, 4>(), nw_c);
-        case 3: return run(std::integral_constant<int, 3>(), nw_c);
-        case 2: return run(std::integral_constant<int, 2>(), nw_c);
-        default: return run(std::integral_constant<int, 1>(), nw_c);
-      }
+      with_rows(mr, [&](auto mr_c) {
+        micro_avx2<decltype(mr_c)::value, decltype(nw_c)::value>(
+            K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid, stream, accumulate);
+      });
     };
     if (nvalid <= 8)
       by_rows(std::integral_constant<int, 1>());
@@ -178,14 +184,9 @@ inline void micro_rows(i64 mr, i64 K, const float* a, i64 lda, const float* b, i
     return;
   }
 #endif
-  switch (mr) {
-    case 6: micro_f32<6, NV>(K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid); break;
-    case 5: micro_f32<5, NV>(K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid); break;
-    case 4: micro_f32<4, NV>(K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid); break;
-    case 3: micro_f32<3, NV>(K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid); break;
-    case 2: micro_f32<2, NV>(K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid); break;
-    default: micro_f32<1, NV>(K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid); break;
-  }
+  with_rows(mr, [&](auto mr_c) {
+    micro_f32<decltype(mr_c)::value, NV>(K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid);
+  });
 }
 
 // Largest block of K per micro-kernel call without AVX-512 (gemm_f32): 256 rows of a

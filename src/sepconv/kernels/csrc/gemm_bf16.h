@@ -13,6 +13,7 @@
 #pragma once
 
 #include "vec.h"
+#include "gemm.h"
 
 namespace {
 
@@ -73,14 +74,9 @@ template <int NV>
 inline void micro_rows_bf16(i64 mr, i64 K, const bf16* a, i64 lda, const bf16* b, i64 ldb,
                             bf16* c, i64 ldc, const float* bias_row, const float* bias_col,
                             i64 nvalid) {
-  switch (mr) {
-    case 6: micro_bf16<6, NV>(K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid); break;
-    case 5: micro_bf16<5, NV>(K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid); break;
-    case 4: micro_bf16<4, NV>(K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid); break;
-    case 3: micro_bf16<3, NV>(K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid); break;
-    case 2: micro_bf16<2, NV>(K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid); break;
-    default: micro_bf16<1, NV>(K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid); break;
-  }
+  with_rows(mr, [&](auto mr_c) {
+    micro_bf16<decltype(mr_c)::value, NV>(K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid);
+  });
 }
 
 // C[M x N] = A[M x K] . B[K x N] + bias (see micro_bf16). pstride: 0 for a plain

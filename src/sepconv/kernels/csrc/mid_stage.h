@@ -120,8 +120,9 @@ struct PostStage {
   }
 
  private:
-  // n elements step apart, each with its own alpha and shift (ak, bk elements apart: 1
-  // along a pixel's channels, 0 along a channel's pixels); the four loops vectorise.
+  // n elements step apart; element i's alpha and shift at a[i * ab], b[i * ab] (ab 1 along
+  // a pixel's channels, 0 along a channel's pixels). One loop per case, so that each
+  // vectorises.
   template <typename S>
   void run(S* p, i64 n, i64 step, const A* a, const A* b, i64 ab) const {
     if (norm && clamp) {
@@ -144,7 +145,7 @@ struct PostStage {
   void channel_run(S* p, i64 len, i64 step, i64 o) const {
     const A* a = norm ? &alpha[o] : nullptr;
     const A* b = norm ? &shift[o] : nullptr;
-    if (step == 1)
+    if (step == 1)  // (a constant step: the contiguous loops vectorise)
       run(p, len, 1, a, b, 0);
     else
       run(p, len, step, a, b, 0);

@@ -128,6 +128,11 @@ void pack_panels(const float* wp, i64 G, i64 Og, i64 CMg, i64 threads, float* ds
   }
 }
 
+// Whether a channels_last GEMM of `pixels` rows, K inputs and N outputs moves fewer elements
+// through the planar GEMM, its input and output transposed in cache (2 pixels (K + N)), than
+// packing its N x K weight in panels: small images with large weights.
+inline bool transposing_moves_less(i64 pixels, i64 K, i64 N) { return 2 * pixels * (K + N) < N * K; }
+
 // Group gi's packed pointwise weight (g.wpT) from its column col (a multiple of kPanel) on.
 inline const float* packed_cols(const Geo& g, i64 gi, i64 col) {
   return g.wpT + (gi * panel_count(g.Og) * kPanel + col) * g.CMg;

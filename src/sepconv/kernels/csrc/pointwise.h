@@ -26,12 +26,19 @@ struct PwGeo {
 };
 
 inline PwGeo pw_geo(const i64* g) {
-  return PwGeo{g[0],         g[1],
-               g[2],         g[3],
-               std::max<i64>(1, g[5]), g[4] != 0,
-               (g[6] & 1) != 0, (g[6] & 2) != 0,
-               float(bits_to_double(g[7])), float(bits_to_double(g[8])),
-               float(bits_to_double(g[9]))};
+  PwGeo r;
+  r.N = g[0];
+  r.C = g[1];
+  r.O = g[2];
+  r.P = g[3];
+  r.nhwc = g[4] != 0;
+  r.threads = std::max<i64>(1, g[5]);
+  r.norm = (g[6] & 1) != 0;
+  r.clamp = (g[6] & 2) != 0;
+  r.eps = float(bits_to_double(g[7]));
+  r.lo = float(bits_to_double(g[8]));
+  r.hi = float(bits_to_double(g[9]));
+  return r;
 }
 
 // W' (O x C) and b' (O, then zeros up to `bias_len`): the norm folded into the weight's rows
@@ -98,9 +105,8 @@ void pw_forward(const float* x, const float* w, const float* b, const MidNorm<fl
     return;
   }
   // channels_last with few pixels and a large weight (1x320x7x7 -> 1280: 1.6x the time
-  // packed): the images transposed to planes and back, around the planar GEMM, where packing
-  // the weight would move more (as whole_transposed).
-  if (2 * g.N * g.P * (g.C + g.O) < g.O * g.C) {
+  // packed): the images transposed to planes and back, around the planar GEMM.
+  if (transposing_moves_less(g.N * g.P, g.C, g.O)) {
     std::unique_ptr<float[]> planes_own;
     float* const planes = kept_buffer(kKeptMid, g.N * g.P * (g.C + g.O), planes_own);
     float* const out_planes = planes + g.N * g.P * g.C;

@@ -236,7 +236,7 @@ bool whole_ok(const Geo& g, bool few_tiles) {
 // 0.45x the time this way, 1x960x7x7 -> 160 / 320 0.85-0.92x; 8x960x7x7 -> 160 and
 // 8x576x14x14 -> 160 s2 took 1.25-1.35x (packing there is cheap).
 bool whole_transposed(const Geo& g) {
-  return g.nhwc && 2 * g.N * g.OH * g.OW * (g.CM + g.O) < g.O * g.CM;
+  return g.nhwc && transposing_moves_less(g.N * g.OH * g.OW, g.CM, g.O);
 }
 
 // Small intermediates (whole_ok): the depthwise output of the whole
