@@ -410,3 +410,96 @@ def test_miswired_pointwise_conv_raises_as_the_modules(kernels_on):
     block.conv_pw[0] = nn.Conv2d(8, 12, 1)  # (the depthwise stage gives 16 channels)
     with torch.no_grad(), pytest.raises(RuntimeError, match="to have 8 channels"):
         block(torch.randn(2, 8, 9, 9))
+
+
+def _count_stem_calls(monkeypatch) -> list[int]:
+    calls = [0]
+    original = fused_module._ops.dense_forward_raw
+
+    def counted(*args):
+        calls[0] += 1
+        return original(*args)
+
+    monkeypatch.setattr(fused_module._ops, "dense_forward_raw", counted)
+    return calls
+
+
+@pytest.mark.parametrize("norm", ["batchnorm", None])
+@pytest.mark.parametrize("act", ["relu6", "relu", None])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("bias", [None, True])
+def test_stem_conv_norm_act(norm, act, layout, bias, monkeypatch, kernels_on):
+    """A stem's ConvNormAct (3 -> 16, 3x3 stride 2) in one kernel call: the modules' result
+    in the input's layout."""
+    calls = _count_stem_calls(monkeypatch)
+    cna = _randomise_norms(ConvNormAct(3, 16, 3, 2, bias=bias, norm_layer=norm, act_layer=act))
+    cna.eval()
+    with torch.no_grad():
+        for p in cna.parameters():
+            p.normal_()
+    x = torch.randn(2, 3, 23, 20)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out = fused_module.stem_conv_norm_act(cna, x)
+    assert out is not None and calls[0] == 1
+    expected = _module_by_module(cna, x)
+    assert out.stride() == expected.stride()
+    scale = max(1.0, expected.abs().max().item())
+    assert (out - expected).abs().max().item() <= 1e-5 * scale
+
+
+def _stem_declined():
+    def cna(*args, **kwargs):
+        return ConvNormAct(*args, **kwargs)
+
+    x = torch.randn(2, 3, 16, 16)
+    reflect = cna(3, 8, 3, 2)
+    reflect[0].padding_mode = "reflect"
+    return {
+        "five channels": (cna(5, 8, 3, 2), torch.randn(2, 5, 16, 16)),
+        "groups": (cna(4, 8, 3, 2, groups=2), torch.randn(2, 4, 16, 16)),
+        "taps beyond STEM_TAPS": (cna(3, 8, 11, 2), x),
+        "reflect padding": (reflect, x),
+        "'same' padding (PaddedConv2d)": (cna(3, 8, 3, 2, padding="same"), x),
+        "silu": (cna(3, 8, 3, 2, act_layer="silu"), x),
+        "float64": (cna(3, 8, 3, 2).double(), x.double()),
+        "strided input": (cna(3, 8, 3, 2), torch.randn(2, 3, 16, 32)[..., ::2]),
+        "no output pixel": (cna(3, 8, 5, 1, padding=0), torch.randn(2, 3, 4, 4)),
+        "1x1 (pointwise_conv_norm_act's)": (cna(3, 8, 1), x),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_stem_declined()))
+def test_stem_conv_norm_act_declines(name, kernels_on):
+    cna, x = _stem_declined()[name]
+    with torch.no_grad():
+        assert fused_module.stem_conv_norm_act(cna.eval(), x) is None
+
+
+def test_stem_conv_norm_act_off_and_with_autograd(monkeypatch):
+    cna = _randomise_norms(ConvNormAct(3, 8, 3, 2)).eval()
+    x = torch.randn(2, 3, 16, 16)
+    assert fused_module.stem_conv_norm_act(cna, x) is None  # (grad enabled, parameters)
+    monkeypatch.setenv("SEPCONV_KERNELS", "off")
+    with torch.no_grad():
+        assert fused_module.stem_conv_norm_act(cna, x) is None
+
+
+@pytest.mark.parametrize("make", [mobilenet_v1, mobilenet_v2])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_models_run_their_stem_in_one_call(make, channels_last, monkeypatch, kernels_on):
+    """The networks' stems take the kernel, and the networks still give the modules'
+    result."""
+    model = _randomise_norms(make(width_mult=0.25, num_classes=10)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    if channels_last:
+        model, x = (
+            model.to(memory_format=torch.channels_last),
+            x.contiguous(memory_format=torch.channels_last),
+        )
+    calls = _count_stem_calls(monkeypatch)
+    with torch.no_grad():
+        out = model(x)
+    assert calls[0] == 1
+    torch.testing.assert_close(out, _module_by_module(model, x), rtol=1e-4, atol=1e-5)

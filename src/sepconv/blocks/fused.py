@@ -11,7 +11,9 @@ load), which :class:`~sepconv.SeparableConv2d`'s fusion does not see. Here the p
 A 1x1 ``ConvNormAct`` on its own (MobileNetV2's expansion, the last conv of the features)
 runs as one GEMM into a pooled output with the norm folded into its weights and bias, then
 the activation in place (:func:`pointwise_conv_norm_act`): module by module it wrote three
-fresh tensors, which page-fault on first touch (docs/performance.md, run V).
+fresh tensors, which page-fault on first touch (docs/performance.md, run V). A stem's
+``ConvNormAct`` (a dense conv of at most four input channels) runs as one kernel call the
+same way (:func:`stem_conv_norm_act`).
 """
 
 from __future__ import annotations
@@ -95,9 +97,10 @@ def pointwise_conv_norm_act(cna: nn.Module, x: Tensor) -> Tensor | None:
     """``cna(x)`` for a 1x1 :class:`ConvNormAct` at inference, or None where its modules
     must run one by one.
 
-    One GEMM with the norm folded into the weights and the bias (``torch.baddbmm``, or
-    ``torch.addmm`` for channels_last input) into a pooled output
-    (:func:`sepconv.kernels._ops.pooled_empty`), then the clamp in place.
+    One GEMM with the norm folded into the weights and the bias (the kernels' own for
+    float32 where it runs, else ``torch.baddbmm``, or ``torch.addmm`` for channels_last
+    input) into a pooled output (:func:`sepconv.kernels._ops.pooled_empty`), the clamp in
+    place.
 
     Args:
         cna: a ``ConvNormAct`` whose conv is a plain 1x1 ``nn.Conv2d`` (stride 1, no padding,
@@ -108,25 +111,83 @@ def pointwise_conv_norm_act(cna: nn.Module, x: Tensor) -> Tensor | None:
     Returns:
         ``(N, O, H, W)`` in ``x``'s layout, or None (also under ``SEPCONV_KERNELS=off``).
     """
-    return _pointwise(cna, x) if _eager_inference_on(x) else None
+    if not _eager_inference_on(x) or not _is_pointwise(_first_child(cna)):
+        return None
+    return _conv_norm_act(cna, x)
 
 
-def _pointwise(cna: nn.Module, x: Tensor) -> Tensor | None:
-    """:func:`pointwise_conv_norm_act` once :func:`_eager_inference_on` holds."""
+def stem_conv_norm_act(cna: nn.Module, x: Tensor) -> Tensor | None:
+    """``cna(x)`` for a network's stem at inference in one kernel call
+    (:func:`sepconv.kernels._ops.dense_forward_raw`), or None where its modules must run.
+
+    Through PyTorch, a 3-channel NCHW convolution ran at a tenth of its channels_last speed
+    and the norm and activation each wrote a fresh tensor: MobileNetV2's stem took 2.2 ms at
+    batch 1, the kernel 0.11 ms (docs/performance.md, run X).
+
+    Args:
+        cna: a ``ConvNormAct`` whose conv is a plain ``nn.Conv2d`` of at most
+            :data:`STEM_CHANNELS` input channels, one group, zero padding given as integers
+            and at most :data:`STEM_TAPS` weights a filter; its norm and activation as
+            :func:`~sepconv.layers.fusion.mid_stage_of` takes them.
+        x: ``(N, C, H, W)``, float32, contiguous or channels_last.
+
+    Returns:
+        ``(N, O, OH, OW)`` in ``x``'s layout, or None (also under ``SEPCONV_KERNELS=off``).
+    """
+    if not _eager_inference_on(x) or not _is_stem(_first_child(cna), x):
+        return None
+    return _conv_norm_act(cna, x)
+
+
+#: Input channels and weights a filter up to which a dense conv runs as a stem
+#: (:func:`stem_conv_norm_act`): RGB(A) or grey images, kernels up to 7x7 on four channels.
+STEM_CHANNELS, STEM_TAPS = 4, 256
+
+
+def _conv_norm_act(cna: nn.Module, x: Tensor) -> Tensor | None:
+    """A 1x1 or a stem's ``ConvNormAct`` in one call, once :func:`_eager_inference_on`
+    holds (:func:`pointwise_conv_norm_act`, :func:`stem_conv_norm_act`), else None."""
     if x.dtype not in (torch.float32, torch.float64) or not plain_module(cna, ConvNormAct):
         return None
     stages = conv_norm_act_stages(cna)
     if stages is None:
         return None
     conv, norm, act = stages
-    if not (_plain_conv(conv) and _is_pointwise(conv) and conv.groups == 1):
+    if not (_plain_conv(conv) and conv.groups == 1) or x.shape[1] != conv.in_channels:
         return None
-    if x.shape[1] != conv.in_channels:
+    pointwise = _is_pointwise(conv)
+    if not (pointwise or _is_stem(conv, x)):
         return None
     mid = inference_mid_stage(norm, act, 2, conv)
     if mid is UNFUSED or not _plain_tensors(x, conv, mid):
         return None
-    return _folded_gemm(x, conv, mid)
+    if pointwise:
+        return _folded_gemm(x, conv, mid)
+    norm_tensors, params = mid.kernel_args()
+    args = (conv.stride, conv.padding, conv.dilation)
+    return _ops.dense_forward_raw(x, conv.weight, conv.bias, *args, params, norm_tensors)
+
+
+def _first_child(cna: nn.Module) -> nn.Module | None:
+    return next(iter(cna._modules.values()), None)
+
+
+def _is_stem(conv: nn.Module | None, x: Tensor) -> bool:
+    """A dense conv :func:`stem_conv_norm_act` takes for ``x`` (float32, an output of at
+    least one pixel: else the module raises its error), the kernels usable; not a 1x1 conv
+    (:func:`pointwise_conv_norm_act`'s)."""
+    if not isinstance(conv, nn.Conv2d) or isinstance(conv.padding, str) or _is_pointwise(conv):
+        return False
+    kh, kw = conv.kernel_size
+    taps_ok = conv.in_channels <= STEM_CHANNELS and conv.in_channels * kh * kw <= STEM_TAPS
+    if not (taps_ok and conv.groups == 1 and conv.padding_mode == "zeros"):
+        return False
+    if x.dtype != torch.float32 or x.dim() != 4:
+        return False
+    sizes = zip(x.shape[2:], conv.kernel_size, conv.stride, conv.padding, conv.dilation)
+    if any(n + 2 * p - d * (k - 1) - 1 < 0 for n, k, s, p, d in sizes):
+        return False
+    return dispatch.kernels_usable()
 
 
 def norm_act_inplace(out: Tensor, norm: nn.Module, act: nn.Module) -> Tensor | None:
@@ -149,8 +210,9 @@ def norm_act_inplace(out: Tensor, norm: nn.Module, act: nn.Module) -> Tensor | N
 
 def run_sequential(layers: nn.Sequential, x: Tensor) -> Tensor:
     """``layers(x)``, with each depthwise ``ConvNormAct`` directly followed by a 1x1 conv run
-    as one fused call where :func:`fused_depthwise_pointwise` takes the pair, and other 1x1
-    ``ConvNormAct`` layers as :func:`pointwise_conv_norm_act` runs them."""
+    as one fused call where :func:`fused_depthwise_pointwise` takes the pair, other 1x1
+    ``ConvNormAct`` layers as :func:`pointwise_conv_norm_act` runs them and a stem's as
+    :func:`stem_conv_norm_act` does."""
     # What holds for the whole sequence is asked once (asked per layer, it was a tenth of
     # MobileNetV2's time at batch 1); whether x records history, per layer.
     if not unobserved(layers) or not _eager_on():
@@ -167,7 +229,7 @@ def run_sequential(layers: nn.Sequential, x: Tensor) -> Tensor:
             if out is not None:
                 x, i = out, i + (2 if post is None else 3)
                 continue
-        out = _pointwise(modules[i], x) if inference else None
+        out = _conv_norm_act(modules[i], x) if inference else None
         x, i = (out if out is not None else modules[i](x)), i + 1
     return x
 
@@ -284,9 +346,14 @@ def _is_depthwise(conv: nn.Conv2d) -> bool:
     return conv.groups == conv.in_channels and conv.out_channels % conv.in_channels == 0
 
 
-def _is_pointwise(conv: nn.Conv2d) -> bool:
+def _is_pointwise(conv: nn.Module | None) -> bool:
     one = (1, 1)
-    return conv.kernel_size == one and conv.stride == one and conv.padding == (0, 0)
+    return (
+        isinstance(conv, nn.Conv2d)
+        and conv.kernel_size == one
+        and conv.stride == one
+        and conv.padding == (0, 0)
+    )
 
 
 @functools.lru_cache(maxsize=256)

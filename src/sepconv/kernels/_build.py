@@ -29,7 +29,7 @@ import torch
 SOURCE = Path(__file__).resolve().parent / "csrc" / "sepconv_kernels.cpp"
 #: Every file of the translation unit: the source and the parts it includes.
 SOURCES = (SOURCE, *sorted(SOURCE.parent.glob("*.h")))
-ABI_VERSION = 9
+ABI_VERSION = 10
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -233,6 +233,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.sepconv_sep_forward.restype = c_int
     lib.sepconv_pw_forward.argtypes = [p, p, p, p, p, p, p, p, i64p]
     lib.sepconv_pw_forward.restype = c_int
+    lib.sepconv_dense_forward.argtypes = [p, p, p, p, p, p, p, p, i64p]
+    lib.sepconv_dense_forward.restype = c_int
     lib.sepconv_dw_forward.argtypes = [c_int, p, p, p, p, i64p]
     lib.sepconv_dw_forward.restype = c_int
     lib.sepconv_backward.argtypes = [c_int, p, p, p, p, i64p, p, i64p, p, p, p, i64p, c_int]

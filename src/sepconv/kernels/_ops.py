@@ -458,6 +458,58 @@ def pointwise_forward_raw(
     return out
 
 
+def dense_forward_raw(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    mid: MidParams,
+    norm=_NO_NORM,
+) -> Tensor:
+    """A dense convolution of few input channels (a stem) at inference in one call
+    (``csrc/dense.h``): ``clamp(norm(conv2d(x, weight, bias)))``, zero padding, one group,
+    float32.
+
+    Args:
+        x: ``(N, C, H, W)``, contiguous or channels_last.
+        weight: ``(O, C, KH, KW)``. bias: ``(O,)`` or None.
+        stride, padding, dilation: as ``nn.Conv2d``'s (padding: zeros on both sides).
+        mid: the norm's ``eps`` and the clamp, as :data:`MidParams`.
+        norm: ``(running_mean, running_var, weight, bias)``, each ``(O,)`` (the last two may
+            be None), or all None.
+
+    Returns:
+        ``(N, O, OH, OW)`` in ``x``'s layout.
+    """
+    lib = _build.load()
+    n, c, h, w = x.shape
+    o, _, kh, kw = weight.shape
+    (sy, sx), (py, px), (dy, dx) = stride, padding, dilation
+    oh = (h + 2 * py - dy * (kh - 1) - 1) // sy + 1
+    ow = (w + 2 * px - dx * (kw - 1) - 1) // sx + 1
+    nhwc = not x.is_contiguous()
+    strides = (o * oh * ow, 1, ow * o, o) if nhwc else (o * oh * ow, oh * ow, ow, 1)
+    out = pooled_empty((n, o, oh, ow), strides, x.dtype)
+    flags, *bits = _mid_values(mid)
+    sizes = (n, c, h, w, o, oh, ow, kh, kw, sy, sx, py, px, dy, dx, nhwc, nhwc)
+    geo = (ctypes.c_int64 * 22)(*sizes, torch.get_num_threads(), flags, *bits)
+    weight, bias = weight.contiguous(), _contiguous(bias)  # named: alive during the call
+    norm = [_contiguous(t) for t in norm]
+    _check(
+        lib.sepconv_dense_forward(
+            x.data_ptr(),
+            weight.data_ptr(),
+            _ptr(bias),
+            *[_ptr(t) for t in norm],
+            out.data_ptr(),
+            geo,
+        )
+    )
+    return out
+
+
 def depthwise_forward_raw(x, wd, bd, g: Geometry, launch: Launch | None = None) -> Tensor:
     """Depthwise forward ``(N, C, *spatial) -> (N, C*M, *spatial_out)``."""
     lib = _build.load()

@@ -2,14 +2,15 @@
 //
 // One translation unit with a plain C ABI, loaded with ctypes (no torch headers, so it
 // compiles in seconds). Its parts are the headers included below, in order, one job each:
-// element and vector types (vec.h), the call's geometry (geometry.h), BLAS (blas.h), the
-// own GEMMs (gemm.h, gemm_bf16.h), padded copies (padding.h), reading ahead (reads.h), the planar and
-// channels_last depthwise loops (planar.h, nhwc.h), output tiles (tiles.h, nhwc_tile.h),
-// packed weights (pack.h), the forwards (sep_forward.h, the 1x1 one in pointwise.h,
-// dw_forward.h) and the backward (backward.h), with the buffers a thread keeps from call to
-// call (kept.h); the C ABI is at the end of this file. Tensors arrive as raw pointers plus int64 strides; the pointwise GEMM
-// goes to the BLAS that libtorch_cpu already carries (MKL: sgemm_, dgemm_,
-// cblas_gemm_bf16bf16f32). Threads: OpenMP, as many as torch.get_num_threads().
+// element and vector types (vec.h), the call's geometry (geometry.h), BLAS (blas.h), the own
+// GEMMs (gemm.h, gemm_bf16.h), padded copies (padding.h), reading ahead (reads.h), the planar
+// and channels_last depthwise loops (planar.h, nhwc.h), output tiles (tiles.h, nhwc_tile.h),
+// packed weights (pack.h), the forwards (sep_forward.h, the 1x1 one in pointwise.h, a stem's
+// dense one in dense.h, dw_forward.h) and the backward (backward.h), with the buffers a thread
+// keeps from call to call (kept.h); the C ABI is at the end of this file. Tensors arrive as
+// raw pointers plus int64 strides; the pointwise GEMM goes to the BLAS that libtorch_cpu
+// already carries (MKL: sgemm_, dgemm_, cblas_gemm_bf16bf16f32). Threads: OpenMP, as many as
+// torch.get_num_threads().
 //
 // Everything is done as 2d: a 1d convolution is a 2d one with H = 1.
 //
@@ -48,6 +49,7 @@
 #include "mid_stage.h"
 #include "sep_forward.h"
 #include "pointwise.h"
+#include "dense.h"
 #include "dw_forward.h"
 #include "backward.h"
 
@@ -72,7 +74,7 @@ int sep_forward_as(const void* x, const void* wd, const void* bd, const void* wp
 
 extern "C" {
 
-int sepconv_abi_version() { return 9; }
+int sepconv_abi_version() { return 10; }
 
 // Input bytes from which channels_last tiles touch their input first where the reads are on
 // (kTouchBytes): auto's training rule for channels_last 3x3 depthwise calls follows it.
@@ -139,6 +141,16 @@ int sepconv_pw_forward(const void* x, const void* w, const void* b, const void* 
   const MidNorm<float> norm{(const float*)mean, (const float*)var, (const float*)nw,
                             (const float*)nb};
   pw_forward((const float*)x, (const float*)w, (const float*)b, norm, (float*)out, geo);
+  return 0;
+}
+
+// The dense convolution of few input channels of inference (a stem), float32 (dense.h).
+int sepconv_dense_forward(const void* x, const void* w, const void* b, const void* mean,
+                          const void* var, const void* nw, const void* nb, void* out,
+                          const i64* geo) {
+  const MidNorm<float> norm{(const float*)mean, (const float*)var, (const float*)nw,
+                            (const float*)nb};
+  dense_forward((const float*)x, (const float*)w, (const float*)b, norm, (float*)out, geo);
   return 0;
 }
 

@@ -1,0 +1,196 @@
+"""The kernels' dense forward of few input channels (``csrc/dense.h``: a network's stem, its
+norm folded into the weights, the clamp on the accumulators) equals the NumPy reference:
+planar and channels_last inputs, strides, dilations, zero padding larger than the kernel's
+reach, with and without a norm, bias and clamp, over several thread counts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import assume, example, given, settings
+from hypothesis import strategies as st
+
+from sepconv.kernels import _ops
+from sepconv.reference import batch_norm_inference, conv
+from tests.kernels.helpers import env
+
+pytestmark = pytest.mark.usefixtures("kernels_built")
+
+CLAMPS = [(None, None), (0.0, 6.0), (0.0, None), (-1.0, 0.5)]
+
+
+def _np64(t):
+    return None if t is None else t.detach().double().numpy()
+
+
+def _random_norm(o: int, affine: bool, gen: torch.Generator) -> tuple:
+    stats = (0.3 * torch.randn(o, generator=gen), 0.5 + torch.rand(o, generator=gen))
+    scale_shift = (1 + 0.2 * torch.randn(o, generator=gen), 0.2 * torch.randn(o, generator=gen))
+    return (*stats, *(scale_shift if affine else (None, None)))
+
+
+def _run(
+    n,
+    c,
+    o,
+    size,
+    kernel,
+    stride,
+    padding,
+    dilation,
+    channels_last,
+    norm,
+    bias,
+    clamp,
+    seed,
+    threads=2,
+):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, *size, generator=gen)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(o, c, *kernel, generator=gen)
+    b = torch.randn(o, generator=gen) if bias else None
+    norms = _random_norm(o, norm == "affine", gen) if norm else (None,) * 4
+    eps, (lo, hi) = 1e-3, clamp
+    x_before = x.clone()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        params = (norm is not None, eps, lo, hi)
+        out = _ops.dense_forward_raw(x, weight, b, stride, padding, dilation, params, norms)
+    finally:
+        torch.set_num_threads(previous)
+    assert torch.equal(x, x_before)
+    expected = conv(_np64(x), _np64(weight), _np64(b), stride, padding, dilation)
+    if norm:
+        expected = batch_norm_inference(expected, *[_np64(t) for t in norms], eps)
+    if lo is not None or hi is not None:
+        expected = np.clip(expected, lo, hi)
+    assert out.shape == expected.shape
+    planar = x.is_contiguous()  # (a channels_last x of one channel or pixel is both)
+    layout = torch.contiguous_format if planar else torch.channels_last
+    assert out.is_contiguous(memory_format=layout)
+    # (of the unclamped magnitude: the clamp keeps the rounding of large values)
+    scale = max(1.0, float(np.abs(expected).max()))
+    assert np.abs(out.double().numpy() - expected).max() <= 1e-5 * scale
+
+
+pairs = st.tuples
+_STEM = dict(
+    n=1,
+    c=3,
+    o=32,
+    size=(17, 16),
+    kernel=(3, 3),
+    stride=(2, 2),
+    padding=(1, 1),
+    dilation=(1, 1),
+    channels_last=False,
+    norm="affine",
+    bias=False,
+    clamp=(0.0, 6.0),
+    threads=2,
+    seed=0,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 3),
+    c=st.integers(1, 4),
+    o=st.integers(1, 150),
+    size=pairs(st.integers(1, 19), st.integers(1, 19)),
+    kernel=pairs(st.integers(1, 7), st.integers(1, 7)),
+    stride=pairs(st.integers(1, 3), st.integers(1, 3)),
+    padding=pairs(st.integers(0, 4), st.integers(0, 4)),
+    dilation=pairs(st.integers(1, 3), st.integers(1, 3)),
+    channels_last=st.booleans(),
+    norm=st.sampled_from([None, "plain", "affine"]),
+    bias=st.booleans(),
+    clamp=st.sampled_from(CLAMPS),
+    threads=st.sampled_from([1, 2, 3]),
+    seed=st.integers(0, 2**16),
+)
+# MobileNet's stem (3 -> 32, 3x3 stride 2) and ResNet's (3 -> 64, 7x7 stride 2, padding 3)
+@example(**_STEM)
+@example(**dict(_STEM, o=64, size=(19, 18), kernel=(7, 7), padding=(3, 3), channels_last=True))
+def test_dense_matches_numpy(
+    n,
+    c,
+    o,
+    size,
+    kernel,
+    stride,
+    padding,
+    dilation,
+    channels_last,
+    norm,
+    bias,
+    clamp,
+    threads,
+    seed,
+):
+    reach = [d * (k - 1) + 1 for k, d in zip(kernel, dilation)]
+    assume(all(s + 2 * p >= r for s, p, r in zip(size, padding, reach)))
+    _run(
+        n,
+        c,
+        o,
+        size,
+        kernel,
+        stride,
+        padding,
+        dilation,
+        channels_last,
+        norm,
+        bias,
+        clamp,
+        seed,
+        threads,
+    )
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_dense_mobilenet_stem_size(channels_last):
+    """224 x 224 RGB images, 32 filters 3x3 stride 2: rows split over the threads."""
+    _run(
+        2,
+        3,
+        32,
+        (224, 224),
+        (3, 3),
+        (2, 2),
+        (1, 1),
+        (1, 1),
+        channels_last,
+        "affine",
+        False,
+        (0.0, 6.0),
+        seed=3,
+    )
+
+
+def test_dense_keeps_nan():
+    """A NaN input reaches the outputs that read it as NaN through the clamp, as PyTorch's
+    activations keep it."""
+    x = torch.randn(1, 3, 6, 6)
+    x[0, 1, 2, 2] = float("nan")
+    out = _ops.dense_forward_raw(
+        x, torch.ones(5, 3, 3, 3), None, (1, 1), (1, 1), (1, 1), (False, 1e-5, 0.0, 6.0)
+    )
+    assert torch.isnan(out[0, :, 1:4, 1:4]).all()
+    assert not torch.isnan(out[0, :, 5, 5]).any()
+
+
+def test_dense_off_is_not_consulted():
+    """The raw call runs whatever SEPCONV_KERNELS says (the callers decide)."""
+    x = torch.randn(2, 3, 9, 9)
+    weight = torch.randn(5, 3, 3, 3)
+    with env("off"):
+        out = _ops.dense_forward_raw(
+            x, weight, None, (2, 2), (1, 1), (1, 1), (False, 1e-5, None, None)
+        )
+    expected = torch.nn.functional.conv2d(x, weight, None, 2, 1)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
