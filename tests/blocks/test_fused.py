@@ -503,3 +503,26 @@ def test_models_run_their_stem_in_one_call(make, channels_last, monkeypatch, ker
         out = model(x)
     assert calls[0] == 1
     torch.testing.assert_close(out, _module_by_module(model, x), rtol=1e-4, atol=1e-5)
+
+
+def test_residual_is_added_into_the_fused_output(monkeypatch, kernels_on):
+    """The shortcut's sum is written into the fused call's fresh output (no tensor of its
+    own), the block's input unchanged; the modules' result."""
+    block = _randomise_norms(InvertedResidual(8, 8, expand_ratio=4)).eval()
+    outputs = []
+    original = fused_module._fused_pair
+
+    def recorded(*args):
+        out = original(*args)
+        if out is not None:
+            outputs.append(out.data_ptr())
+        return out
+
+    monkeypatch.setattr(fused_module, "_fused_pair", recorded)
+    x = torch.randn(2, 8, 9, 9)
+    x_before = x.clone()
+    with torch.no_grad():
+        out = block(x)
+    assert outputs and out.data_ptr() == outputs[-1]
+    assert torch.equal(x, x_before)
+    torch.testing.assert_close(out, _module_by_module(block, x))

@@ -208,17 +208,19 @@ def norm_act_inplace(out: Tensor, norm: nn.Module, act: nn.Module) -> Tensor | N
     return out
 
 
-def run_sequential(layers: nn.Sequential, x: Tensor) -> Tensor:
-    """``layers(x)``, with each depthwise ``ConvNormAct`` directly followed by a 1x1 conv run
-    as one fused call where :func:`fused_depthwise_pointwise` takes the pair, other 1x1
-    ``ConvNormAct`` layers as :func:`pointwise_conv_norm_act` runs them and a stem's as
-    :func:`stem_conv_norm_act` does."""
+def run_sequential(layers: nn.Sequential, x: Tensor, residual: Tensor | None = None) -> Tensor:
+    """``layers(x)``, or ``residual + layers(x)``, with each depthwise ``ConvNormAct``
+    directly followed by a 1x1 conv run as one fused call where
+    :func:`fused_depthwise_pointwise` takes the pair, other 1x1 ``ConvNormAct`` layers as
+    :func:`pointwise_conv_norm_act` runs them and a stem's as :func:`stem_conv_norm_act`
+    does. ``residual`` is added in place where the last step was such a call (its output is
+    fresh and no one else's): out of place, the sum was a fresh tensor that page-faults."""
     # What holds for the whole sequence is asked once (asked per layer, it was a tenth of
     # MobileNetV2's time at batch 1); whether x records history, per layer.
     if not unobserved(layers) or not _eager_on():
-        return layers(x)
+        return _plus(residual, layers(x), fresh=False)
     modules = list(layers._modules.values())
-    i = 0
+    i, fresh = 0, False
     while i < len(modules):
         inference = _inference_input(x)
         if inference and i + 1 < len(modules):
@@ -227,11 +229,22 @@ def run_sequential(layers: nn.Sequential, x: Tensor) -> Tensor:
             post = _norm_after(modules[i + 2]) if i + 2 < len(modules) else None
             out = _fused_pair(modules[i], modules[i + 1], x, post)
             if out is not None:
-                x, i = out, i + (2 if post is None else 3)
+                x, i, fresh = out, i + (2 if post is None else 3), True
                 continue
         out = _conv_norm_act(modules[i], x) if inference else None
-        x, i = (out if out is not None else modules[i](x)), i + 1
-    return x
+        fresh = out is not None
+        x, i = (out if fresh else modules[i](x)), i + 1
+    return _plus(residual, x, fresh)
+
+
+def _plus(residual: Tensor | None, out: Tensor, fresh: bool) -> Tensor:
+    """``residual + out`` (``out`` where ``residual`` is None), in ``out`` where it is
+    ``fresh`` (a fused call's output) and the sum has its shape and dtype."""
+    if residual is None:
+        return out
+    if fresh and residual.shape == out.shape and residual.dtype == out.dtype:
+        return out.add_(residual)
+    return residual + out
 
 
 _IDENTITY = nn.Identity()

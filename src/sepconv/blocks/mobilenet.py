@@ -203,5 +203,4 @@ class InvertedResidual(nn.Module):
         At inference the depthwise conv-norm-act and the projection run as one fused call
         (:mod:`sepconv.blocks.fused`) where that is exact.
         """
-        out = run_sequential(self.conv, x)
-        return x + out if self.use_res_connect else out
+        return run_sequential(self.conv, x, x if self.use_res_connect else None)
