@@ -526,3 +526,18 @@ def test_residual_is_added_into_the_fused_output(monkeypatch, kernels_on):
     assert outputs and out.data_ptr() == outputs[-1]
     assert torch.equal(x, x_before)
     torch.testing.assert_close(out, _module_by_module(block, x))
+
+
+@pytest.mark.parametrize("kernel_size", [1, 3])
+def test_conv_norm_act_called_alone_runs_in_one_call(kernel_size, monkeypatch, kernels_on):
+    """``ConvNormAct.forward`` takes the one-call paths itself (a 1x1 conv, a stem), and
+    its own hooks still fire around it."""
+    stem_calls = _count_stem_calls(monkeypatch)
+    cna = _randomise_norms(ConvNormAct(3, 8, kernel_size, act_layer="relu6")).eval()
+    seen = []
+    cna.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    x = torch.randn(2, 3, 10, 10)
+    with torch.no_grad():
+        out = cna(x)
+    assert stem_calls[0] == (kernel_size == 3) and seen == [out.shape]
+    torch.testing.assert_close(out, _module_by_module(cna, x))

@@ -93,6 +93,15 @@ class ConvNormAct(nn.Sequential):
         self._has_norm = not isinstance(norm, nn.Identity)
         self._has_act = not isinstance(act, nn.Identity)
 
+    def forward(self, x: Tensor) -> Tensor:
+        """``act(norm(conv(x)))``: ``(N, C_in, H, W) -> (N, C_out, H', W')``. At inference a 1x1
+        conv or a stem's, with its norm and activation, runs as one call where that is exact
+        (:func:`sepconv.blocks.fused.conv_norm_act`)."""
+        from sepconv.blocks import fused  # (which imports this module)
+
+        out = fused.conv_norm_act(self, x)
+        return out if out is not None else super().forward(x)
+
     @property
     def conv(self) -> nn.Conv2d:
         """The convolution (child ``0``)."""

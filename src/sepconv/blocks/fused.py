@@ -139,15 +139,24 @@ def stem_conv_norm_act(cna: nn.Module, x: Tensor) -> Tensor | None:
     return _conv_norm_act(cna, x)
 
 
+def conv_norm_act(cna: nn.Module, x: Tensor) -> Tensor | None:
+    """:func:`pointwise_conv_norm_act` or :func:`stem_conv_norm_act`, whichever takes
+    ``cna``, or None. ``ConvNormAct.forward`` asks it: hooks on ``cna`` itself have run or
+    will run around that call, so only its children's are asked for."""
+    return _conv_norm_act(cna, x, from_forward=True) if _eager_inference_on(x) else None
+
+
 #: Input channels and weights a filter up to which a dense conv runs as a stem
 #: (:func:`stem_conv_norm_act`): RGB(A) or grey images, kernels up to 7x7 on four channels.
 STEM_CHANNELS, STEM_TAPS = 4, 256
 
 
-def _conv_norm_act(cna: nn.Module, x: Tensor) -> Tensor | None:
+def _conv_norm_act(cna: nn.Module, x: Tensor, from_forward: bool = False) -> Tensor | None:
     """A 1x1 or a stem's ``ConvNormAct`` in one call, once :func:`_eager_inference_on`
     holds (:func:`pointwise_conv_norm_act`, :func:`stem_conv_norm_act`), else None."""
-    if x.dtype not in (torch.float32, torch.float64) or not plain_module(cna, ConvNormAct):
+    if x.dtype not in (torch.float32, torch.float64):
+        return None
+    if not (isinstance(cna, ConvNormAct) if from_forward else plain_module(cna, ConvNormAct)):
         return None
     stages = conv_norm_act_stages(cna)
     if stages is None:
