@@ -522,8 +522,8 @@ def test_wide_intermediate(
 
 
 # Separable outputs of 4 MiB or more in planes (or pixels) of whole cache lines, whose own
-# tile GEMMs store around the caches where vectors are half a line (column blocks from the
-# first line boundary; rows 144 bytes long, so planar tiles start inside a line): output
+# tile GEMMs store around the caches (column blocks from the first line boundary; rows 144
+# bytes long, so planar tiles start inside a line): output
 # channels that are not a multiple of the micro-kernel's rows, groups, dilation, stride 2, a
 # strided input, channels_last.
 STREAMED_GEMM_CASES = (

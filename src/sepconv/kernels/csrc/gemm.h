@@ -19,9 +19,34 @@ namespace {
 // Only valid columns of B are read and of C written; bias_col is read by whole vectors
 // (callers give it slack).
 
+// clamp: null, or {lo, hi} applied to C (max then min, with C as the second operand: a NaN
+// stays NaN, as in PyTorch's activations).
+template <typename Vec>
+inline Vec clamp_vec(Vec v, const float* clamp) {
+#if defined(__AVX512F__)
+  if constexpr (sizeof(Vec) == 64) {
+    const __m512 r = _mm512_max_ps(_mm512_set1_ps(clamp[0]), (__m512)v);
+    return (Vec)_mm512_min_ps(_mm512_set1_ps(clamp[1]), r);
+  }
+#endif
+#if defined(__AVX2__)
+  if constexpr (sizeof(Vec) == 32) {
+    const __m256 r = _mm256_max_ps(_mm256_set1_ps(clamp[0]), (__m256)v);
+    return (Vec)_mm256_min_ps(_mm256_set1_ps(clamp[1]), r);
+  }
+#endif
+  for (i64 l = 0; l < i64(sizeof(Vec) / 4); ++l) {
+    const float x = v[l];
+    v[l] = x < clamp[0] ? clamp[0] : (x > clamp[1] ? clamp[1] : x);
+  }
+  return v;
+}
+
+// stream: C's whole, line-aligned vectors are stored around the caches (AVX-512).
 template <int MR, int NV>
 inline void micro_f32(i64 K, const float* a, i64 lda, const float* b, i64 ldb, float* c, i64 ldc,
-                      const float* bias_row, const float* bias_col, i64 nvalid) {
+                      const float* bias_row, const float* bias_col, i64 nvalid,
+                      bool stream = false, const float* clamp = nullptr) {
   typedef V<float>::t vec;
   constexpr int L = V<float>::L;
   vec acc[MR][NV];
@@ -59,8 +84,16 @@ inline void micro_f32(i64 K, const float* a, i64 lda, const float* b, i64 ldb, f
   for (int i = 0; i < MR; ++i)
     for (int v = 0; v < NV; ++v) {
       const i64 n0 = v * L;
+      if (clamp) acc[i][v] = clamp_vec(acc[i][v], clamp);
+      float* const cv = c + i * ldc + n0;
       if (n0 + L <= nvalid) {
-        vst<float>(c + i * ldc + n0, acc[i][v]);
+#if defined(__AVX512F__)
+        if (stream && (reinterpret_cast<uintptr_t>(cv) & 63) == 0) {
+          _mm512_stream_ps(cv, (__m512)acc[i][v]);
+          continue;
+        }
+#endif
+        vst<float>(cv, acc[i][v]);
       } else {
         for (i64 l = 0; n0 + l < nvalid; ++l) c[i * ldc + n0 + l] = acc[i][v][l];
       }
@@ -82,7 +115,7 @@ inline void store_lanes(float* p, __m256 v, i64 n) {
 template <int MR, int NW = 2>
 inline void micro_avx2(i64 K, const float* a, i64 lda, const float* b, i64 ldb, float* c,
                        i64 ldc, const float* bias_row, const float* bias_col, i64 nvalid,
-                       bool stream, bool accumulate) {
+                       bool stream, bool accumulate, const float* clamp) {
   // NW ymm columns: 16 (NW = 2), or 8 for a last column block of 8 or fewer (an N of 24 as 16
   // + 16 did a quarter of its FMAs on zeros). accumulate: C += A B (a later block of K;
   // the biases were added with the first), else C = A B + biases.
@@ -131,6 +164,13 @@ inline void micro_avx2(i64 K, const float* a, i64 lda, const float* b, i64 ldb, 
       if constexpr (NW == 2) acc[i][NW - 1] = _mm256_fmadd_ps(ai, b1, acc[i][NW - 1]);
     }
   }
+  if (clamp) {
+#pragma GCC unroll 12
+    for (int i = 0; i < MR; ++i) {
+      acc[i][0] = clamp_vec(acc[i][0], clamp);
+      if constexpr (NW == 2) acc[i][NW - 1] = clamp_vec(acc[i][NW - 1], clamp);
+    }
+  }
 #pragma GCC unroll 12
   for (int i = 0; i < MR; ++i) {
     float* ci = c + i * ldc;
@@ -163,18 +203,19 @@ inline void with_rows(i64 mr, F&& f) {
   }
 }
 
-// stream: whole-line stores of C bypass the caches; accumulate: C += A B (both only where
-// micro_avx2 runs).
+// stream: whole-line stores of C bypass the caches; accumulate: C += A B (only where
+// micro_avx2 runs); clamp: null or {lo, hi} for C.
 template <int NV>
 inline void micro_rows(i64 mr, i64 K, const float* a, i64 lda, const float* b, i64 ldb, float* c,
                        i64 ldc, const float* bias_row, const float* bias_col, i64 nvalid,
-                       bool stream = false, bool accumulate = false) {
+                       bool stream = false, bool accumulate = false,
+                       const float* clamp = nullptr) {
 #if defined(SEPCONV_MICRO_AVX2)
   if (NV == 1) {
     auto by_rows = [&](auto nw_c) {
       with_rows(mr, [&](auto mr_c) {
         micro_avx2<decltype(mr_c)::value, decltype(nw_c)::value>(
-            K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid, stream, accumulate);
+            K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid, stream, accumulate, clamp);
       });
     };
     if (nvalid <= 8)
@@ -185,7 +226,8 @@ inline void micro_rows(i64 mr, i64 K, const float* a, i64 lda, const float* b, i
   }
 #endif
   with_rows(mr, [&](auto mr_c) {
-    micro_f32<decltype(mr_c)::value, NV>(K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid);
+    micro_f32<decltype(mr_c)::value, NV>(K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid,
+                                         stream, clamp);
   });
 }
 
@@ -212,14 +254,14 @@ constexpr i64 panel_count(i64 n) { return (n + kPanel - 1) / kPanel; }
 
 // bias_row: M values (one per row of C) or null; bias_col: N values (+ slack) or null.
 // pstride: 0 for a plain B; else B is packed in kPanel-column panels (pack_panels, ldb
-// kPanel), panel j at b + j * pstride. stream (without AVX-512; ldc a multiple of 16): C's
-// whole lines are written around the caches by the last block of K; with a plain B the
-// column blocks start on line boundaries, with panels at C's columns 0, 16, ..., whose rows
-// are then streamed only where those are line-aligned (a group's columns of a grouped
-// channels_last output may not be).
+// kPanel), panel j at b + j * pstride. stream (ldc a multiple of 16): C's whole lines are
+// written around the caches by the last block of K; with a plain B the column blocks start
+// on line boundaries, with panels at C's columns 0, 16, ..., whose rows are then streamed
+// only where those are line-aligned (a group's columns of a grouped channels_last output may
+// not be). clamp: null, or {lo, hi} applied to C as it is stored.
 void gemm_f32(i64 M, i64 N, i64 K, const float* a, i64 lda, const float* b, i64 ldb, float* c,
               i64 ldc, const float* bias_row, const float* bias_col, i64 pstride = 0,
-              bool stream = false) {
+              bool stream = false, const float* clamp = nullptr) {
   constexpr i64 MR = 6;
   // Rows of A in blocks that stay in L2 while all column blocks sweep past them, so a large
   // A (pointwise weight) is read from memory once per call, not once per column block.
@@ -258,13 +300,13 @@ void gemm_f32(i64 M, i64 N, i64 K, const float* a, i64 lda, const float* b, i64 
           const float* bc = bias_col && first ? bias_col + n0 : nullptr;
           const float* am = a + m0 * lda + k0;
           float* cm = c + m0 * ldc + n0;
+          const bool st = stream && last;
+          const float* cl = last ? clamp : nullptr;
           switch (nv) {
-            case 4: micro_rows<4>(mr, kn, am, lda, bk, ldb, cm, ldc, br, bc, nb); break;
-            case 3: micro_rows<3>(mr, kn, am, lda, bk, ldb, cm, ldc, br, bc, nb); break;
-            case 2: micro_rows<2>(mr, kn, am, lda, bk, ldb, cm, ldc, br, bc, nb); break;
-            default:
-              micro_rows<1>(mr, kn, am, lda, bk, ldb, cm, ldc, br, bc, nb, stream && last, !first);
-              break;
+            case 4: micro_rows<4>(mr, kn, am, lda, bk, ldb, cm, ldc, br, bc, nb, st, false, cl); break;
+            case 3: micro_rows<3>(mr, kn, am, lda, bk, ldb, cm, ldc, br, bc, nb, st, false, cl); break;
+            case 2: micro_rows<2>(mr, kn, am, lda, bk, ldb, cm, ldc, br, bc, nb, st, false, cl); break;
+            default: micro_rows<1>(mr, kn, am, lda, bk, ldb, cm, ldc, br, bc, nb, st, !first, cl); break;
           }
         }
       }

@@ -394,17 +394,17 @@ inline i64 l2_bytes() {
   return bytes;
 }
 
-// Whether the own tile GEMMs write their output around the caches (Geo::stream_out): without
-// AVX-512, where the micro-kernel's 16-column store is one whole line, for planar output
-// planes or channels_last pixels of whole lines and outputs of 4 MiB or more (smaller ones
-// may serve the next layer from the cache). Plain stores read each output line first; on
-// AMD Zen 3 streaming took 0.87-0.97x the time on 56x56 and 28x28 planes (8x192x28x28 ->
-// 768 7x7 0.92-0.94x).
+// Whether the own tile GEMMs write their output around the caches (Geo::stream_out): the
+// micro-kernels' 16-column stores are whole lines, for planar output planes or channels_last
+// pixels of whole lines and outputs of 4 MiB or more (smaller ones may serve the next layer
+// from the cache). Plain stores read each output line first; on AMD Zen 3 (AVX2) streaming
+// took 0.87-0.97x the time on 56x56 and 28x28 planes (8x192x28x28 -> 768 7x7 0.92-0.94x), on
+// Zen 5 (AVX-512) row 1 0.95x, 32x64x32x32 -> 128 0.90-0.93x, channels_last 0.97-1.00x.
 constexpr i64 kStreamGemmBytes = i64(4) << 20;
 inline bool stream_tile_output(const Geo& g) {
   const bool planar = !g.nhwc && !g.out_nhwc && g.os[3] == 1 && g.os[1] % 16 == 0;
   const bool nhwc = g.nhwc && g.out_nhwc && g.os[1] == 1 && g.os[3] % 16 == 0 && g.wpT;
-  return kVecBytes < 64 && streaming_enabled() && g.own_gemm && (planar || nhwc) &&
+  return streaming_enabled() && g.own_gemm && (planar || nhwc) &&
          g.N * g.O * g.OH * g.OW * 4 >= kStreamGemmBytes;
 }
 
