@@ -472,6 +472,53 @@ def _bench_mid_row(shape: Shape) -> dict:
     return {"label": shape.label, "times_ms": times}
 
 
+def bench_stems() -> dict:
+    """Networks' stems at inference: MobileNet's 3 -> 32 3x3 stride 2 (BatchNorm, ReLU6) and
+    ResNet's 3 -> 64 7x7 stride 2 (BatchNorm, ReLU) on 224x224 images. PyTorch eager runs the
+    three modules; sepconv's ``ConvNormAct`` one kernel call (``csrc/dense.h``)."""
+    shapes = [
+        Shape("MobileNet stem", n, 3, 224, 32, 3, 2, "stem") for n in ((1,) if QUICK else (1, 8))
+    ]
+    shapes += [Shape("ResNet stem", 1, 3, 224, 64, 7, 2, "stem")]
+    rows = _bench_rows(shapes, _bench_stem_row, "stem")
+    speedups = [r["times_ms"]["pytorch_nchw"] / r["times_ms"]["auto_nchw"] for r in rows]
+    return {"rows": rows, "geomean_speedup_nchw": geomean(speedups)}
+
+
+def _bench_stem_row(shape: Shape) -> dict:
+    from sepconv.blocks import ConvNormAct
+
+    torch.manual_seed(0)
+    act = "relu6" if shape.k == 3 else "relu"
+    stem = ConvNormAct(shape.C, shape.O, shape.k, shape.s, act_layer=act)
+    with torch.no_grad():
+        stem[1].running_mean.normal_()
+        stem[1].running_var.uniform_(0.5, 2.0)
+    stem.eval()
+    stem_cl = copy.deepcopy(stem).to(memory_format=torch.channels_last)
+    x = torch.randn(shape.N, shape.C, shape.H, shape.H)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        os.environ["SEPCONV_KERNELS"] = "off"
+        expected = stem(x)
+        os.environ["SEPCONV_KERNELS"] = "on"
+        got = stem(x)
+    if (got - expected).abs().max().item() > 1e-4 * max(expected.abs().max().item(), 1.0):
+        raise AssertionError(f"sepconv's stem output differs from PyTorch on {shape.label}")
+    fns: dict[str, Callable[[], object]] = {
+        "pytorch_nchw": in_mode(lambda: stem(x), "off"),
+        "pytorch_cl": in_mode(lambda: stem_cl(x_cl), "off"),
+    }
+    ort_run = _onnx_runner(stem, x)
+    if ort_run is not None:
+        fns["onnxruntime"] = ort_run
+    fns["auto_nchw"] = in_mode(lambda: stem(x), "auto")
+    fns["auto_cl"] = in_mode(lambda: stem_cl(x_cl), "auto")
+    times = time_interleaved(fns, 0.4 if QUICK else 0.6)
+    os.environ.pop("SEPCONV_KERNELS", None)
+    return {"label": f"{shape.name} {shape.label}", "times_ms": times}
+
+
 def bench_bfloat16() -> dict | None:
     """The layers in bfloat16 at inference, where the CPU has native bfloat16 (None elsewhere):
     PyTorch eager's depthwise and pointwise modules (oneDNN's bfloat16 kernels), NCHW and
@@ -919,6 +966,7 @@ def main(out_dir: Path) -> dict:
             flush=True,
         )
     mid = bench_mid_stage()
+    stems = bench_stems()
     bf16 = bench_bfloat16()
     models = bench_models()
     dw = bench_depthwise()
@@ -954,6 +1002,10 @@ def main(out_dir: Path) -> dict:
         "\nMobileNet-style layers (depthwise -> BatchNorm -> ReLU6 -> pointwise, eval), "
         f"geometric-mean speed-up of sepconv (auto, NCHW) over PyTorch eager NCHW: "
         f"{mid['geomean_speedup_nchw']:.2f}x"
+    )
+    print(
+        "\nstems (conv -> BatchNorm -> activation, eval), geometric-mean speed-up of sepconv "
+        f"(auto, NCHW) over PyTorch eager NCHW: {stems['geomean_speedup_nchw']:.2f}x"
     )
     if bf16 is not None:
         print(
@@ -999,6 +1051,7 @@ def main(out_dir: Path) -> dict:
             for r in rows
         ],
         "mid_stage": mid,
+        "stems": stems,
         "bfloat16": bf16,
         "models": models,
         "depthwise": dw,
