@@ -99,12 +99,12 @@ void pack_panel_part(const float* src, i64 N, i64 K, i64 j, i64 k0, i64 k1, floa
     for (i64 k = k0; k < k1; ++k) d[k * kPanel + o] = 0.0f;
 }
 
-// Panel j of a plain B (K x N, row stride ldb), zero past N:
+// Rows [k0, k1) of panel j of a plain B (K x N, row stride ldb), zero past N:
 // dst[(j*K + k)*kPanel + o] = b[k*ldb + j*kPanel + o].
-void pack_panel_rows(const float* b, i64 ldb, i64 K, i64 N, i64 j, float* dst) {
+void pack_panel_rows(const float* b, i64 ldb, i64 K, i64 N, i64 j, i64 k0, i64 k1, float* dst) {
   const i64 ob = std::min<i64>(kPanel, N - j * kPanel);
-  float* d = dst + j * K * kPanel;
-  for (i64 k = 0; k < K; ++k, d += kPanel) {
+  float* d = dst + (j * K + k0) * kPanel;
+  for (i64 k = k0; k < k1; ++k, d += kPanel) {
     std::memcpy(d, b + k * ldb + j * kPanel, sizeof(float) * ob);
     std::fill(d + ob, d + kPanel, 0.0f);
   }

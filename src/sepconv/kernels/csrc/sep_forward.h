@@ -318,12 +318,18 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
                 out + p0 * ops + o0, ops, 1, bp ? 1.0f : 0.0f);
     };
     if (panelled) {
+      // Tasks of (panel, block of 64 rows of K): at batch 1 one panel holds all pixels, and
+      // packed by one thread (the other waiting) 1x960x7x7 -> 320 / 160 took 1.04-1.06x,
+      // channels_last 1.09x the time (Zen 5).
+      constexpr i64 KB = 64;
+      const i64 kblocks = (g.CM + KB - 1) / KB;
 #pragma omp for schedule(static)
-      for (i64 j = 0; j < panels; ++j) {
+      for (i64 t = 0; t < panels * kblocks; ++t) {
+        const i64 j = t / kblocks, k0 = t % kblocks * KB, k1 = std::min(g.CM, k0 + KB);
         if (transposed)  // (mid's rows are B's columns)
-          pack_panel_part(mid, P, g.CM, j, 0, g.CM, midP);
+          pack_panel_part(mid, P, g.CM, j, k0, k1, midP);
         else
-          pack_panel_rows(mid, P, g.CM, P, j, midP);
+          pack_panel_rows(mid, P, g.CM, P, j, k0, k1, midP);
       }
     }
     if (nhwc && !transposed && P >= 128 * g.threads) {
