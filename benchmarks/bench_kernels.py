@@ -445,16 +445,25 @@ def _bench_mid_row(shape: Shape) -> dict:
     # (eval: the ONNX export restores the training flag of the model it exports, and these
     # modules are the layer's own)
     ref = nn.Sequential(layer.depthwise, layer.mid_norm, layer.mid_act, layer.pointwise).eval()
-    ref_cl = copy.deepcopy(ref).to(memory_format=torch.channels_last)
     x = torch.randn(shape.N, shape.C, shape.H, shape.H)
+    return _against_pytorch(shape.label, x, ref, layer, layer, "mid-stage")
+
+
+def _against_pytorch(
+    label: str, x: torch.Tensor, ref: nn.Module, ours: nn.Module, ours_cl: nn.Module, what: str
+) -> dict:
+    """``{"label", "times_ms"}``: the modules ``ref`` under ``SEPCONV_KERNELS=off`` (NCHW, and
+    a channels_last copy), ONNX Runtime on ``ref``, and ``ours`` / ``ours_cl`` under ``auto`` on
+    ``x`` and its channels_last copy, interleaved; after checking ``ours`` against ``ref``."""
+    ref_cl = copy.deepcopy(ref).to(memory_format=torch.channels_last)
     x_cl = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         os.environ["SEPCONV_KERNELS"] = "off"
         expected = ref(x)
         os.environ["SEPCONV_KERNELS"] = "on"
-        got = layer(x)
+        got = ours(x)
     if (got - expected).abs().max().item() > 1e-4 * max(expected.abs().max().item(), 1.0):
-        raise AssertionError(f"sepconv's mid-stage output differs from PyTorch on {shape.label}")
+        raise AssertionError(f"sepconv's {what} output differs from PyTorch on {label}")
     fns: dict[str, Callable[[], object]] = {
         "pytorch_nchw": in_mode(lambda: ref(x), "off"),
         "pytorch_cl": in_mode(lambda: ref_cl(x_cl), "off"),
@@ -462,14 +471,14 @@ def _bench_mid_row(shape: Shape) -> dict:
     ort_run = _onnx_runner(ref, x)
     if ort_run is not None:
         fns["onnxruntime"] = ort_run
-    fns["auto_nchw"] = in_mode(lambda: layer(x), "auto")
-    fns["auto_cl"] = in_mode(lambda: layer(x_cl), "auto")
+    fns["auto_nchw"] = in_mode(lambda: ours(x), "auto")
+    fns["auto_cl"] = in_mode(lambda: ours_cl(x_cl), "auto")
     from sepconv.kernels import dispatch
 
     dispatch._calls.clear()
     times = time_interleaved(fns, 0.4 if QUICK else 0.6)
     os.environ.pop("SEPCONV_KERNELS", None)
-    return {"label": shape.label, "times_ms": times}
+    return {"label": label, "times_ms": times}
 
 
 def bench_stems() -> dict:
@@ -497,26 +506,7 @@ def _bench_stem_row(shape: Shape) -> dict:
     stem.eval()
     stem_cl = copy.deepcopy(stem).to(memory_format=torch.channels_last)
     x = torch.randn(shape.N, shape.C, shape.H, shape.H)
-    x_cl = x.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        os.environ["SEPCONV_KERNELS"] = "off"
-        expected = stem(x)
-        os.environ["SEPCONV_KERNELS"] = "on"
-        got = stem(x)
-    if (got - expected).abs().max().item() > 1e-4 * max(expected.abs().max().item(), 1.0):
-        raise AssertionError(f"sepconv's stem output differs from PyTorch on {shape.label}")
-    fns: dict[str, Callable[[], object]] = {
-        "pytorch_nchw": in_mode(lambda: stem(x), "off"),
-        "pytorch_cl": in_mode(lambda: stem_cl(x_cl), "off"),
-    }
-    ort_run = _onnx_runner(stem, x)
-    if ort_run is not None:
-        fns["onnxruntime"] = ort_run
-    fns["auto_nchw"] = in_mode(lambda: stem(x), "auto")
-    fns["auto_cl"] = in_mode(lambda: stem_cl(x_cl), "auto")
-    times = time_interleaved(fns, 0.4 if QUICK else 0.6)
-    os.environ.pop("SEPCONV_KERNELS", None)
-    return {"label": f"{shape.name} {shape.label}", "times_ms": times}
+    return _against_pytorch(f"{shape.name} {shape.label}", x, stem, stem, stem_cl, "stem")
 
 
 def bench_bfloat16() -> dict | None:

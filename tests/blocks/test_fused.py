@@ -37,6 +37,19 @@ def _module_by_module(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model(x).detach()
 
 
+def _count_raw_calls(monkeypatch, name: str) -> list[int]:
+    """A one-element list counting the calls of ``sepconv.kernels._ops.<name>`` from now on."""
+    calls = [0]
+    original = getattr(fused_module._ops, name)
+
+    def counted(*args):
+        calls[0] += 1
+        return original(*args)
+
+    monkeypatch.setattr(fused_module._ops, name, counted)
+    return calls
+
+
 def _count_fused(monkeypatch) -> list[int]:
     calls = [0]
     original = fused_module.separable_forward
@@ -265,14 +278,7 @@ def test_pointwise_conv_norm_act(norm, act, layout, dtype, bias, route, monkeypa
     modules' result, in the input's layout (a conv bias before the norm too), through the
     kernels' 1x1 forward (float32) or PyTorch's GEMM."""
     monkeypatch.setattr(fused_module, "_pointwise_kernel_on", lambda: route == "kernel")
-    kernel_calls = [0]
-    original = fused_module._ops.pointwise_forward_raw
-
-    def counted(*args):
-        kernel_calls[0] += 1
-        return original(*args)
-
-    monkeypatch.setattr(fused_module._ops, "pointwise_forward_raw", counted)
+    kernel_calls = _count_raw_calls(monkeypatch, "pointwise_forward_raw")
     cna = ConvNormAct(12, 20, 1, bias=bias, norm_layer=norm, act_layer=act)
     cna = _randomise_norms(cna).to(dtype)
     cna.eval()
@@ -413,15 +419,7 @@ def test_miswired_pointwise_conv_raises_as_the_modules(kernels_on):
 
 
 def _count_stem_calls(monkeypatch) -> list[int]:
-    calls = [0]
-    original = fused_module._ops.dense_forward_raw
-
-    def counted(*args):
-        calls[0] += 1
-        return original(*args)
-
-    monkeypatch.setattr(fused_module._ops, "dense_forward_raw", counted)
-    return calls
+    return _count_raw_calls(monkeypatch, "dense_forward_raw")
 
 
 @pytest.mark.parametrize("norm", ["batchnorm", None])

@@ -300,3 +300,23 @@ def tile_gemm(name: str):
 def prefetch(name: str):
     """Bring input into the cache ahead of the loops (prefetches, touch passes), or not."""
     return _library_setting("sepconv_set_reads", _build.PREFETCH[name])
+
+
+@contextlib.contextmanager
+def threads(count: int):
+    """``torch.set_num_threads(count)`` for the block, then the old count."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def random_norm(channels: int, affine: bool, gen: torch.Generator) -> tuple:
+    """A batch norm's ``(running_mean, running_var, weight, bias)`` away from the identity
+    (weight and bias None where not ``affine``)."""
+    stats = (0.3 * torch.randn(channels, generator=gen), 0.5 + torch.rand(channels, generator=gen))
+    scale = 1 + 0.2 * torch.randn(channels, generator=gen)
+    shift = 0.2 * torch.randn(channels, generator=gen)
+    return (*stats, *((scale, shift) if affine else (None, None)))

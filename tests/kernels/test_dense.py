@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from sepconv.kernels import _ops
 from sepconv.reference import batch_norm_inference, conv
-from tests.kernels.helpers import env
+from tests.kernels.helpers import env, random_norm
+from tests.kernels.helpers import threads as thread_count
 
 pytestmark = pytest.mark.usefixtures("kernels_built")
 
@@ -24,13 +25,8 @@ def _np64(t):
     return None if t is None else t.detach().double().numpy()
 
 
-def _random_norm(o: int, affine: bool, gen: torch.Generator) -> tuple:
-    stats = (0.3 * torch.randn(o, generator=gen), 0.5 + torch.rand(o, generator=gen))
-    scale_shift = (1 + 0.2 * torch.randn(o, generator=gen), 0.2 * torch.randn(o, generator=gen))
-    return (*stats, *(scale_shift if affine else (None, None)))
-
-
 def _run(
+    *,
     n,
     c,
     o,
@@ -52,16 +48,12 @@ def _run(
         x = x.contiguous(memory_format=torch.channels_last)
     weight = torch.randn(o, c, *kernel, generator=gen)
     b = torch.randn(o, generator=gen) if bias else None
-    norms = _random_norm(o, norm == "affine", gen) if norm else (None,) * 4
+    norms = random_norm(o, norm == "affine", gen) if norm else (None,) * 4
     eps, (lo, hi) = 1e-3, clamp
     x_before = x.clone()
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with thread_count(threads):
         params = (norm is not None, eps, lo, hi)
         out = _ops.dense_forward_raw(x, weight, b, stride, padding, dilation, params, norms)
-    finally:
-        torch.set_num_threads(previous)
     assert torch.equal(x, x_before)
     expected = conv(_np64(x), _np64(weight), _np64(b), stride, padding, dilation)
     if norm:
@@ -132,44 +124,16 @@ def test_dense_matches_numpy(
     threads,
     seed,
 ):
+    case = dict(locals())
     reach = [d * (k - 1) + 1 for k, d in zip(kernel, dilation)]
     assume(all(s + 2 * p >= r for s, p, r in zip(size, padding, reach)))
-    _run(
-        n,
-        c,
-        o,
-        size,
-        kernel,
-        stride,
-        padding,
-        dilation,
-        channels_last,
-        norm,
-        bias,
-        clamp,
-        seed,
-        threads,
-    )
+    _run(**case)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_dense_mobilenet_stem_size(channels_last):
     """224 x 224 RGB images, 32 filters 3x3 stride 2: rows split over the threads."""
-    _run(
-        2,
-        3,
-        32,
-        (224, 224),
-        (3, 3),
-        (2, 2),
-        (1, 1),
-        (1, 1),
-        channels_last,
-        "affine",
-        False,
-        (0.0, 6.0),
-        seed=3,
-    )
+    _run(**dict(_STEM, n=2, size=(224, 224), channels_last=channels_last, seed=3))
 
 
 def test_dense_keeps_nan():

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from sepconv.kernels import _ops
 from sepconv.reference import batch_norm_inference, conv
-from tests.kernels.helpers import env
+from tests.kernels.helpers import env, random_norm, threads
 
 pytestmark = pytest.mark.usefixtures("kernels_built")
 
@@ -32,26 +32,18 @@ def _numpy_pointwise(x, weight, bias, norm, eps, lo, hi) -> np.ndarray:
     return out
 
 
-def _run(n, c, o, h, w, channels_last, has_norm, affine, has_bias, clamp, seed, threads=2):
+def _run(n, c, o, h, w, channels_last, has_norm, affine, has_bias, clamp, seed, count=2):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, c, h, w, generator=gen)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     weight = torch.randn(o, c, 1, 1, generator=gen)
     bias = torch.randn(o, generator=gen) if has_bias else None
-    norm = (None, None, None, None)
-    if has_norm:
-        stats = (0.3 * torch.randn(o, generator=gen), 0.5 + torch.rand(o, generator=gen))
-        scale_shift = (1 + 0.2 * torch.randn(o, generator=gen), 0.2 * torch.randn(o, generator=gen))
-        norm = (*stats, *(scale_shift if affine else (None, None)))
+    norm = random_norm(o, affine, gen) if has_norm else (None,) * 4
     eps, (lo, hi) = 1e-3, clamp
     x_before = x.clone()
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with threads(count):
         out = _ops.pointwise_forward_raw(x, weight, bias, (has_norm, eps, lo, hi), norm)
-    finally:
-        torch.set_num_threads(previous)
     assert torch.equal(x, x_before)
     expected = _numpy_pointwise(x, weight, bias, norm, eps, lo, hi)
     assert out.shape == (n, o, h, w)
@@ -100,7 +92,7 @@ _EXAMPLE = dict(
 def test_pointwise_matches_numpy(
     n, c, o, h, w, channels_last, has_norm, affine, has_bias, clamp, threads, seed
 ):
-    _run(n, c, o, h, w, channels_last, has_norm, affine, has_bias, clamp, seed, threads)
+    _run(n, c, o, h, w, channels_last, has_norm, affine, has_bias, clamp, seed, count=threads)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])

@@ -435,27 +435,13 @@ def pointwise_forward_raw(
     Returns:
         ``(N, O, H, W)``.
     """
-    lib = _build.load()
     n, c, h, w = x.shape
-    o = weight.shape[0]
+    out = _conv_output(x, weight.shape[0], h, w)
     nhwc = not x.is_contiguous()
-    strides = (o * h * w, 1, w * o, o) if nhwc else (o * h * w, h * w, w, 1)
-    out = pooled_empty((n, o, h, w), strides, x.dtype)
     flags, *bits = _mid_values(mid)
-    geo = (ctypes.c_int64 * 10)(n, c, o, h * w, int(nhwc), torch.get_num_threads(), flags, *bits)
-    weight, bias = weight.contiguous(), _contiguous(bias)  # named: alive during the call
-    norm = [_contiguous(t) for t in norm]
-    _check(
-        lib.sepconv_pw_forward(
-            x.data_ptr(),
-            weight.data_ptr(),
-            _ptr(bias),
-            *[_ptr(t) for t in norm],
-            out.data_ptr(),
-            geo,
-        )
-    )
-    return out
+    values = (n, c, weight.shape[0], h * w, int(nhwc), torch.get_num_threads(), flags, *bits)
+    geo = (ctypes.c_int64 * len(values))(*values)
+    return _conv_norm_act_call(_build.load().sepconv_pw_forward, x, weight, bias, norm, out, geo)
 
 
 def dense_forward_raw(
@@ -483,30 +469,36 @@ def dense_forward_raw(
     Returns:
         ``(N, O, OH, OW)`` in ``x``'s layout.
     """
-    lib = _build.load()
     n, c, h, w = x.shape
     o, _, kh, kw = weight.shape
     (sy, sx), (py, px), (dy, dx) = stride, padding, dilation
     oh = (h + 2 * py - dy * (kh - 1) - 1) // sy + 1
     ow = (w + 2 * px - dx * (kw - 1) - 1) // sx + 1
+    out = _conv_output(x, o, oh, ow)
     nhwc = not x.is_contiguous()
-    strides = (o * oh * ow, 1, ow * o, o) if nhwc else (o * oh * ow, oh * ow, ow, 1)
-    out = pooled_empty((n, o, oh, ow), strides, x.dtype)
     flags, *bits = _mid_values(mid)
     sizes = (n, c, h, w, o, oh, ow, kh, kw, sy, sx, py, px, dy, dx, nhwc, nhwc)
-    geo = (ctypes.c_int64 * 22)(*sizes, torch.get_num_threads(), flags, *bits)
+    values = (*sizes, torch.get_num_threads(), flags, *bits)
+    geo = (ctypes.c_int64 * len(values))(*values)
+    lib = _build.load()
+    return _conv_norm_act_call(lib.sepconv_dense_forward, x, weight, bias, norm, out, geo)
+
+
+def _conv_output(x: Tensor, o: int, oh: int, ow: int) -> Tensor:
+    """A pooled ``(N, O, OH, OW)`` output in ``x``'s layout (channels_last where ``x`` is
+    not contiguous)."""
+    if x.is_contiguous():
+        return pooled_empty((x.shape[0], o, oh, ow), (o * oh * ow, oh * ow, ow, 1), x.dtype)
+    return pooled_empty((x.shape[0], o, oh, ow), (o * oh * ow, 1, ow * o, o), x.dtype)
+
+
+def _conv_norm_act_call(entry, x, weight, bias, norm, out: Tensor, geo) -> Tensor:
+    """``entry(x, weight, bias, *norm, out, geo)`` of the library (the 1x1 and the stem
+    forward), the tensors contiguous; ``out``."""
     weight, bias = weight.contiguous(), _contiguous(bias)  # named: alive during the call
     norm = [_contiguous(t) for t in norm]
-    _check(
-        lib.sepconv_dense_forward(
-            x.data_ptr(),
-            weight.data_ptr(),
-            _ptr(bias),
-            *[_ptr(t) for t in norm],
-            out.data_ptr(),
-            geo,
-        )
-    )
+    pointers = (_ptr(bias), *[_ptr(t) for t in norm])
+    _check(entry(x.data_ptr(), weight.data_ptr(), *pointers, out.data_ptr(), geo))
     return out
 
 
