@@ -539,3 +539,14 @@ def test_conv_norm_act_called_alone_runs_in_one_call(kernel_size, monkeypatch, k
         out = cna(x)
     assert stem_calls[0] == (kernel_size == 3) and seen == [out.shape]
     torch.testing.assert_close(out, _module_by_module(cna, x))
+
+
+@pytest.mark.parametrize("kernel_size", [1, 3])
+def test_conv_norm_act_scripts(kernel_size, kernels_on):
+    """TorchScript compiles ``ConvNormAct`` (its one-call paths are left to eager mode) and
+    gives the eager result."""
+    cna = _randomise_norms(ConvNormAct(3, 8, kernel_size, act_layer="relu6")).eval()
+    scripted = torch.jit.script(cna)
+    x = torch.randn(2, 3, 10, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), cna(x))

@@ -45,6 +45,9 @@ class ConvNormAct(nn.Sequential):
     (``nn.Identity`` when absent). Shapes: ``(N, C_in, H, W) -> (N, C_out, H', W')``.
     """
 
+    # (TorchScript compiles properties; these build modules it cannot type)
+    __jit_unused_properties__ = ["conv", "norm", "act"]
+
     def __init__(
         self,
         in_channels: int,
@@ -96,11 +99,20 @@ class ConvNormAct(nn.Sequential):
     def forward(self, x: Tensor) -> Tensor:
         """``act(norm(conv(x)))``: ``(N, C_in, H, W) -> (N, C_out, H', W')``. At inference a 1x1
         conv or a stem's, with its norm and activation, runs as one call where that is exact
-        (:func:`sepconv.blocks.fused.conv_norm_act`)."""
+        (:func:`sepconv.blocks.fused.conv_norm_act`); TorchScript sees the modules."""
+        if not torch.jit.is_scripting():
+            out = self._one_call(x)
+            if out is not None:
+                return out
+        for module in self:
+            x = module(x)
+        return x
+
+    @torch.jit.unused
+    def _one_call(self, x: Tensor) -> Tensor | None:
         from sepconv.blocks import fused  # (which imports this module)
 
-        out = fused.conv_norm_act(self, x)
-        return out if out is not None else super().forward(x)
+        return fused.conv_norm_act(self, x)
 
     @property
     def conv(self) -> nn.Conv2d:
