@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor, nn
 
@@ -46,7 +48,7 @@ class ConvNormAct(nn.Sequential):
     """
 
     # (TorchScript compiles properties; these build modules it cannot type)
-    __jit_unused_properties__ = ["conv", "norm", "act"]
+    __jit_unused_properties__: ClassVar[list[str]] = ["conv", "norm", "act"]
 
     def __init__(
         self,
