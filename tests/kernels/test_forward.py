@@ -563,12 +563,14 @@ def test_streamed_tile_gemm_outputs(case, kernels_on):
 
 
 # Inputs beyond 32 MiB, whose channels_last tiles touch their windows first (edges, padding,
-# stride 2).
+# stride 2), and whose planar stride-2 tiles touch the next channel's window.
 LARGE_INPUT_CASES = (
     Case(2, 2, 64, 1, 8, 1, (264, 256), (3, 3), (1, 1), (1, 1), 1, "zeros", "channels_last", True),
     Case(
         2, 1, 128, 1, 8, 1, (263, 255), (5, 5), (2, 2), (1, 1), 2, "reflect", "channels_last", False
     ),
+    Case(2, 2, 64, 1, 8, 1, (264, 256), (3, 3), (2, 2), (1, 1), 1, "zeros", "contiguous", True),
+    Case(2, 1, 128, 2, 8, 1, (263, 255), (5, 5), (2, 2), (1, 1), 2, "reflect", "contiguous", False),
 )
 
 

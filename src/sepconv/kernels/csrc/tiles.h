@@ -49,6 +49,16 @@ inline bool touch_nhwc_input(const Geo& g, i64 elem) {
   return g_reads == 1 && input_bytes(g, elem) >= kTouchBytes && !padded_copy;
 }
 
+// Whether planar fused tiles touch the next channel's window rather than prefetch the one
+// after it: at stride 2 for inputs beyond the L3 (32 MiB). On Zen 5 touching took
+// 8x96x112x112 -> 24 s2 0.70-0.81x and 16x96x112x112 -> 24 s2 0.65-0.88x the time; inputs in
+// the L3 1.02-1.07x (8x144x56x56 -> 32 s2, 8x192x28x28 -> 64 s2), stride 1 1.1-1.6x even
+// beyond it (8x96x112x112 -> 24, 8x64x112x112 -> 64, row 1).
+constexpr i64 kTouchStride2Bytes = i64(32) << 20;
+inline bool touch_planar_next(const Geo& g, i64 elem) {
+  return g_reads == 1 && g.sy == 2 && input_bytes(g, elem) >= kTouchStride2Bytes;
+}
+
 // Touch the input window of a channels_last tile (output rows [oy0, oy0 + th), columns
 // [ox0, ox0 + tw)) of dense pixels.
 template <typename S>
