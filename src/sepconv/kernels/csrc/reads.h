@@ -13,7 +13,8 @@ namespace {
 // set by CPU from Python): 0 no (what runs G-K measured on Intel), 1 yes (measured on AMD Zen
 // 5, run L). There, without it, the depthwise loops' short column strips had only a few
 // misses out at a time and read memory at 4-7 GB/s a thread. With it:
-// - fused planar tiles prefetch a later channel's window into L2 (row 1 0.75-0.84x the time);
+// - fused planar tiles prefetch a later channel's window into L2 (row 1 0.75-0.84x the time),
+//   or touch the next one at stride 2 beyond the L3 (touch_planar_next, run X);
 // - planar depthwise tasks touch their window first (touch_window: one load per cache line,
 //   in memory order, so the misses go out together): 3x3 / 5x5 / 7x7 on 8x128x112x112
 //   0.58 / 0.48 / 0.61x the time of prefetching it;
