@@ -22,7 +22,8 @@ namespace {
 // clamp: null, or {lo, hi} applied to C (max then min, with C as the second operand: a NaN
 // stays NaN, as in PyTorch's activations).
 template <typename Vec>
-inline Vec clamp_vec(Vec v, const float* clamp) {
+inline Vec clamp_vec(const Vec& in, const float* clamp) {
+  Vec v = in;
 #if defined(__AVX512F__)
   if constexpr (sizeof(Vec) == 64) {
     const __m512 r = _mm512_max_ps(_mm512_set1_ps(clamp[0]), (__m512)v);
