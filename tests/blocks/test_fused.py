@@ -550,3 +550,16 @@ def test_conv_norm_act_scripts(kernel_size, kernels_on):
     x = torch.randn(2, 3, 10, 10)
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), cna(x))
+
+
+def test_stems_beyond_27_weights_need_wide_vectors(monkeypatch, kernels_on):
+    """Without AVX-512 only stems of at most 27 weights a filter (3x3 on 3 channels) take
+    the kernel, where it was measured faster."""
+    x = torch.randn(1, 3, 20, 20)
+    small, large = ConvNormAct(3, 8, 3, 2).eval(), ConvNormAct(3, 8, 7, 2).eval()
+    monkeypatch.setattr(fused_module, "_wide_vectors", lambda: False)
+    with torch.no_grad():
+        assert fused_module.stem_conv_norm_act(small, x) is not None
+        assert fused_module.stem_conv_norm_act(large, x) is None
+        monkeypatch.setattr(fused_module, "_wide_vectors", lambda: True)
+        assert fused_module.stem_conv_norm_act(large, x) is not None
