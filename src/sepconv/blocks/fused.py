@@ -99,7 +99,7 @@ def pointwise_conv_norm_act(cna: nn.Module, x: Tensor) -> Tensor | None:
 
     One GEMM with the norm folded into the weights and the bias (the kernels' own for
     float32 where it runs, else ``torch.baddbmm``, or ``torch.addmm`` for channels_last
-    input) into a pooled output (:func:`sepconv.kernels._ops.pooled_empty`), the clamp in
+    input) into a pooled output (:func:`sepconv.kernels._ops.conv_output`), the clamp in
     place.
 
     Args:
@@ -198,8 +198,8 @@ def _is_stem(conv: nn.Module | None, x: Tensor) -> bool:
         return False
     if x.dtype != torch.float32 or x.dim() != 4:
         return False
-    sizes = zip(x.shape[2:], conv.kernel_size, conv.stride, conv.padding, conv.dilation)
-    if any(n + 2 * p - d * (k - 1) - 1 < 0 for n, k, s, p, d in sizes):
+    sizes = zip(x.shape[2:], conv.kernel_size, conv.padding, conv.dilation)
+    if any(n + 2 * p - d * (k - 1) - 1 < 0 for n, k, p, d in sizes):
         return False
     return dispatch.kernels_usable() and (taps <= STEM_TAPS_NARROW or _wide_vectors())
 
@@ -340,8 +340,8 @@ def _folded_gemm(x: Tensor, conv: nn.Conv2d, mid: MidStage) -> Tensor:
         weight = weight * alpha[:, None]
     if bias is None:
         bias = x.new_zeros(o)
+    out = _ops.conv_output(x, o, h, w)
     if x.is_contiguous():
-        out = _ops.pooled_empty((n, o, h, w), (o * h * w, h * w, w, 1), x.dtype)
         columns = out.view(n, o, h * w)
         torch.baddbmm(
             bias.view(1, o, 1).expand(n, o, h * w),
@@ -350,7 +350,6 @@ def _folded_gemm(x: Tensor, conv: nn.Conv2d, mid: MidStage) -> Tensor:
             out=columns,
         )
     else:  # channels_last: pixels are rows
-        out = _ops.pooled_empty((n, o, h, w), (o * h * w, 1, w * o, o), x.dtype)
         rows = out.permute(0, 2, 3, 1).view(n * h * w, o)
         torch.addmm(bias, x.permute(0, 2, 3, 1).reshape(n * h * w, c), weight.t(), out=rows)
     if mid.lo is not None or mid.hi is not None:

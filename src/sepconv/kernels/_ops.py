@@ -436,7 +436,7 @@ def pointwise_forward_raw(
         ``(N, O, H, W)``.
     """
     n, c, h, w = x.shape
-    out = _conv_output(x, weight.shape[0], h, w)
+    out = conv_output(x, weight.shape[0], h, w)
     nhwc = not x.is_contiguous()
     flags, *bits = _mid_values(mid)
     values = (n, c, weight.shape[0], h * w, int(nhwc), torch.get_num_threads(), flags, *bits)
@@ -474,7 +474,7 @@ def dense_forward_raw(
     (sy, sx), (py, px), (dy, dx) = stride, padding, dilation
     oh = (h + 2 * py - dy * (kh - 1) - 1) // sy + 1
     ow = (w + 2 * px - dx * (kw - 1) - 1) // sx + 1
-    out = _conv_output(x, o, oh, ow)
+    out = conv_output(x, o, oh, ow)
     nhwc = not x.is_contiguous()
     flags, *bits = _mid_values(mid)
     sizes = (n, c, h, w, o, oh, ow, kh, kw, sy, sx, py, px, dy, dx, nhwc, nhwc)
@@ -484,12 +484,11 @@ def dense_forward_raw(
     return _conv_norm_act_call(lib.sepconv_dense_forward, x, weight, bias, norm, out, geo)
 
 
-def _conv_output(x: Tensor, o: int, oh: int, ow: int) -> Tensor:
+def conv_output(x: Tensor, o: int, oh: int, ow: int) -> Tensor:
     """A pooled ``(N, O, OH, OW)`` output in ``x``'s layout (channels_last where ``x`` is
     not contiguous)."""
-    if x.is_contiguous():
-        return pooled_empty((x.shape[0], o, oh, ow), (o * oh * ow, oh * ow, ow, 1), x.dtype)
-    return pooled_empty((x.shape[0], o, oh, ow), (o * oh * ow, 1, ow * o, o), x.dtype)
+    shape = (x.shape[0], o, oh, ow)
+    return pooled_empty(shape, _layout_strides(shape, 2, not x.is_contiguous()), x.dtype)
 
 
 def _conv_norm_act_call(entry, x, weight, bias, norm, out: Tensor, geo) -> Tensor:

@@ -27,7 +27,8 @@ namespace {
 struct DenseGeo {
   i64 N, C, H, W, O, OH, OW, KH, KW, sy, sx, py, px, dy, dx, threads;
   bool in_nhwc, out_nhwc, norm, clamp;
-  float eps, lo, hi;
+  float eps, lohi[2];
+  const float* clamp_bounds() const { return clamp ? lohi : nullptr; }  // (for clamp_vec)
   i64 taps() const { return C * KH * KW; }
   i64 span() const { return (OW - 1) * sx + (KW - 1) * dx + 1; }  // padded input columns read
 };
@@ -43,8 +44,8 @@ inline DenseGeo dense_geo(const i64* g) {
   r.norm = (g[18] & 1) != 0;
   r.clamp = (g[18] & 2) != 0;
   r.eps = float(bits_to_double(g[19]));
-  r.lo = r.clamp ? float(bits_to_double(g[20])) : 0.0f;
-  r.hi = r.clamp ? float(bits_to_double(g[21])) : 0.0f;
+  r.lohi[0] = float(bits_to_double(g[20]));
+  r.lohi[1] = float(bits_to_double(g[21]));
   return r;
 }
 
@@ -118,12 +119,10 @@ inline void dense_micro(const DenseGeo& g, const float* rows, const i64* toff, c
       for (int v = 0; v < NV; ++v) acc[i][v] += a * wv[v];
     }
   }
-  const Vec lo = vset<float>(g.lo), hi = vset<float>(g.hi);
+  const float* const clamp = g.clamp_bounds();
   for (int i = 0; i < PX; ++i)
     for (int v = 0; v < NV; ++v) {
-      Vec r = acc[i][v];
-      // (as clamp_rows: a NaN stays NaN)
-      if (g.clamp) r = r < lo ? lo : (r > hi ? hi : r);
+      const Vec r = clamp ? clamp_vec(acc[i][v], clamp) : acc[i][v];
       const i64 left = valid - v * L;
       if (left >= L)
         vst<float>(dst + i * dps + v * L, r);

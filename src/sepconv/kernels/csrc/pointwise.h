@@ -22,7 +22,12 @@ namespace {
 struct PwGeo {
   i64 N, C, O, P, threads;
   bool nhwc, norm, clamp;
-  float eps, lo, hi;
+  float eps, lohi[2];
+  // The clamp's {lo, hi} for the GEMM's stores (applied to the accumulators: a pass over
+  // each output block less), or null. (Streaming the output too, for outputs beyond half
+  // the L3: 8x16x112x112 -> 96 0.96-1.0x, 8x24x56x56 -> 144 0.94x, channels_last
+  // 1.05-1.08x, in the network 0.96-1.04x: not kept.)
+  const float* clamp_bounds() const { return clamp ? lohi : nullptr; }
 };
 
 inline PwGeo pw_geo(const i64* g) {
@@ -36,8 +41,8 @@ inline PwGeo pw_geo(const i64* g) {
   r.norm = (g[6] & 1) != 0;
   r.clamp = (g[6] & 2) != 0;
   r.eps = float(bits_to_double(g[7]));
-  r.lo = float(bits_to_double(g[8]));
-  r.hi = float(bits_to_double(g[9]));
+  r.lohi[0] = float(bits_to_double(g[8]));
+  r.lohi[1] = float(bits_to_double(g[9]));
   return r;
 }
 
@@ -57,14 +62,6 @@ void fold_pointwise(const PwGeo& g, const float* w, const float* b, const MidNor
 // Planar: each image's output planes are W' (O x C) times its input planes (C x P), in tasks
 // of (image, block of columns, block of output channels); a task's input columns (C x cw)
 // stay in L2 while the weight's rows pass over them, and its output block is clamped there.
-// The clamp's {lo, hi} for the GEMM's stores (applied to the accumulators: a pass over each
-// output block less), or null. (Streaming the output too, for outputs beyond half the L3:
-// 8x16x112x112 -> 96 0.96-1.0x, 8x24x56x56 -> 144 0.94x, channels_last 1.05-1.08x, in the
-// network 0.96-1.04x: not kept.)
-inline const float* pw_clamp(const PwGeo& g, const float (&lohi)[2]) {
-  return g.clamp ? lohi : nullptr;
-}
-
 void pw_planar(const PwGeo& g, const float* x, const float* wf, const float* bf, float* out) {
   i64 cw = std::min<i64>(1024, std::max<i64>(64, (i64(64) << 10) / g.C / 16 * 16));
   const i64 wanted = 4 * g.threads;  // tasks, so that the threads end together
@@ -74,7 +71,6 @@ void pw_planar(const PwGeo& g, const float* x, const float* wf, const float* bf,
   const i64 rb = std::max<i64>(1, std::min((wanted + g.N * chunks - 1) / (g.N * chunks),
                                            (g.O + 23) / 24));
   const i64 rows = (g.O + rb - 1) / rb;
-  const float lohi[2] = {g.lo, g.hi};
 #pragma omp parallel for num_threads(g.threads) schedule(dynamic, 1)
   for (i64 t = 0; t < g.N * chunks * rb; ++t) {
     const i64 n = t / (chunks * rb), p0 = (t / rb) % chunks * cw, o0 = t % rb * rows;
@@ -82,7 +78,7 @@ void pw_planar(const PwGeo& g, const float* x, const float* wf, const float* bf,
     if (on <= 0) continue;
     float* c = out + (n * g.O + o0) * g.P + p0;
     gemm_f32(on, pn, g.C, wf + o0 * g.C, g.C, x + n * g.C * g.P + p0, g.P, c, g.P, bf + o0,
-             nullptr, 0, false, pw_clamp(g, lohi));
+             nullptr, 0, false, g.clamp_bounds());
   }
 }
 
@@ -91,13 +87,12 @@ void pw_planar(const PwGeo& g, const float* x, const float* wf, const float* bf,
 void pw_nhwc(const PwGeo& g, const float* x, const float* panels, const float* bf, float* out) {
   const i64 rows = g.N * g.P;
   const i64 rb = std::min<i64>(96, std::max<i64>(6, (rows + 4 * g.threads - 1) / (4 * g.threads)));
-  const float lohi[2] = {g.lo, g.hi};
 #pragma omp parallel for num_threads(g.threads) schedule(dynamic, 1)
   for (i64 r0 = 0; r0 < rows; r0 += rb) {
     const i64 rn = std::min(rb, rows - r0);
     float* c = out + r0 * g.O;
     gemm_f32(rn, g.O, g.C, x + r0 * g.C, g.C, panels, kPanel, c, g.O, nullptr, bf, kPanel * g.C,
-             false, pw_clamp(g, lohi));
+             false, g.clamp_bounds());
   }
 }
 
