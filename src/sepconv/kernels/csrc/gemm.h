@@ -44,16 +44,21 @@ inline Vec clamp_vec(const Vec& in, const float* clamp) {
 }
 
 // stream: C's whole, line-aligned vectors are stored around the caches (AVX-512).
+// scale: null, or multipliers of A B along the bias's axis (scale[i] with bias_row,
+// scale[j] with bias_col, read like it); the bias is then added after them.
 template <int MR, int NV>
 inline void micro_f32(i64 K, const float* a, i64 lda, const float* b, i64 ldb, float* c, i64 ldc,
                       const float* bias_row, const float* bias_col, i64 nvalid,
-                      bool stream = false, const float* clamp = nullptr) {
+                      bool stream = false, const float* clamp = nullptr,
+                      const float* scale = nullptr) {
   typedef V<float>::t vec;
   constexpr int L = V<float>::L;
   vec acc[MR][NV];
   for (int i = 0; i < MR; ++i)
     for (int v = 0; v < NV; ++v) {
-      if (bias_row)
+      if (scale)
+        acc[i][v] = vzero<float>();
+      else if (bias_row)
         acc[i][v] = vset<float>(bias_row[i]);
       else if (bias_col)
         acc[i][v] = vld<float>(bias_col + v * L);
@@ -85,6 +90,9 @@ inline void micro_f32(i64 K, const float* a, i64 lda, const float* b, i64 ldb, f
   for (int i = 0; i < MR; ++i)
     for (int v = 0; v < NV; ++v) {
       const i64 n0 = v * L;
+      if (scale)
+        acc[i][v] = bias_row ? acc[i][v] * vset<float>(scale[i]) + vset<float>(bias_row[i])
+                             : acc[i][v] * vld<float>(scale + n0) + vld<float>(bias_col + n0);
       if (clamp) acc[i][v] = clamp_vec(acc[i][v], clamp);
       float* const cv = c + i * ldc + n0;
       if (n0 + L <= nvalid) {
@@ -116,7 +124,7 @@ inline void store_lanes(float* p, __m256 v, i64 n) {
 template <int MR, int NW = 2>
 inline void micro_avx2(i64 K, const float* a, i64 lda, const float* b, i64 ldb, float* c,
                        i64 ldc, const float* bias_row, const float* bias_col, i64 nvalid,
-                       bool stream, bool accumulate, const float* clamp) {
+                       bool stream, bool accumulate, const float* clamp, const float* scale) {
   // NW ymm columns: 16 (NW = 2), or 8 for a last column block of 8 or fewer (an N of 24 as 16
   // + 16 did a quarter of its FMAs on zeros). accumulate: C += A B (a later block of K;
   // the biases were added with the first), else C = A B + biases.
@@ -137,11 +145,13 @@ inline void micro_avx2(i64 K, const float* a, i64 lda, const float* b, i64 ldb, 
   for (int i = 0; i < MR; ++i) {
     const float* ci = c + i * ldc;
     acc[i][0] = accumulate ? load_c(ci, mask0)
+                : scale    ? _mm256_setzero_ps()
                 : bias_row ? _mm256_set1_ps(bias_row[i])
                 : bias_col ? _mm256_loadu_ps(bias_col)
                            : _mm256_setzero_ps();
     if constexpr (NW == 2)
       acc[i][NW - 1] = accumulate ? load_c(ci + 8, mask1)
+                       : scale    ? _mm256_setzero_ps()
                        : bias_row ? _mm256_set1_ps(bias_row[i])
                        : bias_col ? _mm256_loadu_ps(bias_col + 8)
                                   : _mm256_setzero_ps();
@@ -164,6 +174,15 @@ inline void micro_avx2(i64 K, const float* a, i64 lda, const float* b, i64 ldb, 
       acc[i][0] = _mm256_fmadd_ps(ai, b0, acc[i][0]);
       if constexpr (NW == 2) acc[i][NW - 1] = _mm256_fmadd_ps(ai, b1, acc[i][NW - 1]);
     }
+  }
+  if (scale) {  // (as in micro_f32)
+#pragma GCC unroll 12
+    for (int i = 0; i < MR; ++i)
+      for (int v = 0; v < NW; ++v)
+        acc[i][v] = bias_row ? _mm256_fmadd_ps(acc[i][v], _mm256_set1_ps(scale[i]),
+                                               _mm256_set1_ps(bias_row[i]))
+                             : _mm256_fmadd_ps(acc[i][v], _mm256_loadu_ps(scale + 8 * v),
+                                               _mm256_loadu_ps(bias_col + 8 * v));
   }
   if (clamp) {
 #pragma GCC unroll 12
@@ -205,18 +224,19 @@ inline void with_rows(i64 mr, F&& f) {
 }
 
 // stream: whole-line stores of C bypass the caches; accumulate: C += A B (only where
-// micro_avx2 runs); clamp: null or {lo, hi} for C.
+// micro_avx2 runs); clamp: null or {lo, hi} for C; scale: as in micro_f32.
 template <int NV>
 inline void micro_rows(i64 mr, i64 K, const float* a, i64 lda, const float* b, i64 ldb, float* c,
                        i64 ldc, const float* bias_row, const float* bias_col, i64 nvalid,
                        bool stream = false, bool accumulate = false,
-                       const float* clamp = nullptr) {
+                       const float* clamp = nullptr, const float* scale = nullptr) {
 #if defined(SEPCONV_MICRO_AVX2)
   if (NV == 1) {
     auto by_rows = [&](auto nw_c) {
       with_rows(mr, [&](auto mr_c) {
         micro_avx2<decltype(mr_c)::value, decltype(nw_c)::value>(
-            K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid, stream, accumulate, clamp);
+            K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid, stream, accumulate, clamp,
+            scale);
       });
     };
     if (nvalid <= 8)
@@ -228,7 +248,7 @@ inline void micro_rows(i64 mr, i64 K, const float* a, i64 lda, const float* b, i
 #endif
   with_rows(mr, [&](auto mr_c) {
     micro_f32<decltype(mr_c)::value, NV>(K, a, lda, b, ldb, c, ldc, bias_row, bias_col, nvalid,
-                                         stream, clamp);
+                                         stream, clamp, scale);
   });
 }
 
@@ -259,10 +279,12 @@ constexpr i64 panel_count(i64 n) { return (n + kPanel - 1) / kPanel; }
 // written around the caches by the last block of K; with a plain B the column blocks start
 // on line boundaries, with panels at C's columns 0, 16, ..., whose rows are then streamed
 // only where those are line-aligned (a group's columns of a grouped channels_last output may
-// not be). clamp: null, or {lo, hi} applied to C as it is stored.
+// not be). clamp: null, or {lo, hi} applied to C as it is stored. scale: null, or M (with
+// bias_row) or N (+ slack, with bias_col) multipliers of A B before the bias is added: C =
+// scale * (A B) + bias (a batch norm applied to the accumulators instead of folded into A).
 void gemm_f32(i64 M, i64 N, i64 K, const float* a, i64 lda, const float* b, i64 ldb, float* c,
               i64 ldc, const float* bias_row, const float* bias_col, i64 pstride = 0,
-              bool stream = false, const float* clamp = nullptr) {
+              bool stream = false, const float* clamp = nullptr, const float* scale = nullptr) {
   constexpr i64 MR = 6;
   // Rows of A in blocks that stay in L2 while all column blocks sweep past them, so a large
   // A (pointwise weight) is read from memory once per call, not once per column block.
@@ -297,17 +319,20 @@ void gemm_f32(i64 M, i64 N, i64 K, const float* a, i64 lda, const float* b, i64 
           // block of 1 or 2 rows has too few accumulator chains to cover the FMA latency.
           const i64 left = (mend - m0 + MR - 1) / MR;  // blocks left
           mr = (mend - m0 + left - 1) / left;
-          const float* br = bias_row && first ? bias_row + m0 : nullptr;
-          const float* bc = bias_col && first ? bias_col + n0 : nullptr;
+          // (the bias with the first block of K, or after the scale with the last)
+          const bool with_bias = scale ? last : first;
+          const float* br = bias_row && with_bias ? bias_row + m0 : nullptr;
+          const float* bc = bias_col && with_bias ? bias_col + n0 : nullptr;
+          const float* sc = scale && last ? scale + (bias_row ? m0 : n0) : nullptr;
           const float* am = a + m0 * lda + k0;
           float* cm = c + m0 * ldc + n0;
           const bool st = stream && last;
           const float* cl = last ? clamp : nullptr;
           switch (nv) {
-            case 4: micro_rows<4>(mr, kn, am, lda, bk, ldb, cm, ldc, br, bc, nb, st, false, cl); break;
-            case 3: micro_rows<3>(mr, kn, am, lda, bk, ldb, cm, ldc, br, bc, nb, st, false, cl); break;
-            case 2: micro_rows<2>(mr, kn, am, lda, bk, ldb, cm, ldc, br, bc, nb, st, false, cl); break;
-            default: micro_rows<1>(mr, kn, am, lda, bk, ldb, cm, ldc, br, bc, nb, st, !first, cl); break;
+            case 4: micro_rows<4>(mr, kn, am, lda, bk, ldb, cm, ldc, br, bc, nb, st, false, cl, sc); break;
+            case 3: micro_rows<3>(mr, kn, am, lda, bk, ldb, cm, ldc, br, bc, nb, st, false, cl, sc); break;
+            case 2: micro_rows<2>(mr, kn, am, lda, bk, ldb, cm, ldc, br, bc, nb, st, false, cl, sc); break;
+            default: micro_rows<1>(mr, kn, am, lda, bk, ldb, cm, ldc, br, bc, nb, st, !first, cl, sc); break;
           }
         }
       }
