@@ -42,9 +42,9 @@ def _count_raw_calls(monkeypatch, name: str) -> list[int]:
     calls = [0]
     original = getattr(fused_module._ops, name)
 
-    def counted(*args):
+    def counted(*args, **kwargs):
         calls[0] += 1
-        return original(*args)
+        return original(*args, **kwargs)
 
     monkeypatch.setattr(fused_module._ops, name, counted)
     return calls

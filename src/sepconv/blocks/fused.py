@@ -23,6 +23,7 @@ import functools
 import torch
 from torch import Tensor, nn
 
+from sepconv.blocks import plans
 from sepconv.blocks.common import ConvNormAct
 from sepconv.functional.conv import MidStage, separable_forward
 from sepconv.functional.padding import PaddingPlan, resolve_padding
@@ -175,10 +176,21 @@ def _conv_norm_act(cna: nn.Module, x: Tensor, from_forward: bool = False) -> Ten
     if mid is UNFUSED or not _plain_tensors(x, conv, mid):
         return None
     if pointwise:
-        return _folded_gemm(x, conv, mid)
-    norm_tensors, params = mid.kernel_args()
-    args = (conv.stride, conv.padding, conv.dilation)
-    return _ops.dense_forward_raw(x, conv.weight, conv.bias, *args, params, norm_tensors)
+        step = functools.partial(_folded_gemm, conv=conv, mid=mid)
+    else:
+        norm_tensors, params = mid.kernel_args()
+        step = functools.partial(
+            _ops.dense_forward_raw,
+            weight=conv.weight,
+            bias=conv.bias,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            mid=params,
+            norm=norm_tensors,
+        )
+    dispatch.record(step)  # (what a plan replays: sepconv.blocks.plans)
+    return step(x)
 
 
 def _first_child(cna: nn.Module) -> nn.Module | None:
@@ -236,9 +248,15 @@ def run_sequential(layers: nn.Sequential, x: Tensor, residual: Tensor | None = N
     does. ``residual`` is added in place where the last step was such a call (its output is
     fresh and no one else's): out of place, the sum was a fresh tensor that page-faults."""
     # What holds for the whole sequence is asked once (asked per layer, it was a tenth of
-    # MobileNetV2's time at batch 1); whether x records history, per layer.
+    # MobileNetV2's time at batch 1); whether x records history, per layer. Without autograd,
+    # a call that finds the sequence as its first call left it replays that call's steps
+    # (sepconv.blocks.plans).
     if not unobserved(layers) or not _eager_on():
         return _plus(residual, layers(x), fresh=False)
+    plan = plans.lookup(layers, x)
+    if plan is not None:
+        return _plus(residual, plan.run(x), plan.fresh)
+    recorder = plans.Recorder(layers, x)
     modules = list(layers._modules.values())
     i, fresh = 0, False
     while i < len(modules):
@@ -247,14 +265,29 @@ def run_sequential(layers: nn.Sequential, x: Tensor, residual: Tensor | None = N
             # (a batch norm after the pair, as MobileNetV2's projection norm, goes into the
             # call: as a module it was a pass over the output and a fresh tensor)
             post = _norm_after(modules[i + 2]) if i + 2 < len(modules) else None
-            out = _fused_pair(modules[i], modules[i + 1], x, post)
+            with dispatch.capture() as recorded:
+                out = _fused_pair(modules[i], modules[i + 1], x, post)
             if out is not None:
-                x, i, fresh = out, i + (2 if post is None else 3), True
+                taken = modules[i : i + (2 if post is None else 3)]
+                recorder.fused(recorded, [*taken, *_children(modules[i])])
+                x, i, fresh = out, i + len(taken), True
                 continue
-        out = _conv_norm_act(modules[i], x) if inference else None
+        with dispatch.capture() as recorded:
+            out = _conv_norm_act(modules[i], x) if inference else None
         fresh = out is not None
-        x, i = (out if fresh else modules[i](x)), i + 1
+        if fresh:
+            recorder.fused(recorded, [modules[i], *_children(modules[i])])
+        else:
+            with dispatch.uncaptured():
+                out = modules[i](x)
+            recorder.module(modules[i])
+        x, i = out, i + 1
+    recorder.finish(fresh)
     return _plus(residual, x, fresh)
+
+
+def _children(module: nn.Module) -> list[nn.Module]:
+    return list(module._modules.values())
 
 
 def _plus(residual: Tensor | None, out: Tensor, fresh: bool) -> Tensor:

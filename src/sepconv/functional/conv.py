@@ -9,7 +9,9 @@ CPU kernels first (:mod:`sepconv.kernels.dispatch`) and runs PyTorch otherwise.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.fx
@@ -156,11 +158,22 @@ def separable_forward(
         )
         if out is not None:
             return out
-        return _pytorch_separable_stages(
-            *args[:5], *norm, *post_norm, *args[5:], params, post_params
-        )
+        rest = (*args[1:5], *norm, *post_norm, *args[5:], params, post_params)
+        return _recorded_fallback(_pytorch_separable_stages, x, rest)
     out = dispatch.separable(*args, reference=_pytorch_separable)
-    return out if out is not None else _pytorch_separable(*args)
+    return out if out is not None else _recorded_fallback(_pytorch_separable, x, args[1:])
+
+
+def _recorded_fallback(fn: Callable[..., Tensor], x: Tensor, rest: tuple) -> Tensor:
+    """``fn(x, *rest)``, the PyTorch path of a call the kernels declined, recorded as the
+    call's step (:func:`sepconv.kernels.dispatch.record`) as the kernel path would be."""
+    step = partial(_input_first, fn, rest)
+    dispatch.record(step)
+    return step(x)
+
+
+def _input_first(fn: Callable[..., Tensor], rest: tuple, x: Tensor) -> Tensor:
+    return fn(x, *rest)
 
 
 def _pytorch_separable(x, wd, wp, bd, bp, stride, dilation, plan, padding_mode) -> Tensor:

@@ -26,10 +26,12 @@ BLAS arguments.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 
@@ -282,11 +284,61 @@ def _problem_key(
 KERNEL, PYTORCH, PYTORCH_CHANNELS_LAST = "kernel", "pytorch", "pytorch channels_last"
 
 
+# ----------------------------------------------------------------------------- recording
+# A caller that will replay what a call computed (sepconv.blocks.plans) captures the function
+# of the input that a taken path ran: record() appends it to the innermost capture.
+_captures = threading.local()
+
+
+@contextlib.contextmanager
+def capture() -> Iterator[list[Callable[[Tensor], Tensor]]]:
+    """Collects, in the list it yields, what :func:`record` is given inside the block (not
+    inside a nested capture, nor under :func:`uncaptured`)."""
+    stack = _capture_stack()
+    stack.append([])
+    try:
+        yield stack[-1]
+    finally:
+        stack.pop()
+
+
+@contextlib.contextmanager
+def uncaptured() -> Iterator[None]:
+    """Nothing :func:`record` is given inside the block is collected (a module's own
+    ``forward`` that runs as a whole)."""
+    stack = _capture_stack()
+    stack.append(None)
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+def _capture_stack() -> list:
+    stack = getattr(_captures, "stack", None)
+    if stack is None:
+        stack = _captures.stack = []
+    return stack
+
+
+def record(fn: Callable[[Tensor], Tensor]) -> None:
+    """Tell the innermost :func:`capture` (if any) that ``fn(x)`` computes what the current
+    call computes for its input ``x``, as long as the problem is unchanged."""
+    stack = getattr(_captures, "stack", None)
+    if stack and stack[-1] is not None:
+        stack[-1].append(fn)
+
+
+def _recorded(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    record(fn)
+    return fn(x)
+
+
 def _run(current: str, call: _Call, grad: bool, kernel, pytorch, x: Tensor) -> Tensor | None:
     """The output of the path ``current`` picks, or None to leave the call to PyTorch.
 
     ``kernel(x)``/``pytorch(x)`` run the forward each way (``pytorch`` may be None: then
-    the rule decides inference calls too).
+    the rule decides inference calls too). The path taken is recorded (:func:`record`).
     """
     if current == "auto":
         if grad or pytorch is None:
@@ -298,12 +350,12 @@ def _run(current: str, call: _Call, grad: bool, kernel, pytorch, x: Tensor) -> T
                     return None
                 call.measured = _measure(kernel, pytorch, x)
             if call.measured == PYTORCH_CHANNELS_LAST:
-                return _via_channels_last(pytorch, x)
+                return _recorded(partial(_via_channels_last, pytorch), x)
             if call.measured != KERNEL:
                 return None
     if not _load_or_decline(current):
         return None
-    return kernel(x)
+    return _recorded(kernel, x)
 
 
 def _measure(kernel, pytorch, x: Tensor) -> str:

@@ -1,0 +1,164 @@
+"""A block's fused inference calls replayed without asking again what they may skip.
+
+:func:`sepconv.blocks.fused.run_sequential` decides, call by call, which modules a kernel
+call may replace: no hooks, eval-mode norms, plain parameters, the kernels' setting, the
+launch for the input's shape... Asked on every call, those checks cost more than the kernels
+at batch 1: in MobileNetV2 at batch 1 the Python between two kernel calls took 35-55 us,
+1.8 ms of a 4.4 ms forward, three times its time in a loop, because the kernels evict it
+from the caches between calls (docs/performance.md, run Y).
+
+So a sequence's first call without autograd records what it did, step by step: a kernel
+call as the function of its input that :func:`sepconv.kernels.dispatch.record` hands over
+(its launch and its live weight tensors: their current values are read on every call), or
+a module run as a whole. A later call replays the steps where nothing they depend on has
+changed, which one pass of C-level comparisons establishes:
+
+* the input's shape, strides, dtype and device, the kernels' setting and thread count;
+* no autograd (``torch.no_grad`` or ``torch.inference_mode``), plain eager PyTorch, no
+  global hooks;
+* every module whose ``forward`` a step skipped, and the sequence itself: each entry of
+  their ``__dict__`` (training flag, settings such as stride or eps, hook tables) and of
+  their parameter, buffer and child tables is the same object, no hook table has gained
+  an entry, and each parameter and buffer keeps its dtype and shape (``module.to()``
+  replaces tensors' data in place).
+
+Anything else (a new hook, ``train()``, a replaced parameter, another input size) records
+the sequence afresh.
+"""
+
+from __future__ import annotations
+
+import operator
+import weakref
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from itertools import chain
+
+import torch
+from torch import Tensor, nn
+
+from sepconv.kernels import dispatch
+
+Step = Callable[[Tensor], Tensor]
+_HOOK_TABLES = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+_meta = operator.attrgetter("dtype", "shape")
+
+
+@dataclass
+class _Watch:
+    """What a plan depends on in its modules, captured when it was recorded."""
+
+    tables: list[dict]  # each module's __dict__ and child table
+    lengths: list[int]
+    entries: tuple  # their values, in order
+    tensor_tables: list[dict]  # each module's parameter and buffer tables
+    tensors: tuple  # their values (tensors or None), in order
+    present: list[Tensor]  # those that are not None
+    metas: list[tuple]  # their (dtype, shape)
+    hooks: list[dict]  # the modules' hook tables (empty when recorded)
+
+    @classmethod
+    def of(cls, modules: Iterable[nn.Module]) -> _Watch:
+        modules = list(dict.fromkeys(modules))  # (once each, in order)
+        tables = [t for m in modules for t in (m.__dict__, m.__dict__["_modules"])]
+        tensor_tables = [m.__dict__[n] for m in modules for n in ("_parameters", "_buffers")]
+        tensors = _entries(tensor_tables)
+        present = [t for t in tensors if t is not None]
+        return cls(
+            tables,
+            list(map(len, tables)),
+            _entries(tables),
+            tensor_tables,
+            tensors,
+            present,
+            list(map(_meta, present)),
+            [m.__dict__[n] for m in modules for n in _HOOK_TABLES],
+        )
+
+    def unchanged(self) -> bool:
+        if list(map(len, self.tables)) != self.lengths or any(map(len, self.hooks)):
+            return False
+        tensors = _entries(self.tensor_tables)
+        if len(tensors) != len(self.tensors) or not all(map(operator.is_, tensors, self.tensors)):
+            return False
+        try:  # (identical entries compare equal without __eq__; others may compare equal)
+            same = _entries(self.tables) == self.entries
+        except Exception:  # an attribute whose == gives no truth value (an array...)
+            return False
+        # (the same tensors: a dtype or shape changed in place, as Module.to() does)
+        return same and list(map(_meta, self.present)) == self.metas
+
+
+def _entries(tables: list[dict]) -> tuple:
+    return tuple(chain.from_iterable(map(dict.values, tables)))
+
+
+@dataclass
+class Plan:
+    """A sequence's recorded steps, valid for inputs of one ``key`` while ``watch`` holds."""
+
+    key: tuple
+    steps: list[Step]
+    fresh: bool  # the last step's output is a fresh tensor of the plan's own
+    watch: _Watch
+
+    def run(self, x: Tensor) -> Tensor:
+        for step in self.steps:
+            x = step(x)
+        return x
+
+
+_plans: weakref.WeakKeyDictionary[nn.Module, Plan] = weakref.WeakKeyDictionary()
+
+
+def _key(x: Tensor) -> tuple | None:
+    """What a plan is recorded for, or None where none may be (autograd on, a tensor
+    subclass, not a strided CPU tensor, not plain eager PyTorch)."""
+    if torch.is_grad_enabled() or type(x) is not Tensor or x.layout != torch.strided:
+        return None
+    if not x.is_cpu:
+        return None
+    return (x.shape, x.stride(), x.dtype, dispatch.mode(), torch.get_num_threads())
+
+
+def lookup(owner: nn.Module, x: Tensor) -> Plan | None:
+    """``owner``'s plan for ``x`` where it still holds (the caller has checked plain eager
+    PyTorch, no global hooks and ``owner``'s own hooks), else None."""
+    plan = _plans.get(owner)
+    if plan is None or plan.key != _key(x) or not plan.watch.unchanged():
+        return None
+    return plan
+
+
+class Recorder:
+    """Collects a sequence's steps as its call runs them; :meth:`finish` keeps them as its
+    plan if every step was recorded. Inactive (records nothing) where :func:`_key` says no
+    plan may be made."""
+
+    def __init__(self, owner: nn.Module, x: Tensor) -> None:
+        self.owner, self.key = owner, _key(x)
+        self.steps: list[Step] = []
+        self.skipped: list[nn.Module] = [owner]  # modules whose forward the steps replace
+        self.complete = self.key is not None
+
+    def fused(self, recorded: list[Step], modules: Iterable[nn.Module]) -> None:
+        """A fused call that replaced ``modules``' forwards; ``recorded``: what its
+        :func:`~sepconv.kernels.dispatch.capture` collected (one step, else incomplete)."""
+        if len(recorded) != 1:
+            self.complete = False
+            return
+        self.steps.append(recorded[0])
+        self.skipped.extend(modules)
+
+    def module(self, module: nn.Module) -> None:
+        """A module run as a whole (its own ``forward``, hooks and all)."""
+        self.steps.append(module)
+
+    def finish(self, fresh: bool) -> None:
+        if self.complete:
+            _plans[self.owner] = Plan(self.key, self.steps, fresh, _Watch.of(self.skipped))
+
+
+def forget(owner: nn.Module) -> None:
+    """Drop ``owner``'s plan (the next call records afresh)."""
+    _plans.pop(owner, None)

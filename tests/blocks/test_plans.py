@@ -1,0 +1,249 @@
+"""Replayed plans (``sepconv.blocks.plans``): a sequence's second inference call replays the
+first call's kernel steps, and any change after the first call that the steps depend on is
+seen: the result always equals a call that asks everything afresh, and the modules' own."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+from torch.nn.modules import module as torch_module
+
+from sepconv.blocks import ConvNormAct, InvertedResidual, plans
+from sepconv.models import mobilenet_v2_small
+from tests.blocks.test_fused import _module_by_module, _randomise_norms
+
+
+def _model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return _randomise_norms(mobilenet_v2_small(input_size=8, width_mult=0.5), seed).eval()
+
+
+def _afresh(model: nn.Module, x: torch.Tensor, monkeypatch) -> torch.Tensor:
+    """``model(x)`` without inference, every check asked again (no plan replayed)."""
+    with monkeypatch.context() as patch, torch.no_grad():
+        patch.setattr(plans, "lookup", lambda owner, x: None)
+        return model(x)
+
+
+def _count_replays(monkeypatch) -> list[int]:
+    calls = [0]
+    original = plans.Plan.run
+
+    def counted(self, x):
+        calls[0] += 1
+        return original(self, x)
+
+    monkeypatch.setattr(plans.Plan, "run", counted)
+    return calls
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_second_call_replays_the_first(channels_last, monkeypatch, kernels_on):
+    model = _model()
+    x = torch.randn(2, 3, 8, 8)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    replays = _count_replays(monkeypatch)
+    with torch.inference_mode():
+        first = model(x)
+        assert replays[0] == 0
+        second = model(x)
+    blocks = sum(isinstance(m, InvertedResidual) for m in model.modules())
+    assert replays[0] == blocks + 1  # (and the features)
+    assert torch.equal(first, second)
+    assert torch.equal(second, _afresh(model, x, monkeypatch))
+
+
+def test_no_plan_with_autograd(monkeypatch, kernels_on):
+    model = _model()
+    x = torch.randn(1, 3, 8, 8, requires_grad=True)
+    replays = _count_replays(monkeypatch)
+    for _ in range(2):
+        model(x).sum().backward()
+    assert replays[0] == 0 and x.grad is not None
+
+
+def _hooked_norm(model, seen):
+    model.features[2].conv[1][1].register_forward_hook(lambda m, i, o: seen.append(1) or o + 1)
+
+
+def _pre_hooked_conv(model, seen):
+    model.features[3].conv[1][0].register_forward_pre_hook(
+        lambda m, i: seen.append(1) or (i[0] * 2,)
+    )
+
+
+def _hooked_sequence(model, seen):
+    model.features[2].conv.register_forward_hook(lambda m, i, o: seen.append(1) or o - 1)
+
+
+def _global_hook(model, seen):
+    handle = torch_module.register_module_forward_hook(lambda m, i, o: seen.append(1))
+    return handle.remove
+
+
+def _patched_forward(model, seen):
+    norm = model.features[2].conv[3]
+    norm.forward = lambda x: seen.append(1) or x * 3
+
+
+def _train_mode(model, seen):
+    model.features[3].train()
+
+
+def _replaced_weight(model, seen):
+    conv = model.features[2].conv[1][0]
+    conv.weight = nn.Parameter(torch.randn_like(conv.weight))
+
+
+def _weight_changed_in_place(model, seen):
+    with torch.no_grad():
+        model.features[3].conv[2].weight.mul_(-1.5)
+
+
+def _data_assigned(model, seen):
+    conv = model.features[2].conv[0][0]
+    conv.weight.data = torch.randn_like(conv.weight)
+
+
+def _weight_made_double(model, seen):
+    conv = model.features[3].conv[2]  # (the modules raise: float input, double weight)
+    conv.weight.data = conv.weight.data.double()
+
+
+def _eps_changed(model, seen):
+    model.features[2].conv[1][1].eps = 0.5
+
+
+def _activation_replaced(model, seen):
+    model.features[2].conv[1]._modules["2"] = nn.Hardtanh(-0.2, 0.3)
+
+
+def _clamp_changed(model, seen):
+    model.features[3].conv[0][2].max_val = 0.25
+
+
+def _stage_removed(model, seen):
+    del model.features[3].conv._modules["3"]  # (the projection's norm)
+
+
+def _kernels_off(model, seen, monkeypatch):
+    monkeypatch.setenv("SEPCONV_KERNELS", "off")
+
+
+def _one_thread(model, seen):
+    count = torch.get_num_threads()
+    torch.set_num_threads(1)
+    return lambda: torch.set_num_threads(count)
+
+
+CHANGES = [
+    _hooked_norm,
+    _pre_hooked_conv,
+    _hooked_sequence,
+    _global_hook,
+    _patched_forward,
+    _train_mode,
+    _replaced_weight,
+    _weight_changed_in_place,
+    _data_assigned,
+    _weight_made_double,
+    _eps_changed,
+    _activation_replaced,
+    _clamp_changed,
+    _stage_removed,
+    _kernels_off,
+    _one_thread,
+]
+_SEEN = {_hooked_norm, _pre_hooked_conv, _hooked_sequence, _global_hook, _patched_forward}
+
+
+def _apply(change, model, seen, monkeypatch):
+    if change is _kernels_off:
+        return change(model, seen, monkeypatch)
+    return change(model, seen)
+
+
+def _check_changes(changes, channels_last: bool, seed: int) -> None:
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("SEPCONV_KERNELS", "on")
+        model = _model(seed)
+        x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(seed))
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            model(x)  # (records the plans)
+        seen: list[int] = []
+        undo = [_apply(change, model, seen, monkeypatch) for change in changes]
+        try:
+            if _weight_made_double in changes:  # (as the modules do, not a misread weight)
+                with pytest.raises(RuntimeError, match="scalar type|weight type"), torch.no_grad():
+                    model(x)
+                return
+            with torch.no_grad():
+                out = model(x)
+            assert seen or not _SEEN.intersection(changes)
+            assert torch.equal(out, _afresh(model, x, monkeypatch))
+            reference = _module_by_module(model, x)
+            scale = max(1.0, reference.abs().max().item())
+            assert (out - reference).abs().max().item() <= 1e-4 * scale
+        finally:
+            for done in undo:
+                if done is not None:
+                    done()
+
+
+@pytest.mark.parametrize("change", CHANGES, ids=lambda f: f.__name__.strip("_"))
+def test_each_change_is_seen(change, kernels_built):
+    _check_changes([change], channels_last=False, seed=0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    changes=st.lists(st.sampled_from(CHANGES), min_size=1, max_size=3, unique=True),
+    channels_last=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_changes_after_the_first_call_are_seen(changes, channels_last, seed, kernels_built):
+    """Whatever changes after a plan was recorded, the next call computes what the changed
+    model computes: bitwise what a call without plans gives, and the modules' result."""
+    _check_changes(changes, channels_last, seed)
+
+
+def test_new_input_shape_records_again(monkeypatch, kernels_on):
+    model = _model()
+    replays = _count_replays(monkeypatch)
+    with torch.no_grad():
+        for size in (8, 8, 10, 10, 8):
+            x = torch.randn(1, 3, size, size)
+            out = model(x)
+            assert torch.equal(out, _afresh(model, x, monkeypatch))
+    assert replays[0] > 0
+
+
+def test_plans_do_not_keep_models_alive(kernels_on):
+    import gc
+
+    model = _model()
+    with torch.no_grad():
+        model(torch.randn(1, 3, 8, 8))
+    before = len(plans._plans)
+    assert before > 0
+    del model
+    gc.collect()
+    assert len(plans._plans) < before
+
+
+def test_conv_norm_act_alone_runs_as_before(kernels_on):
+    """A ConvNormAct outside a sequence takes its one-call path on every call (no plan)."""
+    cna = _randomise_norms(ConvNormAct(8, 16, 1)).eval()
+    x = torch.randn(2, 8, 5, 5)
+    with torch.no_grad():
+        outs = [cna(x) for _ in range(2)]
+    assert torch.equal(outs[0], outs[1])
+    torch.testing.assert_close(outs[0], _module_by_module(cna, x), rtol=1e-5, atol=1e-5)
