@@ -11,7 +11,13 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.nn.modules import module as torch_module
 
-from sepconv.blocks import ConvNormAct, InvertedResidual, plans
+from sepconv.blocks import (
+    ConvNormAct,
+    DepthwiseSeparableBlock,
+    InvertedResidual,
+    SqueezeExcite,
+    plans,
+)
 from sepconv.models import mobilenet_v2_small
 from tests.blocks.test_fused import _module_by_module, _randomise_norms
 
@@ -247,3 +253,43 @@ def test_conv_norm_act_alone_runs_as_before(kernels_on):
         outs = [cna(x) for _ in range(2)]
     assert torch.equal(outs[0], outs[1])
     torch.testing.assert_close(outs[0], _module_by_module(cna, x), rtol=1e-5, atol=1e-5)
+
+
+def _v1_changes():
+    def hooked_norm(block):
+        block.conv_dw[1].register_forward_hook(lambda m, i, o: o + 1)
+
+    def train_mode(block):
+        block.conv_pw.train()
+
+    def replaced_weight(block):
+        conv = block.conv_pw[0]
+        conv.weight = nn.Parameter(torch.randn_like(conv.weight))
+
+    def clamp_changed(block):
+        block.conv_pw[2].max_val = 0.5
+
+    def squeeze_excite(block):
+        block.se = SqueezeExcite(8, 2)
+
+    def stage_appended(block):
+        block.conv_pw.append(nn.Hardtanh(-0.1, 0.1))
+
+    return [hooked_norm, train_mode, replaced_weight, clamp_changed, squeeze_excite, stage_appended]
+
+
+@pytest.mark.parametrize("change", _v1_changes(), ids=lambda f: f.__name__)
+def test_v1_block_replays_and_sees_changes(change, monkeypatch, kernels_on):
+    """MobileNetV1's block replays its one fused call, and sees what changed since."""
+    block = _randomise_norms(DepthwiseSeparableBlock(8, 12)).eval()
+    x = torch.randn(2, 8, 9, 9)
+    replays = _count_replays(monkeypatch)
+    with torch.no_grad():
+        first, second = block(x), block(x)
+    assert replays[0] == 1 and torch.equal(first, second)
+    change(block)
+    with torch.no_grad():
+        out = block(x)
+    assert replays[0] == 1
+    assert torch.equal(out, _afresh(block, x, monkeypatch))
+    torch.testing.assert_close(out, _module_by_module(block, x), rtol=1e-4, atol=1e-4)

@@ -251,7 +251,7 @@ def run_sequential(layers: nn.Sequential, x: Tensor, residual: Tensor | None = N
     # MobileNetV2's time at batch 1); whether x records history, per layer. Without autograd,
     # a call that finds the sequence as its first call left it replays that call's steps
     # (sepconv.blocks.plans).
-    if not unobserved(layers) or not _eager_on():
+    if not unobserved(layers) or not eager_on():
         return _plus(residual, layers(x), fresh=False)
     plan = plans.lookup(layers, x)
     if plan is not None:
@@ -312,12 +312,12 @@ def _norm_after(module: nn.Module) -> MidStage | None:
 
 
 def _eager_inference_on(x: Tensor) -> bool:
-    """Plain eager inference on a 4-d ``x``: :func:`_eager_on` and :func:`_inference_input`.
+    """Plain eager inference on a 4-d ``x``: :func:`eager_on` and :func:`_inference_input`.
     Tracing is asked first: under torch.fx, ``x`` is a Proxy that cannot be inspected."""
-    return _eager_on() and _inference_input(x)
+    return eager_on() and _inference_input(x)
 
 
-def _eager_on() -> bool:
+def eager_on() -> bool:
     """Plain eager PyTorch (:func:`sepconv.kernels.dispatch.plain_eager`: not tracing,
     compiling...), the kernels not turned off, no global hooks."""
     return dispatch.plain_eager() and dispatch.mode() != "off" and not any_global_hooks()

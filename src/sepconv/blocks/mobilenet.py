@@ -6,13 +6,16 @@ import torch
 from torch import Tensor, nn
 
 from sepconv import _validation as check
+from sepconv.blocks import plans
 from sepconv.blocks.common import ConvNormAct, SqueezeExcite
 from sepconv.blocks.fused import (
     conv_norm_act_stages,
+    eager_on,
     fused_depthwise_pointwise,
     norm_act_inplace,
     run_sequential,
 )
+from sepconv.kernels import dispatch
 from sepconv.layers.fusion import UNFUSED, inference_mid_stage, plain_module
 from sepconv.layers.norm_act import LayerSpec, create_norm
 
@@ -98,22 +101,41 @@ class DepthwiseSeparableBlock(nn.Module):
         return x + out if self.has_residual else out
 
     def _fused_stages(self, x: Tensor) -> Tensor | None:
-        """``conv_pw(conv_dw(x))`` with the depthwise stage and ``conv_pw``'s conv fused, or None."""
+        """``conv_pw(conv_dw(x))`` with the depthwise stage and ``conv_pw``'s conv fused, or
+        None. Without autograd, later calls replay the first one's kernel call where nothing
+        it depends on changed (:mod:`sepconv.blocks.plans`)."""
+        if not eager_on():
+            return None
+        plan = plans.lookup(self, x)
+        if plan is not None:
+            return plan.run(x)
+        recorder = plans.Recorder(self, x)
+        with dispatch.capture() as recorded:
+            out, one_call = self._fuse(x)
+        if one_call:  # (the pointwise norm and activation inside the call)
+            stages = [self.conv_dw, self.se, self.conv_pw]
+            recorder.fused(recorded, [*stages, *self.conv_dw.children(), *self.conv_pw.children()])
+            recorder.finish(fresh=True)
+        return out
+
+    def _fuse(self, x: Tensor) -> tuple[Tensor | None, bool]:
+        """The fused result or None, and whether it was one call (no stage after it)."""
         pw = self.conv_pw
         if not (plain_module(self.se, nn.Identity) and plain_module(pw, ConvNormAct)):
-            return None
+            return None, False
         stages = conv_norm_act_stages(pw)
         if stages is None:
-            return None
+            return None, False
         conv, norm, act = stages
         post = inference_mid_stage(norm, act, 2, conv)  # (in the call where it can be)
         if post is not UNFUSED:
-            return fused_depthwise_pointwise(self.conv_dw, conv, x, post)
+            out = fused_depthwise_pointwise(self.conv_dw, conv, x, post)
+            return out, out is not None
         out = fused_depthwise_pointwise(self.conv_dw, conv, x)
         if out is None:
-            return None
+            return None, False
         done = norm_act_inplace(out, norm, act)
-        return done if done is not None else act(norm(out))
+        return (done if done is not None else act(norm(out))), False
 
 
 class InvertedResidual(nn.Module):
