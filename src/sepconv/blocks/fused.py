@@ -176,7 +176,7 @@ def _conv_norm_act(cna: nn.Module, x: Tensor, from_forward: bool = False) -> Ten
     if mid is UNFUSED or not _plain_tensors(x, conv, mid):
         return None
     if pointwise:
-        step = functools.partial(_folded_gemm, conv=conv, mid=mid)
+        step = _folded_gemm(x.dtype, conv, mid)
     else:
         norm_tensors, params = mid.kernel_args()
         step = functools.partial(
@@ -251,12 +251,13 @@ def run_sequential(layers: nn.Sequential, x: Tensor, residual: Tensor | None = N
     # MobileNetV2's time at batch 1); whether x records history, per layer. Without autograd,
     # a call that finds the sequence as its first call left it replays that call's steps
     # (sepconv.blocks.plans).
-    if not unobserved(layers) or not eager_on():
+    mode = eager_mode()
+    if mode is None or not unobserved(layers):
         return _plus(residual, layers(x), fresh=False)
-    plan = plans.lookup(layers, x)
+    plan = plans.lookup(layers, x, mode)
     if plan is not None:
         return _plus(residual, plan.run(x), plan.fresh)
-    recorder = plans.Recorder(layers, x)
+    recorder = plans.Recorder(layers, x, mode)
     modules = list(layers._modules.values())
     i, fresh = 0, False
     while i < len(modules):
@@ -320,7 +321,16 @@ def _eager_inference_on(x: Tensor) -> bool:
 def eager_on() -> bool:
     """Plain eager PyTorch (:func:`sepconv.kernels.dispatch.plain_eager`: not tracing,
     compiling...), the kernels not turned off, no global hooks."""
-    return dispatch.plain_eager() and dispatch.mode() != "off" and not any_global_hooks()
+    return eager_mode() is not None
+
+
+def eager_mode() -> str | None:
+    """The kernels' setting (:func:`sepconv.kernels.dispatch.mode`) where :func:`eager_on`
+    holds, else None."""
+    if not dispatch.plain_eager() or any_global_hooks():
+        return None
+    mode = dispatch.mode()
+    return None if mode == "off" else mode
 
 
 def _inference_input(x: Tensor) -> bool:
@@ -358,12 +368,20 @@ def _norm_affine(mid: MidStage) -> tuple[Tensor, Tensor]:
     return alpha, shift if mid.bias is None else shift + mid.bias
 
 
-def _folded_gemm(x: Tensor, conv: nn.Conv2d, mid: MidStage) -> Tensor:
-    """The 1x1 conv with ``mid``'s norm folded in, then its clamp: in one kernel call where
-    the own GEMM runs the kernels' GEMMs (float32), else through PyTorch."""
-    if x.dtype == torch.float32 and _pointwise_kernel_on():
+def _folded_gemm(dtype: torch.dtype, conv: nn.Conv2d, mid: MidStage) -> plans.Step:
+    """The 1x1 conv with ``mid``'s norm folded in, then its clamp, as a function of the input:
+    one kernel call where the own GEMM runs the kernels' GEMMs (float32), else through
+    PyTorch (:func:`_folded_gemm_pytorch`)."""
+    if dtype == torch.float32 and _pointwise_kernel_on():
         norm, params = mid.kernel_args()
-        return _ops.pointwise_forward_raw(x, conv.weight, conv.bias, params, norm)
+        return functools.partial(
+            _ops.pointwise_forward_raw, weight=conv.weight, bias=conv.bias, mid=params, norm=norm
+        )
+    return functools.partial(_folded_gemm_pytorch, conv=conv, mid=mid)
+
+
+def _folded_gemm_pytorch(x: Tensor, conv: nn.Conv2d, mid: MidStage) -> Tensor:
+    """:func:`_folded_gemm` through PyTorch: a batched GEMM, the clamp in place."""
     n, c, h, w = x.shape
     o = conv.out_channels
     weight, bias = conv.weight.view(o, c), conv.bias

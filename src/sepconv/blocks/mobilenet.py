@@ -10,7 +10,7 @@ from sepconv.blocks import plans
 from sepconv.blocks.common import ConvNormAct, SqueezeExcite
 from sepconv.blocks.fused import (
     conv_norm_act_stages,
-    eager_on,
+    eager_mode,
     fused_depthwise_pointwise,
     norm_act_inplace,
     run_sequential,
@@ -104,12 +104,13 @@ class DepthwiseSeparableBlock(nn.Module):
         """``conv_pw(conv_dw(x))`` with the depthwise stage and ``conv_pw``'s conv fused, or
         None. Without autograd, later calls replay the first one's kernel call where nothing
         it depends on changed (:mod:`sepconv.blocks.plans`)."""
-        if not eager_on():
+        mode = eager_mode()
+        if mode is None:
             return None
-        plan = plans.lookup(self, x)
+        plan = plans.lookup(self, x, mode)
         if plan is not None:
             return plan.run(x)
-        recorder = plans.Recorder(self, x)
+        recorder = plans.Recorder(self, x, mode)
         with dispatch.capture() as recorded:
             out, one_call = self._fuse(x)
         if one_call:  # (the pointwise norm and activation inside the call)

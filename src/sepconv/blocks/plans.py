@@ -37,10 +37,9 @@ from itertools import chain
 import torch
 from torch import Tensor, nn
 
-from sepconv.kernels import dispatch
-
 Step = Callable[[Tensor], Tensor]
-_HOOK_TABLES = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+# (backward hooks do nothing without autograd, and plans are only for calls without it)
+_HOOK_TABLES = ("_forward_hooks", "_forward_pre_hooks")
 _meta = operator.attrgetter("dtype", "shape")
 
 
@@ -53,7 +52,7 @@ class _Watch:
     entries: tuple  # their values, in order
     tensor_tables: list[dict]  # each module's parameter and buffer tables
     tensors: tuple  # their values (tensors or None), in order
-    present: list[Tensor]  # those that are not None
+    present: list[Tensor]  # those that are not None (but step counts)
     metas: list[tuple]  # their (dtype, shape)
     hooks: list[dict]  # the modules' hook tables (empty when recorded)
 
@@ -63,7 +62,12 @@ class _Watch:
         tables = [t for m in modules for t in (m.__dict__, m.__dict__["_modules"])]
         tensor_tables = [m.__dict__[n] for m in modules for n in ("_parameters", "_buffers")]
         tensors = _entries(tensor_tables)
-        present = [t for t in tensors if t is not None]
+        present = [  # (a batch norm's step count is no kernel's input)
+            t
+            for table in tensor_tables
+            for name, t in table.items()
+            if t is not None and name != "num_batches_tracked"
+        ]
         return cls(
             tables,
             list(map(len, tables)),
@@ -111,21 +115,22 @@ class Plan:
 _plans: weakref.WeakKeyDictionary[nn.Module, Plan] = weakref.WeakKeyDictionary()
 
 
-def _key(x: Tensor) -> tuple | None:
-    """What a plan is recorded for, or None where none may be (autograd on, a tensor
-    subclass, not a strided CPU tensor, not plain eager PyTorch)."""
+def _key(x: Tensor, mode: str) -> tuple | None:
+    """What a plan is recorded for under the kernels' setting ``mode``, or None where none
+    may be (autograd on, a tensor subclass, not a strided CPU tensor)."""
     if torch.is_grad_enabled() or type(x) is not Tensor or x.layout != torch.strided:
         return None
     if not x.is_cpu:
         return None
-    return (x.shape, x.stride(), x.dtype, dispatch.mode(), torch.get_num_threads())
+    return (x.shape, x.stride(), x.dtype, mode, torch.get_num_threads())
 
 
-def lookup(owner: nn.Module, x: Tensor) -> Plan | None:
-    """``owner``'s plan for ``x`` where it still holds (the caller has checked plain eager
-    PyTorch, no global hooks and ``owner``'s own hooks), else None."""
+def lookup(owner: nn.Module, x: Tensor, mode: str) -> Plan | None:
+    """``owner``'s plan for ``x`` under the kernels' setting ``mode``
+    (:func:`sepconv.kernels.dispatch.mode`) where it still holds, else None. The caller has
+    checked plain eager PyTorch, no global hooks and ``owner``'s own hooks."""
     plan = _plans.get(owner)
-    if plan is None or plan.key != _key(x) or not plan.watch.unchanged():
+    if plan is None or plan.key != _key(x, mode) or not plan.watch.unchanged():
         return None
     return plan
 
@@ -135,8 +140,8 @@ class Recorder:
     plan if every step was recorded. Inactive (records nothing) where :func:`_key` says no
     plan may be made."""
 
-    def __init__(self, owner: nn.Module, x: Tensor) -> None:
-        self.owner, self.key = owner, _key(x)
+    def __init__(self, owner: nn.Module, x: Tensor, mode: str) -> None:
+        self.owner, self.key = owner, _key(x, mode)
         self.steps: list[Step] = []
         self.skipped: list[nn.Module] = [owner]  # modules whose forward the steps replace
         self.complete = self.key is not None

@@ -435,13 +435,26 @@ def pointwise_forward_raw(
     Returns:
         ``(N, O, H, W)``.
     """
-    n, c, h, w = x.shape
-    out = conv_output(x, weight.shape[0], h, w)
     nhwc = not x.is_contiguous()
-    flags, *bits = _mid_values(mid)
-    values = (n, c, weight.shape[0], h * w, int(nhwc), torch.get_num_threads(), flags, *bits)
-    geo = (ctypes.c_int64 * len(values))(*values)
+    geo, shape, strides, nbytes = _pointwise_launch(
+        x.shape, nhwc, weight.shape[0], tuple(mid), torch.get_num_threads(), x.dtype
+    )
+    out = pooled_empty(shape, strides, x.dtype, nbytes)
     return _conv_norm_act_call(_build.load().sepconv_pw_forward, x, weight, bias, norm, out, geo)
+
+
+@functools.lru_cache(maxsize=256)
+def _pointwise_launch(shape, nhwc: bool, o: int, mid: MidParams, threads: int, dtype) -> tuple:
+    """The geometry array of :func:`pointwise_forward_raw` and its output's shape,
+    strides and bytes, worked out once per problem (a call's Python is part of a batch-1
+    network's time)."""
+    n, c, h, w = shape
+    flags, *bits = _mid_values(mid)
+    values = (n, c, o, h * w, int(nhwc), threads, flags, *bits)
+    out_shape = (n, o, h, w)
+    strides = _layout_strides(out_shape, 2, nhwc)
+    nbytes = storage_bytes(out_shape, strides, dtype)
+    return (ctypes.c_int64 * len(values))(*values), out_shape, strides, nbytes
 
 
 def dense_forward_raw(
