@@ -13,7 +13,8 @@ runs as one GEMM into a pooled output with the norm folded into its weights and 
 the activation in place (:func:`pointwise_conv_norm_act`): module by module it wrote three
 fresh tensors, which page-fault on first touch (docs/performance.md, run V). A stem's
 ``ConvNormAct`` (a dense conv of at most four input channels) runs as one kernel call the
-same way (:func:`stem_conv_norm_act`).
+same way (:func:`stem_conv_norm_act`). Without autograd, a sequence's later calls replay its
+first call's kernel calls while nothing they depend on has changed (:mod:`sepconv.blocks.plans`).
 """
 
 from __future__ import annotations
