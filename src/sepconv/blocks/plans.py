@@ -48,8 +48,7 @@ class _Watch:
     """What a plan depends on in its modules, captured when it was recorded."""
 
     tables: list[dict]  # each module's __dict__ and child table
-    lengths: list[int]
-    entries: tuple  # their values, in order
+    entries: tuple  # their values, in order (an entry added or removed shifts them)
     tensor_tables: list[dict]  # each module's parameter and buffer tables
     tensors: tuple  # their values (tensors or None), in order
     present: list[Tensor]  # those that are not None (but step counts)
@@ -70,7 +69,6 @@ class _Watch:
         ]
         return cls(
             tables,
-            list(map(len, tables)),
             _entries(tables),
             tensor_tables,
             tensors,
@@ -80,7 +78,7 @@ class _Watch:
         )
 
     def unchanged(self) -> bool:
-        if list(map(len, self.tables)) != self.lengths or any(map(len, self.hooks)):
+        if any(map(len, self.hooks)):
             return False
         tensors = _entries(self.tensor_tables)
         if len(tensors) != len(self.tensors) or not all(map(operator.is_, tensors, self.tensors)):
