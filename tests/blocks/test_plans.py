@@ -87,6 +87,20 @@ def _hooked_sequence(model, seen):
     model.features[2].conv.register_forward_hook(lambda m, i, o: seen.append(1) or o - 1)
 
 
+def _hooked_block(model, seen):  # (a block the features' plan takes in)
+    model.features[4].register_forward_hook(lambda m, i, o: seen.append(1) or o * 0.5)
+
+
+def _patched_block(model, seen):
+    block = model.features[5]
+    original = block.forward
+    block.forward = lambda x: seen.append(1) or original(x) + 1
+
+
+def _shortcut_dropped(model, seen):
+    model.features[6].use_res_connect = False
+
+
 def _global_hook(model, seen):
     handle = torch_module.register_module_forward_hook(lambda m, i, o: seen.append(1))
     return handle.remove
@@ -151,6 +165,9 @@ CHANGES = [
     _hooked_norm,
     _pre_hooked_conv,
     _hooked_sequence,
+    _hooked_block,
+    _patched_block,
+    _shortcut_dropped,
     _global_hook,
     _patched_forward,
     _train_mode,
@@ -165,7 +182,15 @@ CHANGES = [
     _kernels_off,
     _one_thread,
 ]
-_SEEN = {_hooked_norm, _pre_hooked_conv, _hooked_sequence, _global_hook, _patched_forward}
+_SEEN = {
+    _hooked_norm,
+    _pre_hooked_conv,
+    _hooked_sequence,
+    _hooked_block,
+    _patched_block,
+    _global_hook,
+    _patched_forward,
+}
 
 
 def _apply(change, model, seen, monkeypatch):
@@ -293,3 +318,23 @@ def test_v1_block_replays_and_sees_changes(change, monkeypatch, kernels_on):
     assert replays[0] == 1
     assert torch.equal(out, _afresh(block, x, monkeypatch))
     torch.testing.assert_close(out, _module_by_module(block, x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("where", ["hook", "forward"])
+def test_observed_blocks_are_not_taken_in(where, monkeypatch, kernels_on):
+    """A block hooked or patched before the first call keeps running as a module: the
+    features' plan does not take its steps in."""
+    model = _model()
+    seen: list[int] = []
+    block = model.features[4]
+    if where == "hook":
+        block.register_forward_hook(lambda m, i, o: seen.append(1))
+    else:
+        original = block.forward
+        block.forward = lambda x: seen.append(1) or original(x)
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        outs = [model(x) for _ in range(3)]
+    assert len(seen) == 3
+    assert torch.equal(outs[0], outs[2])
+    assert torch.equal(outs[2], _afresh(model, x, monkeypatch))

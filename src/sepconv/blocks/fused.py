@@ -254,10 +254,10 @@ def run_sequential(layers: nn.Sequential, x: Tensor, residual: Tensor | None = N
     # (sepconv.blocks.plans).
     mode = eager_mode()
     if mode is None or not unobserved(layers):
-        return _plus(residual, layers(x), fresh=False)
+        return add_residual(residual, layers(x), fresh=False)
     plan = plans.lookup(layers, x, mode)
     if plan is not None:
-        return _plus(residual, plan.run(x), plan.fresh)
+        return add_residual(residual, plan.run(x), plan.fresh)
     recorder = plans.Recorder(layers, x, mode)
     modules = list(layers._modules.values())
     i, fresh = 0, False
@@ -282,17 +282,17 @@ def run_sequential(layers: nn.Sequential, x: Tensor, residual: Tensor | None = N
         else:
             with dispatch.uncaptured():
                 out = modules[i](x)
-            recorder.module(modules[i])
+            recorder.module(modules[i], x)
         x, i = out, i + 1
     recorder.finish(fresh)
-    return _plus(residual, x, fresh)
+    return add_residual(residual, x, fresh)
 
 
 def _children(module: nn.Module) -> list[nn.Module]:
     return list(module._modules.values())
 
 
-def _plus(residual: Tensor | None, out: Tensor, fresh: bool) -> Tensor:
+def add_residual(residual: Tensor | None, out: Tensor, fresh: bool) -> Tensor:
     """``residual + out`` (``out`` where ``residual`` is None), in ``out`` where it is
     ``fresh`` (a fused call's output) and the sum has its shape and dtype."""
     if residual is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor, nn
 
@@ -9,6 +11,7 @@ from sepconv import _validation as check
 from sepconv.blocks import plans
 from sepconv.blocks.common import ConvNormAct, SqueezeExcite
 from sepconv.blocks.fused import (
+    add_residual,
     conv_norm_act_stages,
     eager_mode,
     fused_depthwise_pointwise,
@@ -99,6 +102,15 @@ class DepthwiseSeparableBlock(nn.Module):
         if out is None:
             out = self.conv_pw(self.se(self.conv_dw(x)))
         return x + out if self.has_residual else out
+
+    def plan_step(self, x: Tensor, mode: str) -> tuple[plans.Step, plans.Plan] | None:
+        """What :meth:`forward` computes from the block's plan for ``x``, as a function of
+        ``x``, and that plan; None without one (:mod:`sepconv.blocks.plans`: a sequence
+        that runs this block takes it in)."""
+        plan = plans.lookup(self, x, mode)
+        if plan is None:
+            return None
+        return functools.partial(_replayed, plan, self.has_residual, False), plan
 
     def _fused_stages(self, x: Tensor) -> Tensor | None:
         """``conv_pw(conv_dw(x))`` with the depthwise stage and ``conv_pw``'s conv fused, or
@@ -227,3 +239,17 @@ class InvertedResidual(nn.Module):
         (:mod:`sepconv.blocks.fused`) where that is exact.
         """
         return run_sequential(self.conv, x, x if self.use_res_connect else None)
+
+    def plan_step(self, x: Tensor, mode: str) -> tuple[plans.Step, plans.Plan] | None:
+        """As :meth:`DepthwiseSeparableBlock.plan_step`: the plan of ``self.conv``, the
+        shortcut added into its output where that is fresh."""
+        plan = plans.lookup(self.conv, x, mode)
+        if plan is None:
+            return None
+        return functools.partial(_replayed, plan, self.use_res_connect, plan.fresh), plan
+
+
+def _replayed(plan: plans.Plan, residual: bool, fresh: bool, x: Tensor) -> Tensor:
+    """``plan``'s output for ``x``, plus ``x`` where ``residual``, as the blocks' forwards
+    add it (into the output where ``fresh``, :func:`~sepconv.blocks.fused.add_residual`)."""
+    return add_residual(x if residual else None, plan.run(x), fresh)

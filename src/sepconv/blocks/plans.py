@@ -90,6 +90,23 @@ class _Watch:
         # (the same tensors: a dtype or shape changed in place, as Module.to() does)
         return same and list(map(_meta, self.present)) == self.metas
 
+    def merged(self, others: Iterable[_Watch]) -> _Watch:
+        """What this watch and ``others`` watch, in one."""
+        watches = [self, *others]
+
+        def joined(name: str) -> list:
+            return list(chain.from_iterable(getattr(w, name) for w in watches))
+
+        return _Watch(
+            joined("tables"),
+            tuple(joined("entries")),
+            joined("tensor_tables"),
+            tuple(joined("tensors")),
+            joined("present"),
+            joined("metas"),
+            joined("hooks"),
+        )
+
 
 def _entries(tables: list[dict]) -> tuple:
     return tuple(chain.from_iterable(map(dict.values, tables)))
@@ -139,9 +156,10 @@ class Recorder:
     plan may be made."""
 
     def __init__(self, owner: nn.Module, x: Tensor, mode: str) -> None:
-        self.owner, self.key = owner, _key(x, mode)
+        self.owner, self.key, self.mode = owner, _key(x, mode), mode
         self.steps: list[Step] = []
         self.skipped: list[nn.Module] = [owner]  # modules whose forward the steps replace
+        self.inlined: list[_Watch] = []  # the watches of blocks' plans taken in
         self.complete = self.key is not None
 
     def fused(self, recorded: list[Step], modules: Iterable[nn.Module]) -> None:
@@ -153,13 +171,35 @@ class Recorder:
         self.steps.append(recorded[0])
         self.skipped.extend(modules)
 
-    def module(self, module: nn.Module) -> None:
-        """A module run as a whole (its own ``forward``, hooks and all)."""
-        self.steps.append(module)
+    def module(self, module: nn.Module, x: Tensor) -> None:
+        """A module just run as a whole on ``x`` (its own ``forward``, hooks and all); a
+        block that offers it (``plan_step``, see :func:`_block_step`) is taken in as its
+        plan's steps instead, so that a replay skips its call and its own check."""
+        taken = _block_step(module, x, self.mode) if self.complete else None
+        if taken is None:
+            self.steps.append(module)
+            return
+        step, plan = taken
+        self.steps.append(step)
+        self.skipped.append(module)
+        self.inlined.append(plan.watch)
 
     def finish(self, fresh: bool) -> None:
         if self.complete:
-            _plans[self.owner] = Plan(self.key, self.steps, fresh, _Watch.of(self.skipped))
+            watch = _Watch.of(self.skipped).merged(self.inlined)
+            _plans[self.owner] = Plan(self.key, self.steps, fresh, watch)
+
+
+def _block_step(module: nn.Module, x: Tensor, mode: str) -> tuple[Step, Plan] | None:
+    """``module``'s ``plan_step(x, mode)``: the function of ``x`` its ``forward`` computes
+    from its plan, and that plan (which must hold now), or None. Only where skipping its
+    call changes nothing: no forward hooks, ``forward`` not patched."""
+    offer = getattr(type(module), "plan_step", None)
+    if offer is None or "forward" in module.__dict__:
+        return None
+    if any(map(len, [module.__dict__[n] for n in _HOOK_TABLES])):
+        return None
+    return offer(module, x, mode)
 
 
 def forget(owner: nn.Module) -> None:
