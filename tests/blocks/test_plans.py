@@ -338,3 +338,25 @@ def test_observed_blocks_are_not_taken_in(where, monkeypatch, kernels_on):
     assert len(seen) == 3
     assert torch.equal(outs[0], outs[2])
     assert torch.equal(outs[2], _afresh(model, x, monkeypatch))
+
+
+def test_block_subclasses_are_not_taken_in(monkeypatch, kernels_on):
+    """A subclass of a block may compute something else around the same layers: the
+    features' plan runs it as a module."""
+
+    class Doubled(InvertedResidual):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    model = _model()
+    old = model.features[4]
+    c, hidden = old.conv[0][0].in_channels, old.conv[0][0].out_channels
+    block = Doubled(c, old.conv[2].out_channels, 1, hidden // c)
+    block.load_state_dict(old.state_dict())
+    model.features[4] = block.eval()
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        outs = [model(x) for _ in range(3)]
+    assert torch.equal(outs[0], outs[2])
+    assert torch.equal(outs[2], _afresh(model, x, monkeypatch))
+    torch.testing.assert_close(outs[2], _module_by_module(model, x), rtol=1e-4, atol=1e-4)

@@ -106,8 +106,8 @@ class DepthwiseSeparableBlock(nn.Module):
     def plan_step(self, x: Tensor, mode: str) -> tuple[plans.Step, plans.Plan] | None:
         """What :meth:`forward` computes from the block's plan for ``x``, as a function of
         ``x``, and that plan; None without one (:mod:`sepconv.blocks.plans`: a sequence
-        that runs this block takes it in)."""
-        plan = plans.lookup(self, x, mode)
+        that runs this block takes it in). Not for subclasses, whose forward may differ."""
+        plan = plans.lookup(self, x, mode) if type(self) is DepthwiseSeparableBlock else None
         if plan is None:
             return None
         return functools.partial(_replayed, plan, self.has_residual, False), plan
@@ -243,7 +243,7 @@ class InvertedResidual(nn.Module):
     def plan_step(self, x: Tensor, mode: str) -> tuple[plans.Step, plans.Plan] | None:
         """As :meth:`DepthwiseSeparableBlock.plan_step`: the plan of ``self.conv``, the
         shortcut added into its output where that is fresh."""
-        plan = plans.lookup(self.conv, x, mode)
+        plan = plans.lookup(self.conv, x, mode) if type(self) is InvertedResidual else None
         if plan is None:
             return None
         return functools.partial(_replayed, plan, self.use_res_connect, plan.fresh), plan
