@@ -23,7 +23,9 @@ changed, which one pass of C-level comparisons establishes:
   replaces tensors' data in place).
 
 Anything else (a new hook, ``train()``, a replaced parameter, another input size) records
-the sequence afresh.
+the sequence afresh. A block that a sequence runs as a module (``DepthwiseSeparableBlock``,
+``InvertedResidual``: ``plan_step``) is taken into the sequence's plan with its own plan's
+steps and watch, so that a network's features replay as one plan under one check.
 """
 
 from __future__ import annotations
@@ -200,8 +202,3 @@ def _block_step(module: nn.Module, x: Tensor, mode: str) -> tuple[Step, Plan] | 
     if any(map(len, [module.__dict__[n] for n in _HOOK_TABLES])):
         return None
     return offer(module, x, mode)
-
-
-def forget(owner: nn.Module) -> None:
-    """Drop ``owner``'s plan (the next call records afresh)."""
-    _plans.pop(owner, None)
