@@ -66,10 +66,12 @@ inline void micro_f32(i64 K, const float* a, i64 lda, const float* b, i64 ldb, f
         acc[i][v] = vzero<float>();
     }
   const i64 tail = nvalid - (NV - 1) * L;  // valid lanes of the last vector
-  // Rows before the last may be read by whole vectors (past the row end lies the next row,
-  // ldb >= N); the last row's partial vector is read lane by lane, so B is never read past
-  // its last element (B may be a caller's tensor).
-  const i64 kfull = tail >= L ? K : K - 1;
+  // The last vector of a row reaches `over` elements past the row's valid columns, into the
+  // rows after it: whole vectors only for the rows that leave that much of B after them,
+  // the rest lane by lane, so B is never read past its last element (B may be a caller's
+  // tensor: a planar input's 2x2 planes, ldb 4, overran it by 48 bytes).
+  const i64 over = L - tail;
+  const i64 kfull = over <= 0 ? K : std::max<i64>(0, K - (over + ldb - 1) / std::max<i64>(ldb, 1));
   for (i64 k = 0; k < K; ++k) {
     vec bv[NV];
 #pragma GCC unroll 4
