@@ -71,7 +71,9 @@ inline void micro_f32(i64 K, const float* a, i64 lda, const float* b, i64 ldb, f
   // the rest lane by lane, so B is never read past its last element (B may be a caller's
   // tensor: a planar input's 2x2 planes, ldb 4, overran it by 48 bytes).
   const i64 over = L - tail;
-  const i64 kfull = over <= 0 ? K : std::max<i64>(0, K - (over + ldb - 1) / std::max<i64>(ldb, 1));
+  i64 kfull = over <= 0 ? K : K - 1;
+  if (__builtin_expect(over > ldb, 0))  // (rows shorter than the overrun: rare, tiny planes)
+    kfull = std::max<i64>(0, K - (over + ldb - 1) / std::max<i64>(ldb, 1));
   for (i64 k = 0; k < K; ++k) {
     vec bv[NV];
 #pragma GCC unroll 4
