@@ -190,8 +190,7 @@ def _conv_norm_act(cna: nn.Module, x: Tensor, from_forward: bool = False) -> Ten
             mid=params,
             norm=norm_tensors,
         )
-    dispatch.record(step)  # (what a plan replays: sepconv.blocks.plans)
-    return step(x)
+    return dispatch.run_recorded(step, x)  # (what a plan replays: sepconv.blocks.plans)
 
 
 def _first_child(cna: nn.Module) -> nn.Module | None:

@@ -167,9 +167,7 @@ def separable_forward(
 def _recorded_fallback(fn: Callable[..., Tensor], x: Tensor, rest: tuple) -> Tensor:
     """``fn(x, *rest)``, the PyTorch path of a call the kernels declined, recorded as the
     call's step (:func:`sepconv.kernels.dispatch.record`) as the kernel path would be."""
-    step = partial(_input_first, fn, rest)
-    dispatch.record(step)
-    return step(x)
+    return dispatch.run_recorded(partial(_input_first, fn, rest), x)
 
 
 def _input_first(fn: Callable[..., Tensor], rest: tuple, x: Tensor) -> Tensor:

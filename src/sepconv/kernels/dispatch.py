@@ -329,7 +329,8 @@ def record(fn: Callable[[Tensor], Tensor]) -> None:
         stack[-1].append(fn)
 
 
-def _recorded(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+def run_recorded(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """``fn(x)``, :func:`record` ed first."""
     record(fn)
     return fn(x)
 
@@ -350,12 +351,12 @@ def _run(current: str, call: _Call, grad: bool, kernel, pytorch, x: Tensor) -> T
                     return None
                 call.measured = _measure(kernel, pytorch, x)
             if call.measured == PYTORCH_CHANNELS_LAST:
-                return _recorded(partial(_via_channels_last, pytorch), x)
+                return run_recorded(partial(_via_channels_last, pytorch), x)
             if call.measured != KERNEL:
                 return None
     if not _load_or_decline(current):
         return None
-    return _recorded(kernel, x)
+    return run_recorded(kernel, x)
 
 
 def _measure(kernel, pytorch, x: Tensor) -> str:
