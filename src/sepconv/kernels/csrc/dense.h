@@ -22,30 +22,24 @@
 namespace {
 
 // geo: N, C, H, W, O, OH, OW, KH, KW, sy, sx, py, px, dy, dx (py / px: the zero rows / columns
-// before the input; after it, as many as the output needs), in_nhwc, out_nhwc, threads, flags
-// (1: norm, 2: clamp), then eps, lo and hi as the bits of doubles.
-struct DenseGeo {
+// before the input; after it, as many as the output needs), in_nhwc, out_nhwc, threads, then
+// the stage's four values (stage_params).
+struct DenseGeo : StageParams {
   i64 N, C, H, W, O, OH, OW, KH, KW, sy, sx, py, px, dy, dx, threads;
-  bool in_nhwc, out_nhwc, norm, clamp;
-  float eps, lohi[2];
-  const float* clamp_bounds() const { return clamp ? lohi : nullptr; }  // (for clamp_vec)
+  bool in_nhwc, out_nhwc;
   i64 taps() const { return C * KH * KW; }
   i64 span() const { return (OW - 1) * sx + (KW - 1) * dx + 1; }  // padded input columns read
 };
 
 inline DenseGeo dense_geo(const i64* g) {
   DenseGeo r;
+  static_cast<StageParams&>(r) = stage_params(g + 18);
   i64* const fields[] = {&r.N, &r.C, &r.H, &r.W, &r.O, &r.OH, &r.OW, &r.KH,
                          &r.KW, &r.sy, &r.sx, &r.py, &r.px, &r.dy, &r.dx};
   for (i64 i = 0; i < 15; ++i) *fields[i] = g[i];
   r.in_nhwc = g[15] != 0;
   r.out_nhwc = g[16] != 0;
   r.threads = std::max<i64>(1, g[17]);
-  r.norm = (g[18] & 1) != 0;
-  r.clamp = (g[18] & 2) != 0;
-  r.eps = float(bits_to_double(g[19]));
-  r.lohi[0] = float(bits_to_double(g[20]));
-  r.lohi[1] = float(bits_to_double(g[21]));
   return r;
 }
 

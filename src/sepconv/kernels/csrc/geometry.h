@@ -42,6 +42,21 @@ inline double bits_to_double(i64 bits) {
   return d;
 }
 
+// A one-call conv's norm and clamp (the 1x1 and the stem forward), from four geometry values
+// (Python's _ops._mid_values): flags (1: norm, 2: clamp), then eps, lo and hi as the bits of
+// doubles.
+struct StageParams {
+  bool norm, clamp;
+  float eps, lohi[2];
+  // The clamp's {lo, hi} for clamp_vec and the GEMM's stores, or null.
+  const float* clamp_bounds() const { return clamp ? lohi : nullptr; }
+};
+
+inline StageParams stage_params(const i64* g) {
+  return StageParams{(g[0] & 1) != 0, (g[0] & 2) != 0, float(bits_to_double(g[1])),
+                     {float(bits_to_double(g[2])), float(bits_to_double(g[3]))}};
+}
+
 Geo make_geo(const i64* g) {
   Geo r;
   r.N = g[0]; r.C = g[1]; r.M = g[2]; r.H = g[3]; r.W = g[4]; r.OH = g[5]; r.OW = g[6];

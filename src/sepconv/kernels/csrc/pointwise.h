@@ -18,31 +18,25 @@
 namespace {
 
 // geo: N, C, O, P (pixels an image), nhwc (input and output channels_last, dense), threads,
-// flags (1: norm, 2: clamp), then eps, lo and hi as the bits of doubles.
-struct PwGeo {
+// then the stage's four values (stage_params).
+// The clamp goes to the GEMM's stores (applied to the accumulators: a pass over each output
+// block less). (Streaming the output too, for outputs beyond half the L3: 8x16x112x112 -> 96
+// 0.96-1.0x, 8x24x56x56 -> 144 0.94x, channels_last 1.05-1.08x, in the network 0.96-1.04x:
+// not kept.)
+struct PwGeo : StageParams {
   i64 N, C, O, P, threads;
-  bool nhwc, norm, clamp;
-  float eps, lohi[2];
-  // The clamp's {lo, hi} for the GEMM's stores (applied to the accumulators: a pass over
-  // each output block less), or null. (Streaming the output too, for outputs beyond half
-  // the L3: 8x16x112x112 -> 96 0.96-1.0x, 8x24x56x56 -> 144 0.94x, channels_last
-  // 1.05-1.08x, in the network 0.96-1.04x: not kept.)
-  const float* clamp_bounds() const { return clamp ? lohi : nullptr; }
+  bool nhwc;
 };
 
 inline PwGeo pw_geo(const i64* g) {
   PwGeo r;
+  static_cast<StageParams&>(r) = stage_params(g + 6);
   r.N = g[0];
   r.C = g[1];
   r.O = g[2];
   r.P = g[3];
   r.nhwc = g[4] != 0;
   r.threads = std::max<i64>(1, g[5]);
-  r.norm = (g[6] & 1) != 0;
-  r.clamp = (g[6] & 2) != 0;
-  r.eps = float(bits_to_double(g[7]));
-  r.lohi[0] = float(bits_to_double(g[8]));
-  r.lohi[1] = float(bits_to_double(g[9]));
   return r;
 }
 
