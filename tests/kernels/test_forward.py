@@ -27,6 +27,7 @@ from tests.kernels.helpers import (
     stride2_direct_cases,
     tile_gemm,
 )
+from tests.kernels.helpers import threads as thread_count
 
 RTOL = 1e-5
 
@@ -461,14 +462,9 @@ GEMMS = sorted(_build.TILE_GEMM)
 @pytest.mark.parametrize("gemm", GEMMS)
 @pytest.mark.parametrize("threads", [1, 2])
 def test_every_tile_gemm_agrees(gemm, threads, kernels_on):
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with tile_gemm(gemm):
-            for case in MANY_TILE_CASES + FEW_TILE_CASES:
-                check_separable(case)
-    finally:
-        torch.set_num_threads(old)
+    with thread_count(threads), tile_gemm(gemm):
+        for case in MANY_TILE_CASES + FEW_TILE_CASES:
+            check_separable(case)
 
 
 # Planar tiles of 256 and 1024 pixels, whose intermediate's channel rows are a multiple of 1
@@ -635,14 +631,10 @@ def test_thread_counts_agree(threads, kernels_on):
     )
     x = case.input()
     wd, wp, bd, bp = case.weights()
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with thread_count(threads):
         out = dispatch.separable(
             x, wd, wp, bd, bp, case.stride, case.dilation, case.plan(), "zeros"
         )
-    finally:
-        torch.set_num_threads(old)
     expected = reference.separable_conv(_np(x), _np(wd), _np(wp), _np(bd), _np(bp), 1, 1)
     assert_close_to_reference(out, expected, rtol=RTOL)
 
