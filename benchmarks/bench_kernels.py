@@ -410,8 +410,13 @@ def bench_mid_stage() -> dict:
     shapes = mobilenet_v2_shapes(1)[::3] if QUICK else mobilenet_v2_shapes(1)
     shapes += [] if QUICK else mobilenet_v2_shapes(8)[::3]
     rows = _bench_rows(shapes, _bench_mid_row, "mid BN+ReLU6")
-    speedups = [r["times_ms"]["pytorch_nchw"] / r["times_ms"]["auto_nchw"] for r in rows]
-    return {"rows": rows, "geomean_speedup_nchw": geomean(speedups)}
+    return {"rows": rows, "geomean_speedup_nchw": _speedup_nchw(rows)}
+
+
+def _speedup_nchw(rows: list[dict]) -> float:
+    """Geometric mean over ``rows`` of PyTorch eager NCHW's time over sepconv's (``auto``,
+    NCHW input)."""
+    return geomean([r["times_ms"]["pytorch_nchw"] / r["times_ms"]["auto_nchw"] for r in rows])
 
 
 def _bench_rows(shapes: list[Shape], bench_row: Callable[[Shape], dict], tag: str) -> list[dict]:
@@ -490,8 +495,7 @@ def bench_stems() -> dict:
     ]
     shapes += [Shape("ResNet stem", 1, 3, 224, 64, 7, 2, "stem")]
     rows = _bench_rows(shapes, _bench_stem_row, "stem")
-    speedups = [r["times_ms"]["pytorch_nchw"] / r["times_ms"]["auto_nchw"] for r in rows]
-    return {"rows": rows, "geomean_speedup_nchw": geomean(speedups)}
+    return {"rows": rows, "geomean_speedup_nchw": _speedup_nchw(rows)}
 
 
 def _bench_stem_row(shape: Shape) -> dict:
@@ -528,9 +532,7 @@ def bench_bfloat16() -> dict | None:
 
     return {
         "rows": rows,
-        "geomean_speedup_nchw": geomean(
-            [r["times_ms"]["pytorch_nchw"] / r["times_ms"]["auto_nchw"] for r in rows]
-        ),
+        "geomean_speedup_nchw": _speedup_nchw(rows),
         "geomean_best_against_best": geomean(
             [best(r["times_ms"], "pytorch") / best(r["times_ms"], "auto") for r in rows]
         ),
