@@ -318,13 +318,22 @@ def test_pointwise_conv_norm_act_declines(name, kernels_on):
         assert fused_module.pointwise_conv_norm_act(cna.eval(), x) is None
 
 
-def test_pointwise_conv_norm_act_off_and_with_autograd(monkeypatch):
-    cna = _randomise_norms(ConvNormAct(12, 20, 1)).eval()
-    x = torch.randn(2, 12, 8, 8)
-    assert fused_module.pointwise_conv_norm_act(cna, x) is None  # (grad enabled, parameters)
+@pytest.mark.parametrize(
+    ("entry", "cna", "shape"),
+    [
+        ("pointwise_conv_norm_act", lambda: ConvNormAct(12, 20, 1), (2, 12, 8, 8)),
+        ("stem_conv_norm_act", lambda: ConvNormAct(3, 8, 3, 2), (2, 3, 16, 16)),
+    ],
+    ids=["pointwise", "stem"],
+)
+def test_one_call_off_and_with_autograd(entry, cna, shape, monkeypatch):
+    one_call = getattr(fused_module, entry)
+    cna = _randomise_norms(cna()).eval()
+    x = torch.randn(*shape)
+    assert one_call(cna, x) is None  # (grad enabled, parameters)
     monkeypatch.setenv("SEPCONV_KERNELS", "off")
     with torch.no_grad():
-        assert fused_module.pointwise_conv_norm_act(cna, x) is None
+        assert one_call(cna, x) is None
 
 
 @pytest.mark.parametrize("make", [mobilenet_v1_small, mobilenet_v2_small])
@@ -473,15 +482,6 @@ def test_stem_conv_norm_act_declines(name, kernels_on):
     cna, x = _stem_declined()[name]
     with torch.no_grad():
         assert fused_module.stem_conv_norm_act(cna.eval(), x) is None
-
-
-def test_stem_conv_norm_act_off_and_with_autograd(monkeypatch):
-    cna = _randomise_norms(ConvNormAct(3, 8, 3, 2)).eval()
-    x = torch.randn(2, 3, 16, 16)
-    assert fused_module.stem_conv_norm_act(cna, x) is None  # (grad enabled, parameters)
-    monkeypatch.setenv("SEPCONV_KERNELS", "off")
-    with torch.no_grad():
-        assert fused_module.stem_conv_norm_act(cna, x) is None
 
 
 @pytest.mark.parametrize("make", [mobilenet_v1, mobilenet_v2])
