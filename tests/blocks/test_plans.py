@@ -1,4 +1,4 @@
-"""Replayed plans (``sepconv.blocks.plans``): a sequence's second inference call replays the
+"""Replayed plans (``sepconv.layers.plans``): a sequence's second inference call replays the
 first call's kernel steps, and any change after the first call that the steps depend on is
 seen: the result always equals a call that asks everything afresh, and the modules' own."""
 
@@ -16,8 +16,8 @@ from sepconv.blocks import (
     DepthwiseSeparableBlock,
     InvertedResidual,
     SqueezeExcite,
-    plans,
 )
+from sepconv.layers import plans
 from sepconv.models import mobilenet_v2_small
 from tests.blocks.test_fused import _module_by_module, _randomise_norms
 

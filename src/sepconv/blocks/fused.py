@@ -14,7 +14,7 @@ the activation in place (:func:`pointwise_conv_norm_act`): module by module it w
 fresh tensors, which page-fault on first touch (docs/performance.md, run V). A stem's
 ``ConvNormAct`` (a dense conv of at most four input channels) runs as one kernel call the
 same way (:func:`stem_conv_norm_act`). Without autograd, a sequence's later calls replay its
-first call's kernel calls while nothing they depend on has changed (:mod:`sepconv.blocks.plans`).
+first call's kernel calls while nothing they depend on has changed (:mod:`sepconv.layers.plans`).
 """
 
 from __future__ import annotations
@@ -24,14 +24,15 @@ import functools
 import torch
 from torch import Tensor, nn
 
-from sepconv.blocks import plans
 from sepconv.blocks.common import ConvNormAct
 from sepconv.functional.conv import MidStage, separable_forward
 from sepconv.functional.padding import PaddingPlan, resolve_padding
 from sepconv.kernels import _build, _ops, dispatch
+from sepconv.layers import plans
 from sepconv.layers.fusion import (
     UNFUSED,
-    any_global_hooks,
+    eager_mode,
+    eager_on,
     has_plain_weights,
     inference_mid_stage,
     plain_module,
@@ -190,7 +191,7 @@ def _conv_norm_act(cna: nn.Module, x: Tensor, from_forward: bool = False) -> Ten
             mid=params,
             norm=norm_tensors,
         )
-    return dispatch.run_recorded(step, x)  # (what a plan replays: sepconv.blocks.plans)
+    return dispatch.run_recorded(step, x)  # (what a plan replays: sepconv.layers.plans)
 
 
 def _first_child(cna: nn.Module) -> nn.Module | None:
@@ -250,7 +251,7 @@ def run_sequential(layers: nn.Sequential, x: Tensor, residual: Tensor | None = N
     # What holds for the whole sequence is asked once (asked per layer, it was a tenth of
     # MobileNetV2's time at batch 1); whether x records history, per layer. Without autograd,
     # a call that finds the sequence as its first call left it replays that call's steps
-    # (sepconv.blocks.plans).
+    # (sepconv.layers.plans).
     mode = eager_mode()
     if mode is None or not unobserved(layers):
         return add_residual(residual, layers(x), fresh=False)
@@ -316,21 +317,6 @@ def _eager_inference_on(x: Tensor) -> bool:
     """Plain eager inference on a 4-d ``x``: :func:`eager_on` and :func:`_inference_input`.
     Tracing is asked first: under torch.fx, ``x`` is a Proxy that cannot be inspected."""
     return eager_on() and _inference_input(x)
-
-
-def eager_on() -> bool:
-    """Plain eager PyTorch (:func:`sepconv.kernels.dispatch.plain_eager`: not tracing,
-    compiling...), the kernels not turned off, no global hooks."""
-    return eager_mode() is not None
-
-
-def eager_mode() -> str | None:
-    """The kernels' setting (:func:`sepconv.kernels.dispatch.mode`) where :func:`eager_on`
-    holds, else None."""
-    if not dispatch.plain_eager() or any_global_hooks():
-        return None
-    mode = dispatch.mode()
-    return None if mode == "off" else mode
 
 
 def _inference_input(x: Tensor) -> bool:

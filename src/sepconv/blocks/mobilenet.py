@@ -8,18 +8,17 @@ import torch
 from torch import Tensor, nn
 
 from sepconv import _validation as check
-from sepconv.blocks import plans
 from sepconv.blocks.common import ConvNormAct, SqueezeExcite
 from sepconv.blocks.fused import (
     add_residual,
     conv_norm_act_stages,
-    eager_mode,
     fused_depthwise_pointwise,
     norm_act_inplace,
     run_sequential,
 )
 from sepconv.kernels import dispatch
-from sepconv.layers.fusion import UNFUSED, inference_mid_stage, plain_module
+from sepconv.layers import plans
+from sepconv.layers.fusion import UNFUSED, eager_mode, inference_mid_stage, plain_module
 from sepconv.layers.norm_act import LayerSpec, create_norm
 
 
@@ -105,7 +104,7 @@ class DepthwiseSeparableBlock(nn.Module):
 
     def plan_step(self, x: Tensor, mode: str) -> tuple[plans.Step, plans.Plan] | None:
         """What :meth:`forward` computes from the block's plan for ``x``, as a function of
-        ``x``, and that plan; None without one (:mod:`sepconv.blocks.plans`: a sequence
+        ``x``, and that plan; None without one (:mod:`sepconv.layers.plans`: a sequence
         that runs this block takes it in). Not for subclasses, whose forward may differ."""
         plan = plans.lookup(self, x, mode) if type(self) is DepthwiseSeparableBlock else None
         if plan is None:
@@ -115,7 +114,7 @@ class DepthwiseSeparableBlock(nn.Module):
     def _fused_stages(self, x: Tensor) -> Tensor | None:
         """``conv_pw(conv_dw(x))`` with the depthwise stage and ``conv_pw``'s conv fused, or
         None. Without autograd, later calls replay the first one's kernel call where nothing
-        it depends on changed (:mod:`sepconv.blocks.plans`)."""
+        it depends on changed (:mod:`sepconv.layers.plans`)."""
         mode = eager_mode()
         if mode is None:
             return None

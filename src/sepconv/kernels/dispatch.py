@@ -285,7 +285,7 @@ KERNEL, PYTORCH, PYTORCH_CHANNELS_LAST = "kernel", "pytorch", "pytorch channels_
 
 
 # ----------------------------------------------------------------------------- recording
-# A caller that will replay what a call computed (sepconv.blocks.plans) captures the function
+# A caller that will replay what a call computed (sepconv.layers.plans) captures the function
 # of the input that a taken path ran: record() appends it to the innermost capture.
 _captures = threading.local()
 

@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn.modules import module as _torch_module
 
 from sepconv.functional.conv import MidStage
+from sepconv.kernels import dispatch
 
 #: What :func:`mid_stage_of` returns where the modules must run one by one.
 UNFUSED = object()
@@ -126,3 +127,18 @@ def any_global_hooks() -> bool:
         or m._global_backward_hooks
         or m._global_backward_pre_hooks
     )
+
+
+def eager_on() -> bool:
+    """Plain eager PyTorch (:func:`sepconv.kernels.dispatch.plain_eager`: not tracing,
+    compiling...), the kernels not turned off, no global hooks."""
+    return eager_mode() is not None
+
+
+def eager_mode() -> str | None:
+    """The kernels' setting (:func:`sepconv.kernels.dispatch.mode`) where :func:`eager_on`
+    holds, else None."""
+    if not dispatch.plain_eager() or any_global_hooks():
+        return None
+    mode = dispatch.mode()
+    return None if mode == "off" else mode
