@@ -16,8 +16,8 @@ changed, which one pass of C-level comparisons establishes:
 * the input's shape, strides, dtype and device, the kernels' setting and thread count;
 * no autograd (``torch.no_grad`` or ``torch.inference_mode``), plain eager PyTorch, no
   global hooks;
-* every module whose ``forward`` a step skipped, and the sequence itself: each entry of
-  their ``__dict__`` (training flag, settings such as stride or eps, hook tables) and of
+* every module whose ``forward`` a step skipped, and the sequence itself: its class (a
+  class assigned since may have another ``forward``), each entry of their ``__dict__`` (training flag, settings such as stride or eps, hook tables) and of
   their parameter, buffer and child tables is the same object, no hook table has gained
   an entry, and each parameter and buffer keeps its dtype and shape (``module.to()``
   replaces tensors' data in place).
@@ -56,6 +56,8 @@ class _Watch:
     present: list[Tensor]  # those that are not None (but step counts)
     metas: list[tuple]  # their (dtype, shape)
     hooks: list[dict]  # the modules' hook tables (empty when recorded)
+    modules: list[weakref.ref]  # (weak: a plan must not keep its owner alive)
+    classes: list[type]  # their classes
 
     @classmethod
     def of(cls, modules: Iterable[nn.Module]) -> _Watch:
@@ -77,10 +79,14 @@ class _Watch:
             present,
             list(map(_meta, present)),
             [m.__dict__[n] for m in modules for n in _HOOK_TABLES],
+            list(map(weakref.ref, modules)),
+            list(map(type, modules)),
         )
 
     def unchanged(self) -> bool:
         if any(map(len, self.hooks)):
+            return False
+        if [type(module()) for module in self.modules] != self.classes:
             return False
         tensors = _entries(self.tensor_tables)
         if len(tensors) != len(self.tensors) or not all(map(operator.is_, tensors, self.tensors)):
@@ -107,6 +113,8 @@ class _Watch:
             joined("present"),
             joined("metas"),
             joined("hooks"),
+            joined("modules"),
+            joined("classes"),
         )
 
 
