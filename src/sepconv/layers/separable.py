@@ -19,10 +19,11 @@ from sepconv.functional.padding import PaddingSpec
 from sepconv.functional.weights import separable_to_dense
 from sepconv.kernels import dispatch
 from sepconv.layers import conv as convs
-from sepconv.layers import transpose
+from sepconv.layers import plans, transpose
 from sepconv.layers.fusion import (
     UNFUSED,
     any_global_hooks,
+    eager_mode,
     has_plain_weights,
     hooked,
     inference_mid_stage,
@@ -200,15 +201,41 @@ class _SeparableConvNd(_SeparableBase):
     padding_mode = property(lambda self: self.depthwise.padding_mode)
 
     def _all_stages(self, x: Tensor) -> Tensor:
-        # ``norm`` and ``act`` in the fused call too, where they are an inference batch norm
-        # and a clamp: as modules, each was a pass over the output and a fresh tensor.
-        post = self._fused_post()
-        if post is None:
+        # Without autograd, a call replays the kernel call of the first one while nothing it
+        # depends on has changed (sepconv.layers.plans): asking afresh which stages a fused
+        # call may skip took 12-26 us a call, a fifth to a third of a 1x192x28x28 -> 64
+        # layer's time (docs/performance.md, run Z).
+        mode = _plan_mode(self)
+        plan = plans.lookup(self, x, mode) if mode is not None else None
+        if plan is not None:
+            return plan.run(x)
+        stages = self._one_call_stages(x)
+        if stages is None:
             return super()._all_stages(x)
+        if mode is None:
+            return self._fused_call(x, *stages)
+        recorder = plans.Recorder(self, x, mode)
+        with dispatch.capture() as recorded:
+            out = self._fused_call(x, *stages)
+        recorder.fused(recorded, self._modules.values())
+        recorder.finish(fresh=True)
+        return out
+
+    def _one_call_stages(self, x: Tensor) -> tuple[MidStage | None, MidStage | None] | None:
+        """``(mid, post)`` where all stages run as one fused call (:meth:`_fused_call`),
+        else None. ``norm`` and ``act`` go into the call where they are an inference batch
+        norm and a clamp: as modules, each was a pass over the output and a fresh tensor."""
         mid = self._fused_mid()
-        if mid is UNFUSED or not dispatch.eager_inference(x):
-            return super()._all_stages(x)
-        return self._fused_call(x, mid, post)
+        if mid is UNFUSED:
+            return None
+        post = self._fused_post()
+        if post is None and not _bare_ends(self._modules):
+            return None
+        if (mid is not None or post is not None) and not dispatch.eager_inference(x):
+            # (a stage between or after the convolutions is fused only at eager inference:
+            # with an input gradient, autocast, functorch or forward AD, the modules run)
+            return None
+        return mid, post
 
     def _conv_stages(self, x: Tensor) -> Tensor:
         mid = self._fused_mid()
@@ -311,6 +338,21 @@ class _SeparableConvNd(_SeparableBase):
             if bias is not None:
                 dense.bias.copy_(bias)
         return self._dense_or_sequential(dense)
+
+
+def _plan_mode(layer: nn.Module) -> str | None:
+    """The kernels' setting where ``layer``'s call may replay or record a plan: plain eager
+    PyTorch without autograd, the kernels on, no hooks on ``layer`` (its own hooks run
+    around ``forward`` whatever it does, but a plan watches for hooks on what it skips)."""
+    if torch.is_grad_enabled() or hooked(layer):
+        return None
+    return eager_mode()
+
+
+def _bare_ends(stages: dict[str, nn.Module]) -> bool:
+    """No ``norm`` or ``act``: both an unhooked ``nn.Identity`` (and no global hooks, which
+    :meth:`_SeparableConvNd._fused_mid` asked first)."""
+    return all(type(stages[n]) is nn.Identity and not hooked(stages[n]) for n in ("norm", "act"))
 
 
 def _has_mid_layers(stages: dict[str, nn.Module]) -> bool:

@@ -1,0 +1,347 @@
+"""Replayed plans of the separable layers (``sepconv.layers.plans``): a ``SeparableConvNd``
+call without autograd replays the first call's kernel call, and any change after the first
+call that it depends on is seen: the result equals a call that asks everything afresh
+(bitwise) and the reference path (``SEPCONV_KERNELS=off``)."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+from torch.nn.modules import module as torch_module
+
+from sepconv import SeparableConv1d, SeparableConv2d
+from sepconv.layers import plans
+from sepconv.layers import separable as separable_module
+
+
+def _layer(seed: int = 0, **kwargs) -> nn.Module:
+    """A MobileNet-style layer (batch norms and clamps between and after the convolutions),
+    its norms' statistics away from their defaults."""
+    torch.manual_seed(seed)
+    kwargs.setdefault("mid_norm_layer", nn.BatchNorm2d)
+    kwargs.setdefault("mid_act_layer", nn.ReLU6)
+    kwargs.setdefault("norm_layer", nn.BatchNorm2d)
+    kwargs.setdefault("act_layer", nn.ReLU)
+    kwargs.setdefault("padding", 1)
+    layer = SeparableConv2d(6, 5, 3, **kwargs).eval()
+    for norm in layer.modules():
+        if isinstance(norm, nn.BatchNorm2d):
+            with torch.no_grad():
+                norm.running_mean.uniform_(-0.3, 0.3)
+                norm.running_var.uniform_(0.5, 1.5)
+                norm.weight.uniform_(0.8, 1.2)
+                norm.bias.uniform_(-0.2, 0.2)
+    return layer
+
+
+def _afresh(layer: nn.Module, x: torch.Tensor, monkeypatch) -> torch.Tensor:
+    """``layer(x)`` without autograd, every check asked again (no plan replayed)."""
+    with monkeypatch.context() as patch, torch.no_grad():
+        patch.setattr(plans, "lookup", lambda *args: None)
+        return layer(x)
+
+
+def _reference(layer: nn.Module, x: torch.Tensor, monkeypatch) -> torch.Tensor:
+    """The reference path: the stages' own modules, PyTorch's convolutions."""
+    with monkeypatch.context() as patch, torch.no_grad():
+        patch.setenv("SEPCONV_KERNELS", "off")
+        return layer(x)
+
+
+def _count_replays(monkeypatch) -> list[int]:
+    calls = [0]
+    original = plans.Plan.run
+
+    def counted(self, x):
+        calls[0] += 1
+        return original(self, x)
+
+    monkeypatch.setattr(plans.Plan, "run", counted)
+    return calls
+
+
+def _assert_as_asked_afresh(layer, x, out, monkeypatch) -> None:
+    assert torch.equal(out, _afresh(layer, x, monkeypatch))
+    reference = _reference(layer, x, monkeypatch)
+    scale = max(1.0, reference.abs().max().item())
+    assert (out - reference).abs().max().item() <= 1e-4 * scale
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    stride=st.sampled_from([1, 2]),
+    padding=st.sampled_from([0, 1, "same"]),
+    padding_mode=st.sampled_from(["zeros", "reflect", "replicate", "circular"]),
+    multiplier=st.sampled_from([1, 2]),
+    mid_layers=st.booleans(),
+    channels_last=st.booleans(),
+    batch=st.integers(1, 3),
+    size=st.integers(5, 9),
+)
+def test_second_call_replays_the_first(
+    stride, padding, padding_mode, multiplier, mid_layers, channels_last, batch, size,
+    kernels_built,
+):  # fmt: skip
+    if padding == "same" and stride != 1:
+        padding = 1
+    none = dict(mid_norm_layer=None, mid_act_layer=None, norm_layer=None, act_layer=None)
+    layer = _layer(
+        stride=stride,
+        padding=padding,
+        padding_mode=padding_mode,
+        depth_multiplier=multiplier,
+        **({} if mid_layers else none),
+    )
+    x = torch.randn(batch, 6, size, size)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("SEPCONV_KERNELS", "on")
+        replays = _count_replays(monkeypatch)
+        with torch.no_grad():
+            first = layer(x)
+            assert replays[0] == 0
+            second = layer(x)
+        assert replays[0] == 1
+        assert torch.equal(first, second)
+        _assert_as_asked_afresh(layer, x, second, monkeypatch)
+
+
+def test_1d_and_unbatched_inputs(monkeypatch, kernels_on):
+    layer = SeparableConv1d(4, 3, 3, padding="causal").eval()
+    for x in (torch.randn(2, 4, 11), torch.randn(4, 11)):
+        with torch.no_grad():
+            first, second = layer(x), layer(x)
+        assert torch.equal(first, second) and second.shape[:-1] == (*x.shape[:-2], 3)
+        _assert_as_asked_afresh(layer, x, second, monkeypatch)
+
+
+def test_no_plan_with_autograd(monkeypatch, kernels_on):
+    layer = _layer(mid_norm_layer=None, mid_act_layer=None, norm_layer=None, act_layer=None)
+    x = torch.randn(1, 6, 7, 7, requires_grad=True)
+    replays = _count_replays(monkeypatch)
+    for _ in range(2):
+        layer(x).sum().backward()
+    assert replays[0] == 0 and x.grad is not None
+
+
+def test_a_hooked_layer_runs_its_hooks_and_no_plan(monkeypatch, kernels_on):
+    layer, seen = _layer(), []
+    layer.register_forward_hook(lambda m, i, o: seen.append(1) or o + 1)
+    x = torch.randn(1, 6, 7, 7)
+    replays = _count_replays(monkeypatch)
+    with torch.no_grad():
+        first, second = layer(x), layer(x)
+    assert replays[0] == 0 and len(seen) == 2 and torch.equal(first, second)
+
+
+def test_new_input_shape_records_again(monkeypatch, kernels_on):
+    layer = _layer()
+    replays = _count_replays(monkeypatch)
+    with torch.no_grad():
+        for size in (7, 9, 9, 7):
+            x = torch.randn(1, 6, size, size)
+            _assert_as_asked_afresh(layer, x, layer(x), monkeypatch)
+    assert replays[0] == 1  # (the second 9x9 call; the last 7x7 one recorded again)
+
+
+def test_plans_do_not_keep_layers_alive(kernels_on):
+    layer = _layer()
+    with torch.no_grad():
+        layer(torch.randn(1, 6, 7, 7))
+    assert layer in plans._plans
+    ref = weakref.ref(layer)
+    del layer
+    gc.collect()
+    assert ref() is None
+
+
+# Changes after the first call; each (layer, seen) -> an undo function or None. Those in
+# _SEEN add a hook or a forward that appends to ``seen``, which must then have run.
+
+
+def _hooked_mid_norm(layer, seen):
+    layer.mid_norm.register_forward_hook(lambda m, i, o: seen.append(1) or o + 1)
+
+
+def _pre_hooked_pointwise(layer, seen):
+    layer.pointwise.register_forward_pre_hook(lambda m, i: seen.append(1) or (i[0] * 2,))
+
+
+def _hooked_identity(layer, seen):  # (a layer without norm: its act is an Identity)
+    layer.act = nn.Identity()
+    layer.act.register_forward_hook(lambda m, i, o: seen.append(1) or o - 1)
+
+
+def _patched_depthwise(layer, seen):
+    dw = layer.depthwise
+    original = dw.forward
+    dw.forward = lambda x: seen.append(1) or original(x) * 2
+
+
+def _global_hook(layer, seen):
+    handle = torch_module.register_module_forward_hook(lambda m, i, o: seen.append(1))
+    return handle.remove
+
+
+class _LoudReLU(nn.ReLU):
+    def forward(self, x):
+        self.seen.append(1)
+        return super().forward(x) + 0.5
+
+
+def _class_assigned(layer, seen):
+    layer.act.__class__ = _LoudReLU
+    _LoudReLU.seen = seen  # (a class attribute: an instance one would change its __dict__)
+
+
+def _train_mode(layer, seen):
+    layer.mid_norm.train()
+
+
+def _replaced_weight(layer, seen):
+    layer.pointwise.weight = nn.Parameter(torch.randn_like(layer.pointwise.weight))
+
+
+def _weight_changed_in_place(layer, seen):
+    with torch.no_grad():
+        layer.depthwise.weight.mul_(-1.5)
+
+
+def _data_assigned(layer, seen):
+    layer.depthwise.weight.data = torch.randn_like(layer.depthwise.weight)
+
+
+def _statistics_changed(layer, seen):
+    with torch.no_grad():
+        layer.norm.running_var.mul_(3.0)
+
+
+def _eps_changed(layer, seen):
+    layer.mid_norm.eps = 0.5
+
+
+def _activation_replaced(layer, seen):
+    layer.mid_act = nn.Hardtanh(-0.2, 0.3)
+
+
+def _clamp_changed(layer, seen):
+    layer.mid_act.max_val = 0.25
+
+
+def _norm_removed(layer, seen):
+    layer.norm = nn.Identity()
+
+
+def _stride_changed(layer, seen):
+    layer.depthwise.stride = (2, 2)
+
+
+def _kernels_off(layer, seen, monkeypatch):
+    monkeypatch.setenv("SEPCONV_KERNELS", "off")
+
+
+def _one_thread(layer, seen):
+    count = torch.get_num_threads()
+    torch.set_num_threads(1)
+    return lambda: torch.set_num_threads(count)
+
+
+CHANGES = [
+    _hooked_mid_norm,
+    _pre_hooked_pointwise,
+    _hooked_identity,
+    _patched_depthwise,
+    _global_hook,
+    _class_assigned,
+    _train_mode,
+    _replaced_weight,
+    _weight_changed_in_place,
+    _data_assigned,
+    _statistics_changed,
+    _eps_changed,
+    _activation_replaced,
+    _clamp_changed,
+    _norm_removed,
+    _stride_changed,
+    _kernels_off,
+    _one_thread,
+]
+_SEEN = {_hooked_mid_norm, _pre_hooked_pointwise, _patched_depthwise, _global_hook}
+
+
+def _check_changes(changes, channels_last: bool, seed: int) -> None:
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("SEPCONV_KERNELS", "on")
+        layer = _layer(seed)
+        x = torch.randn(2, 6, 8, 8, generator=torch.Generator().manual_seed(seed))
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            layer(x)  # (records the plan)
+        seen: list[int] = []
+        undo = [
+            change(layer, seen, monkeypatch) if change is _kernels_off else change(layer, seen)
+            for change in changes
+        ]
+        try:
+            with torch.no_grad():
+                out = layer(x)
+            # (a class or a hooked Identity that a later change replaced does not run)
+            shadowed = {_norm_removed, _hooked_identity}.isdisjoint(changes) is False
+            expected = _SEEN | ({_class_assigned} if not shadowed else set())
+            assert seen or expected.isdisjoint(changes)
+            _assert_as_asked_afresh(layer, x, out, monkeypatch)
+        finally:
+            for done in undo:
+                if done is not None:
+                    done()
+
+
+@pytest.mark.parametrize("change", CHANGES, ids=lambda f: f.__name__.strip("_"))
+def test_each_change_is_seen(change, kernels_built):
+    _check_changes([change], channels_last=False, seed=0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    changes=st.lists(st.sampled_from(CHANGES), min_size=1, max_size=3, unique=True),
+    channels_last=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_changes_after_the_first_call_are_seen(changes, channels_last, seed, kernels_built):
+    """Whatever changes after a plan was recorded, the next call computes what the changed
+    layer computes: bitwise what a call without plans gives, and the reference path's."""
+    _check_changes(changes, channels_last, seed)
+
+
+def test_plan_mode_asks_hooks_grad_and_the_setting(monkeypatch, kernels_on):
+    layer = _layer()
+    with torch.no_grad():
+        assert separable_module._plan_mode(layer) == "on"
+        handle = layer.register_forward_pre_hook(lambda m, i: None)
+        assert separable_module._plan_mode(layer) is None
+        handle.remove()
+        monkeypatch.setenv("SEPCONV_KERNELS", "off")
+        assert separable_module._plan_mode(layer) is None
+    assert separable_module._plan_mode(layer) is None  # (autograd on)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_auto_replays_the_path_it_measured(channels_last, monkeypatch, kernels_built):
+    monkeypatch.setenv("SEPCONV_KERNELS", "auto")
+    layer = _layer()
+    x = torch.randn(1, 6, 9, 9)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    replays = _count_replays(monkeypatch)
+    with torch.no_grad():
+        first, second = layer(x), layer(x)
+    assert replays[0] == 1 and torch.equal(first, second)
+    _assert_as_asked_afresh(layer, x, second, monkeypatch)
