@@ -17,7 +17,6 @@ from torch.nn.modules import module as torch_module
 
 from sepconv import SeparableConv1d, SeparableConv2d
 from sepconv.layers import plans
-from sepconv.layers import separable as separable_module
 
 
 def _layer(seed: int = 0, **kwargs) -> nn.Module:
@@ -324,13 +323,13 @@ def test_changes_after_the_first_call_are_seen(changes, channels_last, seed, ker
 def test_plan_mode_asks_hooks_grad_and_the_setting(monkeypatch, kernels_on):
     layer = _layer()
     with torch.no_grad():
-        assert separable_module._plan_mode(layer) == "on"
+        assert plans._layer_mode(layer) == "on"
         handle = layer.register_forward_pre_hook(lambda m, i: None)
-        assert separable_module._plan_mode(layer) is None
+        assert plans._layer_mode(layer) is None
         handle.remove()
         monkeypatch.setenv("SEPCONV_KERNELS", "off")
-        assert separable_module._plan_mode(layer) is None
-    assert separable_module._plan_mode(layer) is None  # (autograd on)
+        assert plans._layer_mode(layer) is None
+    assert plans._layer_mode(layer) is None  # (autograd on)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])

@@ -39,6 +39,9 @@ from itertools import chain
 import torch
 from torch import Tensor, nn
 
+from sepconv.kernels import dispatch
+from sepconv.layers.fusion import eager_mode, hooked
+
 Step = Callable[[Tensor], Tensor]
 # (backward hooks do nothing without autograd, and plans are only for calls without it)
 _HOOK_TABLES = ("_forward_hooks", "_forward_pre_hooks")
@@ -198,6 +201,37 @@ class Recorder:
         if self.complete:
             watch = _Watch.of(self.skipped).merged(self.inlined)
             _plans[self.owner] = Plan(self.key, self.steps, fresh, watch)
+
+
+def planned(
+    owner: nn.Module, x: Tensor, one_call: Callable[[Tensor], Tensor | None]
+) -> Tensor | None:
+    """A layer's forward on ``x`` as one fused call: ``one_call(x)`` (None where the layer
+    cannot run as one call), or, without autograd, the plan of ``owner``'s first such call
+    replayed while it holds (``owner`` and its children watched). For the library's own
+    layer classes only, whose forward is that one call: the caller checks."""
+    mode = _layer_mode(owner)
+    plan = lookup(owner, x, mode) if mode is not None else None
+    if plan is not None:
+        return plan.run(x)
+    if mode is None:
+        return one_call(x)
+    recorder = Recorder(owner, x, mode)
+    with dispatch.capture() as recorded:
+        out = one_call(x)
+    if out is not None:
+        recorder.fused(recorded, owner._modules.values())
+        recorder.finish(fresh=True)
+    return out
+
+
+def _layer_mode(layer: nn.Module) -> str | None:
+    """The kernels' setting where ``layer``'s call may replay or record a plan: plain eager
+    PyTorch without autograd, the kernels on, no hooks on ``layer`` (its own hooks run
+    around ``forward`` whatever it does, but a plan watches for hooks on what it skips)."""
+    if torch.is_grad_enabled() or hooked(layer):
+        return None
+    return eager_mode()
 
 
 def _block_step(module: nn.Module, x: Tensor, mode: str) -> tuple[Step, Plan] | None:

@@ -23,7 +23,6 @@ from sepconv.layers import plans, transpose
 from sepconv.layers.fusion import (
     UNFUSED,
     any_global_hooks,
-    eager_mode,
     has_plain_weights,
     hooked,
     inference_mid_stage,
@@ -203,23 +202,17 @@ class _SeparableConvNd(_SeparableBase):
     def _all_stages(self, x: Tensor) -> Tensor:
         # Without autograd, a call replays the kernel call of the first one while nothing it
         # depends on has changed (sepconv.layers.plans): asking afresh which stages a fused
-        # call may skip took 12-26 us a call, a fifth to a third of a 1x192x28x28 -> 64
-        # layer's time (docs/performance.md, run Z).
-        mode = _plan_mode(self)
-        plan = plans.lookup(self, x, mode) if mode is not None else None
-        if plan is not None:
-            return plan.run(x)
+        # call may skip took 10 us of a MobileNet-style 1x192x28x28 -> 64 layer's 76 us
+        # (docs/performance.md, run Z). Not for subclasses, whose stages may differ.
+        out = (
+            plans.planned(self, x, self._one_call) if type(self) in _PLANNED else self._one_call(x)
+        )
+        return out if out is not None else super()._all_stages(x)
+
+    def _one_call(self, x: Tensor) -> Tensor | None:
+        """All stages as one fused call, or None where they cannot be."""
         stages = self._one_call_stages(x)
-        if stages is None:
-            return super()._all_stages(x)
-        if mode is None:
-            return self._fused_call(x, *stages)
-        recorder = plans.Recorder(self, x, mode)
-        with dispatch.capture() as recorded:
-            out = self._fused_call(x, *stages)
-        recorder.fused(recorded, self._modules.values())
-        recorder.finish(fresh=True)
-        return out
+        return None if stages is None else self._fused_call(x, *stages)
 
     def _one_call_stages(self, x: Tensor) -> tuple[MidStage | None, MidStage | None] | None:
         """``(mid, post)`` where all stages run as one fused call (:meth:`_fused_call`),
@@ -338,15 +331,6 @@ class _SeparableConvNd(_SeparableBase):
             if bias is not None:
                 dense.bias.copy_(bias)
         return self._dense_or_sequential(dense)
-
-
-def _plan_mode(layer: nn.Module) -> str | None:
-    """The kernels' setting where ``layer``'s call may replay or record a plan: plain eager
-    PyTorch without autograd, the kernels on, no hooks on ``layer`` (its own hooks run
-    around ``forward`` whatever it does, but a plan watches for hooks on what it skips)."""
-    if torch.is_grad_enabled() or hooked(layer):
-        return None
-    return eager_mode()
 
 
 def _bare_ends(stages: dict[str, nn.Module]) -> bool:
@@ -473,6 +457,9 @@ class _SeparableConvTransposeNd(_SeparableBase):
         )
 
     output_padding = property(lambda self: self.depthwise.output_padding)
+
+
+_PLANNED = frozenset({SeparableConv1d, SeparableConv2d, SeparableConv3d})
 
 
 class SeparableConvTranspose1d(_SeparableConvTransposeNd):
