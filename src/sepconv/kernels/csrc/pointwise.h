@@ -20,9 +20,7 @@ namespace {
 // geo: N, C, O, P (pixels an image), nhwc (input and output channels_last, dense), threads,
 // then the stage's four values (stage_params).
 // The clamp goes to the GEMM's stores (applied to the accumulators: a pass over each output
-// block less). (Streaming the output too, for outputs beyond half the L3: 8x16x112x112 -> 96
-// 0.96-1.0x, 8x24x56x56 -> 144 0.94x, channels_last 1.05-1.08x, in the network 0.96-1.04x:
-// not kept.)
+// block less).
 struct PwGeo : StageParams {
   i64 N, C, O, P, threads;
   bool nhwc;
@@ -54,12 +52,23 @@ void norm_epilogue(const PwGeo& g, const float* b, const MidNorm<float>& n, floa
   std::fill(bf + g.O, bf + len, 0.0f);
 }
 
+// Whether the 1x1 call writes its output around the caches (gemm_f32's stream): outputs of
+// 8 MiB or more (a quarter of the L3), which plain stores first read from memory line by line.
+// On AMD Zen 5 (run Z), bitwise the same: 8x16x112x112 -> 96 (38.5 MB) 0.54-0.60x the time,
+// channels_last 0.64x; 8x24x56x56 -> 144 (14.5 MB) 0.86x, channels_last 0.79x; MobileNetV2 at
+// batch 8 0.95-0.98x (its next layer reads the output from memory, not the L3). (Run V on
+// Zen 3 found 0.94-1.0x with half the L3 as the bound.) Channels_last: whole-line rows only.
+inline bool stream_pw_output(const PwGeo& g) {
+  const bool lines = !g.nhwc || g.O % 16 == 0;
+  return streaming_enabled() && lines && g.N * g.O * g.P * 4 >= (i64(8) << 20);
+}
+
 // Planar: each image's output planes are W (O x C) times its input planes (C x P), scaled and
 // shifted (alpha, bf: null alpha without a norm), in tasks of (image, block of columns, block
 // of output channels); a task's input columns (C x cw) stay in L2 while the weight's rows
-// pass over them, and its output block is clamped there.
+// pass over them, and its output block is clamped there. stream: stream_pw_output.
 void pw_planar(const PwGeo& g, const float* x, const float* w, const float* alpha,
-               const float* bf, float* out) {
+               const float* bf, float* out, bool stream) {
   i64 cw = std::min<i64>(1024, std::max<i64>(64, (i64(64) << 10) / g.C / 16 * 16));
   const i64 wanted = 4 * g.threads;  // tasks, so that the threads end together
   while (cw > 64 && g.N * ((g.P + cw - 1) / cw) < wanted) cw = std::max<i64>(64, cw / 2 / 16 * 16);
@@ -68,29 +77,37 @@ void pw_planar(const PwGeo& g, const float* x, const float* w, const float* alph
   const i64 rb = std::max<i64>(1, std::min((wanted + g.N * chunks - 1) / (g.N * chunks),
                                            (g.O + 23) / 24));
   const i64 rows = (g.O + rb - 1) / rb;
-#pragma omp parallel for num_threads(g.threads) schedule(dynamic, 1)
-  for (i64 t = 0; t < g.N * chunks * rb; ++t) {
-    const i64 n = t / (chunks * rb), p0 = (t / rb) % chunks * cw, o0 = t % rb * rows;
-    const i64 pn = std::min(cw, g.P - p0), on = std::min(rows, g.O - o0);
-    if (on <= 0) continue;
-    float* c = out + (n * g.O + o0) * g.P + p0;
-    gemm_f32(on, pn, g.C, w + o0 * g.C, g.C, x + n * g.C * g.P + p0, g.P, c, g.P, bf + o0,
-             nullptr, 0, false, g.clamp_bounds(), alpha ? alpha + o0 : nullptr);
+#pragma omp parallel num_threads(g.threads)
+  {
+#pragma omp for schedule(dynamic, 1)
+    for (i64 t = 0; t < g.N * chunks * rb; ++t) {
+      const i64 n = t / (chunks * rb), p0 = (t / rb) % chunks * cw, o0 = t % rb * rows;
+      const i64 pn = std::min(cw, g.P - p0), on = std::min(rows, g.O - o0);
+      if (on <= 0) continue;
+      float* c = out + (n * g.O + o0) * g.P + p0;
+      gemm_f32(on, pn, g.C, w + o0 * g.C, g.C, x + n * g.C * g.P + p0, g.P, c, g.P, bf + o0,
+               nullptr, 0, stream, g.clamp_bounds(), alpha ? alpha + o0 : nullptr);
+    }
+    if (stream) stream_fence();
   }
 }
 
 // channels_last: the pixels' rows (N*P x C) times W^T packed in panels (C x O), scaled and
 // shifted as in pw_planar, in blocks of rows; each block clamped while in cache.
 void pw_nhwc(const PwGeo& g, const float* x, const float* panels, const float* alpha,
-             const float* bf, float* out) {
+             const float* bf, float* out, bool stream) {
   const i64 rows = g.N * g.P;
   const i64 rb = std::min<i64>(96, std::max<i64>(6, (rows + 4 * g.threads - 1) / (4 * g.threads)));
-#pragma omp parallel for num_threads(g.threads) schedule(dynamic, 1)
-  for (i64 r0 = 0; r0 < rows; r0 += rb) {
-    const i64 rn = std::min(rb, rows - r0);
-    float* c = out + r0 * g.O;
-    gemm_f32(rn, g.O, g.C, x + r0 * g.C, g.C, panels, kPanel, c, g.O, nullptr, bf, kPanel * g.C,
-             false, g.clamp_bounds(), alpha);
+#pragma omp parallel num_threads(g.threads)
+  {
+#pragma omp for schedule(dynamic, 1)
+    for (i64 r0 = 0; r0 < rows; r0 += rb) {
+      const i64 rn = std::min(rb, rows - r0);
+      float* c = out + r0 * g.O;
+      gemm_f32(rn, g.O, g.C, x + r0 * g.C, g.C, panels, kPanel, c, g.O, nullptr, bf,
+               kPanel * g.C, stream, g.clamp_bounds(), alpha);
+    }
+    if (stream) stream_fence();
   }
 }
 
@@ -116,8 +133,9 @@ void pw_forward(const float* x, const float* w, const float* b, const MidNorm<fl
       for (i64 c = 0; c < g.C; ++c) wf[o * g.C + c] = w[o * g.C + c] * alpha[o];
     w = wf;
   }
+  const bool stream = stream_pw_output(g);
   if (!g.nhwc) {
-    pw_planar(g, x, w, scale, bf, out);
+    pw_planar(g, x, w, scale, bf, out, stream);
     return;
   }
   // channels_last with few pixels and a large weight (1x320x7x7 -> 1280: 1.6x the time
@@ -128,14 +146,14 @@ void pw_forward(const float* x, const float* w, const float* b, const MidNorm<fl
     float* const out_planes = planes + g.N * g.P * g.C;
     for (i64 n = 0; n < g.N; ++n)
       transpose(x + n * g.P * g.C, g.C, planes + n * g.C * g.P, g.P, g.P, g.C);
-    pw_planar(g, planes, w, scale, bf, out_planes);
+    pw_planar(g, planes, w, scale, bf, out_planes, false);  // (read back at once)
     for (i64 n = 0; n < g.N; ++n)
       transpose(out_planes + n * g.O * g.P, g.P, out + n * g.P * g.O, g.O, g.O, g.P);
     return;
   }
   float* const panels = kept_buffer(kKeptPanels, panel_count(g.O) * kPanel * g.C, panels_own);
   pack_panels(w, 1, g.O, g.C, g.threads, panels);
-  pw_nhwc(g, x, panels, scale, bf, out);
+  pw_nhwc(g, x, panels, scale, bf, out, stream);
 }
 
 }  // namespace
