@@ -141,14 +141,32 @@ def test_distributed_two_processes(tmp_path):
     assert proc.stdout.count("sepconv demo -- digits") == 1  # only rank 0 prints the table
 
 
+# Now and then (2 of about 95 runs on the Zen 5 VM, docs/performance.md run Z) a torchrun
+# worker aborted with this C++ message while rank 0 was finishing, after its own part of the
+# pipeline: in the gloo process group's teardown, not in what the demo computes. Such a run
+# is repeated once; any other failure, or that one twice, fails the test.
+_TEARDOWN_ABORT = "terminate called without an active exception"
+
+
 @pytest.mark.slow
 def test_same_module_under_torchrun(tmp_path):
     out = tmp_path / "torchrun"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     command += ["-m", "sepconv.demo", "--fast", "--out", str(out)]
-    proc = subprocess.run(
-        command, capture_output=True, text=True, timeout=240, env=_subprocess_env(), cwd=tmp_path
-    )
+
+    def run():
+        return subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env=_subprocess_env(),
+            cwd=tmp_path,
+        )
+
+    proc = run()
+    if proc.returncode != 0 and _TEARDOWN_ABORT in proc.stderr:
+        proc = run()
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / RESULTS).read_text())
     assert result["world_size"] == 2 and len(result["rows"]) == 5
