@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from torch import nn
-from torch.nn.modules import module as torch_module
 
 from sepconv.blocks import (
     ConvNormAct,
@@ -20,30 +17,20 @@ from sepconv.blocks import (
 from sepconv.layers import plans
 from sepconv.models import mobilenet_v2_small
 from tests.blocks.test_fused import _module_by_module, _randomise_norms
+from tests.plans_common import (
+    afresh,
+    change_tests,
+    changed,
+    count_replays,
+    global_hook,
+    kernels_off,
+    one_thread,
+)
 
 
 def _model(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return _randomise_norms(mobilenet_v2_small(input_size=8, width_mult=0.5), seed).eval()
-
-
-def _afresh(model: nn.Module, x: torch.Tensor, monkeypatch) -> torch.Tensor:
-    """``model(x)`` without inference, every check asked again (no plan replayed)."""
-    with monkeypatch.context() as patch, torch.no_grad():
-        patch.setattr(plans, "lookup", lambda *args: None)
-        return model(x)
-
-
-def _count_replays(monkeypatch) -> list[int]:
-    calls = [0]
-    original = plans.Plan.run
-
-    def counted(self, x):
-        calls[0] += 1
-        return original(self, x)
-
-    monkeypatch.setattr(plans.Plan, "run", counted)
-    return calls
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -53,7 +40,7 @@ def test_second_call_replays_the_first(channels_last, monkeypatch, kernels_on):
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    replays = _count_replays(monkeypatch)
+    replays = count_replays(monkeypatch)
     with torch.inference_mode():
         first = model(x)
         assert replays[0] == 0
@@ -61,13 +48,13 @@ def test_second_call_replays_the_first(channels_last, monkeypatch, kernels_on):
     blocks = sum(isinstance(m, InvertedResidual) for m in model.modules())
     assert replays[0] == blocks + 1  # (and the features)
     assert torch.equal(first, second)
-    assert torch.equal(second, _afresh(model, x, monkeypatch))
+    assert torch.equal(second, afresh(model, x, monkeypatch))
 
 
 def test_no_plan_with_autograd(monkeypatch, kernels_on):
     model = _model()
     x = torch.randn(1, 3, 8, 8, requires_grad=True)
-    replays = _count_replays(monkeypatch)
+    replays = count_replays(monkeypatch)
     for _ in range(2):
         model(x).sum().backward()
     assert replays[0] == 0 and x.grad is not None
@@ -99,11 +86,6 @@ def _patched_block(model, seen):
 
 def _shortcut_dropped(model, seen):
     model.features[6].use_res_connect = False
-
-
-def _global_hook(model, seen):
-    handle = torch_module.register_module_forward_hook(lambda m, i, o: seen.append(1))
-    return handle.remove
 
 
 def _patched_forward(model, seen):
@@ -163,16 +145,6 @@ def _stage_removed(model, seen):
     del model.features[3].conv._modules["3"]  # (the projection's norm)
 
 
-def _kernels_off(model, seen, monkeypatch):
-    monkeypatch.setenv("SEPCONV_KERNELS", "off")
-
-
-def _one_thread(model, seen):
-    count = torch.get_num_threads()
-    torch.set_num_threads(1)
-    return lambda: torch.set_num_threads(count)
-
-
 CHANGES = [
     _hooked_norm,
     _pre_hooked_conv,
@@ -180,7 +152,7 @@ CHANGES = [
     _hooked_block,
     _patched_block,
     _shortcut_dropped,
-    _global_hook,
+    global_hook,
     _patched_forward,
     _class_assigned,
     _train_mode,
@@ -192,8 +164,8 @@ CHANGES = [
     _activation_replaced,
     _clamp_changed,
     _stage_removed,
-    _kernels_off,
-    _one_thread,
+    kernels_off,
+    one_thread,
 ]
 _SEEN = {
     _hooked_norm,
@@ -201,16 +173,10 @@ _SEEN = {
     _hooked_sequence,
     _hooked_block,
     _patched_block,
-    _global_hook,
+    global_hook,
     _patched_forward,
     _class_assigned,
 }
-
-
-def _apply(change, model, seen, monkeypatch):
-    if change is _kernels_off:
-        return change(model, seen, monkeypatch)
-    return change(model, seen)
 
 
 def _check_changes(changes, channels_last: bool, seed: int) -> None:
@@ -224,8 +190,7 @@ def _check_changes(changes, channels_last: bool, seed: int) -> None:
         with torch.no_grad():
             model(x)  # (records the plans)
         seen: list[int] = []
-        undo = [_apply(change, model, seen, monkeypatch) for change in changes]
-        try:
+        with changed(changes, model, seen, monkeypatch):
             if _weight_made_double in changes:  # (as the modules do, not a misread weight)
                 with pytest.raises(RuntimeError, match="scalar type|weight type"), torch.no_grad():
                     model(x)
@@ -233,41 +198,25 @@ def _check_changes(changes, channels_last: bool, seed: int) -> None:
             with torch.no_grad():
                 out = model(x)
             assert seen or not _SEEN.intersection(changes)
-            assert torch.equal(out, _afresh(model, x, monkeypatch))
+            assert torch.equal(out, afresh(model, x, monkeypatch))
             reference = _module_by_module(model, x)
             scale = max(1.0, reference.abs().max().item())
             assert (out - reference).abs().max().item() <= 1e-4 * scale
-        finally:
-            for done in undo:
-                if done is not None:
-                    done()
 
 
-@pytest.mark.parametrize("change", CHANGES, ids=lambda f: f.__name__.strip("_"))
-def test_each_change_is_seen(change, kernels_built):
-    _check_changes([change], channels_last=False, seed=0)
-
-
-@settings(max_examples=25, deadline=None)
-@given(
-    changes=st.lists(st.sampled_from(CHANGES), min_size=1, max_size=3, unique=True),
-    channels_last=st.booleans(),
-    seed=st.integers(0, 2**16),
+test_each_change_is_seen, test_changes_after_the_first_call_are_seen = change_tests(
+    _check_changes, CHANGES
 )
-def test_changes_after_the_first_call_are_seen(changes, channels_last, seed, kernels_built):
-    """Whatever changes after a plan was recorded, the next call computes what the changed
-    model computes: bitwise what a call without plans gives, and the modules' result."""
-    _check_changes(changes, channels_last, seed)
 
 
 def test_new_input_shape_records_again(monkeypatch, kernels_on):
     model = _model()
-    replays = _count_replays(monkeypatch)
+    replays = count_replays(monkeypatch)
     with torch.no_grad():
         for size in (8, 8, 10, 10, 8):
             x = torch.randn(1, 3, size, size)
             out = model(x)
-            assert torch.equal(out, _afresh(model, x, monkeypatch))
+            assert torch.equal(out, afresh(model, x, monkeypatch))
     assert replays[0] > 0
 
 
@@ -322,7 +271,7 @@ def test_v1_block_replays_and_sees_changes(change, monkeypatch, kernels_on):
     """MobileNetV1's block replays its one fused call, and sees what changed since."""
     block = _randomise_norms(DepthwiseSeparableBlock(8, 12)).eval()
     x = torch.randn(2, 8, 9, 9)
-    replays = _count_replays(monkeypatch)
+    replays = count_replays(monkeypatch)
     with torch.no_grad():
         first, second = block(x), block(x)
     assert replays[0] == 1 and torch.equal(first, second)
@@ -330,7 +279,7 @@ def test_v1_block_replays_and_sees_changes(change, monkeypatch, kernels_on):
     with torch.no_grad():
         out = block(x)
     assert replays[0] == 1
-    assert torch.equal(out, _afresh(block, x, monkeypatch))
+    assert torch.equal(out, afresh(block, x, monkeypatch))
     torch.testing.assert_close(out, _module_by_module(block, x), rtol=1e-4, atol=1e-4)
 
 
@@ -351,7 +300,7 @@ def test_observed_blocks_are_not_taken_in(where, monkeypatch, kernels_on):
         outs = [model(x) for _ in range(3)]
     assert len(seen) == 3
     assert torch.equal(outs[0], outs[2])
-    assert torch.equal(outs[2], _afresh(model, x, monkeypatch))
+    assert torch.equal(outs[2], afresh(model, x, monkeypatch))
 
 
 def test_block_subclasses_are_not_taken_in(monkeypatch, kernels_on):
@@ -372,5 +321,5 @@ def test_block_subclasses_are_not_taken_in(monkeypatch, kernels_on):
     with torch.no_grad():
         outs = [model(x) for _ in range(3)]
     assert torch.equal(outs[0], outs[2])
-    assert torch.equal(outs[2], _afresh(model, x, monkeypatch))
+    assert torch.equal(outs[2], afresh(model, x, monkeypatch))
     torch.testing.assert_close(outs[2], _module_by_module(model, x), rtol=1e-4, atol=1e-4)

@@ -13,10 +13,18 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
-from torch.nn.modules import module as torch_module
 
-from sepconv import SeparableConv1d, SeparableConv2d
+from sepconv import PointwiseConv2d, SeparableConv1d, SeparableConv2d
 from sepconv.layers import plans
+from tests.plans_common import (
+    afresh,
+    change_tests,
+    changed,
+    count_replays,
+    global_hook,
+    kernels_off,
+    one_thread,
+)
 
 
 def _layer(seed: int = 0, **kwargs) -> nn.Module:
@@ -39,13 +47,6 @@ def _layer(seed: int = 0, **kwargs) -> nn.Module:
     return layer
 
 
-def _afresh(layer: nn.Module, x: torch.Tensor, monkeypatch) -> torch.Tensor:
-    """``layer(x)`` without autograd, every check asked again (no plan replayed)."""
-    with monkeypatch.context() as patch, torch.no_grad():
-        patch.setattr(plans, "lookup", lambda *args: None)
-        return layer(x)
-
-
 def _reference(layer: nn.Module, x: torch.Tensor, monkeypatch) -> torch.Tensor:
     """The reference path: the stages' own modules, PyTorch's convolutions."""
     with monkeypatch.context() as patch, torch.no_grad():
@@ -53,20 +54,8 @@ def _reference(layer: nn.Module, x: torch.Tensor, monkeypatch) -> torch.Tensor:
         return layer(x)
 
 
-def _count_replays(monkeypatch) -> list[int]:
-    calls = [0]
-    original = plans.Plan.run
-
-    def counted(self, x):
-        calls[0] += 1
-        return original(self, x)
-
-    monkeypatch.setattr(plans.Plan, "run", counted)
-    return calls
-
-
 def _assert_as_asked_afresh(layer, x, out, monkeypatch) -> None:
-    assert torch.equal(out, _afresh(layer, x, monkeypatch))
+    assert torch.equal(out, afresh(layer, x, monkeypatch))
     reference = _reference(layer, x, monkeypatch)
     scale = max(1.0, reference.abs().max().item())
     assert (out - reference).abs().max().item() <= 1e-4 * scale
@@ -102,7 +91,7 @@ def test_second_call_replays_the_first(
         x = x.contiguous(memory_format=torch.channels_last)
     with pytest.MonkeyPatch.context() as monkeypatch:
         monkeypatch.setenv("SEPCONV_KERNELS", "on")
-        replays = _count_replays(monkeypatch)
+        replays = count_replays(monkeypatch)
         with torch.no_grad():
             first = layer(x)
             assert replays[0] == 0
@@ -124,7 +113,7 @@ def test_1d_and_unbatched_inputs(monkeypatch, kernels_on):
 def test_no_plan_with_autograd(monkeypatch, kernels_on):
     layer = _layer(mid_norm_layer=None, mid_act_layer=None, norm_layer=None, act_layer=None)
     x = torch.randn(1, 6, 7, 7, requires_grad=True)
-    replays = _count_replays(monkeypatch)
+    replays = count_replays(monkeypatch)
     for _ in range(2):
         layer(x).sum().backward()
     assert replays[0] == 0 and x.grad is not None
@@ -134,7 +123,7 @@ def test_a_hooked_layer_runs_its_hooks_and_no_plan(monkeypatch, kernels_on):
     layer, seen = _layer(), []
     layer.register_forward_hook(lambda m, i, o: seen.append(1) or o + 1)
     x = torch.randn(1, 6, 7, 7)
-    replays = _count_replays(monkeypatch)
+    replays = count_replays(monkeypatch)
     with torch.no_grad():
         first, second = layer(x), layer(x)
     assert replays[0] == 0 and len(seen) == 2 and torch.equal(first, second)
@@ -142,7 +131,7 @@ def test_a_hooked_layer_runs_its_hooks_and_no_plan(monkeypatch, kernels_on):
 
 def test_new_input_shape_records_again(monkeypatch, kernels_on):
     layer = _layer()
-    replays = _count_replays(monkeypatch)
+    replays = count_replays(monkeypatch)
     with torch.no_grad():
         for size in (7, 9, 9, 7):
             x = torch.randn(1, 6, size, size)
@@ -184,20 +173,15 @@ def _patched_depthwise(layer, seen):
     dw.forward = lambda x: seen.append(1) or original(x) * 2
 
 
-def _global_hook(layer, seen):
-    handle = torch_module.register_module_forward_hook(lambda m, i, o: seen.append(1))
-    return handle.remove
-
-
-class _LoudReLU(nn.ReLU):
+class _LoudPointwise(PointwiseConv2d):
     def forward(self, x):
         self.seen.append(1)
         return super().forward(x) + 0.5
 
 
-def _class_assigned(layer, seen):
-    layer.act.__class__ = _LoudReLU
-    _LoudReLU.seen = seen  # (a class attribute: an instance one would change its __dict__)
+def _class_assigned(layer, seen):  # (no other change replaces the pointwise stage)
+    layer.pointwise.__class__ = _LoudPointwise
+    _LoudPointwise.seen = seen  # (a class attribute: an instance one would change its __dict__)
 
 
 def _train_mode(layer, seen):
@@ -242,23 +226,18 @@ def _stride_changed(layer, seen):
     layer.depthwise.stride = (2, 2)
 
 
-def _kernels_off(layer, seen, monkeypatch):
-    monkeypatch.setenv("SEPCONV_KERNELS", "off")
-
-
-def _one_thread(layer, seen):
-    count = torch.get_num_threads()
-    torch.set_num_threads(1)
-    return lambda: torch.set_num_threads(count)
-
-
-CHANGES = [
+# (those that run a hook or a forward of the test's, which appends to ``seen``)
+_SEEN_CHANGES = [
     _hooked_mid_norm,
     _pre_hooked_pointwise,
     _hooked_identity,
     _patched_depthwise,
-    _global_hook,
+    global_hook,
     _class_assigned,
+]
+_SEEN = set(_SEEN_CHANGES)
+CHANGES = [
+    *_SEEN_CHANGES,
     _train_mode,
     _replaced_weight,
     _weight_changed_in_place,
@@ -269,10 +248,9 @@ CHANGES = [
     _clamp_changed,
     _norm_removed,
     _stride_changed,
-    _kernels_off,
-    _one_thread,
+    kernels_off,
+    one_thread,
 ]
-_SEEN = {_hooked_mid_norm, _pre_hooked_pointwise, _patched_depthwise, _global_hook}
 
 
 def _check_changes(changes, channels_last: bool, seed: int) -> None:
@@ -285,39 +263,16 @@ def _check_changes(changes, channels_last: bool, seed: int) -> None:
         with torch.no_grad():
             layer(x)  # (records the plan)
         seen: list[int] = []
-        undo = [
-            change(layer, seen, monkeypatch) if change is _kernels_off else change(layer, seen)
-            for change in changes
-        ]
-        try:
+        with changed(changes, layer, seen, monkeypatch):
             with torch.no_grad():
                 out = layer(x)
-            # (a class or a hooked Identity that a later change replaced does not run)
-            shadowed = {_norm_removed, _hooked_identity}.isdisjoint(changes) is False
-            expected = _SEEN | ({_class_assigned} if not shadowed else set())
-            assert seen or expected.isdisjoint(changes)
+            assert seen or _SEEN.isdisjoint(changes)
             _assert_as_asked_afresh(layer, x, out, monkeypatch)
-        finally:
-            for done in undo:
-                if done is not None:
-                    done()
 
 
-@pytest.mark.parametrize("change", CHANGES, ids=lambda f: f.__name__.strip("_"))
-def test_each_change_is_seen(change, kernels_built):
-    _check_changes([change], channels_last=False, seed=0)
-
-
-@settings(max_examples=25, deadline=None)
-@given(
-    changes=st.lists(st.sampled_from(CHANGES), min_size=1, max_size=3, unique=True),
-    channels_last=st.booleans(),
-    seed=st.integers(0, 2**16),
+test_each_change_is_seen, test_changes_after_the_first_call_are_seen = change_tests(
+    _check_changes, CHANGES
 )
-def test_changes_after_the_first_call_are_seen(changes, channels_last, seed, kernels_built):
-    """Whatever changes after a plan was recorded, the next call computes what the changed
-    layer computes: bitwise what a call without plans gives, and the reference path's."""
-    _check_changes(changes, channels_last, seed)
 
 
 def test_plan_mode_asks_hooks_grad_and_the_setting(monkeypatch, kernels_on):
@@ -339,7 +294,7 @@ def test_auto_replays_the_path_it_measured(channels_last, monkeypatch, kernels_b
     x = torch.randn(1, 6, 9, 9)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    replays = _count_replays(monkeypatch)
+    replays = count_replays(monkeypatch)
     with torch.no_grad():
         first, second = layer(x), layer(x)
     assert replays[0] == 1 and torch.equal(first, second)
