@@ -1,4 +1,4 @@
-"""A block's fused inference calls replayed without asking again what they may skip.
+"""Fused inference calls of layers and blocks replayed without asking again what they may skip.
 
 :func:`sepconv.blocks.fused.run_sequential` decides, call by call, which modules a kernel
 call may replace: no hooks, eval-mode norms, plain parameters, the kernels' setting, the
@@ -25,7 +25,9 @@ changed, which one pass of C-level comparisons establishes:
 Anything else (a new hook, ``train()``, a replaced parameter, another input size) records
 the sequence afresh. A block that a sequence runs as a module (``DepthwiseSeparableBlock``,
 ``InvertedResidual``: ``plan_step``) is taken into the sequence's plan with its own plan's
-steps and watch, so that a network's features replay as one plan under one check.
+steps and watch, so that a network's features replay as one plan under one check. A layer
+whose forward is one fused call (``SeparableConv2d``...) records and replays that call the
+same way (:func:`planned`).
 """
 
 from __future__ import annotations
