@@ -47,7 +47,8 @@ from sepconv.layers.fusion import eager_mode, hooked
 Step = Callable[[Tensor], Tensor]
 # (backward hooks do nothing without autograd, and plans are only for calls without it)
 _HOOK_TABLES = ("_forward_hooks", "_forward_pre_hooks")
-_meta = operator.attrgetter("dtype", "shape")
+# (is_cpu: `module.cuda()` swaps data in place; a replay would hand device memory to the kernels)
+_meta = operator.attrgetter("dtype", "shape", "is_cpu")
 
 
 @dataclass
@@ -59,7 +60,7 @@ class _Watch:
     tensor_tables: list[dict]  # each module's parameter and buffer tables
     tensors: tuple  # their values (tensors or None), in order
     present: list[Tensor]  # those that are not None (but step counts)
-    metas: list[tuple]  # their (dtype, shape)
+    metas: list[tuple]  # their (dtype, shape, is_cpu)
     hooks: list[dict]  # the modules' hook tables (empty when recorded)
     modules: list[weakref.ref]  # (weak: a plan must not keep its owner alive)
     classes: list[type]  # their classes
@@ -142,7 +143,47 @@ class Plan:
         return x
 
 
-_plans: weakref.WeakKeyDictionary[nn.Module, Plan] = weakref.WeakKeyDictionary()
+class _Slot:
+    """Where a module keeps its plan: an entry of its own ``__dict__`` (:data:`_SLOT`), so that
+    a plan lives and dies with its module. (Kept in a global weak-keyed table, a plan whose
+    watched dicts led back to the module -- a hook of an object holding the model -- kept the
+    model alive for good.) Copies and pickles of the module get an empty slot of their own;
+    a slot found in another module's dict (a shallow copy's) is not that module's."""
+
+    __slots__ = ("owner", "plan")
+
+    def __init__(self) -> None:
+        self.owner: weakref.ref | None = None
+        self.plan: Plan | None = None
+
+    def __copy__(self) -> _Slot:
+        return _Slot()
+
+    def __deepcopy__(self, memo: dict) -> _Slot:
+        return _Slot()
+
+    def __reduce__(self) -> tuple:
+        return (_Slot, ())
+
+
+_SLOT = "_sepconv_plan"
+
+
+def plan_of(owner: nn.Module) -> Plan | None:
+    """``owner``'s recorded plan, valid or not, or None."""
+    slot = owner.__dict__.get(_SLOT)
+    if slot is None or slot.owner is None or slot.owner() is not owner:
+        return None
+    return slot.plan
+
+
+def _slot_of(owner: nn.Module) -> _Slot:
+    """``owner``'s own slot, put into its ``__dict__`` where it has none."""
+    slot = owner.__dict__.get(_SLOT)
+    if slot is None or slot.owner is None or slot.owner() is not owner:
+        slot = owner.__dict__[_SLOT] = _Slot()
+        slot.owner = weakref.ref(owner)
+    return slot
 
 
 def _key(x: Tensor, mode: str) -> tuple | None:
@@ -159,7 +200,7 @@ def lookup(owner: nn.Module, x: Tensor, mode: str) -> Plan | None:
     """``owner``'s plan for ``x`` under the kernels' setting ``mode``
     (:func:`sepconv.kernels.dispatch.mode`) where it still holds, else None. The caller has
     checked plain eager PyTorch, no global hooks and ``owner``'s own hooks."""
-    plan = _plans.get(owner)
+    plan = plan_of(owner)
     if plan is None or plan.key != _key(x, mode) or not plan.watch.unchanged():
         return None
     return plan
@@ -201,8 +242,9 @@ class Recorder:
 
     def finish(self, fresh: bool) -> None:
         if self.complete:
+            slot = _slot_of(self.owner)  # (first: the watch sees it among the dict's entries)
             watch = _Watch.of(self.skipped).merged(self.inlined)
-            _plans[self.owner] = Plan(self.key, self.steps, fresh, watch)
+            slot.plan = Plan(self.key, self.steps, fresh, watch)
 
 
 def planned(
