@@ -16,7 +16,6 @@ from sepconv.blocks.fused import (
     norm_act_inplace,
     run_sequential,
 )
-from sepconv.kernels import dispatch
 from sepconv.layers import plans
 from sepconv.layers.fusion import UNFUSED, eager_mode, inference_mid_stage, plain_module
 from sepconv.layers.norm_act import LayerSpec, create_norm
@@ -115,23 +114,15 @@ class DepthwiseSeparableBlock(nn.Module):
         """``conv_pw(conv_dw(x))`` with the depthwise stage and ``conv_pw``'s conv fused, or
         None. Without autograd, later calls replay the first one's kernel call where nothing
         it depends on changed (:mod:`sepconv.layers.plans`)."""
-        mode = eager_mode()
-        if mode is None:
+        if eager_mode() is None:
             return None
-        plan = plans.lookup(self, x, mode)
-        if plan is not None:
-            return plan.run(x)
-        recorder = plans.Recorder(self, x, mode)
-        with dispatch.capture() as recorded:
-            out, one_call = self._fuse(x)
-        if one_call:  # (the pointwise norm and activation inside the call)
-            stages = [self.conv_dw, self.se, self.conv_pw]
-            recorder.fused(recorded, [*stages, *self.conv_dw.children(), *self.conv_pw.children()])
-            recorder.finish(fresh=True)
-        return out
+        stages = [self.conv_dw, self.se, self.conv_pw]
+        skipped = [*stages, *self.conv_dw.children(), *self.conv_pw.children()]
+        return plans.planned(self, x, self._fuse, skipped)
 
     def _fuse(self, x: Tensor) -> tuple[Tensor | None, bool]:
-        """The fused result or None, and whether it was one call (no stage after it)."""
+        """The fused result or None, and whether it was one call (the pointwise norm and
+        activation inside it, no stage after it)."""
         pw = self.conv_pw
         if not (plain_module(self.se, nn.Identity) and plain_module(pw, ConvNormAct)):
             return None, False

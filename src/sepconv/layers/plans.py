@@ -169,18 +169,24 @@ class _Slot:
 _SLOT = "_sepconv_plan"
 
 
-def plan_of(owner: nn.Module) -> Plan | None:
-    """``owner``'s recorded plan, valid or not, or None."""
+def _own_slot(owner: nn.Module) -> _Slot | None:
+    """The slot in ``owner``'s ``__dict__`` where it is ``owner``'s own, else None."""
     slot = owner.__dict__.get(_SLOT)
     if slot is None or slot.owner is None or slot.owner() is not owner:
         return None
-    return slot.plan
+    return slot
+
+
+def plan_of(owner: nn.Module) -> Plan | None:
+    """``owner``'s recorded plan, valid or not, or None."""
+    slot = _own_slot(owner)
+    return None if slot is None else slot.plan
 
 
 def _slot_of(owner: nn.Module) -> _Slot:
     """``owner``'s own slot, put into its ``__dict__`` where it has none."""
-    slot = owner.__dict__.get(_SLOT)
-    if slot is None or slot.owner is None or slot.owner() is not owner:
+    slot = _own_slot(owner)
+    if slot is None:
         slot = owner.__dict__[_SLOT] = _Slot()
         slot.owner = weakref.ref(owner)
     return slot
@@ -248,31 +254,36 @@ class Recorder:
 
 
 def planned(
-    owner: nn.Module, x: Tensor, one_call: Callable[[Tensor], Tensor | None]
+    owner: nn.Module,
+    x: Tensor,
+    run: Callable[[Tensor], tuple[Tensor | None, bool]],
+    skipped: Iterable[nn.Module],
 ) -> Tensor | None:
-    """A layer's forward on ``x`` as one fused call: ``one_call(x)`` (None where the layer
-    cannot run as one call), or, without autograd, the plan of ``owner``'s first such call
-    replayed while it holds (``owner`` and its children watched). For the library's own
-    layer classes only, whose forward is that one call: the caller checks."""
+    """A layer's or block's fused forward on ``x``: ``run(x)`` gives its output (None where
+    the caller falls back to the modules) and whether that output is one fused call that
+    skipped the forwards of ``owner`` and ``skipped``. Without autograd such a first call is
+    recorded and later calls replay it while its plan holds. For forwards that are that call
+    alone (the library's own classes): the caller checks."""
     mode = _layer_mode(owner)
     plan = lookup(owner, x, mode) if mode is not None else None
     if plan is not None:
         return plan.run(x)
     if mode is None:
-        return one_call(x)
+        return run(x)[0]
     recorder = Recorder(owner, x, mode)
     with dispatch.capture() as recorded:
-        out = one_call(x)
-    if out is not None:
-        recorder.fused(recorded, owner._modules.values())
+        out, one_call = run(x)
+    if one_call:
+        recorder.fused(recorded, skipped)
         recorder.finish(fresh=True)
     return out
 
 
 def _layer_mode(layer: nn.Module) -> str | None:
-    """The kernels' setting where ``layer``'s call may replay or record a plan: plain eager
-    PyTorch without autograd, the kernels on, no hooks on ``layer`` (its own hooks run
-    around ``forward`` whatever it does, but a plan watches for hooks on what it skips)."""
+    """The kernels' setting where ``layer``'s call (:func:`planned`) may replay or record a
+    plan: plain eager PyTorch without autograd, the kernels on, no hooks on ``layer`` (its own
+    hooks run around ``forward`` whatever it does, but a plan watches for hooks on what it
+    skips)."""
     if torch.is_grad_enabled() or hooked(layer):
         return None
     return eager_mode()

@@ -204,15 +204,16 @@ class _SeparableConvNd(_SeparableBase):
         # depends on has changed (sepconv.layers.plans): asking afresh which stages a fused
         # call may skip took 10 us of a MobileNet-style 1x192x28x28 -> 64 layer's 76 us
         # (docs/performance.md, run Z). Not for subclasses, whose stages may differ.
-        out = (
-            plans.planned(self, x, self._one_call) if type(self) in _PLANNED else self._one_call(x)
-        )
+        if type(self) in _PLANNED:
+            out = plans.planned(self, x, self._one_call, self._modules.values())
+        else:
+            out = self._one_call(x)[0]
         return out if out is not None else super()._all_stages(x)
 
-    def _one_call(self, x: Tensor) -> Tensor | None:
-        """All stages as one fused call, or None where they cannot be."""
+    def _one_call(self, x: Tensor) -> tuple[Tensor | None, bool]:
+        """All stages as one fused call and True, or (None, False) where they cannot be."""
         stages = self._one_call_stages(x)
-        return None if stages is None else self._fused_call(x, *stages)
+        return (None, False) if stages is None else (self._fused_call(x, *stages), True)
 
     def _one_call_stages(self, x: Tensor) -> tuple[MidStage | None, MidStage | None] | None:
         """``(mid, post)`` where all stages run as one fused call (:meth:`_fused_call`),
@@ -336,7 +337,13 @@ class _SeparableConvNd(_SeparableBase):
 def _bare_ends(stages: dict[str, nn.Module]) -> bool:
     """No ``norm`` or ``act``: both an unhooked ``nn.Identity`` (and no global hooks, which
     :meth:`_SeparableConvNd._fused_mid` asked first)."""
-    return all(type(stages[n]) is nn.Identity and not hooked(stages[n]) for n in ("norm", "act"))
+    return _bare_identity(stages["norm"]) and _bare_identity(stages["act"])
+
+
+def _bare_identity(stage: nn.Module) -> bool:
+    """``stage`` is an unhooked ``nn.Identity`` (a call of it may be skipped where there
+    are no global hooks either)."""
+    return type(stage) is nn.Identity and not hooked(stage)
 
 
 def _has_mid_layers(stages: dict[str, nn.Module]) -> bool:
@@ -354,7 +361,7 @@ def _is_plain_stage(stage: nn.Module, expected: type) -> bool:
 
 def _run_stage(stage: nn.Module, x: Tensor) -> Tensor:
     """``stage(x)``, skipping the call of an unhooked ``nn.Identity`` (3.8 us a call)."""
-    if type(stage) is nn.Identity and not hooked(stage) and not any_global_hooks():
+    if _bare_identity(stage) and not any_global_hooks():
         return x
     return stage(x)
 
