@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from sepconv.kernels import _ops
 from sepconv.reference import batch_norm_inference, conv
+from tests.conftest import assert_close_to_reference
 from tests.kernels.helpers import env, random_norm, threads
 
 pytestmark = pytest.mark.usefixtures("kernels_built")
@@ -55,7 +56,7 @@ def _run(n, c, o, h, w, channels_last, has_norm, affine, has_bias, clamp, seed, 
     assert out.is_contiguous(
         memory_format=torch.contiguous_format if planar else torch.channels_last
     )
-    assert np.abs(out.double().numpy() - expected).max() <= 1e-5 * scale
+    assert_close_to_reference(out, expected, rtol=1e-5, scale=scale)
 
 
 _EXAMPLE = dict(
