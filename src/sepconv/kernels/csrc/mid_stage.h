@@ -34,18 +34,14 @@ void norm_affine(const MidNorm<S>& n, i64 c, double eps, A& alpha, A& shift) {
   shift = (n.bias ? toA(n.bias[c]) : A(0)) - toA(n.mean[c]) * alpha;
 }
 
-// Folds the norm into the depthwise weights (w[cm][t], wT[t][cm]) and bias b[cm].
+// norm_affine of channels [0, count) into alpha and shift: the square roots and divisions in
+// a loop of their own, which vectorises (the same values: both are correctly rounded).
 template <typename S, typename A>
-void fold_mid_norm(const Geo& g, const MidNorm<S>& n, std::vector<A>& w, std::vector<A>& wT,
-                   std::vector<A>& b) {
-  for (i64 c = 0; c < g.CM; ++c) {
-    A alpha, shift;
-    norm_affine(n, c, g.mid_eps, alpha, shift);
-    for (i64 t = 0; t < g.T; ++t) {
-      w[c * g.T + t] *= alpha;
-      wT[t * g.CM + c] *= alpha;
-    }
-    b[c] = b[c] * alpha + shift;
+void norm_affines(const MidNorm<S>& n, i64 count, double eps, A* alpha, A* shift) {
+  for (i64 c = 0; c < count; ++c) alpha[c] = A(1) / std::sqrt(toA(n.var[c]) + A(eps));
+  for (i64 c = 0; c < count; ++c) {
+    if (n.weight) alpha[c] *= toA(n.weight[c]);
+    shift[c] = (n.bias ? toA(n.bias[c]) : A(0)) - toA(n.mean[c]) * alpha[c];
   }
 }
 
@@ -93,7 +89,7 @@ struct PostStage {
     if (p.norm) {
       p.alpha.resize(g.O);
       p.shift.resize(g.O);
-      for (i64 o = 0; o < g.O; ++o) norm_affine(n, o, g.post_eps, p.alpha[o], p.shift[o]);
+      norm_affines(n, g.O, g.post_eps, p.alpha.data(), p.shift.data());
     }
     return p;
   }

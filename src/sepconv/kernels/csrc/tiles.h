@@ -12,19 +12,26 @@
 
 namespace {
 
-// Weights in accumulator type: wd[cm][t], wT[t][cm], bias[cm].
+// Weights in accumulator type: wd[cm][t], wT[t][cm], bias[cm]; where alpha and shift are
+// given (a batch norm after the depthwise, norm_affines), each channel's weights times
+// alpha[cm] and its bias times alpha[cm] plus shift[cm], in the same pass. (A pass of its
+// own over w and wT: with the norm's square roots one channel at a time, 14 us of a 70 us
+// call of 960 channels inside MobileNetV2, run AA.)
 template <typename S, typename A>
 void prep_weights(const S* wd, const S* bd, const Geo& g, std::vector<A>& w, std::vector<A>& wT,
-                  std::vector<A>& b) {
+                  std::vector<A>& b, const A* alpha = nullptr, const A* shift = nullptr) {
   w.resize(g.CM * g.T);
   wT.resize(g.CM * g.T);
-  b.assign(g.CM, A(0));
+  b.resize(g.CM);
   for (i64 c = 0; c < g.CM; ++c) {
+    const A a = alpha ? alpha[c] : A(1);
     for (i64 t = 0; t < g.T; ++t) {
-      w[c * g.T + t] = toA(wd[c * g.T + t]);
-      wT[t * g.CM + c] = w[c * g.T + t];
+      const A v = alpha ? toA(wd[c * g.T + t]) * a : toA(wd[c * g.T + t]);
+      w[c * g.T + t] = v;
+      wT[t * g.CM + c] = v;
     }
-    if (bd) b[c] = toA(bd[c]);
+    const A bias = bd ? toA(bd[c]) : A(0);
+    b[c] = alpha ? bias * a + shift[c] : bias;
   }
 }
 
