@@ -287,6 +287,9 @@ _WHOLE = (
     ((2, 256, 1, 1024), (9, 9), (3, 3), (1, 1), (1, 1), 1, "zeros", True),
     ((3, 256, 1, 1100), (8, 7), (5, 5), (2, 1), (1, 1), "same", "reflect", False),
     ((1, 128, 2, 1040), (6, 6), (3, 3), (1, 1), (2, 2), 2, "replicate", True),
+    # batch 1, planar, weight panels: planes of more than a panel's 64 pixels put into them
+    # in pieces (a plane of at most 64 is a panel's row: the case above)
+    ((1, 96, 2, 600), (11, 13), (3, 3), (1, 1), (1, 1), 1, "zeros", True),
     # channels_last 7x7 outputs: small weights too, GEMMs over shares of the pixels
     ((7, 64, 1, 40), (7, 7), (3, 3), (1, 1), (1, 1), 1, "zeros", True),
     ((6, 32, 2, 24), (13, 14), (3, 3), (2, 2), (1, 1), "same", "reflect", False),

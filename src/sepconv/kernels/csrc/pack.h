@@ -110,6 +110,18 @@ void pack_panel_rows(const float* b, i64 ldb, i64 K, i64 N, i64 j, i64 k0, i64 k
   }
 }
 
+// Columns [q0, q0 + n) of row k of a packed B of N columns and K rows (pack_panel_rows'
+// layout) from src, and the zeros past N where they end there.
+inline void put_panel_row(const float* src, i64 q0, i64 n, i64 N, i64 k, i64 K, float* dst) {
+  for (i64 q = q0, len = 0; q < q0 + n; q += len, src += len) {
+    const i64 j = q / kPanel, col = q % kPanel;
+    len = std::min(kPanel - col, q0 + n - q);
+    std::memcpy(dst + (j * K + k) * kPanel + col, src, sizeof(float) * len);
+  }
+  if (q0 + n == N && N % kPanel != 0)
+    std::fill_n(dst + ((N - 1) / kPanel * K + k) * kPanel + N % kPanel, kPanel - N % kPanel, 0.0f);
+}
+
 // Pointwise weight (G groups of Og x CMg, row-major) packed per group in kPanel-column
 // panels, panel[j][k][0..kPanel) = wp[j*kPanel + ., k], zero past Og. In blocks of 16 k, so
 // that the 16 destination rows being written stay in L1 while the source rows are read

@@ -253,7 +253,6 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
                        const Geo& g, const Tiles& tl, const i64* ymap, const i64* xmap) {
   const i64 Pimg = g.OH * g.OW, P = g.N * Pimg, ops = g.os[3];
   std::unique_ptr<float[]> mid_own, midP_own;  // (beyond kKeepBytes)
-  float* const mid = kept_buffer(kKeptMid, P * g.CM + kSlack, mid_own);
   const bool nhwc = g.nhwc != 0;
   const bool transposed = g.own_gemm && whole_transposed(g);
   const auto ir = inner_read<float, float>(g, wT);
@@ -275,11 +274,20 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
   const i64 panels = panel_count(P);
   float* const midP =
       panelled ? kept_buffer(kKeptPanels, panels * kPanel * g.CM + kSlack, midP_own) : nullptr;
+  // Planar panels at batch 1: the depthwise output goes into them (put_panel_row; a plane of
+  // at most kPanel pixels is a panel's row and written there), not into planes packed
+  // afterwards: 1x960x7x7 -> 160 / 320 0.94 / 0.96x, 1x384x14x14 -> 1536 0.96x, 1x192x28x28
+  // -> 768 0.91x the time. (At batch 8 the panels, 1.7 MB on 7 x 7 planes, are not in L2 and
+  // the planes' pieces written into them missed: 8x960x7x7 -> 160 1.12x; run AA.)
+  const bool into_panels = panelled && !nhwc && g.N == 1;
+  const bool plane_is_row = into_panels && Pimg <= kPanel;
+  float* const mid = into_panels ? nullptr : kept_buffer(kKeptMid, P * g.CM + kSlack, mid_own);
 #pragma omp parallel num_threads(g.threads)
   {
     std::vector<float> buf(nhwc ? input_span(tl.TH, g.sy, g.KH, g.dy) *
                                       input_span(tl.TW, g.sx, g.KW, g.dx) * g.CM
                                 : g.Hu * g.Qrow + kSlack);
+    std::vector<float> plane(into_panels && !plane_is_row ? g.M * Pimg : 0);  // (its M planes)
     if (nhwc) {
 #pragma omp for schedule(dynamic, 1)
       for (i64 t = 0; t < tl.count; ++t) {
@@ -300,11 +308,22 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
 #pragma omp for schedule(static)
       for (i64 nc = 0; nc < g.N * g.C; ++nc) {
         const i64 n = nc / g.C, cm = (nc % g.C) * g.M;
+        // (the M output planes of channel nc, dcs apart: panel rows, a plane put into the
+        // panels, or mid's rows)
+        float* const dst = plane_is_row  ? midP + cm * kPanel
+                           : into_panels ? plane.data()
+                                         : mid + cm * P + n * Pimg;
+        const i64 dcs = plane_is_row ? kPanel : into_panels ? Pimg : P;
         channel_tile<float, float, float>(x + n * g.xs[0] + (nc % g.C) * g.xs[1], g, direct, 0, 0,
                                           g.OH, g.OW, 0, g.Hu, 0, g.Wu, ymap, xmap, buf.data(),
-                                          w.data() + cm * g.T, b.data() + cm,
-                                          mid + cm * P + n * Pimg, P, g.OW);
-        clamp_mid(g, mid + cm * P + n * Pimg, g.M, Pimg, P);
+                                          w.data() + cm * g.T, b.data() + cm, dst, dcs, g.OW);
+        clamp_mid(g, dst, g.M, Pimg, dcs);
+        for (i64 m = 0; into_panels && m < g.M; ++m) {
+          if (plane_is_row)  // (the zeros past its pixels, as pack_panel_rows writes)
+            std::fill(dst + m * kPanel + Pimg, dst + (m + 1) * kPanel, 0.0f);
+          else
+            put_panel_row(plane.data() + m * Pimg, n * Pimg, Pimg, P, cm + m, g.CM, midP);
+        }
       }
     }
     // (implicit barrier: the whole intermediate is ready)
@@ -323,7 +342,7 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
       mm<float>(pn, nb, g.CM, Mat{mid + p0 * g.CM, g.CM, 1}, Mat{wp + o0 * g.CM, 1, g.CM},
                 out + p0 * ops + o0, ops, 1, bp ? 1.0f : 0.0f);
     };
-    if (panelled) {
+    if (panelled && !into_panels) {
       // Tasks of (panel, block of 64 rows of K): at batch 1 one panel holds all pixels, and
       // packed by one thread (the other waiting) 1x960x7x7 -> 320 / 160 took 1.04-1.06x,
       // channels_last 1.09x the time (Zen 5).
