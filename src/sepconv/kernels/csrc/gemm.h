@@ -213,6 +213,55 @@ inline void micro_avx2(i64 K, const float* a, i64 lda, const float* b, i64 ldb, 
 #define SEPCONV_MICRO_AVX2 1
 #endif
 
+#if defined(__AVX512F__)
+// Columns a column block may end with past its whole vectors that gemm_f32 computes as dot
+// products along K (tail_columns) rather than with one more vector per row.
+constexpr i64 kTailColumns = 4;
+
+// C[i][j] for rows [0, M), columns [0, nt) (nt <= kTailColumns) of a block: A's rows times
+// B's columns (ldb apart), gathered into bt (nt x K floats), along K in vectors, four rows
+// at a time. A block of 49 columns (7 x 7 planes) is 3 vectors and one such column instead
+// of 4 vectors, 16 lanes of which hold one column: the micro-kernels spend a quarter of their
+// FMAs on nothing there. Then the bias (bias_row), scale and clamp as in micro_f32.
+inline void tail_columns(i64 M, i64 K, const float* a, i64 lda, const float* b, i64 ldb,
+                         i64 nt, float* c, i64 ldc, const float* bias_row, const float* clamp,
+                         const float* scale, float* bt) {
+  for (i64 j = 0; j < nt; ++j)
+    for (i64 k = 0; k < K; ++k) bt[j * K + k] = b[k * ldb + j];
+  const __mmask16 last = __mmask16((1u << (K % 16)) - 1);
+  for (i64 i0 = 0; i0 < M; i0 += 4) {
+    const i64 rows = std::min<i64>(4, M - i0);
+    __m512 acc[4][kTailColumns];
+    for (int r = 0; r < 4; ++r)
+      for (int j = 0; j < kTailColumns; ++j) acc[r][j] = _mm512_setzero_ps();
+    auto step = [&](i64 k, __mmask16 m) __attribute__((always_inline)) {
+      __m512 av[4];
+      for (int r = 0; r < 4; ++r)
+        av[r] = r < rows ? _mm512_maskz_loadu_ps(m, a + (i0 + r) * lda + k) : _mm512_setzero_ps();
+      for (int j = 0; j < kTailColumns; ++j) {
+        if (j >= nt) break;
+        const __m512 bv = _mm512_maskz_loadu_ps(m, bt + j * K + k);
+        for (int r = 0; r < 4; ++r) acc[r][j] = _mm512_fmadd_ps(av[r], bv, acc[r][j]);
+      }
+    };
+    i64 k = 0;
+    for (; k + 16 <= K; k += 16) step(k, __mmask16(0xFFFF));
+    if (k < K) step(k, last);
+    for (i64 r = 0; r < rows; ++r)
+      for (i64 j = 0; j < nt; ++j) {
+        float v = _mm512_reduce_add_ps(acc[r][j]);
+        const i64 i = i0 + r;
+        if (scale)
+          v = v * scale[i] + bias_row[i];
+        else if (bias_row)
+          v = bias_row[i] + v;
+        if (clamp) v = std::min(clamp[1], std::max(clamp[0], v));
+        c[i * ldc + j] = v;
+      }
+  }
+}
+#endif
+
 // f(std::integral_constant<int, R>()) for R = mr (1 to 6): a block's row count as the
 // micro-kernels' template argument (the float32 and bfloat16 ones).
 template <typename F>
@@ -308,12 +357,29 @@ void gemm_f32(i64 M, i64 N, i64 K, const float* a, i64 lda, const float* b, i64 
   const i64 nk = 1;
 #endif
   const i64 kc = std::max<i64>(1, (K + nk - 1) / nk);
+#if defined(__AVX512F__)
+  // (B's tail columns gathered: tail_columns)
+  const bool tails = !bias_col && N % 16 != 0 && N % 16 <= kTailColumns;
+  thread_local std::vector<float> gathered;
+  if (tails && i64(gathered.size()) < kTailColumns * K) gathered.resize(kTailColumns * K);
+#endif
   for (i64 mb0 = 0; mb0 < M; mb0 += MB) {
     const i64 mend = std::min(M, mb0 + MB);
     for (i64 n0 = 0, nb = 0; n0 < N; n0 += nb) {
       nb = std::min(n0 == 0 && lead > 0 ? lead : kPanel, N - n0);
-      const i64 nv = (nb + 15) / 16;
       const float* bn = pstride ? b + (n0 / kPanel) * pstride + n0 % kPanel : b + n0;
+      i64 nw = nb;  // (the block's columns for the micro-kernels)
+#if defined(__AVX512F__)
+      if (tails && n0 + nb == N) {  // (the last block: its columns past whole vectors)
+        const i64 nt = nb % 16;
+        nw = nb - nt;
+        tail_columns(mend - mb0, K, a + mb0 * lda, lda, bn + nw, ldb, nt, c + mb0 * ldc + n0 + nw,
+                     ldc, bias_row ? bias_row + mb0 : nullptr, clamp,
+                     scale ? scale + mb0 : nullptr, gathered.data());
+        if (nw == 0) continue;
+      }
+#endif
+      const i64 nv = (nw + 15) / 16;
       for (i64 k0 = 0; k0 == 0 || k0 < K; k0 += kc) {  // (once for K = 0: C = biases)
         const i64 kn = std::min(kc, K - k0);
         const bool first = k0 == 0, last = k0 + kn == K;
@@ -333,10 +399,10 @@ void gemm_f32(i64 M, i64 N, i64 K, const float* a, i64 lda, const float* b, i64 
           const bool st = stream && last;
           const float* cl = last ? clamp : nullptr;
           switch (nv) {
-            case 4: micro_rows<4>(mr, kn, am, lda, bk, ldb, cm, ldc, br, bc, nb, st, false, cl, sc); break;
-            case 3: micro_rows<3>(mr, kn, am, lda, bk, ldb, cm, ldc, br, bc, nb, st, false, cl, sc); break;
-            case 2: micro_rows<2>(mr, kn, am, lda, bk, ldb, cm, ldc, br, bc, nb, st, false, cl, sc); break;
-            default: micro_rows<1>(mr, kn, am, lda, bk, ldb, cm, ldc, br, bc, nb, st, !first, cl, sc); break;
+            case 4: micro_rows<4>(mr, kn, am, lda, bk, ldb, cm, ldc, br, bc, nw, st, false, cl, sc); break;
+            case 3: micro_rows<3>(mr, kn, am, lda, bk, ldb, cm, ldc, br, bc, nw, st, false, cl, sc); break;
+            case 2: micro_rows<2>(mr, kn, am, lda, bk, ldb, cm, ldc, br, bc, nw, st, false, cl, sc); break;
+            default: micro_rows<1>(mr, kn, am, lda, bk, ldb, cm, ldc, br, bc, nw, st, !first, cl, sc); break;
           }
         }
       }
