@@ -563,3 +563,100 @@ def test_stems_beyond_27_weights_need_wide_vectors(monkeypatch, kernels_on):
         assert fused_module.stem_conv_norm_act(large, x) is None
         monkeypatch.setattr(fused_module, "_wide_vectors", lambda: True)
         assert fused_module.stem_conv_norm_act(large, x) is not None
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    features=st.integers(1, 300),
+    classes=st.integers(1, 300),
+    bias=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_linear_on_one_row_is_one_kernel_call(features, classes, bias, seed, kernels_built):
+    """A classifier's ``nn.Linear`` at batch 1 as the 1x1 forward's GEMV: ``nn.Linear``'s
+    result within float32 rounding, whatever the widths (K tails, column tails)."""
+    gen = torch.Generator().manual_seed(seed)
+    linear = nn.Linear(features, classes, bias=bias)
+    x = torch.randn(1, features, generator=gen)
+    with pytest.MonkeyPatch.context() as mp, torch.no_grad():
+        mp.setenv("SEPCONV_KERNELS", "on")
+        mp.setattr(fused_module, "_pointwise_kernel_on", lambda: True)
+        calls = _count_raw_calls(mp, "pointwise_forward_raw")
+        linear.weight.copy_(torch.randn(classes, features, generator=gen))
+        if bias:
+            linear.bias.copy_(torch.randn(classes, generator=gen))
+        out = fused_module._linear_row(linear, x)
+        expected = torch.nn.functional.linear(
+            x.double(),
+            linear.weight.double(),
+            None if linear.bias is None else linear.bias.double(),
+        )
+    assert calls[0] == 1
+    scale = (x.double().abs() @ linear.weight.double().abs().T).max().item() + 1.0
+    assert out.shape == (1, classes)
+    assert (out.double() - expected).abs().max().item() <= 1e-6 * scale
+
+
+def _linear_declined():
+    hooked = nn.Linear(12, 5)
+    hooked.register_forward_hook(lambda *args: None)
+
+    class Scaled(nn.Linear):
+        pass
+
+    return {
+        "two rows": (nn.Linear(12, 5), torch.randn(2, 12)),
+        "float64": (nn.Linear(12, 5).double(), torch.randn(1, 12, dtype=torch.float64)),
+        "hooked": (hooked, torch.randn(1, 12)),
+        "subclass": (Scaled(12, 5), torch.randn(1, 12)),
+        "strided input": (nn.Linear(12, 5), torch.randn(1, 24)[:, ::2]),
+        "mis-wired": (nn.Linear(13, 5), torch.randn(1, 12)),
+        "3-d input": (nn.Linear(12, 5), torch.randn(1, 1, 12)),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_linear_declined()))
+def test_linear_row_declines(name, monkeypatch, kernels_on):
+    monkeypatch.setattr(fused_module, "_pointwise_kernel_on", lambda: True)
+    linear, x = _linear_declined()[name]
+    with torch.no_grad():
+        assert fused_module._linear_row(linear, x) is None
+    x.requires_grad_(True)  # (and with autograd, whatever the module)
+    assert fused_module._linear_row(nn.Linear(x.shape[-1], 5), x) is None
+
+
+@pytest.mark.parametrize("make", [mobilenet_v1, mobilenet_v2])
+def test_models_classify_one_image_in_one_call(make, monkeypatch, kernels_on):
+    """At batch 1 the classifier runs through the kernel, recorded and replayed with the
+    features; its weights are read live (a change in place shows), and a classifier put in
+    the Sequential's place still runs as itself."""
+    monkeypatch.setattr(fused_module, "_pointwise_kernel_on", lambda: True)
+    calls = [0]
+    gemv = fused_module._gemv
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return gemv(*args, **kwargs)
+
+    monkeypatch.setattr(fused_module, "_gemv", counted)
+    model = _randomise_norms(make(width_mult=0.25, num_classes=10)).eval()
+    linear = model.classifier[1]
+    with torch.no_grad():
+        linear.weight.normal_()
+        linear.bias.normal_()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        first, second = model(x), model(x)
+        linear.weight.mul_(-2.0)
+        changed = model(x)
+    assert calls[0] == 3
+    linear.weight.data.mul_(-0.5)
+    expected = _module_by_module(model, x)
+    torch.testing.assert_close(first, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(second, first, rtol=0, atol=0)
+    linear.weight.data.mul_(-2.0)
+    torch.testing.assert_close(changed, _module_by_module(model, x), rtol=1e-4, atol=1e-5)
+    model.classifier = nn.Linear(linear.in_features, 3)
+    with torch.no_grad():
+        assert model(x).shape == (1, 3)
+    assert calls[0] == 3

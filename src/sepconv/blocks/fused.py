@@ -275,7 +275,7 @@ def run_sequential(layers: nn.Sequential, x: Tensor, residual: Tensor | None = N
                 x, i, fresh = out, i + len(taken), True
                 continue
         with dispatch.capture() as recorded:
-            out = _conv_norm_act(modules[i], x) if inference else None
+            out = _conv_norm_act(modules[i], x) if inference else _linear_row(modules[i], x)
         fresh = out is not None
         if fresh:
             recorder.fused(recorded, [modules[i], *_children(modules[i])])
@@ -286,6 +286,36 @@ def run_sequential(layers: nn.Sequential, x: Tensor, residual: Tensor | None = N
         x, i = out, i + 1
     recorder.finish(fresh)
     return add_residual(residual, x, fresh)
+
+
+def _linear_row(linear: nn.Module, x: Tensor) -> Tensor | None:
+    """``linear(x)`` for a plain ``nn.Linear`` on one row of float32 features (a classifier
+    at batch 1) as the kernels' 1x1 forward with one pixel, a GEMV over the threads; else
+    None. Inside MobileNetV2 at batch 1, ``nn.Linear`` (1280 -> 1000) took 182 us, its
+    weight read from memory at 28 GB/s, the kernel 92 us (docs/performance.md, run AA). Not
+    for more rows: the kernel would read the weight once per row."""
+    if not (x.dim() == 2 and x.shape[0] == 1 and x.dtype == torch.float32):
+        return None
+    if torch.is_grad_enabled() and x.requires_grad:
+        return None
+    if not (plain_module(linear, nn.Linear) and has_plain_weights(linear)):
+        return None
+    weight, bias = linear.weight, linear.bias
+    if x.shape[1] != linear.in_features or not x.is_contiguous():
+        return None  # (mis-wired: the module raises its error)
+    if not (dispatch.plain_tensors((x, weight, bias), x.dtype) and _pointwise_kernel_on()):
+        return None
+    return dispatch.run_recorded(functools.partial(_gemv, weight=weight, bias=bias), x)
+
+
+_NO_MID = (False, 0.0, None, None)  # (MidParams: no norm, no clamp)
+
+
+def _gemv(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``(1, C) -> (1, O)``: ``x @ weight.T + bias`` through the 1x1 forward."""
+    o, c = weight.shape
+    out = _ops.pointwise_forward_raw(x.view(1, c, 1, 1), weight.reshape(o, c, 1, 1), bias, _NO_MID)
+    return out.view(1, o)
 
 
 def _children(module: nn.Module) -> list[nn.Module]:

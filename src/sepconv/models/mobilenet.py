@@ -93,10 +93,12 @@ class _MobileNet(nn.Module):
         return run_sequential(self.features, x)
 
     def forward(self, x: Tensor) -> Tensor:
-        """``(N, in_chans, H, W) -> (N, num_classes)``."""
-        return self.classifier(
-            torch.flatten(nn.functional.adaptive_avg_pool2d(self.forward_features(x), 1), 1)
-        )
+        """``(N, in_chans, H, W) -> (N, num_classes)``. At inference a batch of one image goes
+        through the classifier's ``nn.Linear`` as one kernel call (:mod:`sepconv.blocks.fused`)."""
+        pooled = torch.flatten(nn.functional.adaptive_avg_pool2d(self.forward_features(x), 1), 1)
+        if type(self.classifier) is nn.Sequential:  # (not one a user put in its place)
+            return run_sequential(self.classifier, pooled)
+        return self.classifier(pooled)
 
 
 class MobileNetV1(_MobileNet):
