@@ -37,29 +37,26 @@ def _module_by_module(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model(x).detach()
 
 
-def _count_raw_calls(monkeypatch, name: str) -> list[int]:
-    """A one-element list counting the calls of ``sepconv.kernels._ops.<name>`` from now on."""
+def _count_calls(monkeypatch, owner, name: str) -> list[int]:
+    """A one-element list counting the calls of ``owner.<name>`` from now on."""
     calls = [0]
-    original = getattr(fused_module._ops, name)
+    original = getattr(owner, name)
 
     def counted(*args, **kwargs):
         calls[0] += 1
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(fused_module._ops, name, counted)
+    monkeypatch.setattr(owner, name, counted)
     return calls
+
+
+def _count_raw_calls(monkeypatch, name: str) -> list[int]:
+    """Calls of ``sepconv.kernels._ops.<name>`` from now on (:func:`_count_calls`)."""
+    return _count_calls(monkeypatch, fused_module._ops, name)
 
 
 def _count_fused(monkeypatch) -> list[int]:
-    calls = [0]
-    original = fused_module.separable_forward
-
-    def counted(*args, **kwargs):
-        calls[0] += 1
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(fused_module, "separable_forward", counted)
-    return calls
+    return _count_calls(monkeypatch, fused_module, "separable_forward")
 
 
 def _check(model: nn.Module, x: torch.Tensor, fused_calls: int, monkeypatch) -> None:
@@ -631,14 +628,7 @@ def test_models_classify_one_image_in_one_call(make, monkeypatch, kernels_on):
     features; its weights are read live (a change in place shows), and a classifier put in
     the Sequential's place still runs as itself."""
     monkeypatch.setattr(fused_module, "_pointwise_kernel_on", lambda: True)
-    calls = [0]
-    gemv = fused_module._gemv
-
-    def counted(*args, **kwargs):
-        calls[0] += 1
-        return gemv(*args, **kwargs)
-
-    monkeypatch.setattr(fused_module, "_gemv", counted)
+    calls = _count_calls(monkeypatch, fused_module, "_gemv")
     model = _randomise_norms(make(width_mult=0.25, num_classes=10)).eval()
     linear = model.classifier[1]
     with torch.no_grad():
