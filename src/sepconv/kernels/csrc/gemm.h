@@ -251,8 +251,8 @@ inline void tail_columns(i64 M, i64 K, const float* a, i64 lda, const float* b, 
       for (i64 j = 0; j < nt; ++j) {
         float v = _mm512_reduce_add_ps(acc[r][j]);
         const i64 i = i0 + r;
-        if (scale)
-          v = v * scale[i] + bias_row[i];
+        if (scale)  // (along the rows: the callers pass bias_row with it)
+          v = v * scale[i] + (bias_row ? bias_row[i] : 0.0f);
         else if (bias_row)
           v = bias_row[i] + v;
         if (clamp) v = std::min(clamp[1], std::max(clamp[0], v));
@@ -358,10 +358,7 @@ void gemm_f32(i64 M, i64 N, i64 K, const float* a, i64 lda, const float* b, i64 
 #endif
   const i64 kc = std::max<i64>(1, (K + nk - 1) / nk);
 #if defined(__AVX512F__)
-  // (B's tail columns gathered: tail_columns)
-  const bool tails = !bias_col && N % 16 != 0 && N % 16 <= kTailColumns;
-  thread_local std::vector<float> gathered;
-  if (tails && i64(gathered.size()) < kTailColumns * K) gathered.resize(kTailColumns * K);
+  thread_local std::vector<float> gathered;  // (B's tail columns: tail_columns)
 #endif
   for (i64 mb0 = 0; mb0 < M; mb0 += MB) {
     const i64 mend = std::min(M, mb0 + MB);
@@ -370,9 +367,11 @@ void gemm_f32(i64 M, i64 N, i64 K, const float* a, i64 lda, const float* b, i64 
       const float* bn = pstride ? b + (n0 / kPanel) * pstride + n0 % kPanel : b + n0;
       i64 nw = nb;  // (the block's columns for the micro-kernels)
 #if defined(__AVX512F__)
-      if (tails && n0 + nb == N) {  // (the last block: its columns past whole vectors)
+      // The last block's columns past whole vectors (its own: with a lead block, not N's).
+      if (!bias_col && n0 + nb == N && nb % 16 != 0 && nb % 16 <= kTailColumns) {
         const i64 nt = nb % 16;
         nw = nb - nt;
+        if (i64(gathered.size()) < kTailColumns * K) gathered.resize(kTailColumns * K);
         tail_columns(mend - mb0, K, a + mb0 * lda, lda, bn + nw, ldb, nt, c + mb0 * ldc + n0 + nw,
                      ldc, bias_row ? bias_row + mb0 : nullptr, clamp,
                      scale ? scale + mb0 : nullptr, gathered.data());
