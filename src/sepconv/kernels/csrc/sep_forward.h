@@ -287,7 +287,7 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
     std::vector<float> buf(nhwc ? input_span(tl.TH, g.sy, g.KH, g.dy) *
                                       input_span(tl.TW, g.sx, g.KW, g.dx) * g.CM
                                 : g.Hu * g.Qrow + kSlack);
-    std::vector<float> plane(into_panels && !plane_is_row ? g.M * Pimg : 0);  // (its M planes)
+    std::vector<float> plane(into_panels && !plane_is_row ? g.M * Pimg + kSlack : 0);  // (M planes)
     if (nhwc) {
 #pragma omp for schedule(dynamic, 1)
       for (i64 t = 0; t < tl.count; ++t) {
