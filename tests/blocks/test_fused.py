@@ -4,6 +4,7 @@ one fused call where that is exact, and module by module otherwise, with the sam
 from __future__ import annotations
 
 import os
+import warnings
 
 import pytest
 import torch
@@ -562,6 +563,13 @@ def test_stems_beyond_27_weights_need_wide_vectors(monkeypatch, kernels_on):
         assert fused_module.stem_conv_norm_act(large, x) is not None
 
 
+def _route_rows_to_the_kernel(monkeypatch) -> None:
+    """``_linear_row`` takes the kernel whatever the CPU (on Intel it leaves the 1x1 forward
+    to MKL, without AVX-512 the GEMV to PyTorch: unmeasured there, but exact)."""
+    monkeypatch.setattr(fused_module, "_pointwise_kernel_on", lambda: True)
+    monkeypatch.setattr(fused_module._build, "vector_bits", lambda: 512)
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     features=st.integers(1, 300),
@@ -577,7 +585,7 @@ def test_linear_on_one_row_is_one_kernel_call(features, classes, bias, seed, ker
     x = torch.randn(1, features, generator=gen)
     with pytest.MonkeyPatch.context() as mp, torch.no_grad():
         mp.setenv("SEPCONV_KERNELS", "on")
-        mp.setattr(fused_module, "_pointwise_kernel_on", lambda: True)
+        _route_rows_to_the_kernel(mp)
         calls = _count_raw_calls(mp, "pointwise_forward_raw")
         linear.weight.copy_(torch.randn(classes, features, generator=gen))
         if bias:
@@ -601,6 +609,12 @@ def _linear_declined():
     class Scaled(nn.Linear):
         pass
 
+    broadcast_bias = nn.Linear(12, 5)
+    broadcast_bias.bias = nn.Parameter(torch.randn(1))  # (F.linear broadcasts it)
+    with warnings.catch_warnings():  # (initialising zero-element tensors is a no-op)
+        warnings.simplefilter("ignore", UserWarning)
+        no_inputs, no_outputs = nn.Linear(0, 5), nn.Linear(12, 0)
+
     return {
         "two rows": (nn.Linear(12, 5), torch.randn(2, 12)),
         "float64": (nn.Linear(12, 5).double(), torch.randn(1, 12, dtype=torch.float64)),
@@ -609,17 +623,20 @@ def _linear_declined():
         "strided input": (nn.Linear(12, 5), torch.randn(1, 24)[:, ::2]),
         "mis-wired": (nn.Linear(13, 5), torch.randn(1, 12)),
         "3-d input": (nn.Linear(12, 5), torch.randn(1, 1, 12)),
+        "no inputs": (no_inputs, torch.randn(1, 0)),
+        "no outputs": (no_outputs, torch.randn(1, 12)),
+        "broadcast bias": (broadcast_bias, torch.randn(1, 12)),
     }
 
 
 @pytest.mark.parametrize("name", sorted(_linear_declined()))
 def test_linear_row_declines(name, monkeypatch, kernels_on):
-    monkeypatch.setattr(fused_module, "_pointwise_kernel_on", lambda: True)
+    _route_rows_to_the_kernel(monkeypatch)
     linear, x = _linear_declined()[name]
     with torch.no_grad():
         assert fused_module._linear_row(linear, x) is None
     x.requires_grad_(True)  # (and with autograd, whatever the module)
-    assert fused_module._linear_row(nn.Linear(x.shape[-1], 5), x) is None
+    assert fused_module._linear_row(nn.Linear(x.shape[-1] or 1, 5), x) is None
 
 
 @pytest.mark.parametrize("make", [mobilenet_v1, mobilenet_v2])
@@ -627,7 +644,7 @@ def test_models_classify_one_image_in_one_call(make, monkeypatch, kernels_on):
     """At batch 1 the classifier runs through the kernel, recorded and replayed with the
     features; its weights are read live (a change in place shows), and a classifier put in
     the Sequential's place still runs as itself."""
-    monkeypatch.setattr(fused_module, "_pointwise_kernel_on", lambda: True)
+    _route_rows_to_the_kernel(monkeypatch)
     calls = _count_calls(monkeypatch, fused_module, "_gemv")
     model = _randomise_norms(make(width_mult=0.25, num_classes=10)).eval()
     linear = model.classifier[1]
@@ -650,3 +667,14 @@ def test_models_classify_one_image_in_one_call(make, monkeypatch, kernels_on):
     with torch.no_grad():
         assert model(x).shape == (1, 3)
     assert calls[0] == 3
+
+
+def test_trainable_head_on_frozen_features_learns(monkeypatch, kernels_on):
+    """A linear probe: frozen features, a trainable classifier, batch 1 with autograd. The
+    features' output records no history, the classifier's parameters do: the classifier runs
+    as the module, and its weight gets a gradient."""
+    _route_rows_to_the_kernel(monkeypatch)
+    model = mobilenet_v2(width_mult=0.25, num_classes=10).eval()
+    model.features.requires_grad_(False)
+    model(torch.randn(1, 3, 32, 32)).sum().backward()
+    assert model.classifier[1].weight.grad is not None

@@ -122,12 +122,16 @@ def test_pointwise_larger_shapes(shape, channels_last):
     _run(n, c, o, h, w, channels_last, True, True, True, (0.0, 6.0), seed=1)
 
 
-def test_pointwise_keeps_nan():
-    """A NaN input stays NaN through the clamp, as PyTorch's activations keep it."""
-    x = torch.randn(1, 4, 3, 3)
+@pytest.mark.parametrize("size", [3, 7, 14])
+def test_pointwise_keeps_nan(size):
+    """A NaN input stays NaN through the clamp, as PyTorch's activations keep it: in whole
+    vectors of pixels and in the GEMM's tail columns (7x7 and 14x14 planes end in 1 and 4)."""
+    x = torch.randn(1, 4, size, size)
     x[0, 0, 1, 1] = float("nan")
+    x[0, 0, -1, -1] = float("nan")
     out = _ops.pointwise_forward_raw(x, torch.ones(6, 4, 1, 1), None, (False, 1e-5, 0.0, 6.0))
     assert torch.isnan(out[0, :, 1, 1]).all()
+    assert torch.isnan(out[0, :, -1, -1]).all()
     assert not torch.isnan(out[0, :, 0, 0]).any()
 
 

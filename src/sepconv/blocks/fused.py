@@ -36,6 +36,7 @@ from sepconv.layers.fusion import (
     has_plain_weights,
     inference_mid_stage,
     plain_module,
+    records_history,
     unobserved,
 )
 
@@ -293,18 +294,25 @@ def _linear_row(linear: nn.Module, x: Tensor) -> Tensor | None:
     at batch 1) as the kernels' 1x1 forward with one pixel, a GEMV over the threads; else
     None. Inside MobileNetV2 at batch 1, ``nn.Linear`` (1280 -> 1000) took 182 us, its
     weight read from memory at 28 GB/s, the kernel 92 us (docs/performance.md, run AA). Not
-    for more rows: the kernel would read the weight once per row."""
+    for more rows (the kernel would read the weight once per row), nor without AVX-512 (the
+    column would take a vector of 8 lanes a row)."""
     if not (x.dim() == 2 and x.shape[0] == 1 and x.dtype == torch.float32):
-        return None
-    if torch.is_grad_enabled() and x.requires_grad:
         return None
     if not (plain_module(linear, nn.Linear) and has_plain_weights(linear)):
         return None
+    if torch.is_grad_enabled() and (x.requires_grad or records_history(linear)):
+        return None  # (a trainable head on frozen features too)
     weight, bias = linear.weight, linear.bias
     if x.shape[1] != linear.in_features or not x.is_contiguous():
         return None  # (mis-wired: the module raises its error)
+    if weight.dim() != 2 or 0 in weight.shape or x.shape[1] != weight.shape[1]:
+        return None  # (no inputs or outputs: the kernel divides by the channel count)
+    if bias is not None and bias.shape != weight.shape[:1]:
+        return None  # (a bias that broadcasts, as F.linear allows)
     if not (dispatch.plain_tensors((x, weight, bias), x.dtype) and _pointwise_kernel_on()):
         return None
+    if _build.vector_bits() != 512:
+        return None  # (the one column is gemm_f32's tail_columns with AVX-512 only; unmeasured)
     return dispatch.run_recorded(functools.partial(_gemv, weight=weight, bias=bias), x)
 
 

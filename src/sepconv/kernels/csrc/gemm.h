@@ -255,7 +255,10 @@ inline void tail_columns(i64 M, i64 K, const float* a, i64 lda, const float* b, 
           v = v * scale[i] + (bias_row ? bias_row[i] : 0.0f);
         else if (bias_row)
           v = bias_row[i] + v;
-        if (clamp) v = std::min(clamp[1], std::max(clamp[0], v));
+        if (clamp) {  // (NaN stays NaN, as in clamp_vec)
+          v = v < clamp[0] ? clamp[0] : v;
+          v = v > clamp[1] ? clamp[1] : v;
+        }
         c[i * ldc + j] = v;
       }
   }
