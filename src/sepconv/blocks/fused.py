@@ -303,9 +303,9 @@ def _linear_row(linear: nn.Module, x: Tensor) -> Tensor | None:
     if torch.is_grad_enabled() and (x.requires_grad or records_history(linear)):
         return None  # (a trainable head on frozen features too)
     weight, bias = linear.weight, linear.bias
-    if x.shape[1] != linear.in_features or not x.is_contiguous():
+    if weight.dim() != 2 or x.shape[1] != weight.shape[1] or not x.is_contiguous():
         return None  # (mis-wired: the module raises its error)
-    if weight.dim() != 2 or 0 in weight.shape or x.shape[1] != weight.shape[1]:
+    if 0 in weight.shape:
         return None  # (no inputs or outputs: the kernel divides by the channel count)
     if bias is not None and bias.shape != weight.shape[:1]:
         return None  # (a bias that broadcasts, as F.linear allows)
@@ -316,13 +316,11 @@ def _linear_row(linear: nn.Module, x: Tensor) -> Tensor | None:
     return dispatch.run_recorded(functools.partial(_gemv, weight=weight, bias=bias), x)
 
 
-_NO_MID = (False, 0.0, None, None)  # (MidParams: no norm, no clamp)
-
-
 def _gemv(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """``(1, C) -> (1, O)``: ``x @ weight.T + bias`` through the 1x1 forward."""
     o, c = weight.shape
-    out = _ops.pointwise_forward_raw(x.view(1, c, 1, 1), weight.reshape(o, c, 1, 1), bias, _NO_MID)
+    _, no_stage = dispatch.NO_STAGE
+    out = _ops.pointwise_forward_raw(x.view(1, c, 1, 1), weight.reshape(o, c, 1, 1), bias, no_stage)
     return out.view(1, o)
 
 

@@ -19,8 +19,13 @@ namespace {
 // Only valid columns of B are read and of C written; bias_col is read by whole vectors
 // (callers give it slack).
 
+// clamp: {lo, hi} applied to one value (a NaN stays NaN, as in PyTorch's activations).
+inline float clamp_value(float x, const float* clamp) {
+  return x < clamp[0] ? clamp[0] : (x > clamp[1] ? clamp[1] : x);
+}
+
 // clamp: null, or {lo, hi} applied to C (max then min, with C as the second operand: a NaN
-// stays NaN, as in PyTorch's activations).
+// stays NaN, as in clamp_value).
 template <typename Vec>
 inline Vec clamp_vec(const Vec& in, const float* clamp) {
   Vec v = in;
@@ -36,10 +41,7 @@ inline Vec clamp_vec(const Vec& in, const float* clamp) {
     return (Vec)_mm256_min_ps(_mm256_set1_ps(clamp[1]), r);
   }
 #endif
-  for (i64 l = 0; l < i64(sizeof(Vec) / 4); ++l) {
-    const float x = v[l];
-    v[l] = x < clamp[0] ? clamp[0] : (x > clamp[1] ? clamp[1] : x);
-  }
+  for (i64 l = 0; l < i64(sizeof(Vec) / 4); ++l) v[l] = clamp_value(v[l], clamp);
   return v;
 }
 
@@ -255,11 +257,7 @@ inline void tail_columns(i64 M, i64 K, const float* a, i64 lda, const float* b, 
           v = v * scale[i] + (bias_row ? bias_row[i] : 0.0f);
         else if (bias_row)
           v = bias_row[i] + v;
-        if (clamp) {  // (NaN stays NaN, as in clamp_vec)
-          v = v < clamp[0] ? clamp[0] : v;
-          v = v > clamp[1] ? clamp[1] : v;
-        }
-        c[i * ldc + j] = v;
+        c[i * ldc + j] = clamp ? clamp_value(v, clamp) : v;
       }
   }
 }

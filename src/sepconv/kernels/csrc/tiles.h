@@ -26,7 +26,7 @@ void prep_weights(const S* wd, const S* bd, const Geo& g, std::vector<A>& w, std
   for (i64 c = 0; c < g.CM; ++c) {
     const A a = alpha ? alpha[c] : A(1);
     for (i64 t = 0; t < g.T; ++t) {
-      const A v = alpha ? toA(wd[c * g.T + t]) * a : toA(wd[c * g.T + t]);
+      const A v = toA(wd[c * g.T + t]) * a;  // (times 1 without a norm: exact)
       w[c * g.T + t] = v;
       wT[t * g.CM + c] = v;
     }
