@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 import sepconv
@@ -19,12 +19,14 @@ from sepconv.functional.modulated import (
 from sepconv.layers.modulated import ModulatedSeparableConv2d
 
 
-def loop_reference(x, dw, pw, styles, *, demodulate, upsample, eps=1e-8):
+def loop_reference(x, dw, pw, styles, *, demodulate, upsample, eps=1e-8, magnitude=False):
     """One sample at a time, in float64, with explicitly modulated and demodulated weights.
 
     The demodulation is computed from the explicit combined dense weight
     ``W[n, o, c, k] = s[n, c] * sum_m P[o, c*M+m] D[c*M+m, k]``, not from the Gram-matrix
-    shortcut the implementation uses.
+    shortcut the implementation uses. ``magnitude=True`` convolves the absolute values of the
+    input and of the modulated weights instead: the summed magnitudes of each output's terms,
+    which bound float32's rounding where the terms cancel.
     """
     x, dw, pw, styles = (t.detach().double() for t in (x, dw, pw, styles))
     channels = x.shape[1]
@@ -42,6 +44,8 @@ def loop_reference(x, dw, pw, styles, *, demodulate, upsample, eps=1e-8):
             d = torch.rsqrt(dense.square().sum(dim=(1, 2)) + eps) * (2.0 if upsample else 1.0)
             pw_n = pw * d.reshape(-1, 1, 1, 1)
         xn = x[n : n + 1]
+        if magnitude:
+            xn, dw_n, pw_n = xn.abs(), dw_n.abs(), pw_n.abs()
         if upsample:
             padding, output_padding = upsample_geometry(kernel)
             mid = F.conv_transpose2d(
@@ -59,8 +63,9 @@ def loop_reference(x, dw, pw, styles, *, demodulate, upsample, eps=1e-8):
     return torch.cat(outs)
 
 
-def assert_rel_close(actual, expected, rtol):
-    scale = max(1e-12, expected.abs().max().item())
+def assert_rel_close(actual, expected, rtol, scale=None):
+    """``actual`` within ``rtol`` of the largest of ``scale`` (default: ``expected``)."""
+    scale = max(1e-12, (expected if scale is None else scale).abs().max().item())
     err = (actual.double() - expected.double()).abs().max().item()
     assert err <= rtol * scale, f"max error {err:.3g} > {rtol:g} * {scale:.3g}"
 
@@ -79,6 +84,9 @@ def assert_rel_close(actual, expected, rtol):
     fused=st.sampled_from([None, False, True]),
     seed=st.integers(0, 2**16),
 )
+# Three products summing to 2e-4 of their size (with demodulation: d from a cancelling weight).
+@example(1, 1, 1, 1, 1, 3, 3, 1, False, False, None, 170)
+@example(1, 1, 3, 1, 1, 3, 3, 1, True, True, False, 170)
 def test_batched_equals_per_sample_loop(
     batch, channels, out_channels, kh, kw, mult, height, width, demodulate, upsample, fused, seed
 ):
@@ -91,10 +99,15 @@ def test_batched_equals_per_sample_loop(
         x, dw, pw, styles, demodulate=demodulate, upsample=upsample, fused_modconv=fused
     )
     expected = loop_reference(x, dw, pw, styles, demodulate=demodulate, upsample=upsample)
+    terms = loop_reference(
+        x, dw, pw, styles, demodulate=demodulate, upsample=upsample, magnitude=True
+    )
     scale = 2 if upsample else 1
     assert out.shape == (batch, out_channels, scale * height, scale * width)
     assert out.dtype == torch.float32
-    assert_rel_close(out, expected, 1e-5)
+    # Relative to the summed magnitudes, not to the largest output: where the terms cancel,
+    # float32 keeps only their rounding (e.g. three terms summing to 2e-4 of their size).
+    assert_rel_close(out, expected, 1e-5, scale=terms)
 
 
 def test_flat_pointwise_weight_and_valid_padding():
@@ -114,7 +127,7 @@ def test_flat_pointwise_weight_and_valid_padding():
 
 
 def test_demodulation_coefficients_match_dense_weight():
-    """The Gram-matrix shortcut equals the norm of the explicit modulated dense weight."""
+    """``s^2 @ G^T`` equals the norm of the explicit modulated dense weight."""
     dw, pw, s = (
         torch.randn(12, 1, 3, 3).double(),
         torch.randn(5, 12, 1, 1).double(),
@@ -124,6 +137,27 @@ def test_demodulation_coefficients_match_dense_weight():
     modulated = dense[None] * s[:, None, :, None]
     expected = torch.rsqrt(modulated.square().sum(dim=(2, 3)) + 1e-8)
     torch.testing.assert_close(demodulation_coefficients(dw, pw, s), expected, rtol=1e-12, atol=0)
+
+
+@given(
+    kernel=st.integers(1, 9),
+    delta=st.floats(1e-4, 1e-1),
+    seed=st.integers(0, 2**16),
+)
+def test_demodulation_keeps_its_digits_where_the_combined_weight_cancels(kernel, delta, seed):
+    """Two depthwise filters whose pointwise mix cancels to ``delta`` of the terms: float32's
+    ``d`` stays within a few ulps times the condition ``1 / delta`` of the float64 value (the
+    Gram shortcut ``P G P^T`` squares the condition: ~10% off at ``delta = 1e-3``)."""
+    gen = torch.Generator().manual_seed(seed)
+    pw = torch.randn(1, 2, generator=gen)
+    first = torch.randn(kernel, generator=gen)
+    second = -first * (pw[0, 0] / pw[0, 1]) * (1 - delta)
+    dw = torch.stack([first, second]).reshape(2, 1, 1, kernel)
+    styles = torch.randn(1, 1, generator=gen) + 1.0
+    d32 = demodulation_coefficients(dw, pw, styles, eps=0.0)
+    d64 = demodulation_coefficients(dw.double(), pw.double(), styles.double(), eps=0.0)
+    rel = ((d32.double() - d64) / d64).abs().max().item()
+    assert rel <= 16 * torch.finfo(torch.float32).eps / delta
 
 
 @pytest.mark.parametrize(

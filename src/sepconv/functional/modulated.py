@@ -18,9 +18,10 @@ combined, modulated weight, so that i.i.d. unit-variance inputs give unit-varian
 
 ``G`` does not depend on the style, so it is computed once per call without forming the
 ``(N, O, C, kH*kW)`` modulated dense weight: for ``M = 1`` it is ``P[o, c]^2 * |D[c]|^2``,
-for ``M > 1`` it is ``sum_{m,m'} P[o,c,m] P[o,c,m'] Gram_c[m, m']`` with the per-channel
-Gram matrix ``Gram_c[m, m'] = sum_k D[cM+m, k] D[cM+m', k]`` (the cross terms ``m != m'``
-are the correlations between the depthwise outputs of one input channel).
+for ``M > 1`` it squares the ``(O, C, kH*kW)`` combined weight ``W`` itself (the same as
+``sum_{m,m'} P[o,c,m] P[o,c,m'] Gram_c[m, m']`` with the per-channel Gram matrix
+``Gram_c[m, m'] = sum_k D[cM+m, k] D[cM+m', k]``, but that shortcut loses twice the digits
+where the ``M`` products cancel).
 
 Where the scales go: ``s[n, c]`` acts on input channel ``c``, which one depthwise filter group
 reads alone, so it scales the depthwise weights; ``d[n, o]`` scales output channel ``o``,
@@ -107,8 +108,11 @@ def demodulation_coefficients(
             gram = dw.square().sum(-1).squeeze(-1)  # (C,)
             g = pw.squeeze(-1).square() * gram  # (O, C)
         else:
-            gram = dw @ dw.transpose(1, 2)  # (C, M, M)
-            g = (torch.einsum("ocm,cmj->ocj", pw, gram) * pw).sum(-1)  # (O, C)
+            # The combined weight itself, not the Gram shortcut sum P G P^T: where the M
+            # products nearly cancel, squaring after the sum keeps float32's rounding at the
+            # terms' size; the shortcut would cancel squared terms and lose twice the digits.
+            combined = torch.einsum("ocm,cmk->ock", pw, dw)  # (O, C, K)
+            g = combined.square().sum(-1)  # (O, C)
         sumsq = styles.to(dtype).square() @ g.t()  # (N, O)
         return torch.rsqrt(sumsq + eps) * gain
 
