@@ -315,6 +315,47 @@ def test_whole_call_intermediate(case, kernels_on):
             check_separable(case)
 
 
+@settings(max_examples=12, deadline=None)
+@given(
+    batch=st.integers(2, 4),
+    size=st.tuples(st.integers(9, 14), st.integers(8, 15)),
+    mult=st.integers(1, 2),
+    out_channels=st.integers(1030, 1100),
+    bias=st.booleans(),
+)
+def test_whole_call_images_round_as_at_batch_1(
+    batch, size, mult, out_channels, bias, kernels_built
+):
+    """Planar whole calls (a 1 MiB weight, planes of more than 64 pixels) run every image's
+    GEMM straight into its output planes, one image after another under each block of the
+    weight: each image equals its own batch-1 call bitwise (same blocks, same sums; the bias
+    starts each sum in both)."""
+    case = Case(
+        2,
+        batch,
+        256,
+        mult,
+        out_channels,
+        1,
+        size,
+        (3, 3),
+        (1, 1),
+        (1, 1),
+        1,
+        "zeros",
+        "contiguous",
+        bias,
+    )
+    x = case.input()
+    wd, wp, bd, bp = case.weights()
+    rest = (wd, wp, bd, bp, case.stride, case.dilation, case.plan(), case.mode)
+    with env("on"), tile_gemm("own"):
+        whole = dispatch.separable(x, *rest)
+        singles = [dispatch.separable(x[n : n + 1], *rest) for n in range(batch)]
+    assert torch.equal(whole, torch.cat(singles))
+    assert_close_to_reference(whole, numpy_separable(case, x, (wd, wp, bd, bp)), rtol=RTOL)
+
+
 def test_channels_last_row_pieces(kernels_on):
     for case in ROW_PIECE_CASES:
         check_separable(case)

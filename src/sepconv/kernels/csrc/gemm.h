@@ -327,6 +327,12 @@ constexpr i64 kPanel = 16;  // one vector of columns: micro_avx2 (6 x 4 vectors 
 // Panels of kPanel columns that hold n columns.
 constexpr i64 panel_count(i64 n) { return (n + kPanel - 1) / kPanel; }
 
+// Several images' GEMMs with one A (gemm_f32's images): image i's B at b + i * b, its C at
+// c + i * c (elements), each N columns.
+struct Images {
+  i64 count = 1, b = 0, c = 0;
+};
+
 // bias_row: M values (one per row of C) or null; bias_col: N values (+ slack) or null.
 // pstride: 0 for a plain B; else B is packed in kPanel-column panels (pack_panels, ldb
 // kPanel), panel j at b + j * pstride. stream (ldc a multiple of 16): C's whole lines are
@@ -336,17 +342,14 @@ constexpr i64 panel_count(i64 n) { return (n + kPanel - 1) / kPanel; }
 // not be). clamp: null, or {lo, hi} applied to C as it is stored. scale: null, or M (with
 // bias_row) or N (+ slack, with bias_col) multipliers of A B before the bias is added: C =
 // scale * (A B) + bias (a batch norm applied to the accumulators instead of folded into A).
-void gemm_f32(i64 M, i64 N, i64 K, const float* a, i64 lda, const float* b, i64 ldb, float* c,
-              i64 ldc, const float* bias_row, const float* bias_col, i64 pstride = 0,
-              bool stream = false, const float* clamp = nullptr, const float* scale = nullptr) {
+void gemm_f32(i64 M, i64 N, i64 K, const float* a, i64 lda, const float* b_all, i64 ldb,
+              float* c_all, i64 ldc, const float* bias_row, const float* bias_col,
+              i64 pstride = 0, bool stream = false, const float* clamp = nullptr,
+              const float* scale = nullptr, Images images = {}) {
   constexpr i64 MR = 6;
   // Rows of A in blocks that stay in L2 while all column blocks sweep past them, so a large
   // A (pointwise weight) is read from memory once per call, not once per column block.
   const i64 MB = std::max<i64>(MR, (kABlockBytes / std::max<i64>(K * 4, 1)) / MR * MR);
-  // (streamed: a first block up to C's first line boundary; never with panels, which a
-  // block must not straddle)
-  const i64 lead =
-      stream && !pstride ? ((64 - (reinterpret_cast<uintptr_t>(c) & 63)) & 63) / 4 : 0;
   // A plain B's K in blocks of at most kKC with micro_avx2 (accumulating into C: the same
   // sums in the same order), so that a column block of B (kc x 16 floats) stays in L1 while
   // the row blocks pass: with K = 384-960, 8x576x14x14 -> 96 / 8x384x14x14 -> 1536 7x7
@@ -361,8 +364,15 @@ void gemm_f32(i64 M, i64 N, i64 K, const float* a, i64 lda, const float* b, i64 
 #if defined(__AVX512F__)
   thread_local std::vector<float> gathered;  // (B's tail columns: tail_columns)
 #endif
-  for (i64 mb0 = 0; mb0 < M; mb0 += MB) {
+  for (i64 mb0 = 0; mb0 < M; mb0 += MB)
+  for (i64 img = 0; img < images.count; ++img) {  // (A's block stays in L2 over the images)
     const i64 mend = std::min(M, mb0 + MB);
+    const float* const b = b_all + img * images.b;
+    float* const c = c_all + img * images.c;
+    // (streamed: a first block up to C's first line boundary; never with panels, which a
+    // block must not straddle)
+    const i64 lead =
+        stream && !pstride ? ((64 - (reinterpret_cast<uintptr_t>(c) & 63)) & 63) / 4 : 0;
     for (i64 n0 = 0, nb = 0; n0 < N; n0 += nb) {
       nb = std::min(n0 == 0 && lead > 0 ? lead : kPanel, N - n0);
       const float* bn = pstride ? b + (n0 / kPanel) * pstride + n0 % kPanel : b + n0;

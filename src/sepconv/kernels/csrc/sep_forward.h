@@ -265,13 +265,15 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
   // -> 3072 0.94x, 8x384x14x14 -> 1536 0.98x the time; 1x192x28x28 -> 32 (B read once)
   // 1.10-1.18x, hence not.
   const bool panelled = transposed || (g.own_gemm && !nhwc && per * g.CM * 4 > kABlockBytes);
-  // Batch 1, planar output, own GEMM: straight into the output planes, not through a buffer
-  // copied out with the biases (1x384x14x14 -> 1536 0.93-0.97x). The bias then starts each
-  // sum instead of being added to it: the same image rounds differently at batch 1 and 8
-  // (up to 1.2e-4 apart on ConvNeXt's layers). Image by image at batch 8, 7 x 7 planes (49
-  // columns a GEMM) took 1.15x.
-  const bool direct_out = g.own_gemm && !nhwc && g.N == 1;
-  const i64 panels = panel_count(P);
+  // Planar output, own GEMM: straight into the output planes, image by image in one
+  // gemm_f32 (each image's pixels in panels of their own), not through a buffer copied out
+  // with the biases: 1x384x14x14 -> 1536 0.93-0.97x, 8x384x14x14 -> 1536 0.97x the time. Not
+  // at batch 8 on planes of at most 64 pixels (7 x 7: 3 vectors and a tail column an image
+  // for 8x960x7x7 -> 160 / 320 took 1.11x the time of the 392-column GEMM).
+  const bool direct_out = g.own_gemm && !nhwc && (g.N == 1 || Pimg > kPanel);
+  // The GEMM's columns (B's panels) of each image (direct_out) or of all pixels.
+  const i64 img_cols = direct_out ? Pimg : P, img_panels = panel_count(img_cols);
+  const i64 panels = direct_out ? g.N * img_panels : img_panels;
   float* const midP =
       panelled ? kept_buffer(kKeptPanels, panels * kPanel * g.CM + kSlack, midP_own) : nullptr;
   // Planar panels at batch 1: the depthwise output goes into them (put_panel_row; a plane of
@@ -351,10 +353,13 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
 #pragma omp for schedule(static)
       for (i64 t = 0; t < panels * kblocks; ++t) {
         const i64 j = t / kblocks, k0 = t % kblocks * KB, k1 = std::min(g.CM, k0 + KB);
-        if (transposed)  // (mid's rows are B's columns)
+        if (transposed) {  // (mid's rows are B's columns)
           pack_panel_part(mid, P, g.CM, j, k0, k1, midP);
-        else
-          pack_panel_rows(mid, P, g.CM, P, j, k0, k1, midP);
+        } else {  // (image n's panel jn)
+          const i64 n = j / img_panels, jn = j % img_panels;
+          pack_panel_rows(mid + n * img_cols, P, g.CM, img_cols, jn, k0, k1,
+                          midP + n * img_panels * kPanel * g.CM);
+        }
       }
     }
     if (nhwc && !transposed && P >= 128 * g.threads) {
@@ -389,9 +394,16 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
         float* C = direct_out ? out + o0 * g.os[1] : tmp;
         const i64 ldc = direct_out ? g.os[1] : P;
         const float* br = direct_out && bp ? bp + o0 : nullptr;
-        if (panelled)
+        if (panelled && direct_out)
+          gemm_f32(nb, Pimg, g.CM, wp + o0 * g.CM, g.CM, midP, kPanel, C, ldc, br, nullptr,
+                   kPanel * g.CM, false, nullptr, nullptr,
+                   Images{g.N, img_panels * kPanel * g.CM, g.os[0]});
+        else if (panelled)
           gemm_f32(nb, P, g.CM, wp + o0 * g.CM, g.CM, midP, kPanel, C, ldc, br, nullptr,
                    kPanel * g.CM);
+        else if (direct_out)
+          gemm_f32(nb, Pimg, g.CM, wp + o0 * g.CM, g.CM, mid, P, C, ldc, br, nullptr, 0, false,
+                   nullptr, nullptr, Images{g.N, Pimg, g.os[0]});
         else if (g.own_gemm)
           gemm_f32(nb, P, g.CM, wp + o0 * g.CM, g.CM, mid, P, C, ldc, br, nullptr);
         else
