@@ -410,6 +410,12 @@ MANY_TILE_CASES = (
         True,
     ),
     Case(1, 2, 96, 1, 32, 1, (3000,), (4,), (1,), (1,), "causal", "zeros", "contiguous", True),
+    # strided planar: whole images of 1-4 MiB of intermediate per tile (6 images: enough
+    # tiles for the threads), odd sizes, padding on one side
+    Case(
+        2, 6, 64, 1, 8, 1, (131, 133), (3, 3), (2, 2), (1, 1), "same", "zeros", "contiguous", True
+    ),
+    Case(2, 6, 32, 2, 5, 1, (131, 127), (3, 5), (2, 1), (1, 2), 2, "reflect", "contiguous", False),
     # several 64-channel task blocks and weight panels per pointwise group, channels_last
     Case(2, 2, 32, 1, 160, 2, (9, 9), (3, 3), (1, 1), (1, 1), 1, "zeros", "channels_last", True),
     Case(2, 1, 48, 2, 200, 1, (7, 7), (3, 3), (1, 1), (1, 1), 1, "reflect", "channels_last", True),

@@ -515,10 +515,16 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
   if (!nhwc && !g.budget_set && g.O >= 4 * g.T) g.budget = std::min(g.budget, l2_bytes() / 4);
   // Planar: whole images per tile where an image's intermediate fits in 1 MiB (half an L2),
   // unless the caller set the budget. The tile GEMMs of small planes were too short: with
-  // 1 MiB tiles 8x192x28x28 -> 32 and 8x384x14x14 -> 64 took 0.82x the time; with larger
-  // images (8x96x112x112 -> 24 s2) such tiles took 1.1x.
+  // 1 MiB tiles 8x192x28x28 -> 32 and 8x384x14x14 -> 64 took 0.82x the time (AMD Zen 3).
+  // Strided layers up to 4 MiB: they read s_y s_x times their intermediate, and in tiles of
+  // a few output rows each channel's rows came from memory in bursts of ~11 KB, too short
+  // for the prefetchers: 8x96x112x112 -> 24 s2 0.76x, 16x 0.65x, 8x192x112x112 -> 64 s2
+  // 0.62x, 4x64x224x224 -> 32 s2 0.76x the time (inputs of 38-77 MB; AMD Zen 5, 1 MiB of
+  // L2; on run K's Intel VM, 1 MiB tiles, two an image, of 8x96x112x112 -> 24 s2 had taken
+  // 1.08-1.13x). Not stride 1, where such tiles took 0.92-1.1x.
   const i64 image_bytes = g.OH * g.OW * bpp;
-  if (!nhwc && !g.budget_set && image_bytes <= (i64(1) << 20))
+  const i64 image_limit = i64(g.sy * g.sx > 1 ? 4 : 1) << 20;
+  if (!nhwc && !g.budget_set && image_bytes <= image_limit)
     g.budget = std::max(g.budget, image_bytes);
   const Tiles tl = make_tiles(g, bpp, 3 * g.threads);
   // Few tiles (batch 1, small images): the threads share each tile (own GEMM only).
