@@ -224,10 +224,17 @@ def test_channels_last_inner_pixels(case, kernels_built):
 
 
 # Depthwise outputs of 16 MiB or more, which the kernels store around the caches (from the
-# loops, or through a staging buffer and whole-line stores where a vector is half a line):
-# rows whose starts are not line-aligned, depth multipliers, channel counts that are not a
-# multiple of the vector, strides, both layouts.
+# loops where every row starts on a line, or through a staging buffer and whole-line stores
+# where a vector is half a line), and plainly otherwise: rows whose starts are not
+# line-aligned, depth multipliers, channel counts that are not a multiple of the vector,
+# strides, both layouts.
 LARGE_OUTPUT_CASES = (
+    # rows of whole lines (128 and 96 columns, 64 channels), streamed from the loops
+    Case(2, 2, 64, 2, 8, 1, (130, 128), (3, 3), (1, 1), (1, 1), 1, "zeros", "contiguous", True),
+    Case(
+        2, 6, 32, 2, 8, 1, (130, 96), (3, 5), (1, 1), (1, 1), "same", "reflect", "contiguous", False
+    ),
+    Case(2, 4, 64, 1, 8, 1, (130, 130), (3, 3), (1, 1), (1, 1), 1, "zeros", "channels_last", True),
     Case(2, 2, 33, 2, 8, 1, (251, 253), (3, 3), (1, 1), (1, 1), 1, "reflect", "contiguous", True),
     Case(2, 1, 40, 3, 8, 1, (300, 301), (5, 5), (1, 2), (1, 1), 2, "zeros", "contiguous", False),
     Case(2, 2, 48, 1, 8, 1, (220, 203), (7, 7), (1, 1), (1, 1), 3, "zeros", "channels_last", True),
