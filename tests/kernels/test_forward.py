@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from sepconv import reference
@@ -361,6 +361,28 @@ def test_whole_call_images_round_as_at_batch_1(
         singles = [dispatch.separable(x[n : n + 1], *rest) for n in range(batch)]
     assert torch.equal(whole, torch.cat(singles))
     assert_close_to_reference(whole, numpy_separable(case, x, (wd, wp, bd, bp)), rtol=RTOL)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    kernel=st.sampled_from([3, 5, 7]),
+    size=st.tuples(st.integers(1, 40), st.integers(1, 70)),
+    padding=st.integers(0, 3),
+    counts=st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(1, 2)),
+    bias=st.booleans(),
+)
+def test_stride_two_planes_read_in_place(kernel, size, padding, counts, bias, kernels_built):
+    """Planar stride-2 depthwise read straight from the planes (3x3, and 5x5 / 7x7 with
+    AVX-512): rows and columns outside the plane (masked loads, skipped rows), planes narrower
+    than a vector and wider than two, blocks of rows, depth multipliers."""
+    assume(min(size) + 2 * padding >= kernel)
+    n, c, m = counts
+    case = Case(
+        2, n, c, m, 4, 1, size, (kernel,) * 2, (2, 2), (1, 1), padding, "zeros", "contiguous", bias
+    )
+    with env("on"):
+        check_depthwise(case)
+        check_separable(case)
 
 
 def test_channels_last_row_pieces(kernels_on):

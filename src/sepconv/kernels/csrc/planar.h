@@ -405,16 +405,24 @@ void conv_direct_s1(const float* plane, i64 sh, const Geo& g, i64 oy0, i64 ox0, 
 #endif
 
 #if defined(__AVX512F__)
-// Stride 2, 3x3, zero padding, straight from the plane: R output rows of one column vector
-// (16 outputs; row0 points at input row y0, column `base` of the first tap), from the 2R + 1
-// input rows y0, y0 + 1, ...
-// Each input row is three masked loads (columns [base, base + 32] and zeros outside the
-// plane's [0, W)), its even and odd columns two two-source permutes and the even columns
-// one further an alignr; rows outside the plane are skipped. Reading in place lets the
-// loads overlap the arithmetic: through the padded copy (pad_row_s2, then conv_planar) the
-// copy stalled on memory with nothing else to do (41 % of 8x144x56x56 -> 32 s2, against
-// 17 % for the convolution).
-template <int R, typename S>
+// Lanes [N, N + 16) of the concatenation lo:hi.
+template <int N>
+__attribute__((always_inline)) inline V<float>::t lanes_from(__m512 lo, __m512 hi) {
+  return (V<float>::t)_mm512_castsi512_ps(
+      _mm512_alignr_epi32(_mm512_castps_si512(hi), _mm512_castps_si512(lo), N));
+}
+
+// Stride 2, K x K (3, 5 or 7), zero padding, straight from the plane: R output rows of one
+// column vector (16 outputs; row0 points at input row y0, column `base` of the first tap),
+// from the 2R + K - 2 input rows y0, y0 + 1, ...
+// Each input row is three masked loads (columns [base, base + 32 + K - 2) and zeros outside
+// the plane's [0, W)); its even and odd columns are two two-source permutes each (of the
+// first 32 columns and of the rest), and tap kx the even (kx even) or odd ones kx / 2 lanes
+// on, an alignr; rows outside the plane are skipped. Reading in place lets the loads overlap
+// the arithmetic: through the padded copy (pad_row_s2, then conv_planar) the copy stalled on
+// memory with nothing else to do (41 % of 8x144x56x56 -> 32 s2, against 17 % for the
+// convolution); 5x5 on 14 x 14 planes took 2x PyTorch's time that way (run AB).
+template <int K, int R, typename S>
 __attribute__((always_inline)) inline void s2_block(const float* row0, i64 sh, i64 H, i64 y0,
                                                     const __mmask16 (&m)[3], const float* w,
                                                     float bias, S* d, i64 drs, i64 last) {
@@ -422,48 +430,64 @@ __attribute__((always_inline)) inline void s2_block(const float* row0, i64 sh, i
   const __m512i even =
       _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  const __m512 zero = _mm512_setzero_ps();
   vec acc[2][R];
   for (int o = 0; o < R; ++o) {
     acc[0][o] = vset<float>(bias);
     acc[1][o] = vzero<float>();
   }
-#pragma GCC unroll 17
-  for (int r = 0; r < 2 * R + 1; ++r) {
+#pragma GCC unroll 21
+  for (int r = 0; r < 2 * R + K - 2; ++r) {
     if (uint64_t(y0 + r) >= uint64_t(H)) continue;  // a zero row
     const float* p = row0 + r * sh;
     const __m512 a = _mm512_maskz_loadu_ps(m[0], p), b = _mm512_maskz_loadu_ps(m[1], p + 16);
     const __m512 c = _mm512_maskz_loadu_ps(m[2], p + 32);
     const __m512 e0 = _mm512_permutex2var_ps(a, even, b);  // columns base + 2i
-    const vec taps[3] = {
-        (vec)e0,
-        (vec)_mm512_permutex2var_ps(a, odd, b),  // base + 2i + 1
-        (vec)_mm512_castsi512_ps(  // base + 2i + 2: e0 one lane on, then column base + 32
-            _mm512_alignr_epi32(_mm512_castps_si512(c), _mm512_castps_si512(e0), 1))};
+    const __m512 o0 = _mm512_permutex2var_ps(a, odd, b);   // base + 2i + 1
+    vec taps[K];
+    taps[0] = (vec)e0;
+    taps[1] = (vec)o0;
+    if constexpr (K == 3) {
+      taps[2] = lanes_from<1>(e0, c);  // (c's lane 0: column base + 32)
+    } else {
+      // (base + 32 + 2i and + 1: the lanes past e0's and o0's last)
+      const __m512 e1 = _mm512_permutex2var_ps(c, even, zero);
+      const __m512 o1 = _mm512_permutex2var_ps(c, odd, zero);
+      taps[2] = lanes_from<1>(e0, e1);
+      taps[3] = lanes_from<1>(o0, o1);
+      taps[4] = lanes_from<2>(e0, e1);
+      if constexpr (K == 7) {
+        taps[5] = lanes_from<2>(o0, o1);
+        taps[6] = lanes_from<3>(e0, e1);
+      }
+    }
 #pragma GCC unroll 8
     for (int o = 0; o < R; ++o) {
       const int ky = r - 2 * o;
-      if (ky < 0 || ky > 2) continue;
-      for (int kx = 0; kx < 3; ++kx) acc[kx & 1][o] += w[ky * 3 + kx] * taps[kx];
+      if (ky < 0 || ky >= K) continue;
+#pragma GCC unroll 7
+      for (int kx = 0; kx < K; ++kx) acc[kx & 1][o] += w[ky * K + kx] * taps[kx];
     }
   }
   store_rows<2, R, float>(acc, d, drs, last);
 }
 
-// conv_direct_s1's counterpart at stride 2 for 3x3 filters (MobileNet's downsampling):
-// output rows [oy0, oy0 + TH), columns [ox0, ox0 + TW) to dst (row stride drs), in blocks of
-// up to 8 rows, each block's column vectors in memory order.
-template <typename S>
+// conv_direct_s1's counterpart at stride 2 for K x K filters (3x3: MobileNet's downsampling;
+// 5x5: EfficientNet's): output rows [oy0, oy0 + TH), columns [ox0, ox0 + TW) to dst (row
+// stride drs), in blocks of up to 8 rows (4 for 7x7), each block's column vectors in memory
+// order.
+template <int K, typename S>
 void conv_direct_s2(const float* plane, i64 sh, const Geo& g, i64 oy0, i64 ox0, i64 TH, i64 TW,
                     const float* w, float bias, S* dst, i64 drs) {
   constexpr i64 L = 16;
   auto inside = [&](i64 first, i64 lanes) { return lanes_inside(first, lanes, g.W); };
-  in_blocks<8>(0, TH, [&](i64 i, auto R) {
+  in_blocks<K == 7 ? 4 : 8>(0, TH, [&](i64 i, auto R) {
     const i64 y0 = 2 * (oy0 + i) - g.pt;  // input row of the block's first window row
     for (i64 j = 0; j < TW; j += L) {
       const i64 base = 2 * (ox0 + j) - g.pl;  // input column of lane 0's first tap
-      const __mmask16 m[3] = {inside(base, L), inside(base + L, L), inside(base + 2 * L, 1)};
-      s2_block<decltype(R)::value, S>(plane + y0 * sh + base, sh, g.H, y0, m, w, bias,
-                                      dst + i * drs + j, drs, std::min(L, TW - j));
+      const __mmask16 m[3] = {inside(base, L), inside(base + L, L), inside(base + 2 * L, K - 2)};
+      s2_block<K, decltype(R)::value, S>(plane + y0 * sh + base, sh, g.H, y0, m, w, bias,
+                                         dst + i * drs + j, drs, std::min(L, TW - j));
     }
   });
 }
@@ -513,8 +537,9 @@ __attribute__((always_inline)) inline void s2_block(const float* row0, i64 sh, i
   store_rows<1, R, float>(sum, d, drs, last);
 }
 
-// (always_inline: as a call once per plane, 14 x 14 planes took 1.1-1.2x the time.)
-template <typename S>
+// (always_inline: as a call once per plane, 14 x 14 planes took 1.1-1.2x the time.) 3x3 only
+// (direct_ok).
+template <int K, typename S>
 __attribute__((always_inline)) inline void conv_direct_s2(const float* plane, i64 sh,
                                                           const Geo& g, i64 oy0, i64 ox0,
                                                           i64 TH, i64 TW, const float* w,
@@ -642,11 +667,18 @@ void conv_narrow_s1(const float* plane, i64 sh, const Geo& g, i64 oy0, i64 TH, c
 #endif
 
 // Whether conv_direct applies: float input, zero padding, unit column stride, and stride and
-// dilation 1 with a square 3, 5 or 7 filter, or stride 2 with a 3x3 one.
+// dilation 1 with a square 3, 5 or 7 filter, or stride 2 with a square 3x3 one (and with
+// AVX-512 a 5x5 or 7x7 one).
 #if defined(SEPCONV_DIRECT)
 inline bool direct_ok(const Geo& g, bool is_float) {
-  const bool s1 = unit_steps(g) && g.KH == g.KW && (g.KW == 3 || g.KW == 5 || g.KW == 7);
-  const bool s2 = g.sy == 2 && g.sx == 2 && g.dy == 1 && g.dx == 1 && g.KH == 3 && g.KW == 3;
+  const bool square = g.KH == g.KW && (g.KW == 3 || g.KW == 5 || g.KW == 7);
+  const bool s1 = unit_steps(g) && square;
+#if defined(__AVX512F__)
+  const bool s2_filter = square;
+#else
+  const bool s2_filter = g.KW == 3 && g.KH == 3;
+#endif
+  const bool s2 = g.sy == 2 && g.sx == 2 && g.dy == 1 && g.dx == 1 && s2_filter;
   return is_float && g.mode == 0 && g.xs[3] == 1 && (s1 || s2) && s1_rows_enabled();
 }
 #else
@@ -661,8 +693,15 @@ template <typename S>
 void conv_direct(const float* plane, const Geo& g, i64 oy0, i64 ox0, i64 TH, i64 TW,
                  const float* w, float bias, S* dst, i64 drs) {
   if (g.sy == 2) {
-    conv_direct_s2<S>(plane, g.xs[2], g, oy0, ox0, TH, TW, w, bias, dst, drs);
-    return;
+    switch (g.KW) {
+      case 3: conv_direct_s2<3, S>(plane, g.xs[2], g, oy0, ox0, TH, TW, w, bias, dst, drs); return;
+#if defined(__AVX512F__)
+      case 5: conv_direct_s2<5, S>(plane, g.xs[2], g, oy0, ox0, TH, TW, w, bias, dst, drs); return;
+      default: conv_direct_s2<7, S>(plane, g.xs[2], g, oy0, ox0, TH, TW, w, bias, dst, drs); return;
+#else
+      default: conv_direct_s2<3, S>(plane, g.xs[2], g, oy0, ox0, TH, TW, w, bias, dst, drs); return;
+#endif
+    }
   }
   if (narrow_ok(g, ox0, TW)) {
     switch (g.KW) {
