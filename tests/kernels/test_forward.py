@@ -385,6 +385,26 @@ def test_stride_two_planes_read_in_place(kernel, size, padding, counts, bias, ke
         check_separable(case)
 
 
+# Channels_last 7x7 filters whose pixels are a multiple of 256 bytes (64, 192, 320 float
+# channels; 32 x 2): read from the channel-blocked copy (and the ring of rows, nhwc_ring.h).
+BLOCKED_7X7_CASES = (
+    Case(2, 2, 64, 1, 8, 1, (9, 11), (7, 7), (1, 1), (1, 1), 3, "zeros", "channels_last", True),
+    Case(
+        2, 1, 192, 1, 24, 1, (40, 37), (7, 7), (1, 1), (1, 1), 3, "reflect", "channels_last", False
+    ),
+    Case(2, 2, 320, 1, 16, 1, (7, 7), (7, 7), (1, 1), (1, 1), 3, "zeros", "channels_last", True),
+    Case(
+        2, 1, 32, 2, 8, 1, (15, 14), (7, 7), (1, 1), (1, 1), "same", "zeros", "channels_last", True
+    ),
+)
+
+
+@pytest.mark.parametrize("case", BLOCKED_7X7_CASES)
+def test_channels_last_7x7_blocked(case, kernels_on):
+    check_separable(case)
+    check_depthwise(case)
+
+
 def test_channels_last_row_pieces(kernels_on):
     for case in ROW_PIECE_CASES:
         check_separable(case)
