@@ -16,10 +16,10 @@ namespace {
 
 // ------------------------------------------------------------------ depthwise forward
 
-// Whether every whole output vector of the loops starts on a cache line (a 64-byte aligned
-// output whose strides, but the unit one, are whole lines): only then do the loops stream
-// large outputs (vstOut; staged ones are copied out by whole lines, stream_rows). Rows of 56 floats (3.5 lines) alternate between streamed and plain vectors, with
-// lines shared by two rows: 16x144x56x56 3x3 took 3.9-4.0 ms streamed against 1.43 with
+// Whether every output row starts on a cache line (a 64-byte aligned output whose strides,
+// but the unit one, are whole lines): only then do the loops stream large outputs (vstOut;
+// staged ones are copied out by whole lines, stream_rows). Rows of 56 floats (3.5 lines)
+// alternate between streamed and plain vectors, with lines shared by two rows: 16x144x56x56 3x3 took 3.9-4.0 ms streamed against 1.43 with
 // plain stores, 8x256x56x56 3.7 against 1.24 (AMD Zen 5); 112-wide rows stream at 0.6x the
 // time of plain stores (8x128x112x112: 1.26-1.35 against 2.06-2.1 ms).
 template <typename S>

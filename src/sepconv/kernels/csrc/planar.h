@@ -416,8 +416,8 @@ __attribute__((always_inline)) inline V<float>::t lanes_from(__m512 lo, __m512 h
 // column vector (16 outputs; row0 points at input row y0, column `base` of the first tap),
 // from the 2R + K - 2 input rows y0, y0 + 1, ...
 // Each input row is three masked loads (columns [base, base + 32 + K - 2) and zeros outside
-// the plane's [0, W)); its even and odd columns are two two-source permutes each (of the
-// first 32 columns and of the rest), and tap kx the even (kx even) or odd ones kx / 2 lanes
+// the plane's [0, W)); its even and odd columns are two-source permutes (of the first 32
+// columns, and for 5x5 / 7x7 of the rest), and tap kx the even (kx even) or odd ones kx / 2 lanes
 // on, an alignr; rows outside the plane are skipped. Reading in place lets the loads overlap
 // the arithmetic: through the padded copy (pad_row_s2, then conv_planar) the copy stalled on
 // memory with nothing else to do (41 % of 8x144x56x56 -> 32 s2, against 17 % for the

@@ -242,9 +242,9 @@ bool whole_transposed(const Geo& g) {
 
 // Small intermediates (whole_ok): the depthwise output of the whole
 // call first (channels_last: N*OH*OW pixels x CM; NCHW: CM planes of all images' pixels),
-// then one GEMM per thread over a block of output channels (NCHW: into a buffer, from which
-// each image's planes are copied out with the bias; at batch 1 straight into the output
-// planes), or, channels_last with 128 or more
+// then one GEMM per thread over a block of output channels (NCHW: straight into the output
+// planes, image by image; at batch > 1 on planes of at most 64 pixels into a buffer, from
+// which each image's planes are copied out with the bias), or, channels_last with 128 or more
 // pixels a thread, over a share of the pixels. Tile by tile, each GEMM re-reads the
 // whole pointwise weight for a few dozen pixels (ConvNeXt's 768 -> 3072 at 7 x 7: 9.4 MB for
 // 49 pixels).
@@ -269,8 +269,9 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
   // gemm_f32 (each image's pixels in panels of their own), not through a buffer copied out
   // with the biases: 1x384x14x14 -> 1536 0.93-0.97x, 8x384x14x14 -> 1536 0.97x the time. Not
   // at batch 8 on planes of at most 64 pixels (7 x 7: 3 vectors and a tail column an image
-  // for 8x960x7x7 -> 160 / 320 took 1.11x the time of the 392-column GEMM).
-  const bool direct_out = g.own_gemm && !nhwc && (g.N == 1 || Pimg > kPanel);
+  // for 8x960x7x7 -> 160 / 320 took 1.11x the time of the 392-column GEMM; on AVX2 builds,
+  // whose panels are 16 columns, 64 pixels still: 1.16-1.2x there, a review found).
+  const bool direct_out = g.own_gemm && !nhwc && (g.N == 1 || Pimg > 64);
   // The GEMM's columns (B's panels) of each image (direct_out) or of all pixels.
   const i64 img_cols = direct_out ? Pimg : P, img_panels = panel_count(img_cols);
   const i64 panels = direct_out ? g.N * img_panels : img_panels;
@@ -523,7 +524,9 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
   // L2; on run K's Intel VM, 1 MiB tiles, two an image, of 8x96x112x112 -> 24 s2 had taken
   // 1.08-1.13x). Not stride 1, where such tiles took 0.92-1.1x.
   const i64 image_bytes = g.OH * g.OW * bpp;
-  const i64 image_limit = i64(g.sy * g.sx > 1 ? 4 : 1) << 20;
+  // (float32 only: bfloat16's 1x32x448x448 -> 512 s2 took 1.5x with 4 MiB)
+  const bool strided_f32 = g.sy * g.sx > 1 && std::is_same<S, float>::value;
+  const i64 image_limit = i64(strided_f32 ? 4 : 1) << 20;
   if (!nhwc && !g.budget_set && image_bytes <= image_limit)
     g.budget = std::max(g.budget, image_bytes);
   const Tiles tl = make_tiles(g, bpp, 3 * g.threads);
