@@ -544,6 +544,7 @@ __attribute__((always_inline)) inline void conv_direct_s2(const float* plane, i6
                                                           const Geo& g, i64 oy0, i64 ox0,
                                                           i64 TH, i64 TW, const float* w,
                                                           float bias, S* dst, i64 drs) {
+  static_assert(K == 3, "3x3 only without AVX-512 (direct_ok)");
   constexpr i64 L = 8;
   auto inside = [&](i64 first) { return lanes_inside(first, L, g.W); };
   in_blocks<4>(0, TH, [&](i64 i, auto R) {
@@ -693,15 +694,16 @@ template <typename S>
 void conv_direct(const float* plane, const Geo& g, i64 oy0, i64 ox0, i64 TH, i64 TW,
                  const float* w, float bias, S* dst, i64 drs) {
   if (g.sy == 2) {
+#if defined(__AVX512F__)
     switch (g.KW) {
       case 3: conv_direct_s2<3, S>(plane, g.xs[2], g, oy0, ox0, TH, TW, w, bias, dst, drs); return;
-#if defined(__AVX512F__)
       case 5: conv_direct_s2<5, S>(plane, g.xs[2], g, oy0, ox0, TH, TW, w, bias, dst, drs); return;
       default: conv_direct_s2<7, S>(plane, g.xs[2], g, oy0, ox0, TH, TW, w, bias, dst, drs); return;
-#else
-      default: conv_direct_s2<3, S>(plane, g.xs[2], g, oy0, ox0, TH, TW, w, bias, dst, drs); return;
-#endif
     }
+#else
+    conv_direct_s2<3, S>(plane, g.xs[2], g, oy0, ox0, TH, TW, w, bias, dst, drs);  // (direct_ok)
+    return;
+#endif
   }
   if (narrow_ok(g, ox0, TW)) {
     switch (g.KW) {

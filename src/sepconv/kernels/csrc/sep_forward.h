@@ -395,18 +395,12 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
         float* C = direct_out ? out + o0 * g.os[1] : tmp;
         const i64 ldc = direct_out ? g.os[1] : P;
         const float* br = direct_out && bp ? bp + o0 : nullptr;
-        if (panelled && direct_out)
-          gemm_f32(nb, Pimg, g.CM, wp + o0 * g.CM, g.CM, midP, kPanel, C, ldc, br, nullptr,
-                   kPanel * g.CM, false, nullptr, nullptr,
-                   Images{g.N, img_panels * kPanel * g.CM, g.os[0]});
-        else if (panelled)
-          gemm_f32(nb, P, g.CM, wp + o0 * g.CM, g.CM, midP, kPanel, C, ldc, br, nullptr,
-                   kPanel * g.CM);
-        else if (direct_out)
-          gemm_f32(nb, Pimg, g.CM, wp + o0 * g.CM, g.CM, mid, P, C, ldc, br, nullptr, 0, false,
-                   nullptr, nullptr, Images{g.N, Pimg, g.os[0]});
-        else if (g.own_gemm)
-          gemm_f32(nb, P, g.CM, wp + o0 * g.CM, g.CM, mid, P, C, ldc, br, nullptr);
+        if (g.own_gemm)  // (B: mid's panels or mid; img_cols columns, per image where direct_out)
+          gemm_f32(nb, img_cols, g.CM, wp + o0 * g.CM, g.CM, panelled ? midP : mid,
+                   panelled ? kPanel : P, C, ldc, br, nullptr, panelled ? kPanel * g.CM : 0, false,
+                   nullptr, nullptr,
+                   Images{direct_out ? g.N : 1, panelled ? img_panels * kPanel * g.CM : Pimg,
+                          g.os[0]});
         else
           mm<float>(nb, P, g.CM, Mat{wp + o0 * g.CM, g.CM, 1}, Mat{mid, P, 1}, tmp, P,
                     1, 0.0f);
