@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -46,9 +47,25 @@ def process_group(
         dist.destroy_process_group()
 
 
+def exit_without_teardown(code: int) -> None:
+    """End a worker process now, skipping the interpreter's teardown.
+
+    gloo's threads outlive ``destroy_process_group`` (the process group stays referenced from
+    PyTorch's side), and tearing them down at exit aborted a worker now and then ("terminate
+    called without an active exception": 2 of about 95 torchrun runs, 3 of 30 beside a busy
+    process; docs/performance.md, run Z; about 1 in 5 spawned runs in run AB). Everything is
+    written and closed by now; only the buffered streams need flushing.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def _worker(rank: int, world_size: int, init_file: str, target: Callable, args: tuple) -> None:
     with process_group(f"file://{init_file}", rank, world_size):
         target(*args)
+    # Only after success: an exception goes back to torch.multiprocessing, which reports it.
+    exit_without_teardown(0)
 
 
 def launch(target: Callable, args: tuple, nproc: int = 2) -> None:
@@ -77,4 +94,4 @@ def launch(target: Callable, args: tuple, nproc: int = 2) -> None:
             raise RuntimeError(f"a demo process exited early: {error}") from None
 
 
-__all__ = ["launch", "process_group", "under_torchrun"]
+__all__ = ["exit_without_teardown", "launch", "process_group", "under_torchrun"]
