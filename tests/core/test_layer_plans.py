@@ -202,8 +202,11 @@ def _data_assigned(layer, seen):
 
 
 def _statistics_changed(layer, seen):
+    # (both norms' that are still batch norms: _norm_removed may have replaced the last one)
     with torch.no_grad():
-        layer.norm.running_var.mul_(3.0)
+        for norm in (layer.mid_norm, layer.norm):
+            if isinstance(norm, nn.BatchNorm2d):
+                norm.running_var.mul_(3.0)
 
 
 def _eps_changed(layer, seen):
