@@ -53,12 +53,15 @@ def exit_without_teardown(code: int) -> None:
     gloo's threads outlive ``destroy_process_group`` (the process group stays referenced from
     PyTorch's side), and tearing them down at exit aborted a worker now and then ("terminate
     called without an active exception": 2 of about 95 torchrun runs, 3 of 30 beside a busy
-    process; docs/performance.md, run Z; about 1 in 5 spawned runs in run AB). Everything is
-    written and closed by now; only the buffered streams need flushing.
+    process; docs/performance.md, run Z; spawned workers in about 1 of 5 CI runs, run AC).
+    Everything is written and closed by now; only the buffered streams need flushing (and a
+    stream that cannot be flushed, a closed pipe, still ends the process).
     """
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(code)
 
 
 def _worker(rank: int, world_size: int, init_file: str, target: Callable, args: tuple) -> None:
