@@ -189,17 +189,6 @@ struct RowOffsets {
   i64 operator()(i64 ky) const { return off[ky]; }
 };
 
-// f(std::integral_constant<int, KW>()) for a 3-, 5- or 7-wide filter (nhwc_s1_ok): the
-// stride-1 loops take the width at compile time.
-template <typename F>
-__attribute__((always_inline)) inline void by_width(i64 KW, F f) {
-  switch (KW) {
-    case 3: f(std::integral_constant<int, 3>()); return;
-    case 5: f(std::integral_constant<int, 5>()); return;
-    default: f(std::integral_constant<int, 7>()); return;
-  }
-}
-
 // Stride 1, dilation 1 along the row: the PB + KW - 1 input vectors of a kernel row are
 // loaded once and reused by all KW taps (register sliding window). b, w, bias and d point at
 // the block's channel vector; input pixels are ps apart, kernel rows where rows() says;

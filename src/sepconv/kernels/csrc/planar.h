@@ -12,6 +12,17 @@
 
 namespace {
 
+// f(std::integral_constant<int, KW>()) for a 3-, 5- or 7-wide filter (direct_ok, nhwc_s1_ok):
+// the loops that read in place take the width at compile time.
+template <typename F>
+__attribute__((always_inline)) inline void by_width(i64 KW, F f) {
+  switch (KW) {
+    case 3: f(std::integral_constant<int, 3>()); return;
+    case 5: f(std::integral_constant<int, 5>()); return;
+    default: f(std::integral_constant<int, 7>()); return;
+  }
+}
+
 // Planar depthwise core: TH x TW outputs of one filter from a padded buffer (row length
 // qrow, phase segment qs), written to dst with row stride drs.
 //
@@ -695,28 +706,23 @@ void conv_direct(const float* plane, const Geo& g, i64 oy0, i64 ox0, i64 TH, i64
                  const float* w, float bias, S* dst, i64 drs) {
   if (g.sy == 2) {
 #if defined(__AVX512F__)
-    switch (g.KW) {
-      case 3: conv_direct_s2<3, S>(plane, g.xs[2], g, oy0, ox0, TH, TW, w, bias, dst, drs); return;
-      case 5: conv_direct_s2<5, S>(plane, g.xs[2], g, oy0, ox0, TH, TW, w, bias, dst, drs); return;
-      default: conv_direct_s2<7, S>(plane, g.xs[2], g, oy0, ox0, TH, TW, w, bias, dst, drs); return;
-    }
+    by_width(g.KW, [&](auto k) {
+      conv_direct_s2<decltype(k)::value, S>(plane, g.xs[2], g, oy0, ox0, TH, TW, w, bias, dst, drs);
+    });
+    return;
 #else
     conv_direct_s2<3, S>(plane, g.xs[2], g, oy0, ox0, TH, TW, w, bias, dst, drs);  // (direct_ok)
     return;
 #endif
   }
-  if (narrow_ok(g, ox0, TW)) {
-    switch (g.KW) {
-      case 3: conv_narrow_s1<3, S>(plane, g.xs[2], g, oy0, TH, w, bias, dst, drs); return;
-      case 5: conv_narrow_s1<5, S>(plane, g.xs[2], g, oy0, TH, w, bias, dst, drs); return;
-      default: conv_narrow_s1<7, S>(plane, g.xs[2], g, oy0, TH, w, bias, dst, drs); return;
-    }
-  }
-  switch (g.KW) {
-    case 3: conv_direct_s1<3, S>(plane, g.xs[2], g, oy0, ox0, TH, TW, w, bias, dst, drs); break;
-    case 5: conv_direct_s1<5, S>(plane, g.xs[2], g, oy0, ox0, TH, TW, w, bias, dst, drs); break;
-    default: conv_direct_s1<7, S>(plane, g.xs[2], g, oy0, ox0, TH, TW, w, bias, dst, drs); break;
-  }
+  const bool narrow = narrow_ok(g, ox0, TW);
+  by_width(g.KW, [&](auto k) {
+    constexpr int K = decltype(k)::value;
+    if (narrow)
+      conv_narrow_s1<K, S>(plane, g.xs[2], g, oy0, TH, w, bias, dst, drs);
+    else
+      conv_direct_s1<K, S>(plane, g.xs[2], g, oy0, ox0, TH, TW, w, bias, dst, drs);
+  });
 }
 #else
 template <typename S>
