@@ -220,6 +220,30 @@ inline void micro_avx2(i64 K, const float* a, i64 lda, const float* b, i64 ldb, 
 // products along K (tail_columns) rather than with one more vector per row.
 constexpr i64 kTailColumns = 4;
 
+// The dot products of up to 4 rows of A (from a, lda apart) with NT gathered columns (bt, K
+// floats each), along K in vectors: acc[r][j], one vector of partial sums each. NT as a
+// template argument, so that the accumulators stay in registers (with nt at run time they
+// lived on the stack: a load and a store around every FMA).
+template <int NT>
+inline void tail_dots(i64 rows, i64 K, const float* a, i64 lda, const float* bt,
+                      __m512 (&acc)[4][kTailColumns]) {
+  const __mmask16 last = __mmask16((1u << (K % 16)) - 1);
+  for (int r = 0; r < 4; ++r)
+    for (int j = 0; j < NT; ++j) acc[r][j] = _mm512_setzero_ps();
+  auto step = [&](i64 k, __mmask16 m) __attribute__((always_inline)) {
+    __m512 av[4];
+    for (int r = 0; r < 4; ++r)
+      av[r] = r < rows ? _mm512_maskz_loadu_ps(m, a + r * lda + k) : _mm512_setzero_ps();
+    for (int j = 0; j < NT; ++j) {
+      const __m512 bv = _mm512_maskz_loadu_ps(m, bt + j * K + k);
+      for (int r = 0; r < 4; ++r) acc[r][j] = _mm512_fmadd_ps(av[r], bv, acc[r][j]);
+    }
+  };
+  i64 k = 0;
+  for (; k + 16 <= K; k += 16) step(k, __mmask16(0xFFFF));
+  if (k < K) step(k, last);
+}
+
 // C[i][j] for rows [0, M), columns [0, nt) (nt <= kTailColumns) of a block: A's rows times
 // B's columns (ldb apart), gathered into bt (nt x K floats), along K in vectors, four rows
 // at a time. A block of 49 columns (7 x 7 planes) is 3 vectors and one such column instead
@@ -230,25 +254,16 @@ inline void tail_columns(i64 M, i64 K, const float* a, i64 lda, const float* b, 
                          const float* scale, float* bt) {
   for (i64 j = 0; j < nt; ++j)
     for (i64 k = 0; k < K; ++k) bt[j * K + k] = b[k * ldb + j];
-  const __mmask16 last = __mmask16((1u << (K % 16)) - 1);
   for (i64 i0 = 0; i0 < M; i0 += 4) {
     const i64 rows = std::min<i64>(4, M - i0);
     __m512 acc[4][kTailColumns];
-    for (int r = 0; r < 4; ++r)
-      for (int j = 0; j < kTailColumns; ++j) acc[r][j] = _mm512_setzero_ps();
-    auto step = [&](i64 k, __mmask16 m) __attribute__((always_inline)) {
-      __m512 av[4];
-      for (int r = 0; r < 4; ++r)
-        av[r] = r < rows ? _mm512_maskz_loadu_ps(m, a + (i0 + r) * lda + k) : _mm512_setzero_ps();
-      for (int j = 0; j < kTailColumns; ++j) {
-        if (j >= nt) break;
-        const __m512 bv = _mm512_maskz_loadu_ps(m, bt + j * K + k);
-        for (int r = 0; r < 4; ++r) acc[r][j] = _mm512_fmadd_ps(av[r], bv, acc[r][j]);
-      }
-    };
-    i64 k = 0;
-    for (; k + 16 <= K; k += 16) step(k, __mmask16(0xFFFF));
-    if (k < K) step(k, last);
+    const float* const ai = a + i0 * lda;
+    switch (nt) {
+      case 4: tail_dots<4>(rows, K, ai, lda, bt, acc); break;
+      case 3: tail_dots<3>(rows, K, ai, lda, bt, acc); break;
+      case 2: tail_dots<2>(rows, K, ai, lda, bt, acc); break;
+      default: tail_dots<1>(rows, K, ai, lda, bt, acc); break;
+    }
     for (i64 r = 0; r < rows; ++r)
       for (i64 j = 0; j < nt; ++j) {
         float v = _mm512_reduce_add_ps(acc[r][j]);
