@@ -102,16 +102,21 @@ struct AheadLines {
     per_block = (rows * (span / 64) + blocks - 1) / std::max<i64>(blocks, 1) + 1;
   }
 
+  // (On copies in registers: the prefetch's asm takes a memory operand that may alias this
+  // thread-local object, so the loop on its fields stored `line` to it for every line.)
   __attribute__((always_inline)) void issue() {
-    for (i64 n = per_block; n > 0 && rows > 0; --n) {
-      prefetch_line(uintptr_t(line));
-      line += 64;
-      if (line == end) {
-        line = end - span + rs;
-        end = line + span;
-        --rows;
+    const char *at = line, *stop = end;
+    i64 left = rows;
+    for (i64 n = per_block; n > 0 && left > 0; --n) {
+      prefetch_line(uintptr_t(at));
+      at += 64;
+      if (at == stop) {
+        at = stop - span + rs;
+        stop = at + span;
+        --left;
       }
     }
+    line = at, end = stop, rows = left;
   }
 };
 thread_local AheadLines t_ahead __attribute__((tls_model("initial-exec")));
