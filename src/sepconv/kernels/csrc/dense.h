@@ -7,8 +7,9 @@
 //
 // Each output pixel is sum_t x_t * W'[t][:] over the taps t = (c, ky, kx): a tap's input
 // value broadcast, times the folded weight's row of output channels in vectors. A task is one
-// output row: its input rows are first copied, zero-padded, into a buffer (channel by
-// channel), so that the loop needs no bounds checks and reads any input layout the same way.
+// output row: its input rows are first copied, zero-padded, into a buffer in the input's own
+// layout (planar: channel by channel; channels_last: the pixels' channels interleaved, one
+// copy per row), so that the loop needs no bounds checks.
 //
 // One part of the kernels' single translation unit: sepconv_kernels.cpp includes the parts in
 // order; each includes the parts whose names it uses.
@@ -29,6 +30,8 @@ struct DenseGeo : StageParams {
   bool in_nhwc, out_nhwc;
   i64 taps() const { return C * KH * KW; }
   i64 span() const { return (OW - 1) * sx + (KW - 1) * dx + 1; }  // padded input columns read
+  // Floats between the reads of two consecutive output pixels in dense_rows' buffer.
+  i64 step() const { return in_nhwc ? sx * C : sx; }
 };
 
 inline DenseGeo dense_geo(const i64* g) {
@@ -64,34 +67,43 @@ void fold_dense(const DenseGeo& g, const float* w, const float* b, const MidNorm
   }
 }
 
-// The input rows of output row oy of image x (one image): rows[(ky * C + c) * span + j] =
-// x[c][oy * sy - py + ky * dy][j - px], zero outside the image.
+// The input rows of output row oy of image x (one image): x[c][oy * sy - py + ky * dy][j - px],
+// zero outside the image, at rows[(ky * C + c) * span + j] (planar input) or
+// rows[(ky * span + j) * C + c] (channels_last: each row one copy; copied value by value,
+// a stride-3 gather, it took as long as the arithmetic of MobileNet's stem).
 void dense_rows(const DenseGeo& g, const float* x, i64 oy, float* rows) {
-  const i64 span = g.span();
+  const i64 span = g.span(), C = g.C;
+  // Columns j with 0 <= j - px < W hold input; the rest are zero.
+  const i64 j0 = std::min(span, g.px), j1 = std::max(j0, std::min(span, g.px + g.W));
   for (i64 ky = 0; ky < g.KH; ++ky) {
     const i64 iy = oy * g.sy - g.py + ky * g.dy;
-    for (i64 c = 0; c < g.C; ++c) {
-      float* row = rows + (ky * g.C + c) * span;
-      if (iy < 0 || iy >= g.H) {
+    const bool inside = iy >= 0 && iy < g.H;
+    if (g.in_nhwc) {
+      float* row = rows + ky * span * C;
+      if (!inside) {
+        std::fill(row, row + span * C, 0.0f);
+        continue;
+      }
+      std::fill(row, row + j0 * C, 0.0f);
+      std::fill(row + j1 * C, row + span * C, 0.0f);
+      std::memcpy(row + j0 * C, x + (iy * g.W + j0 - g.px) * C, sizeof(float) * (j1 - j0) * C);
+      continue;
+    }
+    for (i64 c = 0; c < C; ++c) {
+      float* row = rows + (ky * C + c) * span;
+      if (!inside) {
         std::fill(row, row + span, 0.0f);
         continue;
       }
-      // Columns j with 0 <= j - px < W hold input; the rest are zero.
-      const i64 j0 = std::min(span, g.px), j1 = std::max(j0, std::min(span, g.px + g.W));
       std::fill(row, row + j0, 0.0f);
       std::fill(row + j1, row + span, 0.0f);
-      if (g.in_nhwc) {
-        const float* src = x + (iy * g.W + j0 - g.px) * g.C + c;
-        for (i64 j = j0; j < j1; ++j, src += g.C) row[j] = *src;
-      } else {
-        std::memcpy(row + j0, x + (c * g.H + iy) * g.W + j0 - g.px, sizeof(float) * (j1 - j0));
-      }
+      std::memcpy(row + j0, x + (c * g.H + iy) * g.W + j0 - g.px, sizeof(float) * (j1 - j0));
     }
   }
 }
 
-// PX pixels (sx apart in `rows`, from which tap t reads at toff[t]) x NV vectors of output
-// channels: dst[i * dps + o] = clamp(bias[o] + sum_t rows[toff[t] + i * sx] * wt[t * opad + o])
+// PX pixels (g.step() apart in `rows`, from which tap t reads at toff[t]) x NV vectors of output
+// channels: dst[i * dps + o] = clamp(bias[o] + sum_t rows[toff[t] + i * step] * wt[t * opad + o])
 // for the first `valid` channels of the block.
 template <int PX, int NV>
 inline void dense_micro(const DenseGeo& g, const float* rows, const i64* toff, const float* wt,
@@ -103,13 +115,13 @@ inline void dense_micro(const DenseGeo& g, const float* rows, const i64* toff, c
     const Vec b = vld<float>(bias + v * L);
     for (int i = 0; i < PX; ++i) acc[i][v] = b;
   }
-  const i64 T = g.taps(), sx = g.sx;
+  const i64 T = g.taps(), step = g.step();
   for (i64 t = 0; t < T; ++t) {
     const float* src = rows + toff[t];
     Vec wv[NV];
     for (int v = 0; v < NV; ++v) wv[v] = vld<float>(wt + t * opad + v * L);
     for (int i = 0; i < PX; ++i) {
-      const Vec a = vset<float>(src[i * sx]);
+      const Vec a = vset<float>(src[i * step]);
       for (int v = 0; v < NV; ++v) acc[i][v] += a * wv[v];
     }
   }
@@ -134,7 +146,7 @@ void dense_row(const DenseGeo& g, const float* rows, const i64* toff, const floa
     const i64 nv = (valid + V<float>::L - 1) / V<float>::L;
     for (i64 ox = 0; ox < g.OW; ox += kDensePX) {
       const i64 px = std::min<i64>(kDensePX, g.OW - ox);
-      const float* r = rows + ox * g.sx;
+      const float* r = rows + ox * g.step();
       const float* w = wt + o0;
       float* d = dst + ox * dps + o0;
       with_rows(px, [&](auto px_c) {
@@ -165,7 +177,8 @@ void dense_forward(const float* x, const float* w, const float* b, const MidNorm
   for (i64 c = 0; c < g.C; ++c)
     for (i64 ky = 0; ky < g.KH; ++ky)
       for (i64 kx = 0; kx < g.KW; ++kx)
-        toff[(c * g.KH + ky) * g.KW + kx] = (ky * g.C + c) * span + kx * g.dx;
+        toff[(c * g.KH + ky) * g.KW + kx] = g.in_nhwc ? (ky * span + kx * g.dx) * g.C + c
+                                                      : (ky * g.C + c) * span + kx * g.dx;
   const i64 xs = g.C * g.H * g.W;
   // Rows in contiguous shares, so that a thread's consecutive rows share input rows in cache.
 #pragma omp parallel num_threads(g.threads)
