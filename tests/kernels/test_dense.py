@@ -146,6 +146,42 @@ def test_dense_matches_numpy(
     _run(**case)
 
 
+@settings(max_examples=25, deadline=None)
+@given(
+    width=st.integers(33, 110),
+    kernel=pairs(st.integers(1, 5), st.integers(1, 5)),
+    stride=pairs(st.integers(1, 2), st.integers(1, 3)),
+    padding=pairs(st.integers(0, 3), st.integers(0, 3)),
+    dilation=pairs(st.integers(1, 2), st.integers(1, 2)),
+    o=st.integers(1, 20),
+    channels_last=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_dense_wide_rows_match_numpy(
+    width, kernel, stride, padding, dilation, o, channels_last, seed
+):
+    """Rows wider than the 19 columns above: planar rows split by phase in several 32-column
+    pieces, output rows in several blocks of pixel vectors, both parities of the padding."""
+    size = (6, width)
+    reach = [d * (k - 1) + 1 for k, d in zip(kernel, dilation)]
+    assume(all(s + 2 * p >= r for s, p, r in zip(size, padding, reach)))
+    _run(
+        n=1,
+        c=3,
+        o=o,
+        size=size,
+        kernel=kernel,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        channels_last=channels_last,
+        norm=None,
+        bias=True,
+        clamp=(None, None),
+        seed=seed,
+    )
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_dense_mobilenet_stem_size(channels_last):
     """224 x 224 RGB images, 32 filters 3x3 stride 2: rows split over the threads."""

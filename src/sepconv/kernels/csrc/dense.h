@@ -164,6 +164,150 @@ void dense_row(const DenseGeo& g, const float* rows, const i64* toff, const floa
   }
 }
 
+#if defined(__AVX512F__)
+// Planar output (from planar input) at stride 1 or 2, without the transpose: each input row
+// is split by phase (column j to phase j % sx at index j / sx), so that for any tap the
+// inputs of 16 consecutive output pixels are 16 consecutive floats; a block of output
+// channels' rows is then computed in vectors of pixels and stored into their planes
+// (MobileNet's stem, 1x3x224x224 -> 32: the pixel-major rows' transpose took about a third
+// of the call).
+inline bool dense_planar_ok(const DenseGeo& g) { return !g.in_nhwc && !g.out_nhwc && g.sx <= 2; }
+
+constexpr int kPlanarOB = 8;  // output channels a block: 8 x up to 3 vectors of pixels
+
+// Floats a phase row holds: its columns, then room for the last vector's loads and the
+// split's whole-vector stores.
+inline i64 phase_len(const DenseGeo& g) { return (g.span() + g.sx - 1) / g.sx + 48; }
+
+// Where tap t = (c, ky, kx) reads output pixel 0 in dense_phase_rows' buffer.
+inline i64 phase_offset(const DenseGeo& g, i64 c, i64 ky, i64 kx) {
+  const i64 j = kx * g.dx;  // (padded column of output pixel 0)
+  return ((ky * g.C + c) * g.sx + j % g.sx) * phase_len(g) + j / g.sx;
+}
+
+// The input rows of output row oy of planar image x split by phase: x[c][iy][j - px] at
+// rows[((ky * C + c) * sx + j % sx) * len + j / sx]. Only columns inside the image are
+// written (rows outside it zeroed): the rest stay zero from the buffer's start.
+void dense_phase_rows(const DenseGeo& g, const float* x, i64 oy, float* rows) {
+  const i64 span = g.span(), len = phase_len(g), sx = g.sx;
+  const i64 j0 = std::min(span, g.px), j1 = std::max(j0, std::min(span, g.px + g.W));
+  // (lanes 0, 2, ..., 30 and 1, 3, ..., 31 of two vectors)
+  const __m512i evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26,
+                                          28, 30);
+  const __m512i odds = _mm512_add_epi32(evens, _mm512_set1_epi32(1));
+  for (i64 ky = 0; ky < g.KH; ++ky) {
+    const i64 iy = oy * g.sy - g.py + ky * g.dy;
+    for (i64 c = 0; c < g.C; ++c) {
+      float* const row = rows + (ky * g.C + c) * sx * len;
+      if (iy < 0 || iy >= g.H) {
+        std::fill(row, row + sx * len, 0.0f);
+        continue;
+      }
+      const float* src = x + (c * g.H + iy) * g.W + j0 - g.px;
+      if (sx == 1) {
+        std::memcpy(row + j0, src, sizeof(float) * (j1 - j0));
+        continue;
+      }
+      // Column j0 + k: k even to phase j0 % 2 from index j0 / 2, k odd to the other phase
+      // from (j0 + 1) / 2; past j1 the masked loads give the zeros those columns hold.
+      float* const first = row + (j0 % 2) * len + j0 / 2;
+      float* const second = row + (1 - j0 % 2) * len + (j0 + 1) / 2;
+      for (i64 k = 0; k < j1 - j0; k += 32) {
+        const i64 left = j1 - j0 - k;
+        const __mmask16 m0 = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
+        const __mmask16 m1 = left >= 32 ? __mmask16(0xFFFF)
+                             : left > 16 ? __mmask16((1u << (left - 16)) - 1)
+                                         : __mmask16(0);
+        const __m512 a = _mm512_maskz_loadu_ps(m0, src + k);
+        const __m512 b = _mm512_maskz_loadu_ps(m1, src + k + 16);
+        _mm512_storeu_ps(first + k / 2, _mm512_permutex2var_ps(a, evens, b));
+        _mm512_storeu_ps(second + k / 2, _mm512_permutex2var_ps(a, odds, b));
+      }
+    }
+  }
+}
+
+// Output channels [o0, o0 + valid) (valid <= kPlanarOB) of output row oy, pixels
+// [ox0, ox0 + 16 PV) clipped to OW, into planes of P floats from dst (the image's output).
+template <int PV>
+inline void dense_planar_micro(const DenseGeo& g, const float* rows, const i64* toff,
+                               const float* wt, i64 opad, const float* bias, i64 o0, i64 valid,
+                               i64 ox0, float* dst, i64 P, i64 oy) {
+  typedef V<float>::t Vec;
+  Vec acc[kPlanarOB][PV];
+  for (int o = 0; o < kPlanarOB; ++o)
+    for (int p = 0; p < PV; ++p) acc[o][p] = vset<float>(bias[o0 + o]);
+  const i64 T = g.taps();
+  for (i64 t = 0; t < T; ++t) {
+    const float* src = rows + toff[t] + ox0;
+    Vec xv[PV];
+    for (int p = 0; p < PV; ++p) xv[p] = vld<float>(src + 16 * p);
+    const float* w = wt + t * opad + o0;
+    for (int o = 0; o < kPlanarOB; ++o) {
+      const Vec wv = vset<float>(w[o]);
+      for (int p = 0; p < PV; ++p) acc[o][p] += wv * xv[p];
+    }
+  }
+  const float* const clamp = g.clamp_bounds();
+  for (int o = 0; o < valid && o < kPlanarOB; ++o)
+    for (int p = 0; p < PV; ++p) {
+      const Vec r = clamp ? clamp_vec(acc[o][p], clamp) : acc[o][p];
+      const i64 ox = ox0 + 16 * p, left = g.OW - ox;
+      float* const d = dst + (o0 + o) * P + oy * g.OW + ox;
+      if (left >= 16)
+        vst<float>(d, r);
+      else if (left > 0)
+        vstPart(d, r, left);
+    }
+}
+
+// Output row oy of one image (dst: its output planes) from dense_phase_rows' buffer.
+void dense_planar_row(const DenseGeo& g, const float* rows, const i64* toff, const float* wt,
+                      i64 opad, const float* bias, float* dst, i64 oy) {
+  const i64 P = g.OH * g.OW, vectors = (g.OW + 15) / 16;
+  for (i64 o0 = 0; o0 < g.O; o0 += kPlanarOB) {
+    const i64 valid = std::min<i64>(kPlanarOB, g.O - o0);
+    for (i64 v = 0, pv = 0; v < vectors; v += pv) {
+      // Blocks of up to 3 vectors, evened out (7 = 3 + 2 + 2, not 3 + 3 + 1: a block of one
+      // vector has 8 chains of FMAs, too few to cover their latency)
+      const i64 blocks = (vectors - v + 2) / 3;
+      pv = (vectors - v + blocks - 1) / blocks;
+      auto block = [&](auto pv_c) {
+        dense_planar_micro<decltype(pv_c)::value>(g, rows, toff, wt, opad, bias, o0, valid,
+                                                   16 * v, dst, P, oy);
+      };
+      if (pv == 3)
+        block(std::integral_constant<int, 3>());
+      else if (pv == 2)
+        block(std::integral_constant<int, 2>());
+      else
+        block(std::integral_constant<int, 1>());
+    }
+  }
+}
+
+// dense_forward's planar path (dense_planar_ok).
+void dense_forward_planar(const DenseGeo& g, const float* x, const float* wt, i64 opad,
+                          const float* bias, float* out) {
+  const i64 T = g.taps(), P = g.OH * g.OW, xs = g.C * g.H * g.W;
+  std::vector<i64> toff(T);
+  for (i64 c = 0; c < g.C; ++c)
+    for (i64 ky = 0; ky < g.KH; ++ky)
+      for (i64 kx = 0; kx < g.KW; ++kx)
+        toff[(c * g.KH + ky) * g.KW + kx] = phase_offset(g, c, ky, kx);
+#pragma omp parallel num_threads(g.threads)
+  {
+    std::vector<float> rows(g.KH * g.C * g.sx * phase_len(g));  // (zeros: see dense_phase_rows)
+#pragma omp for schedule(static)
+    for (i64 task = 0; task < g.N * g.OH; ++task) {
+      const i64 n = task / g.OH, oy = task % g.OH;
+      dense_phase_rows(g, x + n * xs, oy, rows.data());
+      dense_planar_row(g, rows.data(), toff.data(), wt, opad, bias, out + n * g.O * P, oy);
+    }
+  }
+}
+#endif
+
 void dense_forward(const float* x, const float* w, const float* b, const MidNorm<float>& norm,
                    float* out, const i64* geo) {
   const DenseGeo g = dense_geo(geo);
@@ -173,6 +317,9 @@ void dense_forward(const float* x, const float* w, const float* b, const MidNorm
                    V<float>::L;
   std::vector<float> wt(T * opad), bias(opad);
   fold_dense(g, w, b, norm, opad, wt.data(), bias.data());
+#if defined(__AVX512F__)
+  if (dense_planar_ok(g)) return dense_forward_planar(g, x, wt.data(), opad, bias.data(), out);
+#endif
   std::vector<i64> toff(T);
   for (i64 c = 0; c < g.C; ++c)
     for (i64 ky = 0; ky < g.KH; ++ky)
