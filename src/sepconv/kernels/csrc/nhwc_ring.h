@@ -86,8 +86,11 @@ RingPlan plan_ring(const Geo& g) {
 // slot r % p.slots, channel-blocked (pad_nhwc's layout; block stride slots * Q * L), just
 // before the first step that needs it. Output rows go to dst (the task's first pixel and
 // channel; rows drs, pixels dps apart), or through stage (kRingStep x tw x cn, then
-// stream_rows) where given.
-template <typename S, typename A>
+// stream_rows) where given. ReadAhead: the next step's new input rows are prefetched a few
+// lines per block of this step's arithmetic (whole pixels: only where the task has all the
+// channels of dense pixels); a template argument, so that the loops without it are those of
+// before (with a run-time flag, inputs in the L3 took 1.01-1.03x the time).
+template <typename S, typename A, bool ReadAhead>
 void ring_task(const S* img, const Geo& g, const RingPlan& p, const i64* ymap, const i64* xmap,
                i64 oy0, i64 th, i64 ox0, i64 tw, i64 c0, i64 cn, A* ring, const A* wT,
                const A* bias, S* dst, i64 drs, i64 dps, S* stage) {
@@ -96,6 +99,8 @@ void ring_task(const S* img, const Geo& g, const RingPlan& p, const i64* ymap, c
   std::array<i64, kRingRows * kRingStep> off{};  // kernel row ky of step row s: [s * KH + ky]
   const i64 ps = stage ? cn : dps, rs = stage ? tw * cn : drs;  // output pixel, row steps
   i64 next = oy0 * g.sy;  // the next input row to copy
+  AheadLines ahead;
+  const bool read_ahead = ReadAhead && cn == g.C && g.xs[1] == 1 && g.xs[3] == g.C;
   for (i64 i = oy0; i < oy0 + th; i += kRingStep) {
     const i64 step_rows = std::min<i64>(kRingStep, oy0 + th - i);
     // (every row of the step's span; with row strides above the span or dilated rows a few
@@ -107,6 +112,12 @@ void ring_task(const S* img, const Geo& g, const RingPlan& p, const i64* ymap, c
     for (i64 s = 0; s < step_rows; ++s)
       for (i64 ky = 0; ky < g.KH; ++ky)
         off[s * g.KH + ky] = (((i + s) * g.sy + ky * g.dy) % p.slots) * slot;
+    if (read_ahead && i + kRingStep < oy0 + th) {
+      const i64 later = std::min<i64>(kRingStep, oy0 + th - i - kRingStep);
+      const i64 later_end = (i + kRingStep) * g.sy + input_span(later, g.sy, g.KH, g.dy);
+      const i64 blocks = (cn + L - 1) / L * step_rows * ((tw + 7) / 8);
+      ahead.start_pixels(img, g.C, g, end, later_end - end, ox0 * g.sx, Q, blocks);
+    }
     S* d = stage ? stage : dst + (i - oy0) * drs;
     // Channel vectors outermost: the step's rows share most of their input lines, which
     // stay in L1 from one row to the next.
@@ -117,6 +128,7 @@ void ring_task(const S* img, const Geo& g, const RingPlan& p, const i64* ymap, c
         const RowOffsets rows_at{off.data() + s * g.KH};
         S* drow = d + s * rs + c;
         auto block = [&](i64 j, auto pb) __attribute__((always_inline)) {
+          if (ReadAhead) ahead.issue();
           by_width(g.KW, [&](auto kw) __attribute__((always_inline)) {
             nhwc_block_s1<decltype(pb)::value, decltype(kw)::value, S, A>(
                 bc + j * L, L, rows_at, g.KH, w, g.CM, bias + c0 + c, drow + j * ps, ps);
@@ -137,6 +149,8 @@ void dw_nhwc_ring(const S* x, const Geo& g, const i64* ymap, const i64* xmap, co
                   const A* b, S* out, bool stream, bool stage) {
   const RingPlan p = plan_ring<A>(g);
   const bool staged = stage && g.os[1] == 1;
+  // (inputs in the L3 took 1.01-1.02x the time with the prefetches: 8x96x56x56, 8x192x28x28)
+  const bool read_ahead = input_from_memory(g, sizeof(S), x);
 #pragma omp parallel num_threads(g.threads)
   {
     t_stream = stream && !staged;
@@ -151,8 +165,13 @@ void dw_nhwc_ring(const S* x, const Geo& g, const i64* ymap, const i64* xmap, co
       const i64 th = std::min(p.TH, g.OH - oy0), tw = std::min(p.TW, g.OW - ox0);
       const i64 cn = std::min(p.cg, g.CM - c0);
       S* o = out + n * g.os[0] + oy0 * g.os[2] + ox0 * g.os[3] + c0;
-      ring_task<S, A>(x + n * g.xs[0], g, p, ymap, xmap, oy0, th, ox0, tw, c0, cn, ring.data(),
-                      wT, b, o, g.os[2], g.os[3], staged ? row_out.data() : nullptr);
+      S* const stage_buf = staged ? row_out.data() : nullptr;
+      if (read_ahead)
+        ring_task<S, A, true>(x + n * g.xs[0], g, p, ymap, xmap, oy0, th, ox0, tw, c0, cn,
+                              ring.data(), wT, b, o, g.os[2], g.os[3], stage_buf);
+      else
+        ring_task<S, A, false>(x + n * g.xs[0], g, p, ymap, xmap, oy0, th, ox0, tw, c0, cn,
+                               ring.data(), wT, b, o, g.os[2], g.os[3], stage_buf);
     }
     stream_fence();
     t_stream = false;

@@ -124,13 +124,28 @@ struct AheadLines {
   void start(const S* plane, const Geo& g, i64 r0, i64 R, i64 q0, i64 Q, i64 blocks) {
     const auto [rlo, rhi, clo, chi] = inside_image(g, r0, R, q0, Q);
     rows = g.xs[3] == 1 && chi > clo ? std::max<i64>(0, rhi - rlo) : 0;
-    if (rows == 0) return;
-    const uintptr_t first = uintptr_t(plane + rlo * g.xs[2] + clo) & ~uintptr_t(63);
-    const uintptr_t last = uintptr_t(plane + rlo * g.xs[2] + chi - 1) | 63;
+    if (rows > 0) lines_of(plane + rlo * g.xs[2], clo, chi, g.xs[2], blocks);
+  }
+
+  // The same for a channels_last image: the whole pixels (C elements each, consecutive) of
+  // those rows and columns.
+  template <typename S>
+  void start_pixels(const S* img, i64 C, const Geo& g, i64 r0, i64 R, i64 q0, i64 Q,
+                    i64 blocks) {
+    const auto [rlo, rhi, clo, chi] = inside_image(g, r0, R, q0, Q);
+    rows = chi > clo ? std::max<i64>(0, rhi - rlo) : 0;
+    if (rows > 0) lines_of(img + rlo * g.xs[2], clo * C, chi * C, g.xs[2], blocks);
+  }
+
+  // Elements [e0, e1) of `rows` rows from `row` on, rstride elements apart.
+  template <typename S>
+  void lines_of(const S* row, i64 e0, i64 e1, i64 rstride, i64 blocks) {
+    const uintptr_t first = uintptr_t(row + e0) & ~uintptr_t(63);
+    const uintptr_t last = uintptr_t(row + e1 - 1) | 63;
     line = reinterpret_cast<const char*>(first);
     span = i64(last + 1 - first);
     end = line + span;
-    rs = g.xs[2] * i64(sizeof(S));
+    rs = rstride * i64(sizeof(S));
     per_block = (rows * (span / 64) + blocks - 1) / std::max<i64>(blocks, 1) + 1;
   }
 
