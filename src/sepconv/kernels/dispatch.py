@@ -602,12 +602,9 @@ def _nhwc_3x3_kernel_bytes() -> int:
     to the kernels. 16 MB where the kernels read their input as it comes (Intel, run H:
     smaller steps took 0.9-1.7x PyTorch's time; larger ones cost PyTorch fresh-allocation
     page faults, which the pooled outputs avoid); where they touch it first
-    (``SEPCONV_KERNELS_PREFETCH=on``, AMD), from the size at which they may do so, the
+    (``SEPCONV_KERNELS_PREFETCH=on``, AMD), from the size at which they do so, the
     library's ``kTouchBytes`` (8 MiB; run T, AMD Zen 3: inputs of 8.4-51 MB took
-    0.61-0.92x PyTorch's time, 6.4 MB ones 0.94-1.02x, 2.4-4.8 MB ones 1.14-1.18x; since
-    run AD, inputs under 24 MiB are touched only where a kernel streamed them: the others
-    are in the L3, and inference forwards on them took 0.85-0.97x without the pass; the
-    training steps were not measured again)."""
+    0.61-0.92x PyTorch's time, 6.4 MB ones 0.94-1.02x, 2.4-4.8 MB ones 1.14-1.18x)."""
     if _build.prefetch_choice() == "on":
         try:
             return _build.load().sepconv_touch_bytes()

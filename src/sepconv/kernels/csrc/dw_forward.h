@@ -46,7 +46,6 @@ void dw_forward(const S* x, const S* wd, const S* bd, S* out, const i64* geo) {
   // Staged output (kStageOutput): the tile to a buffer, then stream_rows; where the loops
   // store directly, vstOut streams.
   const bool stage = stream && kStageOutput;
-  if (stream) note_streamed(out, g.N * g.CM * g.OH * g.OW * i64(sizeof(S)));
   if (nhwc_ring_ok<S, A>(g))
     return dw_nhwc_ring<S, A>(x, g, ymap.data(), xmap.data(), wT.data(), b.data(), out, stream,
                               stage);
@@ -55,7 +54,7 @@ void dw_forward(const S* x, const S* wd, const S* bd, S* out, const i64* geo) {
     const i64 bpp = g.CM * i64(sizeof(A)) * g.sy * g.sx;
     const Tiles tl = make_tiles(g, bpp, 4 * g.threads);
     const auto ir = inner_read<S, A>(g, wT);
-    const bool touch = touch_nhwc_input(g, sizeof(S), x);
+    const bool touch = touch_nhwc_input(g, sizeof(S));
     // (staging needs pixels of CM consecutive channels)
     const bool staged = stage && g.os[1] == 1 && g.os[3] == g.CM;
 #pragma omp parallel num_threads(g.threads)

@@ -14,7 +14,6 @@
 #include "pack.h"
 #include "kept.h"
 #include "mid_stage.h"
-#include "reads.h"
 
 namespace {
 
@@ -135,7 +134,6 @@ void pw_forward(const float* x, const float* w, const float* b, const MidNorm<fl
     w = wf;
   }
   const bool stream = stream_pw_output(g);
-  if (stream) note_streamed(out, g.N * g.O * g.P * i64(sizeof(float)));
   if (!g.nhwc) {
     pw_planar(g, x, w, scale, bf, out, stream);
     return;

@@ -4,8 +4,6 @@
 // order; each includes the parts whose names it uses.
 #pragma once
 
-#include <atomic>
-
 #include "vec.h"
 #include "geometry.h"
 
@@ -22,43 +20,15 @@ namespace {
 //   0.58 / 0.48 / 0.61x the time of prefetching it;
 // - channels_last tiles touch theirs where the input is kTouchBytes or more: 8x96x112x112
 //   0.54x (depthwise) and 0.72x (-> 24 s2). On Zen 5 inputs under 32 MiB took 1.03-1.18x
-//   (in the L3 already, and the pass only adds loads): under kTouchAlwaysBytes only inputs
-//   a kernel streamed are touched (run AD: layers on the same input 0.85-0.97x, MobileNets
-//   at batch 8 channels_last 0.995-1.007x). On Zen 3 (run T) those of 8-15 MB
-//   gained as well, against no pass: row 1 channels_last 0.92x, 8x144x56x56 -> 24 0.80x,
-//   32x64x32x32 -> 128 0.91x, depthwise 8x144x56x56 / 8x192x56x56 0.86 / 0.88x; inputs of
-//   4.8 MB took 1.10x (8x192x28x28, 1x96x112x112 -> 24 s2). (Not measured again on Zen 5.)
+//   (in the L3 already, and the pass only adds loads), but whether an input is still in the
+//   L3 depends on what ran since it was written (run AD: see input_from_memory). On Zen 3
+//   (run T) those of 8-15 MB gained as well, against no pass: row 1 channels_last 0.92x,
+//   8x144x56x56 -> 24 0.80x, 32x64x32x32 -> 128 0.91x, depthwise 8x144x56x56 /
+//   8x192x56x56 0.86 / 0.88x; inputs of 4.8 MB took 1.10x (8x192x28x28, 1x96x112x112 -> 24
+//   s2). (Not measured again on Zen 5.)
 int g_reads = 0;
 // (Exported as sepconv_touch_bytes: auto's training rule for channels_last 3x3 follows it.)
 constexpr i64 kTouchBytes = i64(8) << 20;
-// Inputs from this size on are touched whatever wrote them (they do not stay in a 32 MiB
-// L3); smaller ones only where a kernel stored them around the caches (was_streamed).
-constexpr i64 kTouchAlwaysBytes = i64(24) << 20;
-
-// The outputs the kernels last stored around the caches (non-temporal stores: 1x1, fused
-// and depthwise outputs of 8-16 MiB or more), as address ranges. An input among them is in
-// memory, whatever its size; another one under kTouchAlwaysBytes was most likely written
-// through the caches and is still in the L3, where a touch pass only adds loads. (Relaxed
-// atomics: a torn pair from calls on two threads at once costs a wrong guess, not a result.)
-constexpr int kStreamedKept = 8;
-struct StreamedRange {
-  std::atomic<uintptr_t> lo{0}, hi{0};
-};
-StreamedRange g_streamed[kStreamedKept];
-std::atomic<unsigned> g_streamed_next{0};
-
-inline void note_streamed(const void* p, i64 bytes) {
-  StreamedRange& r = g_streamed[g_streamed_next.fetch_add(1) % kStreamedKept];
-  r.lo.store(uintptr_t(p), std::memory_order_relaxed);
-  r.hi.store(uintptr_t(p) + uintptr_t(bytes), std::memory_order_relaxed);
-}
-inline bool was_streamed(const void* p, i64 bytes) {
-  const uintptr_t lo = uintptr_t(p), hi = lo + uintptr_t(bytes);
-  for (const StreamedRange& r : g_streamed)
-    if (r.lo.load(std::memory_order_relaxed) < hi && lo < r.hi.load(std::memory_order_relaxed))
-      return true;
-  return false;
-}
 
 // The image rows [rlo, rhi) and columns [clo, chi) inside the padded window of rows
 // [r0, r0 + R) and columns [q0, q0 + Q) (either range may be empty).

@@ -581,10 +581,9 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
     prep_bf16_gemm(g, wp, bp, wp_pairs_buf, wp_even_buf, bias_f_buf);
 #endif
   const auto ir = inner_read<S, A>(g, wT);
-  const bool touch = nhwc && touch_nhwc_input(g, sizeof(S), x);
+  const bool touch = nhwc && touch_nhwc_input(g, sizeof(S));
   const bool touch_next = !nhwc && touch_planar_next(g, sizeof(S));
   g.stream_out = stream_tile_output(g) && !after.active();  // (it reads the tile back)
-  if (g.stream_out) note_streamed(out, g.N * g.O * g.OH * g.OW * i64(sizeof(S)));
 #pragma omp parallel num_threads(g.threads)
   {
     const i64 Pmax = tl.TH * tl.TW;
