@@ -69,6 +69,12 @@ def _run(
     assert_close_to_reference(out, expected, rtol=1e-5, scale=scale)
 
 
+def _assume_kernel_fits(size, kernel, padding, dilation):
+    """Only cases whose dilated kernel fits the padded input (an output of at least 1)."""
+    reach = [d * (k - 1) + 1 for k, d in zip(kernel, dilation)]
+    assume(all(s + 2 * p >= r for s, p, r in zip(size, padding, reach)))
+
+
 pairs = st.tuples
 _STEM = dict(
     n=1,
@@ -141,8 +147,7 @@ def test_dense_matches_numpy(
     seed,
 ):
     case = dict(locals())
-    reach = [d * (k - 1) + 1 for k, d in zip(kernel, dilation)]
-    assume(all(s + 2 * p >= r for s, p, r in zip(size, padding, reach)))
+    _assume_kernel_fits(size, kernel, padding, dilation)
     _run(**case)
 
 
@@ -168,8 +173,7 @@ def test_dense_wide_rows_match_numpy(
     pieces, output rows in several blocks of pixel vectors (the examples fix the cases a
     derandomized run may not draw)."""
     size = (6, width)
-    reach = [d * (k - 1) + 1 for k, d in zip(kernel, dilation)]
-    assume(all(s + 2 * p >= r for s, p, r in zip(size, padding, reach)))
+    _assume_kernel_fits(size, kernel, padding, dilation)
     _run(
         n=1,
         c=3,
