@@ -47,8 +47,7 @@ void dw_forward(const S* x, const S* wd, const S* bd, S* out, const i64* geo) {
   // store directly, vstOut streams.
   const bool stage = stream && kStageOutput;
   if (nhwc_ring_ok<S, A>(g))
-    return dw_nhwc_ring<S, A>(x, g, ymap.data(), xmap.data(), wT.data(), b.data(), out, stream,
-                              stage);
+    return dw_nhwc_ring<S, A>(x, g, ymap.data(), xmap.data(), wT, b.data(), out, stream, stage);
   if (g.nhwc) {
     // Tiles of pixels, all channels; output written straight to out (channel stride 1).
     const i64 bpp = g.CM * i64(sizeof(A)) * g.sy * g.sx;

@@ -145,18 +145,15 @@ void ring_task(const S* img, const Geo& g, const RingPlan& p, const i64* ymap, c
 // The channels_last depthwise (nhwc_ring_ok) of x into out (channels innermost), weights wT
 // (prep_weights), biases b. stream: outputs around the caches (staged where stage).
 template <typename S, typename A>
-void dw_nhwc_ring(const S* x, const Geo& g, const i64* ymap, const i64* xmap, const A* wT,
-                  const A* b, S* out, bool stream, bool stage) {
+void dw_nhwc_ring(const S* x, const Geo& g, const i64* ymap, const i64* xmap,
+                  const std::vector<A>& wT, const A* b, S* out, bool stream, bool stage) {
   const RingPlan p = plan_ring<A>(g);
   const bool staged = stage && g.os[1] == 1;
-  // The weights by channel vector, a vector's T taps consecutive: wB[(c / L) * T * L + t * L
-  // + c % L] = wT[t * CM + c], zero past CM. (In wT a vector's taps lie CM apart: 768
-  // channels put a 7x7 filter's 49 in 4 of L1's 64 sets. Blocked, the 7x7 calls took
-  // 0.86-1.05x the time, about 0.94x mostly: 8x128x112x112 0.87-0.94x, 8x768x7x7 0.91-1.05x.)
-  const i64 L = V<A>::L;
-  std::vector<A> wB((g.CM + L - 1) / L * L * g.T, A(0));
-  for (i64 t = 0; t < g.T; ++t)
-    for (i64 c = 0; c < g.CM; ++c) wB[(c / L * g.T + t) * L + c % L] = wT[t * g.CM + c];
+  // The weights by channel vector (block_weights; CM is a multiple of L here: nhwc_ring_ok).
+  // Read from wT, a vector's taps lie CM apart: 768 channels put a 7x7 filter's 49 in 4 of
+  // L1's 64 sets. Blocked, the 7x7 calls took 0.86-1.05x the time, about 0.94x mostly:
+  // 8x128x112x112 0.87-0.94x, 8x768x7x7 0.91-1.05x.
+  const std::vector<A> wB = block_weights(wT, g);
   const bool read_ahead = input_from_memory(g, sizeof(S));
 #pragma omp parallel num_threads(g.threads)
   {
