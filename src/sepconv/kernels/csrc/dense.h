@@ -32,7 +32,22 @@ struct DenseGeo : StageParams {
   i64 span() const { return (OW - 1) * sx + (KW - 1) * dx + 1; }  // padded input columns read
   // Floats between the reads of two consecutive output pixels in dense_rows' buffer.
   i64 step() const { return in_nhwc ? sx * C : sx; }
+  // The padded columns [j0, j1) of span() that hold input (0 <= j - px < W); the rest are
+  // zero.
+  i64 first_inside() const { return std::min(span(), px); }
+  i64 end_inside() const { return std::max(first_inside(), std::min(span(), px + W)); }
 };
+
+// The offsets where the taps t = (c, ky, kx) read output pixel 0 in a rows buffer:
+// offset(c, ky, kx) for each, in PyTorch's order within a filter.
+template <typename F>
+std::vector<i64> tap_offsets(const DenseGeo& g, F offset) {
+  std::vector<i64> toff(g.taps());
+  for (i64 c = 0; c < g.C; ++c)
+    for (i64 ky = 0; ky < g.KH; ++ky)
+      for (i64 kx = 0; kx < g.KW; ++kx) toff[(c * g.KH + ky) * g.KW + kx] = offset(c, ky, kx);
+  return toff;
+}
 
 inline DenseGeo dense_geo(const i64* g) {
   DenseGeo r;
@@ -72,9 +87,7 @@ void fold_dense(const DenseGeo& g, const float* w, const float* b, const MidNorm
 // rows[(ky * span + j) * C + c] (channels_last: each row one copy; copied value by value,
 // a stride-3 gather, it took as long as the arithmetic of MobileNet's stem).
 void dense_rows(const DenseGeo& g, const float* x, i64 oy, float* rows) {
-  const i64 span = g.span(), C = g.C;
-  // Columns j with 0 <= j - px < W hold input; the rest are zero.
-  const i64 j0 = std::min(span, g.px), j1 = std::max(j0, std::min(span, g.px + g.W));
+  const i64 span = g.span(), C = g.C, j0 = g.first_inside(), j1 = g.end_inside();
   for (i64 ky = 0; ky < g.KH; ++ky) {
     const i64 iy = oy * g.sy - g.py + ky * g.dy;
     const bool inside = iy >= 0 && iy < g.H;
@@ -189,8 +202,7 @@ inline i64 phase_offset(const DenseGeo& g, i64 c, i64 ky, i64 kx) {
 // rows[((ky * C + c) * sx + j % sx) * len + j / sx]. Only columns inside the image are
 // written (rows outside it zeroed): the rest stay zero from the buffer's start.
 void dense_phase_rows(const DenseGeo& g, const float* x, i64 oy, float* rows) {
-  const i64 span = g.span(), len = phase_len(g), sx = g.sx;
-  const i64 j0 = std::min(span, g.px), j1 = std::max(j0, std::min(span, g.px + g.W));
+  const i64 len = phase_len(g), sx = g.sx, j0 = g.first_inside(), j1 = g.end_inside();
   // (lanes 0, 2, ..., 30 and 1, 3, ..., 31 of two vectors)
   const __m512i evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26,
                                           28, 30);
@@ -291,12 +303,9 @@ void dense_planar_row(const DenseGeo& g, const float* rows, const i64* toff, con
 // dense_forward's planar path (dense_planar_ok).
 void dense_forward_planar(const DenseGeo& g, const float* x, const float* wt, i64 opad,
                           const float* bias, float* out) {
-  const i64 T = g.taps(), P = g.OH * g.OW, xs = g.C * g.H * g.W;
-  std::vector<i64> toff(T);
-  for (i64 c = 0; c < g.C; ++c)
-    for (i64 ky = 0; ky < g.KH; ++ky)
-      for (i64 kx = 0; kx < g.KW; ++kx)
-        toff[(c * g.KH + ky) * g.KW + kx] = phase_offset(g, c, ky, kx);
+  const i64 P = g.OH * g.OW, xs = g.C * g.H * g.W;
+  const std::vector<i64> toff =
+      tap_offsets(g, [&](i64 c, i64 ky, i64 kx) { return phase_offset(g, c, ky, kx); });
 #pragma omp parallel num_threads(g.threads)
   {
     std::vector<float> rows(g.KH * g.C * g.sx * phase_len(g));  // (zeros: see dense_phase_rows)
@@ -322,12 +331,9 @@ void dense_forward(const float* x, const float* w, const float* b, const MidNorm
 #if defined(__AVX512F__)
   if (dense_planar_ok(g)) return dense_forward_planar(g, x, wt.data(), opad, bias.data(), out);
 #endif
-  std::vector<i64> toff(T);
-  for (i64 c = 0; c < g.C; ++c)
-    for (i64 ky = 0; ky < g.KH; ++ky)
-      for (i64 kx = 0; kx < g.KW; ++kx)
-        toff[(c * g.KH + ky) * g.KW + kx] = g.in_nhwc ? (ky * span + kx * g.dx) * g.C + c
-                                                      : (ky * g.C + c) * span + kx * g.dx;
+  const std::vector<i64> toff = tap_offsets(g, [&](i64 c, i64 ky, i64 kx) {
+    return g.in_nhwc ? (ky * span + kx * g.dx) * g.C + c : (ky * g.C + c) * span + kx * g.dx;
+  });
   const i64 xs = g.C * g.H * g.W;
   // Rows in contiguous shares, so that a thread's consecutive rows share input rows in cache.
 #pragma omp parallel num_threads(g.threads)
