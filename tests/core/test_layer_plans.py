@@ -278,6 +278,22 @@ test_each_change_is_seen, test_changes_after_the_first_call_are_seen = change_te
 )
 
 
+@pytest.mark.parametrize("where", ["pointwise", "depthwise"])
+def test_an_equal_one_element_tensor_put_in_place_is_seen(where, kernels_on):
+    """A parameter replaced by one of equal value but another dtype is seen (the modules
+    raise, as without a plan): one-element tensors compare equal by value, which the plan's
+    check must not take for the same tensor."""
+    torch.manual_seed(0)
+    layer = SeparableConv2d(1, 1, 3, padding=1).eval()  # (biases of one element each)
+    x = torch.randn(2, 1, 8, 8)
+    conv = getattr(layer, where)
+    with torch.no_grad():
+        layer(x)  # (records the plan)
+        conv.bias = nn.Parameter(conv.bias.double())
+        with pytest.raises(RuntimeError, match="bias type"):
+            layer(x)
+
+
 def test_plan_mode_asks_hooks_grad_and_the_setting(monkeypatch, kernels_on):
     layer = _layer()
     with torch.no_grad():

@@ -35,7 +35,7 @@ from __future__ import annotations
 import operator
 import weakref
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from itertools import chain
 
 import torch
@@ -56,11 +56,12 @@ class _Watch:
     """What a plan depends on in its modules, captured when it was recorded."""
 
     tables: list[dict]  # each module's __dict__ and child table
-    entries: tuple  # their values, in order (an entry added or removed shifts them)
+    copies: list[dict]  # shallow copies of them
     tensor_tables: list[dict]  # each module's parameter and buffer tables
-    tensors: tuple  # their values (tensors or None), in order
-    present: list[Tensor]  # those that are not None (but step counts)
-    metas: list[tuple]  # their (dtype, shape, is_cpu)
+    tensor_copies: list[dict]  # shallow copies of them
+    singles: list[tuple[dict, str, Tensor]]  # their one-element tensors: (table, name, tensor)
+    present: list[Tensor]  # their tensors (not None) but step counts
+    metas: list[tuple]  # those tensors' (dtype, shape, is_cpu)
     hooks: list[dict]  # the modules' hook tables (empty when recorded)
     modules: list[weakref.ref]  # (weak: a plan must not keep its owner alive)
     classes: list[type]  # their classes
@@ -70,18 +71,16 @@ class _Watch:
         modules = list(dict.fromkeys(modules))  # (once each, in order)
         tables = [t for m in modules for t in (m.__dict__, m.__dict__["_modules"])]
         tensor_tables = [m.__dict__[n] for m in modules for n in ("_parameters", "_buffers")]
-        tensors = _entries(tensor_tables)
+        entries = [(table, name, t) for table in tensor_tables for name, t in table.items()]
         present = [  # (a batch norm's step count is no kernel's input)
-            t
-            for table in tensor_tables
-            for name, t in table.items()
-            if t is not None and name != "num_batches_tracked"
+            t for _, name, t in entries if t is not None and name != "num_batches_tracked"
         ]
         return cls(
             tables,
-            _entries(tables),
+            list(map(dict.copy, tables)),
             tensor_tables,
-            tensors,
+            list(map(dict.copy, tensor_tables)),
+            [e for e in entries if isinstance(e[2], Tensor) and e[2].numel() == 1],
             present,
             list(map(_meta, present)),
             [m.__dict__[n] for m in modules for n in _HOOK_TABLES],
@@ -90,19 +89,23 @@ class _Watch:
         )
 
     def unchanged(self) -> bool:
+        # Dicts compare entry by entry in C, each value by identity first, else by ==:
+        # a third faster than comparing flattened tuples (docs/performance.md, run AE).
         if any(map(len, self.hooks)):
             return False
         if [type(module()) for module in self.modules] != self.classes:
             return False
-        tensors = _entries(self.tensor_tables)
-        if len(tensors) != len(self.tensors) or not all(map(operator.is_, tensors, self.tensors)):
+        try:  # (an attribute whose == gives no truth value: an array, a tensor...)
+            same = self.tables == self.copies and self.tensor_tables == self.tensor_copies
+        except Exception:
             return False
-        try:  # (identical entries compare equal without __eq__; others may compare equal)
-            same = _entries(self.tables) == self.entries
-        except Exception:  # an attribute whose == gives no truth value (an array...)
+        # A tensor that replaced another compares equal where both hold one element of
+        # equal value (a larger one's == has no truth value), whatever its dtype: those
+        # must be the same objects.
+        if not same or not all(table.get(name) is t for table, name, t in self.singles):
             return False
         # (the same tensors: a dtype or shape changed in place, as Module.to() does)
-        return same and list(map(_meta, self.present)) == self.metas
+        return list(map(_meta, self.present)) == self.metas
 
     def merged(self, others: Iterable[_Watch]) -> _Watch:
         """What this watch and ``others`` watch, in one."""
@@ -111,21 +114,7 @@ class _Watch:
         def joined(name: str) -> list:
             return list(chain.from_iterable(getattr(w, name) for w in watches))
 
-        return _Watch(
-            joined("tables"),
-            tuple(joined("entries")),
-            joined("tensor_tables"),
-            tuple(joined("tensors")),
-            joined("present"),
-            joined("metas"),
-            joined("hooks"),
-            joined("modules"),
-            joined("classes"),
-        )
-
-
-def _entries(tables: list[dict]) -> tuple:
-    return tuple(chain.from_iterable(map(dict.values, tables)))
+        return _Watch(*(joined(f.name) for f in fields(_Watch)))
 
 
 @dataclass
