@@ -294,6 +294,23 @@ def test_an_equal_one_element_tensor_put_in_place_is_seen(where, kernels_on):
             layer(x)
 
 
+def test_inputs_unlike_the_recorded_one_are_checked(monkeypatch, kernels_on):
+    """A replay comes before the input checks, for inputs of the recorded key only: others
+    are checked (and an unbatched input of the recorded shape runs as before)."""
+    layer = _layer()
+    x = torch.randn(2, 6, 8, 8)
+    replays = count_replays(monkeypatch)
+    with torch.no_grad():
+        layer(x)  # (records the plan)
+        with pytest.raises(ValueError, match="channels"):
+            layer(torch.randn(2, 5, 8, 8))
+        with pytest.raises(ValueError, match="must have shape"):
+            layer(torch.randn(2, 2, 6, 8, 8))
+        out = layer(x[0])
+    assert replays == [0]
+    assert torch.equal(out, afresh(layer, x[:1], monkeypatch)[0])
+
+
 def test_plan_mode_asks_hooks_grad_and_the_setting(monkeypatch, kernels_on):
     layer = _layer()
     with torch.no_grad():

@@ -268,6 +268,16 @@ def planned(
     return out
 
 
+def replayed(owner: nn.Module, x: Tensor) -> Tensor | None:
+    """``owner``'s output for ``x`` from the plan :func:`planned` recorded, where one holds
+    for ``x``, else None. A layer may ask before its input checks: its recorded call passed
+    them for inputs of the plan's key (shape, strides, dtype), and the plan's watch sees a
+    change to the settings they read."""
+    mode = _layer_mode(owner)
+    plan = lookup(owner, x, mode) if mode is not None else None
+    return None if plan is None else plan.run(x)
+
+
 def _layer_mode(layer: nn.Module) -> str | None:
     """The kernels' setting where ``layer``'s call (:func:`planned`) may replay or record a
     plan: plain eager PyTorch without autograd, the kernels on, no hooks on ``layer`` (its own

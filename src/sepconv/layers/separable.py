@@ -199,6 +199,16 @@ class _SeparableConvNd(_SeparableBase):
 
     padding_mode = property(lambda self: self.depthwise.padding_mode)
 
+    def forward(self, x: Tensor) -> Tensor:
+        """``(N, C, *spatial) -> (N, O, *spatial_out)``; unbatched ``(C, *spatial)`` too."""
+        # A replayed plan first, before the input checks (plans.replayed): they took 1.3 us
+        # of a batch-1 call's 13 us of Python (docs/performance.md, run AE).
+        if type(self) in _PLANNED:
+            out = plans.replayed(self, x)
+            if out is not None:
+                return out
+        return super().forward(x)
+
     def _all_stages(self, x: Tensor) -> Tensor:
         # Without autograd, a call replays the kernel call of the first one while nothing it
         # depends on has changed (sepconv.layers.plans): asking afresh which stages a fused
