@@ -197,6 +197,13 @@ def test_dense_mobilenet_stem_size(channels_last):
     _run(**dict(_STEM, n=2, size=(224, 224), channels_last=channels_last, seed=3))
 
 
+@pytest.mark.parametrize("size", [(224, 224), (222, 222)])
+def test_dense_large_planar_outputs(size):
+    """Planar outputs of 8 MiB or more: written around the caches where rows are whole
+    vectors (112 columns), with plain stores otherwise (111)."""
+    _run(**dict(_STEM, n=6, size=size, seed=4))
+
+
 def test_dense_keeps_nan():
     """A NaN input reaches the outputs that read it as NaN through the clamp, as PyTorch's
     activations keep it."""

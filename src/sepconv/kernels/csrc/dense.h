@@ -38,6 +38,17 @@ struct DenseGeo : StageParams {
   i64 end_inside() const { return std::max(first_inside(), std::min(span(), px + W)); }
 };
 
+// Whether the planar stem writes its output around the caches (vstOut): outputs of 8 MiB or
+// more whose rows are whole vectors, so that every store is a whole line. Plain stores
+// first read each line from memory; the next layer reads the output from memory anyway.
+// MobileNet's stem at batch 8 (12.8 MB): 0.85x the time in a loop, mobilenet_v2 0.99x
+// (docs/performance.md, run AE). Not channels_last (its pixel-major stores, two lines a
+// pixel of 32 channels): 1.15x in a loop, the network 1.03x.
+inline bool stream_dense_output(const DenseGeo& g) {
+  return streaming_enabled() && g.OW % V<float>::L == 0 &&
+         g.N * g.O * g.OH * g.OW * 4 >= (i64(8) << 20);
+}
+
 // The offsets where the taps t = (c, ky, kx) read output pixel 0 in a rows buffer:
 // offset(c, ky, kx) for each, in PyTorch's order within a filter.
 template <typename F>
@@ -269,7 +280,7 @@ inline void dense_planar_micro(const DenseGeo& g, const float* rows, const i64* 
       const i64 ox = ox0 + 16 * p, left = g.OW - ox;
       float* const d = dst + (o0 + o) * P + oy * g.OW + ox;
       if (left >= 16)
-        vst<float>(d, r);
+        vstOut(d, r);
       else if (left > 0)
         vstPart(d, r, left);
     }
@@ -309,12 +320,15 @@ void dense_forward_planar(const DenseGeo& g, const float* x, const float* wt, i6
 #pragma omp parallel num_threads(g.threads)
   {
     std::vector<float> rows(g.KH * g.C * g.sx * phase_len(g));  // (zeros: see dense_phase_rows)
+    t_stream = stream_dense_output(g);
 #pragma omp for schedule(static)
     for (i64 task = 0; task < g.N * g.OH; ++task) {
       const i64 n = task / g.OH, oy = task % g.OH;
       dense_phase_rows(g, x + n * xs, oy, rows.data());
       dense_planar_row(g, rows.data(), toff.data(), wt, opad, bias, out + n * g.O * P, oy);
     }
+    if (t_stream) stream_fence();
+    t_stream = false;
   }
 }
 #endif
