@@ -14,6 +14,7 @@ from sepconv.blocks import (
     InvertedResidual,
     SqueezeExcite,
 )
+from sepconv.blocks.fused import run_sequential
 from sepconv.layers import plans
 from sepconv.models import mobilenet_v2_small
 from tests.blocks.test_fused import _module_by_module, _randomise_norms
@@ -243,6 +244,24 @@ def test_plans_do_not_keep_models_alive(kernels_on):
         del model
         gc.collect()
         assert ref() is None
+
+
+def test_children_reordered_in_place_are_seen(monkeypatch, kernels_on):
+    """A sequence runs its children in their order: the same entries put in another order
+    (the child table compares equal) record the plan afresh."""
+    seq = nn.Sequential(ConvNormAct(8, 8, 1), ConvNormAct(8, 8, 3, groups=8), ConvNormAct(8, 8, 1))
+    seq = _randomise_norms(seq).eval()
+    x = torch.randn(1, 8, 10, 10)
+    with torch.no_grad():
+        run_sequential(seq, x)  # (records the plan)
+        assert plans.plan_of(seq) is not None
+        seq._modules["0"] = seq._modules.pop("0")  # (order 1, 2, 0)
+        out = run_sequential(seq, x)
+        with monkeypatch.context() as patch:
+            patch.setattr(plans, "lookup", lambda *args: None)
+            expected = run_sequential(seq, x)
+    assert torch.equal(out, expected)
+    torch.testing.assert_close(out, seq(x), rtol=1e-5, atol=1e-5)
 
 
 def test_conv_norm_act_alone_runs_as_before(kernels_on):

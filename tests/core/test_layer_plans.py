@@ -278,18 +278,28 @@ test_each_change_is_seen, test_changes_after_the_first_call_are_seen = change_te
 )
 
 
+def _bias_set(conv: nn.Module, bias: nn.Parameter) -> None:
+    conv.bias = bias
+
+
+def _bias_table_set(conv: nn.Module, bias: nn.Parameter) -> None:
+    conv._parameters = {**conv._parameters, "bias": bias}  # (a new table, equal by value)
+
+
+@pytest.mark.parametrize("put", [_bias_set, _bias_table_set])
 @pytest.mark.parametrize("where", ["pointwise", "depthwise"])
-def test_an_equal_one_element_tensor_put_in_place_is_seen(where, kernels_on):
+def test_an_equal_one_element_tensor_put_in_place_is_seen(where, put, kernels_on):
     """A parameter replaced by one of equal value but another dtype is seen (the modules
-    raise, as without a plan): one-element tensors compare equal by value, which the plan's
-    check must not take for the same tensor."""
+    raise, as without a plan), by itself or in a new parameter table: one-element tensors
+    compare equal by value, which the plan's check must not take for the same tensor."""
     torch.manual_seed(0)
     layer = SeparableConv2d(1, 1, 3, padding=1).eval()  # (biases of one element each)
     x = torch.randn(2, 1, 8, 8)
     conv = getattr(layer, where)
     with torch.no_grad():
         layer(x)  # (records the plan)
-        conv.bias = nn.Parameter(conv.bias.double())
+        assert plans.plan_of(layer) is not None
+        put(conv, nn.Parameter(conv.bias.double()))
         with pytest.raises(RuntimeError, match="bias type"):
             layer(x)
 

@@ -17,10 +17,12 @@ changed, which one pass of C-level comparisons establishes:
 * no autograd (``torch.no_grad`` or ``torch.inference_mode``), plain eager PyTorch, no
   global hooks;
 * every module whose ``forward`` a step skipped, and the sequence itself: its class (a
-  class assigned since may have another ``forward``), each entry of their ``__dict__`` (training flag, settings such as stride or eps, hook tables) and of
-  their parameter, buffer and child tables is the same object, no hook table has gained
-  an entry, and each parameter and buffer keeps its dtype and shape (``module.to()``
-  replaces tensors' data in place).
+  class assigned since may have another ``forward``), each entry of their ``__dict__``
+  (training flag, settings such as stride or eps, hook tables) and of their parameter,
+  buffer and child tables is the same object or compares equal (a one-element tensor: the
+  same object), the children keep their order, no hook table has gained an entry, and
+  each parameter and buffer keeps its dtype and shape (``module.to()`` replaces tensors'
+  data in place).
 
 Anything else (a new hook, ``train()``, a replaced parameter, another input size) records
 the sequence afresh. A block that a sequence runs as a module (``DepthwiseSeparableBlock``,
@@ -49,6 +51,7 @@ Step = Callable[[Tensor], Tensor]
 _HOOK_TABLES = ("_forward_hooks", "_forward_pre_hooks")
 # (is_cpu: `module.cuda()` swaps data in place; a replay would hand device memory to the kernels)
 _meta = operator.attrgetter("dtype", "shape", "is_cpu")
+_CHILDREN = operator.itemgetter("_modules")
 
 
 @dataclass
@@ -59,7 +62,9 @@ class _Watch:
     copies: list[dict]  # shallow copies of them
     tensor_tables: list[dict]  # each module's parameter and buffer tables
     tensor_copies: list[dict]  # shallow copies of them
-    singles: list[tuple[dict, str, Tensor]]  # their one-element tensors: (table, name, tensor)
+    singles: list[tuple[dict, str, str, Tensor]]  # one-element tensors: (__dict__, table, name, t)
+    parents: list[dict]  # the __dict__ of each module with children
+    orders: list[tuple]  # the names of those children, in order
     present: list[Tensor]  # their tensors (not None) but step counts
     metas: list[tuple]  # those tensors' (dtype, shape, is_cpu)
     hooks: list[dict]  # the modules' hook tables (empty when recorded)
@@ -69,28 +74,35 @@ class _Watch:
     @classmethod
     def of(cls, modules: Iterable[nn.Module]) -> _Watch:
         modules = list(dict.fromkeys(modules))  # (once each, in order)
-        tables = [t for m in modules for t in (m.__dict__, m.__dict__["_modules"])]
-        tensor_tables = [m.__dict__[n] for m in modules for n in ("_parameters", "_buffers")]
-        entries = [(table, name, t) for table in tensor_tables for name, t in table.items()]
-        present = [  # (a batch norm's step count is no kernel's input)
-            t for _, name, t in entries if t is not None and name != "num_batches_tracked"
+        holders = [m.__dict__ for m in modules]
+        tables = [t for d in holders for t in (d, d["_modules"])]
+        kinds = ("_parameters", "_buffers")
+        entries = [
+            (d, kind, name, t) for d in holders for kind in kinds for name, t in d[kind].items()
         ]
+        present = [  # (a batch norm's step count is no kernel's input)
+            t for *_, name, t in entries if t is not None and name != "num_batches_tracked"
+        ]
+        tensor_tables = [d[kind] for d in holders for kind in kinds]
+        parents = [d for d in holders if d["_modules"]]
         return cls(
             tables,
             list(map(dict.copy, tables)),
             tensor_tables,
             list(map(dict.copy, tensor_tables)),
-            [e for e in entries if isinstance(e[2], Tensor) and e[2].numel() == 1],
+            [e for e in entries if isinstance(e[3], Tensor) and e[3].numel() == 1],
+            parents,
+            list(map(tuple, map(_CHILDREN, parents))),
             present,
             list(map(_meta, present)),
-            [m.__dict__[n] for m in modules for n in _HOOK_TABLES],
+            [d[n] for d in holders for n in _HOOK_TABLES],
             list(map(weakref.ref, modules)),
             list(map(type, modules)),
         )
 
     def unchanged(self) -> bool:
-        # Dicts compare entry by entry in C, each value by identity first, else by ==:
-        # a third faster than comparing flattened tuples (docs/performance.md, run AE).
+        # Dicts compare in C entry by entry, a value by identity first, else by ==, whatever
+        # the entries' order: a third faster than comparing flattened tuples (run AE).
         if any(map(len, self.hooks)):
             return False
         if [type(module()) for module in self.modules] != self.classes:
@@ -99,10 +111,14 @@ class _Watch:
             same = self.tables == self.copies and self.tensor_tables == self.tensor_copies
         except Exception:
             return False
+        # The children's order (a Sequential runs them in it), in the current child tables.
+        if not same or list(map(tuple, map(_CHILDREN, self.parents))) != self.orders:
+            return False
         # A tensor that replaced another compares equal where both hold one element of
         # equal value (a larger one's == has no truth value), whatever its dtype: those
-        # must be the same objects.
-        if not same or not all(table.get(name) is t for table, name, t in self.singles):
+        # must be the same objects, in the current tables (a table put in place of one
+        # compares equal to it by its values).
+        if not all(d[kind].get(name) is t for d, kind, name, t in self.singles):
             return False
         # (the same tensors: a dtype or shape changed in place, as Module.to() does)
         return list(map(_meta, self.present)) == self.metas

@@ -39,7 +39,8 @@ struct DenseGeo : StageParams {
 };
 
 // Whether the planar stem writes its output around the caches (vstOut): outputs of 8 MiB or
-// more whose rows are whole vectors, so that every store is a whole line. Plain stores
+// more whose rows are whole vectors, so that every store is a whole line where the output is
+// 64-byte aligned (the allocator's; otherwise vstOut stores them all plainly). Plain stores
 // first read each line from memory; the next layer reads the output from memory anyway.
 // MobileNet's stem at batch 8 (12.8 MB): 0.85x the time in a loop, mobilenet_v2 0.99x
 // (docs/performance.md, run AE). Not channels_last (its pixel-major stores, two lines a
