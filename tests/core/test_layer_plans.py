@@ -14,7 +14,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from sepconv import PointwiseConv2d, SeparableConv1d, SeparableConv2d
+from sepconv import (
+    DepthwiseConv1d,
+    DepthwiseConv2d,
+    PointwiseConv2d,
+    SeparableConv1d,
+    SeparableConv2d,
+)
 from sepconv.layers import plans
 from tests.plans_common import (
     afresh,
@@ -319,6 +325,43 @@ def test_inputs_unlike_the_recorded_one_are_checked(monkeypatch, kernels_on):
         out = layer(x[0])
     assert replays == [0]
     assert torch.equal(out, afresh(layer, x[:1], monkeypatch)[0])
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_depthwise_layers_replay_and_see_changes(channels_last, monkeypatch, kernels_on):
+    """A DepthwiseConvNd call without autograd replays the first one's kernel call; a weight
+    changed in place is read, a replaced weight, another stride or a hook is seen."""
+    torch.manual_seed(0)
+    layer = DepthwiseConv2d(6, 3, padding=1, depth_multiplier=2).eval()
+    x = torch.randn(2, 6, 9, 9)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    changes = [
+        lambda: None,
+        lambda: layer.weight.data.mul_(-1.5),
+        lambda: setattr(layer, "weight", nn.Parameter(torch.randn_like(layer.weight))),
+        lambda: setattr(layer, "stride", (2, 2)),
+        lambda: layer.register_forward_hook(lambda module, args, out: out * 2),
+    ]
+    replays = count_replays(monkeypatch)
+    with torch.no_grad():
+        layer(x)  # (records the plan)
+        for change in changes:
+            change()
+            out = layer(x)
+            _assert_as_asked_afresh(layer, x, out, monkeypatch)
+    assert replays == [2]  # (unchanged, and the weight changed in place)
+
+
+def test_causal_depthwise_1d_replays(monkeypatch, kernels_on):
+    layer = DepthwiseConv1d(16, 4, padding="causal").eval()
+    x = torch.randn(2, 16, 33)
+    replays = count_replays(monkeypatch)
+    with torch.no_grad():
+        first, second = layer(x), layer(x)
+    assert replays == [1]
+    assert torch.equal(first, second)
+    _assert_as_asked_afresh(layer, x, second, monkeypatch)
 
 
 def test_plan_mode_asks_hooks_grad_and_the_setting(monkeypatch, kernels_on):

@@ -63,11 +63,18 @@ def depthwise_forward(
 ) -> Tensor:
     """Depthwise conv of ``x`` ``(N, C, *spatial)`` with ``weight`` ``(C*M, 1, *kernel)``."""
     args = (x, weight, bias, stride, dilation, plan, padding_mode)
-    out = dispatch.depthwise(*args, reference=_pytorch_depthwise)
-    return out if out is not None else _pytorch_depthwise(*args)
+    out = depthwise_by_kernels(*args)
+    return out if out is not None else pytorch_depthwise(*args)
 
 
-def _pytorch_depthwise(x, weight, bias, stride, dilation, plan, padding_mode) -> Tensor:
+def depthwise_by_kernels(x, weight, bias, stride, dilation, plan, padding_mode) -> Tensor | None:
+    """:func:`depthwise_forward` by the fast kernels (or, under ``auto``, by the PyTorch
+    path it measured faster), or None where they decline it."""
+    args = (x, weight, bias, stride, dilation, plan, padding_mode)
+    return dispatch.depthwise(*args, reference=pytorch_depthwise)
+
+
+def pytorch_depthwise(x, weight, bias, stride, dilation, plan, padding_mode) -> Tensor:
     """PyTorch's depthwise conv (what runs when the fast kernels decline)."""
     return conv_forward(x, weight, bias, stride, dilation, x.shape[1], plan, padding_mode)
 
@@ -177,7 +184,7 @@ def _input_first(fn: Callable[..., Tensor], rest: tuple, x: Tensor) -> Tensor:
 def _pytorch_separable(x, wd, wp, bd, bp, stride, dilation, plan, padding_mode) -> Tensor:
     """PyTorch's two convolutions (what runs when the fast kernels decline); arguments as
     :func:`separable_forward`'s, weights and biases abbreviated."""
-    mid = _pytorch_depthwise(x, wd, bd, stride, dilation, plan, padding_mode)
+    mid = pytorch_depthwise(x, wd, bd, stride, dilation, plan, padding_mode)
     return _pointwise(mid, wp, bp, wd, len(stride))
 
 
@@ -188,7 +195,7 @@ def _pytorch_separable_stages(
     """:func:`_pytorch_separable` with :class:`MidStage` s between the convolutions and after
     them: their norms' tensors after the biases, ``params`` / ``post_params`` as
     :meth:`MidStage.kernel_args` gives them."""
-    mid = _pytorch_depthwise(x, wd, bd, stride, dilation, plan, padding_mode)
+    mid = pytorch_depthwise(x, wd, bd, stride, dilation, plan, padding_mode)
     mid = _pytorch_stage(mid, mean, var, nw, nb, params)
     out = _pointwise(mid, wp, bp, wd, len(stride))
     return _pytorch_stage(out, pmean, pvar, pnw, pnb, post_params)

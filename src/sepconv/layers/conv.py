@@ -19,8 +19,14 @@ import torch
 from torch import Tensor, nn
 
 from sepconv import _validation as check
-from sepconv.functional.conv import conv_forward, depthwise_forward
+from sepconv.functional.conv import (
+    conv_forward,
+    depthwise_by_kernels,
+    depthwise_forward,
+    pytorch_depthwise,
+)
 from sepconv.functional.padding import PaddingPlan, PaddingSpec, check_input_fits, resolve_padding
+from sepconv.layers import plans
 from sepconv.layers.init import conv_fan_in, variance_preserving_
 
 
@@ -179,16 +185,37 @@ class _DepthwiseMixin:
         )
         self.depth_multiplier = depth_multiplier
 
+    def forward(self, input: Tensor) -> Tensor:
+        """``(N, C, *spatial) -> (N, C*M, *spatial_out)``; unbatched ``(C, *spatial)`` too."""
+        # A replayed plan first, before the input checks (plans.replayed), as in the
+        # separable layers.
+        if type(self) in _PLANNED:
+            out = plans.replayed(self, input)  # type: ignore[arg-type]
+            if out is not None:
+                return out
+        return super().forward(input)  # type: ignore[misc]
+
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        return depthwise_forward(
-            input,
-            weight,
-            bias,
-            self.stride,
-            self.dilation,
-            self._plan,
-            self.padding_mode,  # type: ignore[attr-defined]
-        )
+        mode = self.padding_mode  # type: ignore[attr-defined]
+        args = (weight, bias, self.stride, self.dilation, self._plan, mode)  # type: ignore[attr-defined]
+        if not self._plannable(weight, bias):
+            return depthwise_forward(input, *args)
+
+        # Without autograd the kernel call is recorded and later calls replay it while
+        # nothing it depends on changes (sepconv.layers.plans): a batch-1 call's Python
+        # 10.5 -> 7.4 us (docs/performance.md, run AE). Not for subclasses.
+        def run(x: Tensor) -> tuple[Tensor | None, bool]:
+            out = depthwise_by_kernels(x, *args)
+            return out, out is not None
+
+        out = plans.planned(self, input, run, ())  # type: ignore[arg-type]
+        return out if out is not None else pytorch_depthwise(input, *args)
+
+    def _plannable(self, weight: Tensor, bias: Tensor | None) -> bool:
+        """Whether a call may record a plan: the library's own class, called with its own
+        parameters (not a pruned weight, which a hook computes before each call)."""
+        own = self._parameters  # type: ignore[attr-defined]
+        return type(self) in _PLANNED and weight is own.get("weight") and bias is own.get("bias")
 
 
 class DepthwiseConv1d(_DepthwiseMixin, PaddedConv1d):
@@ -201,6 +228,9 @@ class DepthwiseConv2d(_DepthwiseMixin, PaddedConv2d):
 
 class DepthwiseConv3d(_DepthwiseMixin, PaddedConv3d):
     __doc__ = _DepthwiseMixin.__doc__
+
+
+_PLANNED = frozenset({DepthwiseConv1d, DepthwiseConv2d, DepthwiseConv3d})
 
 
 class _PointwiseMixin:
