@@ -17,10 +17,12 @@ from torch import nn
 from sepconv import (
     DepthwiseConv1d,
     DepthwiseConv2d,
+    DepthwiseConv3d,
     PointwiseConv2d,
     SeparableConv1d,
     SeparableConv2d,
 )
+from sepconv.kernels import dispatch
 from sepconv.layers import plans
 from tests.plans_common import (
     afresh,
@@ -354,14 +356,39 @@ def test_depthwise_layers_replay_and_see_changes(channels_last, monkeypatch, ker
 
 
 def test_causal_depthwise_1d_replays(monkeypatch, kernels_on):
+    torch.manual_seed(0)
     layer = DepthwiseConv1d(16, 4, padding="causal").eval()
     x = torch.randn(2, 16, 33)
     replays = count_replays(monkeypatch)
     with torch.no_grad():
         first, second = layer(x), layer(x)
+        layer.stride = (2,)  # (seen: recorded afresh)
+        third = layer(x)
     assert replays == [1]
     assert torch.equal(first, second)
-    _assert_as_asked_afresh(layer, x, second, monkeypatch)
+    _assert_as_asked_afresh(layer, x, third, monkeypatch)
+
+
+def test_depthwise_calls_left_to_pytorch_replay_its_call(monkeypatch, kernels_built):
+    """Where ``auto`` measured PyTorch faster, PyTorch's call is what a replay runs; 3d
+    inputs, which the kernels never take, record nothing."""
+    monkeypatch.setenv("SEPCONV_KERNELS", "auto")
+    monkeypatch.setattr(dispatch, "_measure", lambda kernel, pytorch, x: dispatch.PYTORCH)
+    torch.manual_seed(0)
+    layer = DepthwiseConv2d(5, 3, padding=1).eval()
+    x = torch.randn(1, 5, 11, 13)  # (a problem of its own, measured on its first call)
+    layer3d = DepthwiseConv3d(4, 3, padding="same", padding_mode="reflect").eval()
+    x3d = torch.randn(1, 4, 5, 6, 7)
+    replays = count_replays(monkeypatch)
+    with torch.no_grad():
+        first, second = layer(x), layer(x)
+        layer3d(x3d)
+        out3d = layer3d(x3d)
+    assert replays == [1]
+    assert plans.plan_of(layer3d) is None
+    assert torch.equal(first, second)
+    assert torch.equal(second, _reference(layer, x, monkeypatch))
+    assert torch.equal(out3d, _reference(layer3d, x3d, monkeypatch))
 
 
 def test_plan_mode_asks_hooks_grad_and_the_setting(monkeypatch, kernels_on):

@@ -68,8 +68,9 @@ def depthwise_forward(
 
 
 def depthwise_by_kernels(x, weight, bias, stride, dilation, plan, padding_mode) -> Tensor | None:
-    """:func:`depthwise_forward` by the fast kernels (or, under ``auto``, by the PyTorch
-    path it measured faster), or None where they decline it."""
+    """:func:`depthwise_forward` by the fast kernels (under ``auto`` also PyTorch's on a
+    channels_last copy, where it measured that faster), or None where they decline it (and
+    where ``auto`` measured PyTorch's call on ``x`` as it is faster)."""
     args = (x, weight, bias, stride, dilation, plan, padding_mode)
     return dispatch.depthwise(*args, reference=pytorch_depthwise)
 

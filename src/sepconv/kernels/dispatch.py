@@ -152,9 +152,15 @@ def plain_eager() -> bool:
     return torch.autograd.forward_ad._current_level < 0
 
 
+def kernel_input(x: Tensor) -> bool:
+    """Whether the kernels may take ``x`` at all: a plain tensor of 3 or 4 dims, float32,
+    float64 or bfloat16 (what else a call needs is asked when it is made)."""
+    return type(x) in _TENSOR_TYPES and x.dim() in (3, 4) and x.dtype in _DTYPES
+
+
 def _common_checks(x, tensors) -> bool | None:
     """Whether the call records autograd history, or None to decline it."""
-    if type(x) not in _TENSOR_TYPES or x.dim() not in (3, 4) or x.dtype not in _DTYPES:
+    if not kernel_input(x):
         return None
     if not plain_eager():
         return None

@@ -15,6 +15,8 @@ Weight layout of a depthwise layer with ``C`` input channels and depth multiplie
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor, nn
 
@@ -26,6 +28,7 @@ from sepconv.functional.conv import (
     pytorch_depthwise,
 )
 from sepconv.functional.padding import PaddingPlan, PaddingSpec, check_input_fits, resolve_padding
+from sepconv.kernels import dispatch
 from sepconv.layers import plans
 from sepconv.layers.init import conv_fan_in, variance_preserving_
 
@@ -188,8 +191,9 @@ class _DepthwiseMixin:
     def forward(self, input: Tensor) -> Tensor:
         """``(N, C, *spatial) -> (N, C*M, *spatial_out)``; unbatched ``(C, *spatial)`` too."""
         # A replayed plan first, before the input checks (plans.replayed), as in the
-        # separable layers.
-        if type(self) in _PLANNED:
+        # separable layers; not for inputs the kernels never take (3d, float16), whose
+        # PyTorch call asks less than a plan's check.
+        if type(self) in _PLANNED and dispatch.kernel_input(input):
             out = plans.replayed(self, input)  # type: ignore[arg-type]
             if out is not None:
                 return out
@@ -198,24 +202,33 @@ class _DepthwiseMixin:
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         mode = self.padding_mode  # type: ignore[attr-defined]
         args = (weight, bias, self.stride, self.dilation, self._plan, mode)  # type: ignore[attr-defined]
-        if not self._plannable(weight, bias):
+        if not (self._plannable(weight, bias) and dispatch.kernel_input(input)):
             return depthwise_forward(input, *args)
 
-        # Without autograd the kernel call is recorded and later calls replay it while
-        # nothing it depends on changes (sepconv.layers.plans): a batch-1 call's Python
-        # 10.5 -> 7.4 us (docs/performance.md, run AE). Not for subclasses.
-        def run(x: Tensor) -> tuple[Tensor | None, bool]:
+        # Without autograd the call that ran (the kernels', or PyTorch's where they decline
+        # it: a geometry they do not take, or `auto` found PyTorch faster) is recorded and
+        # later calls replay it while nothing it depends on changes (sepconv.layers.plans):
+        # a batch-1 call's Python 10.5 -> 7.4 us (docs/performance.md, run AE).
+        def run(x: Tensor) -> tuple[Tensor, bool]:
             out = depthwise_by_kernels(x, *args)
-            return out, out is not None
+            if out is None:
+                out = pytorch_depthwise(x, *args)
+                dispatch.record(functools.partial(_pytorch_step, args))
+            return out, True
 
-        out = plans.planned(self, input, run, ())  # type: ignore[arg-type]
-        return out if out is not None else pytorch_depthwise(input, *args)
+        return plans.planned(self, input, run, ())  # type: ignore[arg-type, return-value]
 
     def _plannable(self, weight: Tensor, bias: Tensor | None) -> bool:
         """Whether a call may record a plan: the library's own class, called with its own
         parameters (not a pruned weight, which a hook computes before each call)."""
         own = self._parameters  # type: ignore[attr-defined]
         return type(self) in _PLANNED and weight is own.get("weight") and bias is own.get("bias")
+
+
+def _pytorch_step(args: tuple, x: Tensor) -> Tensor:
+    """PyTorch's depthwise conv of ``x`` with ``args``: a plan's step where the kernels
+    declined the call."""
+    return pytorch_depthwise(x, *args)
 
 
 class DepthwiseConv1d(_DepthwiseMixin, PaddedConv1d):
