@@ -527,10 +527,6 @@ def depthwise_forward_raw(x, wd, bd, g: Geometry, launch: Launch | None = None) 
     return out
 
 
-def _contiguous(t: Tensor | None) -> Tensor | None:
-    return t if t is None or t.is_contiguous() else t.contiguous()
-
-
 def _replace(g: Geometry, **changes) -> Geometry:
     from dataclasses import replace
 
