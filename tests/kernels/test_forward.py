@@ -530,8 +530,9 @@ def test_direct_paths_on_every_width(k, stride, kernels_on):
 
 
 # Few tiles for two threads (batch 1, small planes): the threads share each tile
-# (channels_last, and planar with pointwise groups), or planar calls take the whole call's
-# intermediate first (any padding, depth multipliers, strides).
+# (channels_last, and planar with pointwise groups), planar calls take the whole call's
+# intermediate first (any padding, depth multipliers, strides), or, where the pointwise weight
+# is at most twice the intermediate, one band of output rows per thread (the last two).
 FEW_TILE_CASES = (
     Case(2, 1, 64, 1, 160, 1, (7, 7), (3, 3), (1, 1), (1, 1), 1, "zeros", "contiguous", True),
     Case(2, 1, 64, 1, 160, 2, (7, 7), (3, 3), (1, 1), (1, 1), 1, "zeros", "contiguous", True),
@@ -542,7 +543,24 @@ FEW_TILE_CASES = (
     Case(
         2, 1, 144, 1, 40, 1, (15, 15), (3, 3), (2, 2), (1, 1), 1, "reflect", "channels_last", True
     ),
+    Case(2, 1, 96, 1, 24, 1, (14, 14), (3, 3), (1, 1), (1, 1), 1, "zeros", "contiguous", True),
+    Case(2, 1, 40, 2, 16, 2, (9, 7), (5, 3), (2, 1), (1, 1), "same", "reflect", "strided", False),
 )
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    case=cases(max_size=16, rank=2),
+    count=st.sampled_from([2, 3]),
+    layout=st.sampled_from(["contiguous", "strided"]),
+)
+def test_bands_of_rows_at_batch_1(case, count, layout, kernels_built):
+    """Planar batch-1 calls whose intermediate is small: each thread computes one band of
+    output rows (of one row and more; 3 threads over 4 rows take bands of 2, one thread none)."""
+    case = replace(case, N=1, layout=layout)
+    assume(output_fits(case))
+    with env("on"), thread_count(count):
+        check_separable(case)
 
 
 def test_many_tiles_and_threads(kernels_on):

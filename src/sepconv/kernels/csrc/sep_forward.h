@@ -231,6 +231,23 @@ bool whole_ok(const Geo& g, bool few_tiles) {
          (large_weight || (few_tiles && !g.nhwc) || P <= 64);
 }
 
+// Whether a planar float32 call with few tiles computes one band of output rows per thread,
+// each thread its band's depthwise output and then its GEMM, instead of the whole-call and
+// split paths, where the threads share the intermediate (each computes some channels or
+// pixels of it and multiplies all of it). On VMs whose two vCPUs sit on different core
+// complexes (AMD Zen 2, run AF: a cache line's round trip between them 400-500 ns most of the
+// time, 50-70 ns now and then), the intermediate's lines that the other thread wrote crossed
+// between the complexes on every call: 1x576x14x14 -> 96 took 0.64x, 1x192x28x28 -> 32
+// 0.49x, 1x960x7x7 -> 320 0.81x the time with bands. But each thread reads the whole
+// pointwise weight, which inside a network comes from memory, so only where the weight is
+// at most twice the intermediate: in MobileNetV2 at batch 1 the stages so chosen took
+// 0.67-0.84x the time, while MobileNetV1's 1x512x14x14 -> 512 (weight 2.6 times the
+// intermediate) took 1.13-1.17x with bands, 1x384x14x14 -> 1536 7x7 alone 1.34x.
+inline bool bands_ok(const Geo& g, i64 elem_bytes) {
+  return elem_bytes == 4 && !g.nhwc && !g.out_nhwc && g.os[3] == 1 && g.OH >= g.threads &&
+         g.O * g.CMg <= 2 * g.OH * g.OW * g.CM;
+}
+
 // Whether sep_forward_whole's own GEMM takes a channels_last call through the planar GEMM,
 // transposing the intermediate and the output in cache, instead of packing the pointwise
 // weight in panels: where packing would move more than transposing. 1x768x7x7 -> 3072 took
@@ -523,13 +540,16 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
   const i64 image_limit = i64(strided_f32 ? 4 : 1) << 20;
   if (!nhwc && !g.budget_set && image_bytes <= image_limit)
     g.budget = std::max(g.budget, image_bytes);
-  const Tiles tl = make_tiles(g, bpp, 3 * g.threads);
-  // Few tiles (batch 1, small images): the threads share each tile (own GEMM only).
+  Tiles tl = make_tiles(g, bpp, 3 * g.threads);
+  // Few tiles (batch 1, small images): the threads share each tile (own GEMM only), or each
+  // takes one band of rows (bands_ok).
   const bool few_tiles = g.threads > 1 && tl.count < 2 * g.threads;
+  const bool bands = few_tiles && bands_ok(g, sizeof(S));
+  if (bands) tl = band_tiles(g.N, g.OH, g.OW, g.threads);
   std::unique_ptr<float[]> wpT_buf;
   std::vector<float> bp_buf, wpb_buf;
   if constexpr (std::is_same<S, float>::value) {
-    const bool whole = whole_ok(g, few_tiles);
+    const bool whole = !bands && whole_ok(g, few_tiles);
     g.own_gemm = own_gemm_for(nhwc, few_tiles, g.O * g.CMg, whole);
     if (nhwc && g.out_nhwc && g.own_gemm && !(whole && whole_transposed(g))) {
       // (only the own nhwc GEMM reads them)
@@ -567,7 +587,7 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
     // Output layout from the caller (strides alone are ambiguous when a dimension is 1).
     const bool out_nhwc = g.out_nhwc != 0;
     const bool split_ok = nhwc ? (out_nhwc && g.wpT) : (!out_nhwc && g.os[3] == 1);
-    if (g.own_gemm && split_ok && few_tiles) {
+    if (g.own_gemm && split_ok && few_tiles && !bands) {
       sep_forward_split(x, w, wT, b, wp, bp, out, g, tl, ymap.data(), xmap.data(), out_nhwc);
       post_stage_all(g, after, out);
       return;
@@ -599,8 +619,7 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
     std::vector<A> buf(nhwc ? Rmax * Qmax * g.CM : Rmax * qrow_max + kSlack);
     std::vector<float> ftmp(
         std::is_same<S, bf16>::value ? std::max(Pmax * g.Og, (g.CMg + 1) / 2 * Pmax + 32) : 0);
-#pragma omp for schedule(dynamic, 1)
-    for (i64 t = 0; t < tl.count; ++t) {
+    auto tile = [&](i64 t) {
       const auto [n, oy0, ox0, th, tw, P, R, Q, r0, q0] = tile_at(tl, g, t);
       const S* xn = x + n * g.xs[0];
       const i64 mcs = nhwc ? P : mid_channel_stride(P);
@@ -631,6 +650,13 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
       S* o = out + n * g.os[0] + oy0 * g.os[2] + ox0 * g.os[3];
       tile_gemm<S>(g, mid, nhwc, P, mcs, wp, bp, o, g.os[1], g.os[3], ftmp.data());
       after.apply(g, out, n, oy0, th, ox0, tw);  // (while the tile is in cache)
+    };
+    if (bands) {  // (band i on thread i, call after call)
+#pragma omp for schedule(static, 1)
+      for (i64 t = 0; t < tl.count; ++t) tile(t);
+    } else {
+#pragma omp for schedule(dynamic, 1)
+      for (i64 t = 0; t < tl.count; ++t) tile(t);
     }
     if (g.stream_out) stream_fence();
   }

@@ -39,6 +39,17 @@ struct Tiles {
   i64 TH, TW, ny, nx, count;
 };
 
+// One band of whole output rows per thread, per image (sep_forward's bands_ok).
+inline Tiles band_tiles(i64 N, i64 OH, i64 OW, i64 threads) {
+  Tiles t;
+  t.TW = OW;
+  t.nx = 1;
+  t.TH = (OH + threads - 1) / threads;
+  t.ny = (OH + t.TH - 1) / t.TH;
+  t.count = N * t.ny;
+  return t;
+}
+
 // Input rows (or columns) that `outs` consecutive output rows (columns) read.
 inline i64 input_span(i64 outs, i64 stride, i64 kernel, i64 dilation) {
   return (outs - 1) * stride + (kernel - 1) * dilation + 1;
