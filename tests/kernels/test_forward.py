@@ -532,7 +532,7 @@ def test_direct_paths_on_every_width(k, stride, kernels_on):
 # Few tiles for two threads (batch 1, small planes): the threads share each tile
 # (channels_last, and planar with pointwise groups), planar calls take the whole call's
 # intermediate first (any padding, depth multipliers, strides), or, where the pointwise weight
-# is at most twice the intermediate, one band of output rows per thread (the last two).
+# is at most twice the intermediate, one band of output rows per thread (the last three).
 FEW_TILE_CASES = (
     Case(2, 1, 64, 1, 160, 1, (7, 7), (3, 3), (1, 1), (1, 1), 1, "zeros", "contiguous", True),
     Case(2, 1, 64, 1, 160, 2, (7, 7), (3, 3), (1, 1), (1, 1), 1, "zeros", "contiguous", True),
@@ -545,6 +545,7 @@ FEW_TILE_CASES = (
     ),
     Case(2, 1, 96, 1, 24, 1, (14, 14), (3, 3), (1, 1), (1, 1), 1, "zeros", "contiguous", True),
     Case(2, 1, 40, 2, 16, 2, (9, 7), (5, 3), (2, 1), (1, 1), "same", "reflect", "strided", False),
+    Case(2, 1, 64, 1, 16, 1, (10, 10), (3, 3), (1, 1), (1, 1), 1, "zeros", "channels_last", True),
 )
 
 
@@ -552,10 +553,10 @@ FEW_TILE_CASES = (
 @given(
     case=cases(max_size=16, rank=2),
     count=st.sampled_from([2, 3]),
-    layout=st.sampled_from(["contiguous", "strided"]),
+    layout=st.sampled_from(["contiguous", "strided", "channels_last"]),
 )
 def test_bands_of_rows_at_batch_1(case, count, layout, kernels_built):
-    """Planar batch-1 calls whose intermediate is small: each thread computes one band of
+    """Batch-1 calls whose intermediate is small: each thread computes one band of
     output rows (of one row and more; 3 threads over 4 rows take bands of 2, one thread none)."""
     case = replace(case, N=1, layout=layout)
     assume(output_fits(case))
