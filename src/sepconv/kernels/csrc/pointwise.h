@@ -53,14 +53,19 @@ void norm_epilogue(const PwGeo& g, const float* b, const MidNorm<float>& n, floa
 }
 
 // Whether the 1x1 call writes its output around the caches (gemm_f32's stream): outputs of
-// 8 MiB or more (a quarter of the L3), which plain stores first read from memory line by line.
-// On AMD Zen 5 (run Z), bitwise the same: 8x16x112x112 -> 96 (38.5 MB) 0.54-0.60x the time,
-// channels_last 0.64x; 8x24x56x56 -> 144 (14.5 MB) 0.86x, channels_last 0.79x; MobileNetV2 at
-// batch 8 0.95-0.98x (its next layer reads the output from memory, not the L3). (Run V on
-// Zen 3 found 0.94-1.0x with half the L3 as the bound.) Channels_last: whole-line rows only.
+// 8 MiB or a quarter of the L3 or more (the smaller), which plain stores first read from
+// memory line by line.
+// On AMD Zen 5 (32 MiB of L3: 8 MiB; run Z), bitwise the same: 8x16x112x112 -> 96 (38.5 MB)
+// 0.54-0.60x the time, channels_last 0.64x; 8x24x56x56 -> 144 (14.5 MB) 0.86x, channels_last
+// 0.79x; MobileNetV2 at batch 8 0.95-0.98x (its next layer reads the output from memory, not
+// the L3). (Run V on Zen 3 found 0.94-1.0x with half the L3 as the bound.) On AMD Zen 2 (16
+// MiB: 4 MiB; run AF) MobileNetV2's 1x16x112x112 -> 96 (4.8 MB) inside the network took
+// 0.47x the time and the layer after it 1.63x, the network 0.968x at batch 1 (channels_last
+// 0.976x), 0.974x at batch 8. Channels_last: whole-line rows only.
 inline bool stream_pw_output(const PwGeo& g) {
   const bool lines = !g.nhwc || g.O % 16 == 0;
-  return streaming_enabled() && lines && g.N * g.O * g.P * 4 >= (i64(8) << 20);
+  return streaming_enabled() && lines &&
+         g.N * g.O * g.P * 4 >= std::min(i64(8) << 20, l3_bytes() / 4);
 }
 
 // Planar: each image's output planes are W (O x C) times its input planes (C x P), scaled and
