@@ -106,8 +106,8 @@ def test_pointwise_matches_numpy(
         (2, 8, 40, 40, 24),  # planar: several column chunks an image
         (1, 96, 7, 7, 576),  # few pixels, a large weight: row blocks / transposed
         (3, 5, 33, 31, 7),  # odd sizes, few output channels
-        # outputs of 8 MiB or more, written around the caches where the L3 is at most 32 MiB
-        # (stream_pw_output: a quarter of it): whole lines; planes of odd length (lines
+        # outputs of 8 MiB or more, written around the caches (stream_pw_output: from 8 MiB,
+        # or from a quarter of a smaller L3): whole lines; planes of odd length (lines
         # straddle rows); channels_last rows of 200 channels, not whole lines, stored as usual
         (2, 16, 128, 128, 64),
         (1, 7, 97, 101, 224),

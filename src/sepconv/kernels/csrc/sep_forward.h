@@ -446,15 +446,12 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
   }
 }
 
-// A cache's size as the system reports it (sysconf's name), else `fallback` bytes.
-inline i64 cache_bytes(int name, i64 fallback) {
-  const long v = sysconf(name);
-  return v > 0 ? i64(v) : fallback;
-}
-
 // A core's L2 in bytes (1 MiB where the system does not say).
 inline i64 l2_bytes() {
-  static const i64 bytes = cache_bytes(_SC_LEVEL2_CACHE_SIZE, i64(1) << 20);
+  static const i64 bytes = [] {
+    const long v = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return v > 0 ? i64(v) : i64(1) << 20;
+  }();
   return bytes;
 }
 
