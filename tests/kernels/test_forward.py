@@ -529,10 +529,11 @@ def test_direct_paths_on_every_width(k, stride, kernels_on):
             check_depthwise(case)
 
 
-# Few tiles for two threads (batch 1, small planes): the threads share each tile
-# (channels_last, and planar with pointwise groups), planar calls take the whole call's
-# intermediate first (any padding, depth multipliers, strides), or, where the pointwise weight
-# is at most twice the intermediate, one band of output rows per thread (the last three).
+# Few tiles for two threads (batch 1, small planes): where the pointwise weight is at most
+# twice the intermediate, each thread computes one band of output rows (planar and
+# channels_last, groups, depth multipliers, strides, any padding); else the threads share each
+# tile (channels_last, and planar with pointwise groups: the last three), or the whole call's
+# intermediate comes first (the first, planar, and the fourth, channels_last 7 x 7).
 FEW_TILE_CASES = (
     Case(2, 1, 64, 1, 160, 1, (7, 7), (3, 3), (1, 1), (1, 1), 1, "zeros", "contiguous", True),
     Case(2, 1, 64, 1, 160, 2, (7, 7), (3, 3), (1, 1), (1, 1), 1, "zeros", "contiguous", True),
@@ -546,10 +547,13 @@ FEW_TILE_CASES = (
     Case(2, 1, 96, 1, 24, 1, (14, 14), (3, 3), (1, 1), (1, 1), 1, "zeros", "contiguous", True),
     Case(2, 1, 40, 2, 16, 2, (9, 7), (5, 3), (2, 1), (1, 1), "same", "reflect", "strided", False),
     Case(2, 1, 64, 1, 16, 1, (10, 10), (3, 3), (1, 1), (1, 1), 1, "zeros", "channels_last", True),
+    # weights of more than twice the intermediate: shared tiles
+    Case(2, 1, 64, 1, 320, 2, (7, 7), (3, 3), (1, 1), (1, 1), 1, "zeros", "contiguous", True),
+    Case(2, 1, 32, 2, 256, 2, (14, 14), (3, 3), (2, 2), (1, 1), 1, "zeros", "channels_last", False),
+    Case(2, 1, 144, 1, 200, 1, (9, 9), (3, 3), (1, 1), (1, 1), 1, "reflect", "channels_last", True),
 )
 
 
-@settings(max_examples=40, deadline=None)
 @given(
     case=cases(max_size=16, rank=2),
     count=st.sampled_from([2, 3]),

@@ -445,7 +445,8 @@ int g_own_gemm = 1;
 // the threads share a tile) and channels-last calls with many tiles and a pointwise weight
 // of more than 64 KiB (MKL re-reads a large weight for every tile; the own GEMM's panels
 // stay in L2); MKL also for the whole-call GEMMs (sep_forward_whole), where it was measured.
-// weight: elements of the pointwise weight.
+// (Bands of rows, sep_forward's bands_ok, came later, on AMD: with few tiles they keep this
+// choice, unmeasured with MKL.) weight: elements of the pointwise weight.
 bool own_gemm_for(bool nhwc, bool few_tiles, i64 weight, bool whole = false) {
   if (g_own_gemm != 2) return g_own_gemm == 1;
   if (whole) return false;

@@ -4,8 +4,6 @@
 // order; each includes the parts whose names it uses.
 #pragma once
 
-#include <fstream>
-
 #include "vec.h"
 #include "geometry.h"
 #include "blas.h"
@@ -140,8 +138,8 @@ void tile_gemm<bf16>(const Geo& g, bf16* mid, bool mid_nhwc, i64 P, i64 mcs, con
   }
 }
 
-// Few tiles (batch 1, small images): the threads share each tile instead, first the
-// depthwise over channels, then the GEMM over output-channel blocks.
+// Few tiles (batch 1, small images) and no bands (bands_ok): the threads share each tile
+// instead, first the depthwise over channels, then the GEMM over output-channel blocks.
 void sep_forward_split(const float* x, const std::vector<float>& w, const std::vector<float>& wT,
                        const std::vector<float>& b, const float* wp, const float* bp, float* out,
                        const Geo& g, const Tiles& tl, const i64* ymap, const i64* xmap,
@@ -213,7 +211,9 @@ void sep_forward_split(const float* x, const std::vector<float>& w, const std::v
 // - a pointwise weight of at least 1 MiB (with 368-590 KiB weights it took 1.1-1.2x the time
 //   of the tiles: 1x192x28x28 -> 768 7x7, 8x576x14x14 -> 160 s2; the latter takes it now by
 //   its 7 x 7 output planes, below), or
-// - planar input with few tiles (batch 1, small planes), where the threads sharing each tile
+// - planar input with few tiles (batch 1, small planes) that take no bands (bands_ok: since
+//   run AF those with a pointwise weight of at most twice the intermediate, such as
+//   1x384x14x14 -> 64 and 1x576x14x14 -> 96), where the threads sharing each tile
 //   (sep_forward_split, the own GEMM over blocks of 16 output channels) took 1.1-1.7x its
 //   time: 1x384x14x14 -> 64 1.6x, 1x576x14x14 -> 96 1.45x. (channels_last: 0.8-1.3x, kept
 //   on sep_forward_split), or
@@ -233,25 +233,27 @@ bool whole_ok(const Geo& g, bool few_tiles) {
          (large_weight || (few_tiles && !g.nhwc) || P <= 64);
 }
 
-// Whether a float32 call with few tiles computes one band of output rows per thread,
-// each thread its band's depthwise output and then its GEMM, instead of the whole-call and
-// split paths, where the threads share the intermediate (each computes some channels or
-// pixels of it and multiplies all of it). On VMs whose two vCPUs sit on different core
-// complexes (AMD Zen 2, run AF: a cache line's round trip between them 400-500 ns most of the
-// time, 50-70 ns now and then), the intermediate's lines that the other thread wrote crossed
-// between the complexes on every call: 1x576x14x14 -> 96 took 0.64x, 1x192x28x28 -> 32
-// 0.49x, 1x960x7x7 -> 320 0.81x the time with bands. But each thread reads the whole
-// pointwise weight, which inside a network comes from memory, so only where the weight is
-// at most twice the intermediate: in MobileNetV2 at batch 1 the stages so chosen took
-// 0.67-0.84x the time, while MobileNetV1's 1x512x14x14 -> 512 (weight 2.6 times the
-// intermediate) took 1.13-1.17x with bands, 1x384x14x14 -> 1536 7x7 alone 1.34x.
-// Channels_last calls too (their bands' pixels are whole lines where O is a multiple of 16):
-// 1x384x14x14 -> 64 0.64x, mobilenet_v2 / v1 at batch 1 0.963x / 0.976x, bitwise the same.
+// Whether a float32 call at batch 1 with few tiles computes one band of output rows per
+// thread, each thread its band's depthwise output and then its GEMM, instead of the
+// whole-call and split paths, where the threads share the intermediate (each computes some
+// channels or pixels of it and multiplies all of it). On VMs whose two vCPUs sit on
+// different core complexes (AMD Zen 2, run AF: a cache line's round trip between them
+// 400-500 ns most of the time, 50-70 ns now and then), the intermediate's lines that the
+// other thread wrote crossed between the complexes on every call: 1x576x14x14 -> 96 took
+// 0.67x, 1x192x28x28 -> 32 0.50x the time with bands. But each thread reads the whole
+// pointwise weight, which inside a network comes from memory, so only where the other
+// threads' extra reads of it come to at most twice the intermediate (with two threads: the
+// weight at most twice the intermediate; the bound set on two cores): in MobileNetV2 at batch
+// 1 the stages so chosen took 0.67-0.84x the time, while MobileNetV1's 1x512x14x14 -> 512
+// (weight 2.6 times the intermediate) took 1.13-1.17x with bands, 1x384x14x14 -> 1536 7x7
+// alone 1.34x. With the vCPUs on one complex bands cost 1.04-1.15x. Channels_last calls too
+// (their bands' pixels are whole lines where O is a multiple of 16): 1x384x14x14 -> 64 0.64x,
+// mobilenet_v2 / v1 at batch 1 0.963x / 0.976x, bitwise the same.
 inline bool bands_ok(const Geo& g, i64 elem_bytes) {
   const bool planar = !g.nhwc && !g.out_nhwc && g.os[3] == 1;
   const bool nhwc = g.nhwc && g.out_nhwc && g.os[1] == 1;
-  return elem_bytes == 4 && (planar || nhwc) && g.OH >= g.threads &&
-         g.O * g.CMg <= 2 * g.OH * g.OW * g.CM;
+  return elem_bytes == 4 && g.N == 1 && (planar || nhwc) && g.OH >= g.threads &&
+         (g.threads - 1) * g.O * g.CMg <= 2 * g.OH * g.OW * g.CM;
 }
 
 // Whether sep_forward_whole's own GEMM takes a channels_last call through the planar GEMM,
@@ -444,30 +446,6 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
       }
     }
   }
-}
-
-// A core's L2 in bytes (1 MiB where the system does not say).
-inline i64 l2_bytes() {
-  static const i64 bytes = [] {
-    const long v = sysconf(_SC_LEVEL2_CACHE_SIZE);
-    return v > 0 ? i64(v) : i64(1) << 20;
-  }();
-  return bytes;
-}
-
-// The L3 that the first core shares, in bytes, as sysfs gives it ("16384K"): glibc's sysconf
-// reports the whole socket's on AMD EPYC (256 MiB on run AF's VM, whose cache/index3 says
-// 16 MiB). 32 MiB where sysfs does not say.
-inline i64 l3_bytes() {
-  static const i64 bytes = [] {
-    std::ifstream in("/sys/devices/system/cpu/cpu0/cache/index3/size");
-    long v = 0;
-    char unit = 0;
-    if (!(in >> v) || v <= 0) return i64(32) << 20;
-    in >> unit;
-    return i64(v) << (unit == 'M' ? 20 : unit == 'K' ? 10 : 0);
-  }();
-  return bytes;
 }
 
 // Whether the own tile GEMMs write their output around the caches (Geo::stream_out): the

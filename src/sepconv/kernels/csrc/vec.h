@@ -10,7 +10,9 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <memory>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -320,5 +322,31 @@ inline V<float>::t load_inside(LaneMask m, const float* p) {
 }
 #endif
 #endif
+
+// A core's L2 in bytes (1 MiB where the system does not say).
+inline i64 l2_bytes() {
+  static const i64 bytes = [] {
+    const long v = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return v > 0 ? i64(v) : i64(1) << 20;
+  }();
+  return bytes;
+}
+
+// The L3 that the first core shares, in bytes, as sysfs gives it ("16384K"): glibc's sysconf
+// reports the whole socket's on AMD EPYC (256 MiB on run AF's VM, whose cache/index3 says
+// 16 MiB). 32 MiB where sysfs does not say or index3 is not a level-3 cache.
+inline i64 l3_bytes() {
+  static const i64 bytes = [] {
+    const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index3/";
+    std::ifstream level(dir + "level"), size(dir + "size");
+    int lv = 0;
+    long v = 0;
+    char unit = 0;
+    if (!(level >> lv) || lv != 3 || !(size >> v) || v <= 0) return i64(32) << 20;
+    size >> unit;
+    return i64(v) << (unit == 'M' ? 20 : unit == 'K' ? 10 : 0);
+  }();
+  return bytes;
+}
 
 }  // namespace
