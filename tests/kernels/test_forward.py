@@ -568,6 +568,22 @@ def test_bands_of_rows_at_batch_1(case, count, layout, kernels_built):
         check_separable(case)
 
 
+@given(
+    case=cases(max_size=16, rank=2),
+    batch=st.integers(2, 7),
+    count=st.sampled_from([2, 3, 4]),
+)
+def test_images_split_over_threads(case, batch, count, kernels_built):
+    """Batches of at least one image a thread: each thread takes one run of consecutive
+    tasks (for_tasks), also where the images do not divide evenly; fewer images than
+    threads: tasks taken in turn."""
+    case = replace(case, N=batch)
+    assume(output_fits(case))
+    with env("on"), thread_count(count):
+        check_separable(case)
+        check_depthwise(case)
+
+
 def test_many_tiles_and_threads(kernels_on):
     """Shapes that cut into many tiles (whole rows and pieces of long 1d rows)."""
     for case in MANY_TILE_CASES:

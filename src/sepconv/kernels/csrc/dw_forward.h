@@ -63,8 +63,7 @@ void dw_forward(const S* x, const S* wd, const S* bd, S* out, const i64* geo) {
       const i64 Qmax = input_span(tl.TW, g.sx, g.KW, g.dx);
       std::vector<A> buf(Rmax * Qmax * g.CM);
       std::vector<S> tile_out(staged ? tl.TH * tl.TW * g.CM : 0);
-#pragma omp for schedule(dynamic, 1)
-      for (i64 t = 0; t < tl.count; ++t) {
+      for_tasks(tl.count, g.N >= g.threads, [&](i64 t) {
         const Tile s = tile_at(tl, g, t);
         if (touch) touch_nhwc(x + s.n * g.xs[0], g, s.oy0, s.ox0, s.th, s.tw);
         S* o = out + s.n * g.os[0] + s.oy0 * g.os[2] + s.ox0 * g.os[3];
@@ -73,7 +72,7 @@ void dw_forward(const S* x, const S* wd, const S* bd, S* out, const i64* geo) {
                         staged ? tile_out.data() : o, staged ? s.tw * g.CM : g.os[2],
                         staged ? g.CM : g.os[3]);
         if (staged) stream_rows(tile_out.data(), s.tw * g.CM, o, g.os[2], s.th, s.tw * g.CM);
-      }
+      });
       stream_fence();
       t_stream = false;
     }
@@ -102,8 +101,7 @@ void dw_forward(const S* x, const S* wd, const S* bd, S* out, const i64* geo) {
     const i64 Qmax = input_span(tl.TW, g.sx, g.KW, g.dx);
     std::vector<A> buf(Rmax * (((Qmax + g.sx - 1) / g.sx) * g.sx) + kSlack);
     std::vector<S> tile_out(staged ? g.M * tl.TH * tl.TW + kSlack : 0);
-#pragma omp for schedule(dynamic, chunk)
-    for (i64 t = 0; t < tasks; ++t) {
+    for_tasks(tasks, g.N >= g.threads, [&](i64 t) {
       const auto [nc, oy0, ox0, th, tw, P, R, Q, r0, q0] = tile_at(tl, g, t);
       const i64 n = nc / g.C, c = nc % g.C, cm = c * g.M;
       if (g_reads == 1) {
@@ -129,7 +127,7 @@ void dw_forward(const S* x, const S* wd, const S* bd, S* out, const i64* geo) {
                             staged ? tw : g.os[2]);
       for (i64 m = 0; staged && m < g.M; ++m)
         stream_rows(tile_out.data() + m * th * tw, tw, o + m * g.os[1], g.os[2], th, tw);
-    }
+    }, chunk);
     stream_fence();
     t_stream = false;
     t_ahead = AheadLines();

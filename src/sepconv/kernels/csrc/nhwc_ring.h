@@ -160,8 +160,7 @@ void dw_nhwc_ring(const S* x, const Geo& g, const i64* ymap, const i64* xmap,
     t_stream = stream && !staged;
     std::vector<A> ring(p.slots * input_span(p.TW, g.sx, g.KW, g.dx) * p.cg);
     std::vector<S> row_out(staged ? kRingStep * p.TW * p.cg : 0);
-#pragma omp for schedule(dynamic, 1)
-    for (i64 t = 0; t < p.tasks; ++t) {
+    for_tasks(p.tasks, g.N >= g.threads, [&](i64 t) {
       const i64 grp = t % p.groups, piece = (t / p.groups) % p.pieces;
       const i64 band = (t / (p.groups * p.pieces)) % p.bands;
       const i64 n = t / (p.groups * p.pieces * p.bands);
@@ -176,7 +175,7 @@ void dw_nhwc_ring(const S* x, const Geo& g, const i64* ymap, const i64* xmap,
       else
         ring_task<S, A, false>(x + n * g.xs[0], g, p, ymap, xmap, oy0, th, ox0, tw, c0, cn,
                                ring.data(), wB.data(), b, o, g.os[2], g.os[3], stage_buf);
-    }
+    });
     stream_fence();
     t_stream = false;
   }

@@ -84,15 +84,14 @@ void pw_planar(const PwGeo& g, const float* x, const float* w, const float* alph
   const i64 rows = (g.O + rb - 1) / rb;
 #pragma omp parallel num_threads(g.threads)
   {
-#pragma omp for schedule(dynamic, 1)
-    for (i64 t = 0; t < g.N * chunks * rb; ++t) {
+    for_tasks(g.N * chunks * rb, g.N >= g.threads, [&](i64 t) {
       const i64 n = t / (chunks * rb), p0 = (t / rb) % chunks * cw, o0 = t % rb * rows;
       const i64 pn = std::min(cw, g.P - p0), on = std::min(rows, g.O - o0);
-      if (on <= 0) continue;
+      if (on <= 0) return;
       float* c = out + (n * g.O + o0) * g.P + p0;
       gemm_f32(on, pn, g.C, w + o0 * g.C, g.C, x + n * g.C * g.P + p0, g.P, c, g.P, bf + o0,
                nullptr, 0, stream, g.clamp_bounds(), alpha ? alpha + o0 : nullptr);
-    }
+    });
     if (stream) stream_fence();
   }
 }
@@ -105,13 +104,11 @@ void pw_nhwc(const PwGeo& g, const float* x, const float* panels, const float* a
   const i64 rb = std::min<i64>(96, std::max<i64>(6, (rows + 4 * g.threads - 1) / (4 * g.threads)));
 #pragma omp parallel num_threads(g.threads)
   {
-#pragma omp for schedule(dynamic, 1)
-    for (i64 r0 = 0; r0 < rows; r0 += rb) {
-      const i64 rn = std::min(rb, rows - r0);
-      float* c = out + r0 * g.O;
-      gemm_f32(rn, g.O, g.C, x + r0 * g.C, g.C, panels, kPanel, c, g.O, nullptr, bf,
-               kPanel * g.C, stream, g.clamp_bounds(), alpha);
-    }
+    for_tasks((rows + rb - 1) / rb, g.N >= g.threads, [&](i64 t) {
+      const i64 r0 = t * rb, rn = std::min(rb, rows - r0);
+      gemm_f32(rn, g.O, g.C, x + r0 * g.C, g.C, panels, kPanel, out + r0 * g.O, g.O, nullptr,
+               bf, kPanel * g.C, stream, g.clamp_bounds(), alpha);
+    });
     if (stream) stream_fence();
   }
 }

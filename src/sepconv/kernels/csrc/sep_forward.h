@@ -319,8 +319,8 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
                                 : g.Hu * g.Qrow + kSlack);
     std::vector<float> plane(into_panels && !plane_is_row ? g.M * Pimg + kSlack : 0);  // (M planes)
     if (nhwc) {
-#pragma omp for schedule(dynamic, 1)
-      for (i64 t = 0; t < tl.count; ++t) {
+      // (by image: the GEMMs below take each thread's share of the pixels)
+      for_tasks(tl.count, g.N >= g.threads, [&](i64 t) {
         const Tile s = tile_at(tl, g, t);
         nhwc_tile<float, float>(x + s.n * g.xs[0], g, ymap, xmap, ir, s.oy0, s.ox0, s.th, s.tw,
                                 0, g.C, buf.data(), wT.data(), b.data(),
@@ -328,7 +328,7 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
                                 g.OW * g.CM, g.CM);
         clamp_mid(g, mid + (s.n * Pimg + s.oy0 * g.OW + s.ox0) * g.CM, s.th, s.tw * g.CM,
                   g.OW * g.CM);
-      }
+      });
     } else {
       // Each thread one run of consecutive planes (all cost the same): read and written in
       // memory order, which the prefetchers follow. In chunks of 4 taken in turn (dynamic),
@@ -669,8 +669,7 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
       for (i64 mine = 0; taken.fetch_add(1, std::memory_order_relaxed) < tl.count; ++mine)
         tile(top ? mine : tl.count - 1 - mine);
     } else {
-#pragma omp for schedule(dynamic, 1)
-      for (i64 t = 0; t < tl.count; ++t) tile(t);
+      for_tasks(tl.count, g.N >= g.threads, tile);
     }
     if (g.stream_out) stream_fence();
   }
