@@ -215,58 +215,70 @@ inline void micro_avx2(i64 K, const float* a, i64 lda, const float* b, i64 ldb, 
 #define SEPCONV_MICRO_AVX2 1
 #endif
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(SEPCONV_MICRO_AVX2)
+#define SEPCONV_TAIL_COLUMNS 1
 // Columns a column block may end with past its whole vectors that gemm_f32 computes as dot
 // products along K (tail_columns) rather than with one more vector per row.
 constexpr i64 kTailColumns = 4;
+// Rows of A per group of dot products: 4 x 4 accumulators in 32 zmm, 3 x 4 in 16 ymm.
+constexpr i64 kTailRows = kVecBytes == 64 ? 4 : 3;
 
-// The dot products of up to 4 rows of A (from a, lda apart) with NT gathered columns (bt, K
-// floats each), along K in vectors: acc[r][j], one vector of partial sums each. NT as a
-// template argument, so that the accumulators stay in registers (with nt at run time they
-// lived on the stack: a load and a store around every FMA).
+// sums[r][j]: the dot products of up to kTailRows rows of A (from a, lda apart) with NT
+// gathered columns (bt, K floats each), along K in vectors (the last K % L terms one by one).
+// NT as a template argument, so that the accumulators stay in registers (with nt at run time
+// they lived on the stack: a load and a store around every FMA).
 template <int NT>
 inline void tail_dots(i64 rows, i64 K, const float* a, i64 lda, const float* bt,
-                      __m512 (&acc)[4][kTailColumns]) {
-  const __mmask16 last = __mmask16((1u << (K % 16)) - 1);
-  for (int r = 0; r < 4; ++r)
-    for (int j = 0; j < NT; ++j) acc[r][j] = _mm512_setzero_ps();
-  auto step = [&](i64 k, __mmask16 m) __attribute__((always_inline)) {
-    __m512 av[4];
-    for (int r = 0; r < 4; ++r)
-      av[r] = r < rows ? _mm512_maskz_loadu_ps(m, a + r * lda + k) : _mm512_setzero_ps();
+                      float (&sums)[kTailRows][kTailColumns]) {
+  typedef V<float>::t vec;
+  constexpr i64 L = V<float>::L;
+  vec acc[kTailRows][NT];
+  for (int r = 0; r < kTailRows; ++r)
+    for (int j = 0; j < NT; ++j) acc[r][j] = vzero<float>();
+  const i64 kv = K / L * L;
+  for (i64 k = 0; k < kv; k += L) {
+    vec av[kTailRows];
+    for (int r = 0; r < kTailRows; ++r)
+      av[r] = r < rows ? vld<float>(a + r * lda + k) : vzero<float>();
     for (int j = 0; j < NT; ++j) {
-      const __m512 bv = _mm512_maskz_loadu_ps(m, bt + j * K + k);
-      for (int r = 0; r < 4; ++r) acc[r][j] = _mm512_fmadd_ps(av[r], bv, acc[r][j]);
+      const vec bv = vld<float>(bt + j * K + k);
+      for (int r = 0; r < kTailRows; ++r) acc[r][j] += av[r] * bv;
     }
-  };
-  i64 k = 0;
-  for (; k + 16 <= K; k += 16) step(k, __mmask16(0xFFFF));
-  if (k < K) step(k, last);
+  }
+  for (int r = 0; r < rows; ++r)
+    for (int j = 0; j < NT; ++j) {
+      float v = hsum<float>(acc[r][j]);
+      for (i64 k = kv; k < K; ++k) v += a[r * lda + k] * bt[j * K + k];
+      sums[r][j] = v;
+    }
 }
 
 // C[i][j] for rows [0, M), columns [0, nt) (nt <= kTailColumns) of a block: A's rows times
-// B's columns (ldb apart), gathered into bt (nt x K floats), along K in vectors, four rows
-// at a time. A block of 49 columns (7 x 7 planes) is 3 vectors and one such column instead
-// of 4 vectors, 16 lanes of which hold one column: the micro-kernels spend a quarter of their
-// FMAs on nothing there. Then the bias (bias_row), scale and clamp as in micro_f32.
+// B's columns (ldb apart), gathered into bt (nt x K floats), along K in vectors, kTailRows
+// rows at a time. A block of 49 columns (7 x 7 planes) is 3 vectors and one such column
+// instead of 4 vectors, 16 lanes of which hold one column: the micro-kernels spend a quarter
+// of their FMAs on nothing there (with AVX2, 16-column blocks: a last block of one column took
+// as long as a third of a whole one, its 6 accumulators too few to cover the FMA latency;
+// 960 x 49 x 160 ran at 0.79x the rate of 960 x 48 x 160, run AG). Then the bias (bias_row),
+// scale and clamp as in micro_f32.
 inline void tail_columns(i64 M, i64 K, const float* a, i64 lda, const float* b, i64 ldb,
                          i64 nt, float* c, i64 ldc, const float* bias_row, const float* clamp,
                          const float* scale, float* bt) {
   for (i64 j = 0; j < nt; ++j)
     for (i64 k = 0; k < K; ++k) bt[j * K + k] = b[k * ldb + j];
-  for (i64 i0 = 0; i0 < M; i0 += 4) {
-    const i64 rows = std::min<i64>(4, M - i0);
-    __m512 acc[4][kTailColumns];
+  for (i64 i0 = 0; i0 < M; i0 += kTailRows) {
+    const i64 rows = std::min<i64>(kTailRows, M - i0);
+    float sums[kTailRows][kTailColumns];
     const float* const ai = a + i0 * lda;
     switch (nt) {
-      case 4: tail_dots<4>(rows, K, ai, lda, bt, acc); break;
-      case 3: tail_dots<3>(rows, K, ai, lda, bt, acc); break;
-      case 2: tail_dots<2>(rows, K, ai, lda, bt, acc); break;
-      default: tail_dots<1>(rows, K, ai, lda, bt, acc); break;
+      case 4: tail_dots<4>(rows, K, ai, lda, bt, sums); break;
+      case 3: tail_dots<3>(rows, K, ai, lda, bt, sums); break;
+      case 2: tail_dots<2>(rows, K, ai, lda, bt, sums); break;
+      default: tail_dots<1>(rows, K, ai, lda, bt, sums); break;
     }
     for (i64 r = 0; r < rows; ++r)
       for (i64 j = 0; j < nt; ++j) {
-        float v = _mm512_reduce_add_ps(acc[r][j]);
+        float v = sums[r][j];
         const i64 i = i0 + r;
         if (scale)  // (along the rows: the callers pass bias_row with it)
           v = v * scale[i] + (bias_row ? bias_row[i] : 0.0f);
@@ -376,7 +388,7 @@ void gemm_f32(i64 M, i64 N, i64 K, const float* a, i64 lda, const float* b_all, 
   const i64 nk = 1;
 #endif
   const i64 kc = std::max<i64>(1, (K + nk - 1) / nk);
-#if defined(__AVX512F__)
+#if defined(SEPCONV_TAIL_COLUMNS)
   thread_local std::vector<float> gathered;  // (B's tail columns: tail_columns)
 #endif
   for (i64 mb0 = 0; mb0 < M; mb0 += MB)
@@ -392,7 +404,7 @@ void gemm_f32(i64 M, i64 N, i64 K, const float* a, i64 lda, const float* b_all, 
       nb = std::min(n0 == 0 && lead > 0 ? lead : kPanel, N - n0);
       const float* bn = pstride ? b + (n0 / kPanel) * pstride + n0 % kPanel : b + n0;
       i64 nw = nb;  // (the block's columns for the micro-kernels)
-#if defined(__AVX512F__)
+#if defined(SEPCONV_TAIL_COLUMNS)
       // The last block's columns past whole vectors (its own: with a lead block, not N's).
       if (!bias_col && n0 + nb == N && nb % 16 != 0 && nb % 16 <= kTailColumns) {
         const i64 nt = nb % 16;
