@@ -299,6 +299,7 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
   // for 8x960x7x7 -> 160 / 320 took 1.11x the time of the 392-column GEMM; on AVX2 builds,
   // whose panels are 16 columns, 64 pixels still: 1.16-1.2x there, a review found).
   const bool direct_out = g.own_gemm && !nhwc && (g.N == 1 || Pimg > 64);
+  const bool by_image = direct_out && g.N >= g.threads;
   // The GEMM's columns (B's panels) of each image (direct_out) or of all pixels.
   const i64 img_cols = direct_out ? Pimg : P, img_panels = panel_count(img_cols);
   const i64 panels = direct_out ? g.N * img_panels : img_panels;
@@ -408,6 +409,15 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
         const i64 j = task / shares, p0 = (task % shares) * share;
         if (p0 < P) nhwc_gemm(p0, std::min(share, P - p0), j * 64, std::min<i64>(64, g.O - j * 64));
       }
+    } else if (by_image) {
+      // Each thread all output channels of its run of images (like the depthwise above), so
+      // that the next layer reads each image from the caches of the thread that wrote it.
+#pragma omp for schedule(static)
+      for (i64 n = 0; n < g.N; ++n)
+        gemm_f32(g.O, Pimg, g.CM, wp, g.CM,
+                 panelled ? midP + n * img_panels * kPanel * g.CM : mid + n * Pimg,
+                 panelled ? kPanel : P, out + n * g.os[0], g.os[1], bp, nullptr,
+                 panelled ? kPanel * g.CM : 0);
     } else {
 #pragma omp for schedule(static, 1)
       for (i64 o0 = 0; o0 < g.O; o0 += per) {
