@@ -93,6 +93,7 @@ void dw_forward(const S* x, const S* wd, const S* bd, S* out, const i64* geo) {
   // Consecutive tasks per thread: within a chunk a task prefetches the next one's window
   // (AheadLines); 16 rather than 4 took 0.97-0.98x the time (fewer cold chunk starts).
   const i64 chunk = std::clamp<i64>(tasks / (4 * g.threads), 1, 16);
+  const bool by_image = g.N >= g.threads;
   const auto plane = [&](i64 nc) { return x + nc / g.C * g.xs[0] + nc % g.C * g.xs[1]; };
 #pragma omp parallel num_threads(g.threads)
   {
@@ -101,18 +102,22 @@ void dw_forward(const S* x, const S* wd, const S* bd, S* out, const i64* geo) {
     const i64 Qmax = input_span(tl.TW, g.sx, g.KW, g.dx);
     std::vector<A> buf(Rmax * (((Qmax + g.sx - 1) / g.sx) * g.sx) + kSlack);
     std::vector<S> tile_out(staged ? g.M * tl.TH * tl.TW + kSlack : 0);
-    for_tasks(tasks, g.N >= g.threads, [&](i64 t) {
+    i64 last = -2;  // (this thread's previous task)
+    for_tasks(tasks, by_image, [&](i64 t) {
       const auto [nc, oy0, ox0, th, tw, P, R, Q, r0, q0] = tile_at(tl, g, t);
       const i64 n = nc / g.C, c = nc % g.C, cm = c * g.M;
+      // (by image, a thread's tasks are one run: each reads the next one's window ahead)
+      const bool first = by_image ? t != last + 1 : t % chunk == 0;
+      const bool ahead = by_image || (t + 1) % chunk != 0;
+      last = t;
       if (g_reads == 1) {
         // The task's own window, touched first where the previous task did not prefetch it
-        // all (a chunk's first task; loops that issue none); then the next one's, ahead.
-        // (Touching the next task's window in a burst was 1.05-1.2x slower: its plane
-        // displaced this one's from L1.)
-        if (t % chunk == 0 || t_ahead.rows > 0)
-          touch_window(plane(nc), g, r0, R, q0, Q);
+        // all (a chunk's or run's first task; loops that issue none); then the next one's,
+        // ahead. (Touching the next task's window in a burst was 1.05-1.2x slower: its
+        // plane displaced this one's from L1.)
+        if (first || t_ahead.rows > 0) touch_window(plane(nc), g, r0, R, q0, Q);
         t_ahead = AheadLines();
-        if (t + 1 < tasks && (t + 1) % chunk != 0) {
+        if (t + 1 < tasks && ahead) {
           const Tile s = tile_at(tl, g, t + 1);  // (s.n: image * C + channel)
           // (row blocks of up to 8 per column vector, as conv_planar_s1 and conv_direct_s1
           // call issue(); the latter's edge rows make a few more)
