@@ -13,7 +13,8 @@ namespace {
 // code path on AMD CPUs; this register-blocked AVX-512 kernel (MR rows x NV vectors of C in
 // registers, B rows streamed from L1, A broadcast) reaches about twice its rate there (see
 // docs/performance.md). Without AVX-512, micro_avx2 below does the same in 16-column blocks
-// (8 for a last narrow one), K in blocks of kKC.
+// (8 for a last narrow one), K in blocks of kKC. With either, a last block of 1-4 columns is
+// dot products along K (tail_columns).
 // A: element (i, k) at a[i*lda + k]; B: row-major, row stride ldb; C: row-major, row stride
 // ldc. bias_row[i] or bias_col[j] (or neither) initialises C.
 // Only valid columns of B are read and of C written; bias_col is read by whole vectors
@@ -259,7 +260,7 @@ inline void tail_dots(i64 rows, i64 K, const float* a, i64 lda, const float* bt,
 // instead of 4 vectors, 16 lanes of which hold one column: the micro-kernels spend a quarter
 // of their FMAs on nothing there (with AVX2, 16-column blocks: a last block of one column took
 // as long as a third of a whole one, its 6 accumulators too few to cover the FMA latency;
-// 960 x 49 x 160 ran at 0.79x the rate of 960 x 48 x 160, run AG). Then the bias (bias_row),
+// 960 x 49 x 160 ran at 0.80x the rate of 960 x 48 x 160, run AG). Then the bias (bias_row),
 // scale and clamp as in micro_f32.
 inline void tail_columns(i64 M, i64 K, const float* a, i64 lda, const float* b, i64 ldb,
                          i64 nt, float* c, i64 ldc, const float* bias_row, const float* clamp,

@@ -271,10 +271,11 @@ bool whole_transposed(const Geo& g) {
 // call first (channels_last: N*OH*OW pixels x CM; NCHW: CM planes of all images' pixels),
 // then one GEMM per thread over a block of output channels (NCHW: straight into the output
 // planes, image by image; at batch > 1 on planes of at most 64 pixels into a buffer, from
-// which each image's planes are copied out with the bias), or, channels_last with 128 or more
-// pixels a thread, over a share of the pixels. Tile by tile, each GEMM re-reads the
-// whole pointwise weight for a few dozen pixels (ConvNeXt's 768 -> 3072 at 7 x 7: 9.4 MB for
-// 49 pixels).
+// which each image's planes are copied out with the bias; straight into them with all output
+// channels of each thread's own images where the images divide evenly between the threads),
+// or, channels_last with 128 or more pixels a thread, over a share of the pixels. Tile by
+// tile, each GEMM re-reads the whole pointwise weight for a few dozen pixels (ConvNeXt's
+// 768 -> 3072 at 7 x 7: 9.4 MB for 49 pixels).
 void sep_forward_whole(const float* x, const std::vector<float>& w, const std::vector<float>& wT,
                        const std::vector<float>& b, const float* wp, const float* bp, float* out,
                        const Geo& g, const Tiles& tl, const i64* ymap, const i64* xmap) {
@@ -284,14 +285,6 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
   const bool transposed = g.own_gemm && whole_transposed(g);
   const auto ir = inner_read<float, float>(g, wT);
   const bool direct = !nhwc && direct_ok(g, true);
-  // Output channels per thread, in whole vectors.
-  const i64 per = ((g.O + g.threads - 1) / g.threads + 15) / 16 * 16;
-  // The own planar GEMM's B (mid^T, or mid where a thread's block of the weight is read in
-  // several blocks of rows, so that B is read more than once) in panels (see kPanel), packed
-  // once for all threads. 1x768x7x7 -> 3072 took 0.86x, 1x960x7x7 -> 320 0.90x, 8x768x7x7
-  // -> 3072 0.94x, 8x384x14x14 -> 1536 0.98x the time; 1x192x28x28 -> 32 (B read once)
-  // 1.10-1.18x, hence not.
-  const bool panelled = transposed || (g.own_gemm && !nhwc && per * g.CM * 4 > kABlockBytes);
   // Planar output, own GEMM: straight into the output planes, image by image in one
   // gemm_f32 (each image's pixels in panels of their own), not through a buffer copied out
   // with the biases: 1x384x14x14 -> 1536 0.93-0.97x, 8x384x14x14 -> 1536 0.97x the time. Not
@@ -299,7 +292,19 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
   // for 8x960x7x7 -> 160 / 320 took 1.11x the time of the 392-column GEMM; on AVX2 builds,
   // whose panels are 16 columns, 64 pixels still: 1.16-1.2x there, a review found).
   const bool direct_out = g.own_gemm && !nhwc && (g.N == 1 || Pimg > 64);
-  const bool by_image = direct_out && g.N >= g.threads;
+  // Each thread all output channels of its own images (the depthwise's, below), where they
+  // divide evenly (3 images on 2 threads would leave one thread a third more).
+  const bool by_image = direct_out && g.N >= g.threads && g.N % g.threads == 0;
+  // Output channels per thread, in whole vectors. (By image a thread's GEMM takes all of
+  // them, which reads B in more blocks of rows; counting them in the panels' rule below
+  // measured 1.01x the time of MobileNetV2 at batch 8, run AG: 8x576x14x14 -> 96 packed.)
+  const i64 per = ((g.O + g.threads - 1) / g.threads + 15) / 16 * 16;
+  // The own planar GEMM's B (mid^T, or mid where a thread's block of the weight is read in
+  // several blocks of rows, so that B is read more than once) in panels (see kPanel), packed
+  // once for all threads. 1x768x7x7 -> 3072 took 0.86x, 1x960x7x7 -> 320 0.90x, 8x768x7x7
+  // -> 3072 0.94x, 8x384x14x14 -> 1536 0.98x the time; 1x192x28x28 -> 32 (B read once)
+  // 1.10-1.18x, hence not.
+  const bool panelled = transposed || (g.own_gemm && !nhwc && per * g.CM * 4 > kABlockBytes);
   // The GEMM's columns (B's panels) of each image (direct_out) or of all pixels.
   const i64 img_cols = direct_out ? Pimg : P, img_panels = panel_count(img_cols);
   const i64 panels = direct_out ? g.N * img_panels : img_panels;
@@ -320,7 +325,7 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
                                 : g.Hu * g.Qrow + kSlack);
     std::vector<float> plane(into_panels && !plane_is_row ? g.M * Pimg + kSlack : 0);  // (M planes)
     if (nhwc) {
-      // (by image: the GEMMs below take each thread's share of the pixels)
+      // (by image: where the GEMMs below take each thread's share of the pixels, the same)
       for_tasks(tl.count, g.N >= g.threads, [&](i64 t) {
         const Tile s = tile_at(tl, g, t);
         nhwc_tile<float, float>(x + s.n * g.xs[0], g, ymap, xmap, ir, s.oy0, s.ox0, s.th, s.tw,
@@ -411,7 +416,8 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
       }
     } else if (by_image) {
       // Each thread all output channels of its run of images (like the depthwise above), so
-      // that the next layer reads each image from the caches of the thread that wrote it.
+      // that the next layer reads each image from the caches of the thread that wrote it:
+      // MobileNetV1 at batch 8 0.96-0.97x the time, 8x512x14x14 -> 512 0.89x (run AG).
 #pragma omp for schedule(static)
       for (i64 n = 0; n < g.N; ++n)
         gemm_f32(g.O, Pimg, g.CM, wp, g.CM,

@@ -354,9 +354,9 @@ inline i64 l3_bytes() {
 // tasks (static), so that it reads the images it wrote in the layer before, wherever the
 // layers' loops split the images alike. Taken in turn (dynamic), half of each layer's input
 // came from the other thread's caches: on run AG's Zen 2 VM, whose two vCPUs sit on
-// different core complexes, MobileNetV2 at batch 8 took 0.93x the time this way, MobileNetV1
-// 0.97x. Else in turn, which evens out uneven tasks and a thread that the machine slows
-// (batch 1: the 1x1 tasks statically took 1.027x, run AF).
+// different core complexes, MobileNetV2 at batch 8 took 0.92-0.94x the time of that
+// statically, MobileNetV1 0.93-0.97x. Else in turn, which evens out uneven tasks and a
+// thread that the machine slows (batch 1: the 1x1 tasks statically took 1.027x, run AF).
 // (chunk: consecutive tasks taken at a time.)
 template <typename F>
 inline void for_tasks(i64 count, bool by_image, F&& f, i64 chunk = 1) {
