@@ -437,7 +437,7 @@ void backward(const S* x, const S* wd, const S* wp, const S* gy, const i64* gys,
   omp_sched_t old_kind;
   int old_chunk;
   omp_get_schedule(&old_kind, &old_chunk);
-  const bool fixed = deterministic || g.N >= nth;
+  const bool fixed = deterministic || image_a_thread(g.N, nth);
   omp_set_schedule(fixed ? omp_sched_static : omp_sched_dynamic, fixed ? 0 : 1);
 #pragma omp parallel num_threads(nth)
   {

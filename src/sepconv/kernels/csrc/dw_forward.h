@@ -63,7 +63,7 @@ void dw_forward(const S* x, const S* wd, const S* bd, S* out, const i64* geo) {
       const i64 Qmax = input_span(tl.TW, g.sx, g.KW, g.dx);
       std::vector<A> buf(Rmax * Qmax * g.CM);
       std::vector<S> tile_out(staged ? tl.TH * tl.TW * g.CM : 0);
-      for_tasks(tl.count, g.N >= g.threads, [&](i64 t) {
+      for_tasks(tl.count, image_a_thread(g.N, g.threads), [&](i64 t) {
         const Tile s = tile_at(tl, g, t);
         if (touch) touch_nhwc(x + s.n * g.xs[0], g, s.oy0, s.ox0, s.th, s.tw);
         S* o = out + s.n * g.os[0] + s.oy0 * g.os[2] + s.ox0 * g.os[3];
@@ -93,7 +93,7 @@ void dw_forward(const S* x, const S* wd, const S* bd, S* out, const i64* geo) {
   // Consecutive tasks per thread: within a chunk a task prefetches the next one's window
   // (AheadLines); 16 rather than 4 took 0.97-0.98x the time (fewer cold chunk starts).
   const i64 chunk = std::clamp<i64>(tasks / (4 * g.threads), 1, 16);
-  const bool by_image = g.N >= g.threads;
+  const bool by_image = image_a_thread(g.N, g.threads);
   const auto plane = [&](i64 nc) { return x + nc / g.C * g.xs[0] + nc % g.C * g.xs[1]; };
 #pragma omp parallel num_threads(g.threads)
   {

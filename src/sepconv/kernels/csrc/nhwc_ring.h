@@ -160,7 +160,7 @@ void dw_nhwc_ring(const S* x, const Geo& g, const i64* ymap, const i64* xmap,
     t_stream = stream && !staged;
     std::vector<A> ring(p.slots * input_span(p.TW, g.sx, g.KW, g.dx) * p.cg);
     std::vector<S> row_out(staged ? kRingStep * p.TW * p.cg : 0);
-    for_tasks(p.tasks, g.N >= g.threads, [&](i64 t) {
+    for_tasks(p.tasks, image_a_thread(g.N, g.threads), [&](i64 t) {
       const i64 grp = t % p.groups, piece = (t / p.groups) % p.pieces;
       const i64 band = (t / (p.groups * p.pieces)) % p.bands;
       const i64 n = t / (p.groups * p.pieces * p.bands);

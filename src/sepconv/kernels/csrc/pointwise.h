@@ -84,7 +84,7 @@ void pw_planar(const PwGeo& g, const float* x, const float* w, const float* alph
   const i64 rows = (g.O + rb - 1) / rb;
 #pragma omp parallel num_threads(g.threads)
   {
-    for_tasks(g.N * chunks * rb, g.N >= g.threads, [&](i64 t) {
+    for_tasks(g.N * chunks * rb, image_a_thread(g.N, g.threads), [&](i64 t) {
       const i64 n = t / (chunks * rb), p0 = (t / rb) % chunks * cw, o0 = t % rb * rows;
       const i64 pn = std::min(cw, g.P - p0), on = std::min(rows, g.O - o0);
       if (on <= 0) return;
@@ -104,7 +104,7 @@ void pw_nhwc(const PwGeo& g, const float* x, const float* panels, const float* a
   const i64 rb = std::min<i64>(96, std::max<i64>(6, (rows + 4 * g.threads - 1) / (4 * g.threads)));
 #pragma omp parallel num_threads(g.threads)
   {
-    for_tasks((rows + rb - 1) / rb, g.N >= g.threads, [&](i64 t) {
+    for_tasks((rows + rb - 1) / rb, image_a_thread(g.N, g.threads), [&](i64 t) {
       const i64 r0 = t * rb, rn = std::min(rb, rows - r0);
       gemm_f32(rn, g.O, g.C, x + r0 * g.C, g.C, panels, kPanel, out + r0 * g.O, g.O, nullptr,
                bf, kPanel * g.C, stream, g.clamp_bounds(), alpha);

@@ -294,7 +294,7 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
   const bool direct_out = g.own_gemm && !nhwc && (g.N == 1 || Pimg > 64);
   // Each thread all output channels of its own images (the depthwise's, below), where they
   // divide evenly (3 images on 2 threads would leave one thread a third more).
-  const bool by_image = direct_out && g.N >= g.threads && g.N % g.threads == 0;
+  const bool by_image = direct_out && image_a_thread(g.N, g.threads) && g.N % g.threads == 0;
   // Output channels per thread, in whole vectors. (By image a thread's GEMM takes all of
   // them, which reads B in more blocks of rows; counting them in the panels' rule below
   // measured 1.01x the time of MobileNetV2 at batch 8, run AG: 8x576x14x14 -> 96 packed.)
@@ -326,7 +326,7 @@ void sep_forward_whole(const float* x, const std::vector<float>& w, const std::v
     std::vector<float> plane(into_panels && !plane_is_row ? g.M * Pimg + kSlack : 0);  // (M planes)
     if (nhwc) {
       // (by image: where the GEMMs below take each thread's share of the pixels, the same)
-      for_tasks(tl.count, g.N >= g.threads, [&](i64 t) {
+      for_tasks(tl.count, image_a_thread(g.N, g.threads), [&](i64 t) {
         const Tile s = tile_at(tl, g, t);
         nhwc_tile<float, float>(x + s.n * g.xs[0], g, ymap, xmap, ir, s.oy0, s.ox0, s.th, s.tw,
                                 0, g.C, buf.data(), wT.data(), b.data(),
@@ -685,7 +685,7 @@ void sep_forward(const S* x, const S* wd, const S* bd, const S* wp, const S* bp,
       for (i64 mine = 0; taken.fetch_add(1, std::memory_order_relaxed) < tl.count; ++mine)
         tile(top ? mine : tl.count - 1 - mine);
     } else {
-      for_tasks(tl.count, g.N >= g.threads, tile);
+      for_tasks(tl.count, image_a_thread(g.N, g.threads), tile);
     }
     if (g.stream_out) stream_fence();
   }

@@ -349,6 +349,11 @@ inline i64 l3_bytes() {
   return bytes;
 }
 
+// Whether a call's tasks go to the threads by image (for_tasks' by_image, the whole-call
+// GEMMs, the backward's schedule): at least one image a thread. Fewer (batch 1) take
+// schedules of their own.
+inline bool image_a_thread(i64 N, i64 threads) { return N >= threads; }
+
 // f(t) for the tasks [0, count) of the enclosing parallel region. by_image: tasks ordered
 // by image with at least one image a thread; each thread then takes one run of consecutive
 // tasks (static), so that it reads the images it wrote in the layer before, wherever the
