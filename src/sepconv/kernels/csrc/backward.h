@@ -60,19 +60,25 @@ void bwd_weight_any(const Geo& g, const A* buf, const A* gm, i64 gs, const i64* 
   }
 }
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(SEPCONV_VEC32)
 // Weight and bias gradient of one planar channel at stride 1, dilation 1, K x K filter:
 // dw[ky, kx] += sum_{i,j} gm[i, j] * buf[i + ky, j + kx], db += sum gm. Per kernel row, each
 // gm vector is loaded once for its K taps (unaligned input loads), two vectors at a time for
-// 2K independent FMA chains, and a row's last partial vector is masked (element by element,
-// a 56-wide row's tail took more time than its three full vectors). Reads up to 15 + K
-// elements past a buffer row (buffers carry kSlack elements of slack).
+// 2K independent FMA chains where they fit the registers with the gm vector, the input
+// vector and the bias sum (AVX2's 16 hold them up to K = 6; else one vector, K chains), and a
+// row's last partial vector is masked (element by element, a 56-wide row's tail took more
+// time than its three full vectors). Reads up to L - 1 + K elements past a buffer row
+// (buffers carry kSlack elements of slack). On AVX2, bwd_weight_any's one chain per tap
+// took 2.0 ms of row 1's 25 ms training step a thread (run AH).
 template <int K>
 void bwd_weight_s1(const float* buf, i64 qrow, const float* gm, i64 gs, i64 OH, i64 OW, float* dw,
                    float* db) {
   typedef V<float>::t vec;
-  const i64 full = OW / 16;
-  const __mmask16 tail = __mmask16((1u << (OW % 16)) - 1);
+  constexpr i64 L = V<float>::L;
+  constexpr int PX = 2 * K + 3 <= kVecRegs ? 2 : 1;
+  const i64 full = OW / L;
+  const bool partial = OW % L != 0;
+  const LaneMask tail = lanes_inside(full * L, L, OW);
   vec bsum = vzero<float>();
   for (int ky = 0; ky < K; ++ky) {
     vec acc[2][K];
@@ -87,11 +93,11 @@ void bwd_weight_s1(const float* buf, i64 qrow, const float* gm, i64 gs, i64 OH, 
       const float* b = buf + (i + ky) * qrow;
       i64 v = 0;
       for (; v + 2 <= full; v += 2) {
-        step(0, vld<float>(r + 16 * v), b + 16 * v);
-        step(1, vld<float>(r + 16 * v + 16), b + 16 * v + 16);
+        step(0, vld<float>(r + L * v), b + L * v);
+        step(PX - 1, vld<float>(r + L * v + L), b + L * v + L);
       }
-      if (v < full) step(0, vld<float>(r + 16 * v), b + 16 * v), ++v;
-      if (tail) step(1, (vec)_mm512_maskz_loadu_ps(tail, r + 16 * v), b + 16 * v);
+      if (v < full) step(0, vld<float>(r + L * v), b + L * v), ++v;
+      if (partial) step(PX - 1, load_inside(tail, r + L * v), b + L * v);
     }
     for (int kx = 0; kx < K; ++kx) dw[ky * K + kx] += hsum<float>(acc[0][kx] + acc[1][kx]);
   }
@@ -103,7 +109,7 @@ void bwd_weight_s1(const float* buf, i64 qrow, const float* gm, i64 gs, i64 OH, 
 // stride and dilation 1, square 3/5/7 filter), else bwd_weight_any.
 template <typename A>
 void bwd_weight(const Geo& g, const A* buf, const A* gm, i64 gs, const i64* off, A* dw, A* db) {
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(SEPCONV_VEC32)
   if constexpr (std::is_same<A, float>::value) {
     if (unit_steps(g) && g.KH == g.KW) {
       switch (g.KW) {
@@ -424,6 +430,18 @@ void backward(const S* x, const S* wd, const S* wp, const S* gy, const i64* gys,
   // intermediate and its transpose) the GEMM re-read the transpose from L3 for every block of
   // the output gradient's rows and ran at 46-56 GFLOP/s a thread instead of 80-90.
   constexpr i64 kDwpBandPixels = 512;
+  // The intermediate's gradient through the own GEMM where the output gradient's pixels are
+  // consecutive. Planar, band by band after the band's pointwise weight gradient (own_dwp),
+  // whose GEMM (the band's output gradient as A, rows read in order) leaves the band in L2:
+  // over whole planes the GEMM read the output gradient from memory by columns of 16 pixels,
+  // at 64 GFLOP/s a thread where in cache it reached 86; row 1's training step took 0.95-0.97x
+  // the time by bands (run AH). Channels-last, whose GEMM reads whole pixels in order, took
+  // 1.02x by bands.
+  const bool own_gmid = std::is_same<S, float>::value && sep &&
+                        own_gemm_for(nhwc, false, g.O * g.CMg) &&
+                        (nhwc ? gys[1] == 1 && gys[2] == g.OW * gys[3]
+                              : gys[3] == 1 && gys[2] == g.OW);
+  const bool gmid_by_band = own_gmid && own_dwp && !nhwc;
   const i64 band_rows = own_dwp ? std::clamp<i64>(kDwpBandPixels / g.OW, 1, g.OH) : g.OH;
 
   // Dynamic scheduling lets a thread that the machine slows take fewer tasks. With
@@ -478,26 +496,25 @@ void backward(const S* x, const S* wd, const S* wp, const S* gy, const i64* gys,
       const A* gm;
       i64 gm_cs, gm_ps;  // channel stride, pixel stride (row stride = OW * pixel stride)
       if (sep) {
-        // gmid[p, j] = sum_o gy[p, o] * wp[o, coff + j]    (P x cbm) = (P x Og) . (Og x cbm)
-        Mat G_{gyn + gi * g.Og * gys[1], gys[3], gys[1]};
-        Mat W_{wp + gi * g.Og * g.CMg + coff, g.CMg, 1};
-        bool done = false;
-        if constexpr (std::is_same<S, float>::value) {
-          if (own_gemm_for(nhwc, false, g.O * g.CMg)) {
-            if (!nhwc && gys[3] == 1 && gys[2] == g.OW) {
-              // gmid[j, p] = sum_o wpT[coff + j, o] * gy[o, p]
-              gemm_f32(cbm, P, g.Og, wpT.data() + gi * g.CMg * g.Og + coff * g.Og, g.Og,
-                       gyn + gi * g.Og * gys[1], gys[1], gmid.data(), P, nullptr, nullptr);
-              done = true;
-            } else if (nhwc && gys[1] == 1 && gys[2] == g.OW * gys[3]) {
-              // gmid[p, j] = sum_o gy[p, o] * wp[o, coff + j]
-              gemm_f32(P, cbm, g.Og, gyn + gi * g.Og, gys[3], wp + gi * g.Og * g.CMg + coff,
-                       g.CMg, gmid.data(), cbm, nullptr, nullptr);
-              done = true;
-            }
+        // gmid[p, j] = sum_o gy[p, o] * wp[o, coff + j]    (P x cbm) = (P x Og) . (Og x cbm),
+        // through the own GEMM (own_gmid) for the pixels of output rows [r0, r0 + rows).
+        auto gmid_rows = [&](i64 r0, i64 rows) {
+          if constexpr (std::is_same<S, float>::value) {
+            const i64 p0 = r0 * g.OW;
+            const float* gyb = gyn + gi * g.Og * gys[1] + p0 * gys[3];
+            if (nhwc)  // gmid[p, j] = sum_o gy[p, o] * wp[o, coff + j]
+              gemm_f32(rows * g.OW, cbm, g.Og, gyb, gys[3], wp + gi * g.Og * g.CMg + coff, g.CMg,
+                       gmid.data() + p0 * cbm, cbm, nullptr, nullptr);
+            else  // gmid[j, p] = sum_o wpT[coff + j, o] * gy[o, p]
+              gemm_f32(cbm, rows * g.OW, g.Og, wpT.data() + gi * g.CMg * g.Og + coff * g.Og, g.Og,
+                       gyb, gys[1], gmid.data() + p0, P, nullptr, nullptr);
           }
-        }
-        if (!done) {
+        };
+        if (own_gmid && !gmid_by_band) {
+          gmid_rows(0, g.OH);
+        } else if (!own_gmid) {
+          Mat G_{gyn + gi * g.Og * gys[1], gys[3], gys[1]};
+          Mat W_{wp + gi * g.Og * g.CMg + coff, g.CMg, 1};
           if (nhwc)
             mm<A>(P, cbm, g.Og, G_, W_, gmid.data(), cbm, 1, A(0));
           else
@@ -543,6 +560,7 @@ void backward(const S* x, const S* wd, const S* wp, const S* gy, const i64* gys,
             Mat Mm = nhwc ? Mat{mid.data(), cbm, 1} : Mat{mid.data(), 1, P};
             mm<A>(g.Og, cbm, P, Gt, Mm, dwp_g, g.CMg, 1, A(1));
           }
+          if (gmid_by_band) gmid_rows(r0, rows);
         }
         gm = gmid.data();
         gm_cs = nhwc ? 1 : P;
