@@ -356,17 +356,16 @@ constexpr i64 kPanel = 16;  // one vector of columns: micro_avx2 (6 x 4 vectors 
 constexpr i64 panel_count(i64 n) { return (n + kPanel - 1) / kPanel; }
 
 // Whether the rows of a column block of a plain B (ldb floats apart, kn of them, one line
-// each with AVX2's 16-column blocks) crowd into too few sets of a 32 KiB, 8-way L1 (64 sets
-// of lines): rows 2^j lines apart share 64 / 2^j sets. Such a block is copied into a
-// contiguous panel first (gemm_f32): at 56x56 planes (rows 196 lines apart, 16 sets) the
-// backward's GEMMs 64 x 3136 x 128 and 128 x 64 x 504 ran at 75 / 73 % of the FMA peak from
-// B in place and 81-86 / 85 % from a panel; 64 x 512 x 128 (32x32 planes, 2 sets) 59 -> 77 %
-// (AMD Zen 2, run AH).
+// each with AVX2's 16-column blocks) are more lines than their sets of a 32 KiB, 8-way L1
+// hold (64 sets; rows 2^j lines apart share 64 / 2^j sets). Such a block is copied into a
+// contiguous panel first (gemm_f32). The backward of 32x64x32x32 -> 128 (rows 64 lines
+// apart, one set) took 0.94x the time with panels; that of row 1 (8x128x56x56 -> 128: rows
+// 196 lines apart, 16 sets, 128 rows) 1.015x, so it keeps B in place (AMD Zen 2, run AH).
 inline bool rows_crowd_l1(i64 ldb, i64 kn) {
   if (ldb % 16 != 0) return false;  // (rows off line boundaries spread over the sets)
   const i64 lines = ldb / 16;
   const i64 sets = 64 / std::min<i64>(64, lines & -lines);  // (lines & -lines: its largest 2^j)
-  return sets * 8 < 2 * kn;  // the block would take more than half its sets' ways
+  return sets * 8 < kn;
 }
 
 // The kn rows of a column block of B (ldb apart, kPanel columns) into a contiguous panel.
