@@ -370,7 +370,6 @@ inline bool rows_crowd_l1(i64 ldb, i64 kn) {
 
 // The kn rows of a column block of B (ldb apart, kPanel columns) into a contiguous panel.
 inline void copy_block(const float* b, i64 ldb, i64 kn, float* panel) {
-  typedef V<float>::t vec;
   constexpr i64 L = V<float>::L;
   for (i64 k = 0; k < kn; ++k)
     for (i64 v = 0; v < kPanel; v += L)
