@@ -495,6 +495,7 @@ void conv_direct_s2(const float* plane, i64 sh, const Geo& g, i64 oy0, i64 ox0, 
   in_blocks<K == 7 ? 4 : 8>(0, TH, [&](i64 i, auto R) {
     const i64 y0 = 2 * (oy0 + i) - g.pt;  // input row of the block's first window row
     for (i64 j = 0; j < TW; j += L) {
+      t_ahead.issue();
       const i64 base = 2 * (ox0 + j) - g.pl;  // input column of lane 0's first tap
       const __mmask16 m[3] = {inside(base, L), inside(base + L, L), inside(base + 2 * L, K - 2)};
       s2_block<K, decltype(R)::value, S>(plane + y0 * sh + base, sh, g.H, y0, m, w, bias,
@@ -562,6 +563,7 @@ __attribute__((always_inline)) inline void conv_direct_s2(const float* plane, i6
     constexpr int RB = decltype(R)::value;
     const i64 y0 = 2 * (oy0 + i) - g.pt;  // input row of the block's first window row
     for (i64 j = 0; j < TW; j += L) {
+      t_ahead.issue();
       const i64 base = 2 * (ox0 + j) - g.pl;  // input column of lane 0's first tap
       const LaneMask m[4] = {inside(base), inside(base + L), inside(base + 2),
                              inside(base + L + 2)};
