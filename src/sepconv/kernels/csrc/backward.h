@@ -408,9 +408,38 @@ void bwd_nhwc_weight(const Geo& g, i64 cb, const A* buf, const A* gm, i64 gps, A
   }
 }
 
+// fold_nhwc for zero padding (as fold_planar_zeros): each input pixel's gradient is its
+// padded position's (summed over its M intermediate channels), or zero where no window
+// reached (8x96x112x112 3x3 channels_last at stride 2: the training step 0.90x the time,
+// run AH).
+template <typename S, typename A>
+void fold_nhwc_zeros(const Geo& g, i64 cin, const A* gbuf, S* gx, i64 sh, i64 sw, i64 sc) {
+  const i64 M = g.M, cb = cin * M;
+  for (i64 y = 0; y < g.H; ++y)
+    for (i64 x = 0; x < g.W; ++x) {
+      S* d = gx + y * sh + x * sw;
+      const i64 r = y + g.pt, q = x + g.pl;
+      if (r >= g.Hu || q >= g.Wu) {
+        for (i64 c = 0; c < cin; ++c) fromA(A(0), d + c * sc);
+        continue;
+      }
+      const A* b = gbuf + (r * g.Wu + q) * cb;
+      if (M == 1) {
+        for (i64 c = 0; c < cin; ++c) fromA(b[c], d + c * sc);
+      } else {
+        for (i64 c = 0; c < cin; ++c) {
+          A v = 0;
+          for (i64 m = 0; m < M; ++m) v += b[c * M + m];
+          fromA(v, d + c * sc);
+        }
+      }
+    }
+}
+
 template <typename S, typename A>
 void fold_nhwc(const Geo& g, i64 cin, const A* gbuf, const i64* ymap, const i64* xmap, S* gx,
                i64 sh, i64 sw, i64 sc) {
+  if (g.mode == 0) return fold_nhwc_zeros<S, A>(g, cin, gbuf, gx, sh, sw, sc);
   const i64 M = g.M, cb = cin * M;
   std::vector<A> acc(g.H * g.W * cin, A(0));
   for (i64 r = 0; r < g.Hu; ++r) {
