@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from sepconv import SeparableConv2d
@@ -125,6 +125,51 @@ def test_gradients_of_pointwise_weight_bands(layout, case, outputs, size, kernel
     if output_fits(case):
         with tile_gemm("own"):
             _compare(case, torch.float32, 1e-4, depthwise_only=False, gy_like_output=True)
+
+
+@pytest.mark.parametrize("depthwise_only", [True, False])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@settings(max_examples=12, deadline=None)
+@given(case=cases(max_size=40, rank=2))
+def test_an_inf_in_the_input_reaches_only_the_gradients_of_its_windows(
+    layout, depthwise_only, case, kernels_built
+):
+    """Inf in the input's first column and in its rows and columns that no window reaches
+    (valid padding): the gradients equal PyTorch's, Inf and NaN exactly where PyTorch's
+    are. (The weight gradient's last partial vector of a row reads the input masked: its
+    lanes past the output would read the next row's first columns, and a zero gradient
+    lane times Inf is NaN.)"""
+    case = replace(case, padding="valid", mode="zeros", layout=layout)
+    assume(output_fits(case))
+    reached = [
+        (n - (k - 1) * d - 1) // s * s + (k - 1) * d + 1
+        for n, k, s, d in zip(case.spatial, case.kernel, case.stride, case.dilation)
+    ]
+    x = case.input()
+    x[..., :, 0] = float("inf")
+    x[..., reached[0] :, :] = float("inf")
+    x[..., :, reached[1] :] = float("inf")
+    wd, wp, bd, bp = case.weights()
+    plan = case.plan()
+
+    def fn(x_, wd_, bd_, wp_=None, bp_=None):
+        if depthwise_only:
+            return depthwise_forward(x_, wd_, bd_, case.stride, case.dilation, plan, "zeros")
+        return separable_forward(x_, wd_, wp_, bd_, bp_, case.stride, case.dilation, plan, "zeros")
+
+    inputs = (x, wd, bd) if depthwise_only else (x, wd, bd, wp, bp)
+    with env("on"):
+        _, _, fast = _grads(fn, inputs, gy_like_output=True)
+    with env("off"):
+        _, _, slow = _grads(fn, inputs, gy_like_output=True)
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(
+            a,
+            b,
+            rtol=1e-4,
+            atol=1e-4 * max(1.0, b.nan_to_num(0, 0, 0).abs().max().item()),
+            equal_nan=True,
+        )
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])

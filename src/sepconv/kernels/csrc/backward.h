@@ -64,9 +64,9 @@ void bwd_weight_any(const Geo& g, const A* buf, const A* gm, i64 gs, const i64* 
 // 2K independent FMA chains where they fit the registers with the gm vector, the input
 // vector and the bias sum (AVX2's 16 hold them up to K = 6; else one vector, K chains), and a
 // row's last partial vector is masked (element by element, a 56-wide row's tail took more
-// time than its three full vectors). Reads up to L - 1 + K elements past a buffer row
-// (buffers carry kSlack elements of slack). On AVX2, bwd_weight_any's one chain per tap
-// took 2.0 ms of row 1's 25 ms training step a thread (run AH).
+// time than its three full vectors), the input's too: an input element that no window
+// reaches may be Inf or NaN, and 0 x Inf is NaN. On AVX2, bwd_weight_any's one chain per
+// tap took 2.0 ms of row 1's 25 ms training step a thread (run AH).
 template <int K>
 void bwd_weight_s1(const float* buf, i64 qrow, const float* gm, i64 gs, i64 OH, i64 OW, float* dw,
                    float* db) {
@@ -80,9 +80,10 @@ void bwd_weight_s1(const float* buf, i64 qrow, const float* gm, i64 gs, i64 OH, 
   for (int ky = 0; ky < K; ++ky) {
     vec acc[2][K];
     for (int kx = 0; kx < K; ++kx) acc[0][kx] = acc[1][kx] = vzero<float>();
-    auto step = [&](int a, const vec gv, const float* b) {
+    auto step = [&](int a, const vec gv, const float* b, bool masked) {
 #pragma GCC unroll 8
-      for (int kx = 0; kx < K; ++kx) acc[a][kx] += gv * vld<float>(b + kx);
+      for (int kx = 0; kx < K; ++kx)
+        acc[a][kx] += gv * (masked ? load_inside(tail, b + kx) : vld<float>(b + kx));
       if (ky == 0) bsum += gv;
     };
     for (i64 i = 0; i < OH; ++i) {
@@ -90,11 +91,11 @@ void bwd_weight_s1(const float* buf, i64 qrow, const float* gm, i64 gs, i64 OH, 
       const float* b = buf + (i + ky) * qrow;
       i64 v = 0;
       for (; v + 2 <= full; v += 2) {
-        step(0, vld<float>(r + L * v), b + L * v);
-        step(PX - 1, vld<float>(r + L * v + L), b + L * v + L);
+        step(0, vld<float>(r + L * v), b + L * v, false);
+        step(PX - 1, vld<float>(r + L * v + L), b + L * v + L, false);
       }
-      if (v < full) step(0, vld<float>(r + L * v), b + L * v), ++v;
-      if (partial) step(PX - 1, load_inside(tail, r + L * v), b + L * v);
+      if (v < full) step(0, vld<float>(r + L * v), b + L * v, false), ++v;
+      if (partial) step(PX - 1, load_inside(tail, r + L * v), b + L * v, true);
     }
     for (int kx = 0; kx < K; ++kx) dw[ky * K + kx] += hsum<float>(acc[0][kx] + acc[1][kx]);
   }
@@ -110,8 +111,7 @@ constexpr i64 kTapGroup = 8;
 // Weight gradient of NT taps of one planar channel, any stride and dilation (bwd_weight_any's
 // sums): each gm vector is loaded once for the NT taps, NT independent FMA chains where
 // bwd_weight_any has one a tap (the backward of 8x96x112x112 3x3 at stride 2 took 0.95x the
-// time, run AH). A row's last partial vector is masked; the input is read by whole vectors,
-// up to L - 1 elements past a tap's row (buffers carry kSlack elements of slack).
+// time, run AH). A row's last partial vector is masked, the input's too (bwd_weight_s1).
 template <int NT>
 void bwd_weight_taps(const Geo& g, const float* buf, const float* gm, i64 gs, const i64* off,
                      float* dw) {
@@ -125,12 +125,15 @@ void bwd_weight_taps(const Geo& g, const float* buf, const float* gm, i64 gs, co
   for (i64 i = 0; i < g.OH; ++i) {
     const float* r = gm + i * gs;
     const float* b = buf + i * g.sy * g.Qrow;
-    auto step = [&](const vec gv, i64 j) __attribute__((always_inline)) {
+    auto step = [&](const vec gv, i64 j, bool masked) __attribute__((always_inline)) {
 #pragma GCC unroll 8
-      for (int t = 0; t < NT; ++t) acc[t] += gv * vld<float>(b + off[t] + j);
+      for (int t = 0; t < NT; ++t) {
+        const float* p = b + off[t] + j;
+        acc[t] += gv * (masked ? load_inside(tail, p) : vld<float>(p));
+      }
     };
-    for (i64 v = 0; v < full; ++v) step(vld<float>(r + L * v), L * v);
-    if (partial) step(load_inside(tail, r + L * full), L * full);
+    for (i64 v = 0; v < full; ++v) step(vld<float>(r + L * v), L * v, false);
+    if (partial) step(load_inside(tail, r + L * full), L * full, true);
   }
   for (int t = 0; t < NT; ++t) dw[t] += hsum<float>(acc[t]);
 }

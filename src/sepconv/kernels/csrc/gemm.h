@@ -5,6 +5,7 @@
 #pragma once
 
 #include "vec.h"
+#include "kept.h"
 
 namespace {
 
@@ -355,17 +356,23 @@ constexpr i64 kPanel = 16;  // one vector of columns: micro_avx2 (6 x 4 vectors 
 // Panels of kPanel columns that hold n columns.
 constexpr i64 panel_count(i64 n) { return (n + kPanel - 1) / kPanel; }
 
-// Whether the rows of a column block of a plain B (ldb floats apart, kn of them, one line
+// Whether the rows of a column block of a plain B (ldb floats apart, kc of them, one line
 // each with AVX2's 16-column blocks) are more lines than their sets of a 32 KiB, 8-way L1
 // hold (64 sets; rows 2^j lines apart share 64 / 2^j sets). Such a block is copied into a
 // contiguous panel first (gemm_f32). The backward of 32x64x32x32 -> 128 (rows 64 lines
 // apart, one set) took 0.94x the time with panels; that of row 1 (8x128x56x56 -> 128: rows
 // 196 lines apart, 16 sets, 128 rows) 1.015x, so it keeps B in place (AMD Zen 2, run AH).
-inline bool rows_crowd_l1(i64 ldb, i64 kn) {
-  if (ldb % 16 != 0) return false;  // (rows off line boundaries spread over the sets)
+inline bool rows_crowd_l1(i64 ldb, i64 kc) {
+  // (rows off line boundaries spread over the sets; a stride of 0, a broadcast B, has none)
+  if (ldb <= 0 || ldb % 16 != 0) return false;
   const i64 lines = ldb / 16;
   const i64 sets = 64 / std::min<i64>(64, lines & -lines);  // (lines & -lines: its largest 2^j)
-  return sets * 8 < kn;
+  return sets * 8 < kc;
+}
+
+// p rounded up to a multiple of `bytes` (a power of 2).
+inline float* align_up(float* p, uintptr_t bytes) {
+  return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(p) + bytes - 1) & ~(bytes - 1));
 }
 
 // The kn rows of a column block of B (ldb apart, kPanel columns) into a contiguous panel.
@@ -381,7 +388,6 @@ inline void copy_block(const float* b, i64 ldb, i64 kn, float* panel) {
 struct Images {
   i64 count = 1, b = 0, c = 0;
 };
-
 
 // bias_row: M values (one per row of C) or null; bias_col: N values (+ slack) or null.
 // pstride: 0 for a plain B; else B is packed in kPanel-column panels (pack_panels, ldb
@@ -415,12 +421,20 @@ void gemm_f32(i64 M, i64 N, i64 K, const float* a, i64 lda, const float* b_all, 
   thread_local std::vector<float> gathered;  // (B's tail columns: tail_columns)
 #endif
   // A plain B's whole column blocks copied into a panel where their rows crowd into few L1
-  // sets (rows_crowd_l1) and enough blocks of A's rows reuse it (8: 24 x 3136 x 144, 4
-  // blocks, took 1.04x the time with panels). AVX2 only: AVX-512's 64-column blocks are
-  // four lines a row, unmeasured.
-  const bool to_panel = kPanel == 16 && !pstride && M >= 8 * MR && rows_crowd_l1(ldb, kc);
-  thread_local std::vector<float> panel;
-  if (to_panel && i64(panel.size()) < kc * kPanel) panel.resize(kc * kPanel);
+  // sets (rows_crowd_l1), K is blocked (a panel of kc x 16 floats in L1) and enough blocks
+  // of A's rows reuse each copy (8: 24 x 3136 x 144, 4 blocks, took 1.04x the time with
+  // panels). With micro_avx2 only: AVX-512's 64-column blocks are four lines a row,
+  // unmeasured. The panel is a kept buffer, 64-byte aligned (whole lines per row).
+#if defined(SEPCONV_MICRO_AVX2)
+  const bool to_panel =
+      !pstride && kc <= kKC && std::min(M, MB) >= 8 * MR && rows_crowd_l1(ldb, kc);
+#else
+  constexpr bool to_panel = false;
+#endif
+  std::unique_ptr<float[]> panel_fallback;
+  float* const panel =
+      to_panel ? align_up(kept_buffer(kKeptGemmPanel, kc * kPanel + 16, panel_fallback), 64)
+               : nullptr;
   for (i64 mb0 = 0; mb0 < M; mb0 += MB)
   for (i64 img = 0; img < images.count; ++img) {  // (A's block stays in L2 over the images)
     const i64 mend = std::min(M, mb0 + MB);
@@ -453,8 +467,8 @@ void gemm_f32(i64 M, i64 N, i64 K, const float* a, i64 lda, const float* b_all, 
         const float* bk = bn + k0 * ldb;
         i64 ldbk = ldb;
         if (to_panel && nw == kPanel) {
-          copy_block(bk, ldb, kn, panel.data());
-          bk = panel.data(), ldbk = kPanel;
+          copy_block(bk, ldb, kn, panel);
+          bk = panel, ldbk = kPanel;
         }
         for (i64 m0 = mb0, mr = 0; m0 < mend; m0 += mr) {
           // Blocks of 6 rows, the last few evened out (128 = 18 x 6 + 4 x 5, not 21 x 6 + 2): a

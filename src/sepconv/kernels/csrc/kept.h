@@ -23,8 +23,8 @@ namespace {
 // call buffers are at most a few MiB, whole_ok; tile intermediates the tile budget; the
 // backward's, per block of channels, about three tile budgets, or 64 padded planes where
 // those are larger: 13 MB for 224 x 224).
-// The forward's slots (sep_forward.h), the backward's (backward.h) and the 1x1 forward's
-// (pointwise.h), one per per-thread buffer of a call.
+// The forward's slots (sep_forward.h), the backward's (backward.h), the 1x1 forward's
+// (pointwise.h) and the own GEMM's (gemm.h), one per per-thread buffer of a call.
 enum KeptSlot {
   kKeptMid,
   kKeptPanels,
@@ -38,6 +38,7 @@ enum KeptSlot {
   kKeptBwdGradMid,
   kKeptPwWeight,
   kKeptPwBias,
+  kKeptGemmPanel,
   kKeptSlots
 };
 constexpr i64 kKeepBytes = i64(32) << 20;
