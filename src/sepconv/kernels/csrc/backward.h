@@ -106,7 +106,7 @@ void bwd_weight_s1(const float* buf, i64 qrow, const float* gm, i64 gs, i64 OH, 
 #if defined(__AVX512F__) || defined(SEPCONV_VEC32)
 // Taps per call of bwd_weight_taps: NT accumulators, the gm vector and an input vector fit
 // AVX2's 16 registers.
-constexpr i64 kTapGroup = 8;
+constexpr int kTapGroup = 8;
 
 // Weight gradient of NT taps of one planar channel, any stride and dilation (bwd_weight_any's
 // sums): each gm vector is loaded once for the NT taps, NT independent FMA chains where
@@ -142,19 +142,9 @@ void bwd_weight_taps(const Geo& g, const float* buf, const float* gm, i64 gs, co
 inline void bwd_weight_grouped(const Geo& g, const float* buf, const float* gm, i64 gs,
                                const i64* off, float* dw, float* db) {
   for (i64 t0 = 0; t0 < g.T; t0 += kTapGroup) {
-    auto taps = [&](auto nt) {
+    with_constant<kTapGroup>(g.T - t0, [&](auto nt) {
       bwd_weight_taps<decltype(nt)::value>(g, buf, gm, gs, off + t0, dw + t0);
-    };
-    switch (std::min(kTapGroup, g.T - t0)) {
-      case 8: taps(std::integral_constant<int, 8>()); break;
-      case 7: taps(std::integral_constant<int, 7>()); break;
-      case 6: taps(std::integral_constant<int, 6>()); break;
-      case 5: taps(std::integral_constant<int, 5>()); break;
-      case 4: taps(std::integral_constant<int, 4>()); break;
-      case 3: taps(std::integral_constant<int, 3>()); break;
-      case 2: taps(std::integral_constant<int, 2>()); break;
-      default: taps(std::integral_constant<int, 1>()); break;
-    }
+    });
   }
   if (db) bwd_bias<float>(g, gm, gs, db);
 }

@@ -296,14 +296,7 @@ inline void tail_columns(i64 M, i64 K, const float* a, i64 lda, const float* b, 
 // micro-kernels' template argument (the float32 and bfloat16 ones).
 template <typename F>
 inline void with_rows(i64 mr, F&& f) {
-  switch (mr) {
-    case 6: f(std::integral_constant<int, 6>()); break;
-    case 5: f(std::integral_constant<int, 5>()); break;
-    case 4: f(std::integral_constant<int, 4>()); break;
-    case 3: f(std::integral_constant<int, 3>()); break;
-    case 2: f(std::integral_constant<int, 2>()); break;
-    default: f(std::integral_constant<int, 1>()); break;
-  }
+  with_constant<6>(mr, std::forward<F>(f));
 }
 
 // stream: whole-line stores of C bypass the caches; accumulate: C += A B (only where

@@ -14,6 +14,7 @@
 #include <memory>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include <omp.h>
@@ -322,6 +323,16 @@ inline V<float>::t load_inside(LaneMask m, const float* p) {
 }
 #endif
 #endif
+
+// f(std::integral_constant<int, n>()) for a run-time n in [1, Max] (clamped): a count as a
+// template argument, so that loops over it unroll and arrays indexed by it stay in registers.
+template <int Max, typename F>
+inline void with_constant(i64 n, F&& f) {
+  if constexpr (Max > 1) {
+    if (n < Max) return with_constant<Max - 1>(n, std::forward<F>(f));
+  }
+  f(std::integral_constant<int, Max>());
+}
 
 // A core's L2 in bytes (1 MiB where the system does not say).
 inline i64 l2_bytes() {
