@@ -554,7 +554,7 @@ void backward(const S* x, const S* wd, const S* wp, const S* gy, const i64* gys,
   const bool gmid_by_band = own_gmid && own_dwp && !nhwc;
   // The channels-last own pointwise weight gradient sums each thread's share transposed (a
   // group's [j][o], as its GEMM yields it), transposed once in the reduction: added to dwp
-  // element by element, O apart, it took 0.6 of row 1's 25 ms channels-last step a thread.
+  // element by element, O apart, it took 0.6 ms of row 1's 25 ms channels-last step a thread.
   const bool dwp_transposed = own_dwp && nhwc;
   const i64 band_rows = own_dwp ? std::clamp<i64>(kDwpBandPixels / g.OW, 1, g.OH) : g.OH;
 
