@@ -558,19 +558,14 @@ void backward(const S* x, const S* wd, const S* wp, const S* gy, const i64* gys,
   const bool dwp_transposed = own_dwp && nhwc;
   const i64 band_rows = own_dwp ? std::clamp<i64>(kDwpBandPixels / g.OW, 1, g.OH) : g.OH;
 
-  // Dynamic scheduling lets a thread that the machine slows take fewer tasks. With
-  // torch.use_deterministic_algorithms(True) each thread takes a fixed share instead, so that
-  // its weight-gradient sums, and their reduction below, add in the same order on every call
-  // (with dynamic scheduling half the calls' weight gradients differed in rounding); so does
-  // a batch of at least one image a thread, whose tasks (ordered by image) then go to the
-  // thread whose forward read those images (for_tasks): row 1's training step 0.988x the
-  // time, channels_last 0.968x (run AG). The task loop's schedule(runtime) reads this; the
-  // caller's setting is restored after it.
-  omp_sched_t old_kind;
-  int old_chunk;
-  omp_get_schedule(&old_kind, &old_chunk);
+  // Tasks taken in turn (dynamic) let a thread that the machine slows take fewer. With
+  // torch.use_deterministic_algorithms(True) each thread takes a fixed run of them instead
+  // (for_tasks' static split), so that its weight-gradient sums, and their reduction below,
+  // add in the same order on every call (with dynamic scheduling half the calls' weight
+  // gradients differed in rounding); so does a batch of at least one image a thread, whose
+  // tasks (ordered by image) then go to the thread whose forward read those images: row 1's
+  // training step 0.988x the time, channels_last 0.968x (run AG).
   const bool fixed = deterministic || image_a_thread(g.N, nth);
-  omp_set_schedule(fixed ? omp_sched_static : omp_sched_dynamic, fixed ? 0 : 1);
 #pragma omp parallel num_threads(nth)
   {
     const int tid = omp_get_thread_num();
@@ -588,8 +583,7 @@ void backward(const S* x, const S* wd, const S* wp, const S* gy, const i64* gys,
     A* my_dwd = dwd_t.data() + tid * g.CM * g.T;
     A* my_dbd = dbd ? dbd_t.data() + tid * g.CM : nullptr;
     A* my_dwp = dwp_t.empty() ? nullptr : dwp_t.data() + tid * g.O * g.CMg;
-#pragma omp for schedule(runtime)  // (dynamic, or static: `fixed` above)
-    for (i64 t = 0; t < tasks; ++t) {
+    for_tasks(tasks, fixed, [&](i64 t) {
       const i64 n = t / (groups * nblk), gi = (t / nblk) % groups, bi = t % nblk;
       const i64 c0 = gi * cin_group + bi * cblk;
       const i64 cin = std::min(cblk, gi * cin_group + cin_group - c0);
@@ -736,9 +730,8 @@ void backward(const S* x, const S* wd, const S* wp, const S* gy, const i64* gys,
           }
         }
       }
-    }
+    });
   }
-  omp_set_schedule(old_kind, old_chunk);
   // Reduce per-thread accumulators.
   for (i64 i = 0; i < g.CM * g.T; ++i) {
     A s = 0;

@@ -221,7 +221,7 @@ inline void micro_avx2(i64 K, const float* a, i64 lda, const float* b, i64 ldb, 
 #define SEPCONV_TAIL_COLUMNS 1
 // Columns a column block may end with past its whole vectors that gemm_f32 computes as dot
 // products along K (tail_columns) rather than with one more vector per row.
-constexpr i64 kTailColumns = 4;
+constexpr int kTailColumns = 4;
 // Rows of A per group of dot products: 4 x 4 accumulators in 32 zmm, 3 x 4 in 16 ymm.
 constexpr i64 kTailRows = kVecBytes == 64 ? 4 : 3;
 
@@ -272,12 +272,9 @@ inline void tail_columns(i64 M, i64 K, const float* a, i64 lda, const float* b, 
     const i64 rows = std::min<i64>(kTailRows, M - i0);
     float sums[kTailRows][kTailColumns];
     const float* const ai = a + i0 * lda;
-    switch (nt) {
-      case 4: tail_dots<4>(rows, K, ai, lda, bt, sums); break;
-      case 3: tail_dots<3>(rows, K, ai, lda, bt, sums); break;
-      case 2: tail_dots<2>(rows, K, ai, lda, bt, sums); break;
-      default: tail_dots<1>(rows, K, ai, lda, bt, sums); break;
-    }
+    with_constant<kTailColumns>(nt, [&](auto nt_c) {
+      tail_dots<decltype(nt_c)::value>(rows, K, ai, lda, bt, sums);
+    });
     for (i64 r = 0; r < rows; ++r)
       for (i64 j = 0; j < nt; ++j) {
         float v = sums[r][j];
@@ -477,12 +474,12 @@ void gemm_f32(i64 M, i64 N, i64 K, const float* a, i64 lda, const float* b_all, 
           float* cm = c + m0 * ldc + n0;
           const bool st = stream && last;
           const float* cl = last ? clamp : nullptr;
-          switch (nv) {
-            case 4: micro_rows<4>(mr, kn, am, lda, bk, ldbk, cm, ldc, br, bc, nw, st, false, cl, sc); break;
-            case 3: micro_rows<3>(mr, kn, am, lda, bk, ldbk, cm, ldc, br, bc, nw, st, false, cl, sc); break;
-            case 2: micro_rows<2>(mr, kn, am, lda, bk, ldbk, cm, ldc, br, bc, nw, st, false, cl, sc); break;
-            default: micro_rows<1>(mr, kn, am, lda, bk, ldbk, cm, ldc, br, bc, nw, st, !first, cl, sc); break;
-          }
+          with_constant<4>(nv, [&](auto nv_c) {
+            constexpr int NV = decltype(nv_c)::value;
+            // (C += A B for a later block of K: only with one vector, micro_avx2)
+            const bool accumulate = NV == 1 && !first;
+            micro_rows<NV>(mr, kn, am, lda, bk, ldbk, cm, ldc, br, bc, nw, st, accumulate, cl, sc);
+          });
         }
       }
     }

@@ -373,7 +373,8 @@ inline bool image_a_thread(i64 N, i64 threads) { return N >= threads; }
 // different core complexes, MobileNetV2 at batch 8 took 0.92-0.94x the time of that
 // statically, MobileNetV1 0.93-0.97x. Else in turn, which evens out uneven tasks and a
 // thread that the machine slows (batch 1: the 1x1 tasks statically took 1.027x, run AF).
-// (chunk: consecutive tasks taken at a time.)
+// (The backward passes by_image also where each thread must take the same tasks on every
+// call: deterministic gradients. chunk: consecutive tasks taken at a time.)
 template <typename F>
 inline void for_tasks(i64 count, bool by_image, F&& f, i64 chunk = 1) {
   if (by_image) {
