@@ -28,6 +28,23 @@ def test_fastest_picks_the_fastest_candidate():
     assert autotune.fastest({"a": _sleeper(0.002), "b": _noop, "c": _sleeper(0.001)}) == "b"
 
 
+def test_candidates_are_timed_after_their_own_call():
+    """A path slowed by what the one before it left behind (evicted operands) is judged by
+    its time in a loop: here ``a`` takes 3 ms after ``b`` and 1 ms after itself, ``b`` 2 ms.
+    Timed right after ``b`` in every round, ``a`` would lose."""
+    last = [None]
+
+    def candidate(name, own_ms, other_ms):
+        def run():
+            time.sleep(1e-3 * (own_ms if last[0] == name else other_ms))
+            last[0] = name
+
+        return run
+
+    candidates = {"b": candidate("b", 2, 2), "a": candidate("a", 1, 3)}
+    assert autotune.fastest(candidates) == "a"
+
+
 def test_slow_calls_are_timed_twice(monkeypatch):
     calls = {"kernel": 0, "pytorch": 0}
 
@@ -43,7 +60,7 @@ def test_slow_calls_are_timed_twice(monkeypatch):
         {"kernel": counted("kernel", 0.002), "pytorch": counted("pytorch", 0.003)}
     )
     assert winner == "kernel"
-    assert calls == {"kernel": 3, "pytorch": 3}  # one untimed, two timed each
+    assert calls == {"kernel": 5, "pytorch": 5}  # one untimed, then two rounds of two calls
 
 
 def test_call_time_is_estimated_after_the_first_call(monkeypatch):
@@ -61,7 +78,7 @@ def test_call_time_is_estimated_after_the_first_call(monkeypatch):
     monkeypatch.setattr(autotune, "MAX_ROUNDS", autotune.ROUNDS)  # (no extra rounds)
     calls = []
     autotune.fastest({"only": lambda: calls.append(1)})
-    assert len(calls) == 2 + autotune.ROUNDS * 50  # two untimed, then 50 per sample
+    assert len(calls) == 2 + autotune.ROUNDS * 51  # two untimed, then 1 + 50 per sample
 
 
 def _scripted(monkeypatch, times: dict[str, list[float]]):
