@@ -140,10 +140,15 @@ void pack_panels(const float* wp, i64 G, i64 Og, i64 CMg, i64 threads, float* ds
   }
 }
 
-// Whether a channels_last GEMM of `pixels` rows, K inputs and N outputs moves fewer elements
-// through the planar GEMM, its input and output transposed in cache (2 pixels (K + N)), than
-// packing its N x K weight in panels: small images with large weights.
-inline bool transposing_moves_less(i64 pixels, i64 K, i64 N) { return 2 * pixels * (K + N) < N * K; }
+// Whether a channels_last GEMM of `pixels` rows, K inputs and N outputs goes through the
+// planar GEMM, its input and output transposed in cache (2 pixels (K + N) elements moved),
+// rather than packing its N x K weight in panels: small images with large weights, where the
+// transposes move less than twice what packing does. (Packing is not all the packed GEMM
+// costs: it reads the panels again for each block of A's rows. With the bound at once what
+// packing moves, 8x768x7x7 -> 3072 7x7 channels_last, 392 pixels, packed its 9.4 MB weight:
+// transposed it took 0.84-0.90x the time, 1x384x14x14 -> 1536 0.95-0.98x, AMD Zen 2, run
+// AI. 8x960x7x7 -> 320, 3.3x: transposed 1.19x.)
+inline bool transposing_pays(i64 pixels, i64 K, i64 N) { return pixels * (K + N) < N * K; }
 
 // Group gi's packed pointwise weight (g.wpT) from its column col (a multiple of kPanel) on.
 inline const float* packed_cols(const Geo& g, i64 gi, i64 col) {

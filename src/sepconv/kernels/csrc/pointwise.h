@@ -142,7 +142,7 @@ void pw_forward(const float* x, const float* w, const float* b, const MidNorm<fl
   }
   // channels_last with few pixels and a large weight (1x320x7x7 -> 1280: 1.6x the time
   // packed): the images transposed to planes and back, around the planar GEMM.
-  if (transposing_moves_less(g.N * g.P, g.C, g.O)) {
+  if (transposing_pays(g.N * g.P, g.C, g.O)) {
     std::unique_ptr<float[]> planes_own;
     float* const planes = kept_buffer(kKeptMid, g.N * g.P * (g.C + g.O), planes_own);
     float* const out_planes = planes + g.N * g.P * g.C;

@@ -260,11 +260,11 @@ inline bool bands_ok(const Geo& g, i64 elem_bytes) {
 
 // Whether sep_forward_whole's own GEMM takes a channels_last call through the planar GEMM,
 // transposing the intermediate and the output in cache, instead of packing the pointwise
-// weight in panels: where packing would move more than transposing. 1x768x7x7 -> 3072 took
+// weight in panels (transposing_pays). 1x768x7x7 -> 3072 took
 // 0.45x the time this way, 1x960x7x7 -> 160 / 320 0.85-0.92x; 8x960x7x7 -> 160 and
 // 8x576x14x14 -> 160 s2 took 1.25-1.35x (packing there is cheap).
 bool whole_transposed(const Geo& g) {
-  return g.nhwc && transposing_moves_less(g.N * g.OH * g.OW, g.CM, g.O);
+  return g.nhwc && transposing_pays(g.N * g.OH * g.OW, g.CM, g.O);
 }
 
 // Small intermediates (whole_ok): the depthwise output of the whole
