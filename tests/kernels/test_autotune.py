@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -28,20 +29,23 @@ def test_fastest_picks_the_fastest_candidate():
     assert autotune.fastest({"a": _sleeper(0.002), "b": _noop, "c": _sleeper(0.001)}) == "b"
 
 
-def test_candidates_are_timed_after_their_own_call():
-    """A path slowed by what the one before it left behind (evicted operands) is judged by
-    its time in a loop: here ``a`` takes 3 ms after ``b`` and 1 ms after itself, ``b`` 2 ms.
-    Timed right after ``b`` in every round, ``a`` would lose."""
-    last = [None]
+def test_candidates_are_timed_after_their_own_call(monkeypatch):
+    """A path slowed by what another left behind (its operands evicted) is judged by its time
+    in a loop: ``a`` takes 3 ms right after another candidate and 1 ms after itself, ``b``
+    and ``c`` always 2 ms. Timed right after another candidate's call, ``a`` would lose.
+    On a clock that only the candidates advance, so that a busy machine cannot change it."""
+    clock, last = [0.0], [None]
 
-    def candidate(name, own_ms, other_ms):
+    def candidate(name, own, other):
         def run():
-            time.sleep(1e-3 * (own_ms if last[0] == name else other_ms))
+            clock[0] += own if last[0] == name else other
             last[0] = name
 
         return run
 
-    candidates = {"b": candidate("b", 2, 2), "a": candidate("a", 1, 3)}
+    monkeypatch.setattr(autotune, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    candidates = {"b": candidate("b", 2e-3, 2e-3), "a": candidate("a", 1e-3, 3e-3)}
+    candidates["c"] = candidate("c", 2e-3, 2e-3)
     assert autotune.fastest(candidates) == "a"
 
 
@@ -60,7 +64,7 @@ def test_slow_calls_are_timed_twice(monkeypatch):
         {"kernel": counted("kernel", 0.002), "pytorch": counted("pytorch", 0.003)}
     )
     assert winner == "kernel"
-    assert calls == {"kernel": 5, "pytorch": 5}  # one untimed, then two rounds of two calls
+    assert calls == {"kernel": 3, "pytorch": 3}  # one untimed, two timed each
 
 
 def test_call_time_is_estimated_after_the_first_call(monkeypatch):

@@ -304,6 +304,8 @@ _WHOLE = (
     # of 64 output channels (the last block partial) x a share of the pixels, and pixel
     # shares over several weight panels
     ((2, 320, 1, 1100), (5, 5), (3, 3), (1, 1), (1, 1), 1, "zeros", True),
+    # a 1 MiB weight, channels_last packed in panels (transposes would move 2.8x as much)
+    ((2, 256, 1, 1024), (12, 12), (3, 3), (1, 1), (1, 1), 1, "zeros", True),
     ((1, 256, 1, 300), (7, 7), (3, 3), (1, 1), (1, 1), 1, "reflect", False),
     ((4, 64, 1, 75), (7, 7), (3, 3), (1, 1), (1, 1), 1, "zeros", True),
     ((8, 32, 1, 130), (7, 7), (3, 3), (1, 1), (1, 1), 1, "zeros", True),

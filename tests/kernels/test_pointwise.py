@@ -90,7 +90,7 @@ _EXAMPLE = dict(
     threads=st.sampled_from([1, 2, 3]),
     seed=st.integers(0, 2**16),
 )
-# channels_last through planes (2 N P (C + O) < O C), and planar with row blocks
+# channels_last through planes (N P (C + O) < O C: transposing_pays), and planar with row blocks
 @example(**dict(_EXAMPLE, channels_last=True))
 @example(**dict(_EXAMPLE, o=100, w=3, affine=False, has_bias=False, clamp=(0.0, None)))
 def test_pointwise_matches_numpy(

@@ -62,14 +62,15 @@ def fastest(candidates: dict[str, Callable[[], object]]) -> str:
     disturbed machine; the minimum of each is compared, since interruptions by other
     processes only ever add time. Ties go to the first candidate.
 
-    Each sample follows one untimed call of its own candidate, and each round starts at the
-    next candidate, so that what is compared is each path's time in a loop, as ``make
-    bench`` measures it. A call right after another candidate's pays for what that one left
-    behind (its own operands evicted, its output's lines to fetch again), and not equally:
-    on 1x192x28x28 -> 768 7x7 the kernel took 1.6 ms in a loop and 2.3-2.9 ms right after
-    PyTorch's call, PyTorch 0.5-0.7 ms more after a cache sweep; with the kernel always
-    after PyTorch's channels_last path, ``auto`` kept PyTorch's 2.1-2.6 ms paths in 8 of 12
-    tries (docs/performance.md, run AI).
+    Unless slow, each sample follows one untimed call of its own candidate, so that what is
+    compared is each path's time in a loop, as ``make bench`` measures it. A call right
+    after another candidate's pays for what that one left behind (its own operands evicted,
+    its output's lines to fetch again), and not equally: on 1x192x28x28 -> 768 7x7 the
+    kernel took 1.60 ms in a loop and 2.3-2.9 ms right after PyTorch's call, PyTorch 0.5-0.7
+    ms more after a cache sweep; with each sample a single call after the others', ``auto``
+    kept PyTorch's NCHW path (2.65 ms in a loop) in 8 of 12 tries (docs/performance.md, run
+    AI). Inside a network a layer runs with colder caches than in a loop; which path is
+    faster there was not measured.
     """
     with torch.no_grad():
         estimate = {name: _seconds(fn, 1) for name, fn in candidates.items()}
@@ -82,11 +83,11 @@ def fastest(candidates: dict[str, Callable[[], object]]) -> str:
             for name, t in estimate.items()
         }
         samples: dict[str, list[float]] = {name: [] for name in candidates}
-        order = list(candidates.items())
         done = 0
         while done < rounds or (not slow and done < MAX_ROUNDS and _disturbed(samples)):
-            for name, fn in order[done % len(order) :] + order[: done % len(order)]:
-                fn()  # (untimed: the timed calls follow their own candidate, see above)
+            for name, fn in candidates.items():
+                if not slow:
+                    fn()  # (untimed: the timed calls follow their own candidate's, see above)
                 samples[name].append(_seconds(fn, reps[name]))
             done += 1
     best = {name: min(values) for name, values in samples.items()}

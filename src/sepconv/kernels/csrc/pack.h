@@ -143,11 +143,12 @@ void pack_panels(const float* wp, i64 G, i64 Og, i64 CMg, i64 threads, float* ds
 // Whether a channels_last GEMM of `pixels` rows, K inputs and N outputs goes through the
 // planar GEMM, its input and output transposed in cache (2 pixels (K + N) elements moved),
 // rather than packing its N x K weight in panels: small images with large weights, where the
-// transposes move less than twice what packing does. (Packing is not all the packed GEMM
-// costs: it reads the panels again for each block of A's rows. With the bound at once what
-// packing moves, 8x768x7x7 -> 3072 7x7 channels_last, 392 pixels, packed its 9.4 MB weight:
-// transposed it took 0.84-0.90x the time, 1x384x14x14 -> 1536 0.95-0.98x, AMD Zen 2, run
-// AI. 8x960x7x7 -> 320, 3.3x: transposed 1.19x.)
+// transposes move less than twice what packing does (the ratio 2 pixels (K + N) / (N K)
+// under 2). Packing is not all the packed GEMM costs: it reads the panels again for each
+// block of A's rows. With the bound at a ratio of 1, 8x768x7x7 -> 3072 7x7 channels_last
+// (ratio 1.28) packed its 9.4 MB weight; transposed it took 0.84-0.90x the time, MobileNetV1's
+// 8x1024x7x7 -> 1024 (1.53) 0.89x, 1x384x14x14 -> 1536 (1.28) 0.95-0.98x; 8x960x7x7 -> 320
+// (3.3) 1.19x (AMD Zen 2, run AI).
 inline bool transposing_pays(i64 pixels, i64 K, i64 N) { return pixels * (K + N) < N * K; }
 
 // Group gi's packed pointwise weight (g.wpT) from its column col (a multiple of kPanel) on.
