@@ -355,9 +355,10 @@ x, gy = torch.randn(2, 64, 56, 56), torch.randn(2, 64, 56, 56)
 wd, wp = torch.randn(64, 1, 3, 3), torch.randn(64, 64, 1, 1)
 g = _ops.geometry(x, (3, 3), 64, (1, 1), (1, 1), (1, 1, 1, 1), "zeros", 64, 1)
 gx, gwd, gbd, gwp = torch.zeros_like(x), torch.zeros(64 * 9), torch.zeros(64), torch.zeros(64 * 64)
+gbp = torch.zeros(64)
 geo = _ops._geo_array(g, _ops.strides4(x, 2), (0, 0, 0, 0))
 strides = [(ctypes.c_int64 * 4)(*_ops.strides4(t, 2)) for t in (gy, gx)]
-pointers = [t.data_ptr() for t in (x, wd, wp, gy, gx, gwd, gbd, gwp)]
+pointers = [t.data_ptr() for t in (x, wd, wp, gy, gx, gwd, gbd, gwp, gbp)]
 def call():
     assert lib.sepconv_backward(0, *pointers[:4], strides[0], pointers[4], strides[1],
                                 *pointers[5:], geo, 0) == 0

@@ -237,7 +237,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.sepconv_dense_forward.restype = c_int
     lib.sepconv_dw_forward.argtypes = [c_int, p, p, p, p, i64p]
     lib.sepconv_dw_forward.restype = c_int
-    lib.sepconv_backward.argtypes = [c_int, p, p, p, p, i64p, p, i64p, p, p, p, i64p, c_int]
+    lib.sepconv_backward.argtypes = [c_int, p, p, p, p, i64p, p, i64p, p, p, p, p, i64p, c_int]
     lib.sepconv_backward.restype = c_int
     lib.sepconv_set_own_gemm.argtypes = [c_int]
     lib.sepconv_set_own_gemm.restype = c_int

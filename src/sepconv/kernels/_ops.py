@@ -549,7 +549,9 @@ def _dense(t: Tensor, rank: int, channels_inner: bool) -> Tensor:
 
 
 def backward_raw(x, wd, wp, gy, g: Geometry, need_x: bool, need_bd: bool, need_wp: bool):
-    """``(gx, gwd, gbd, gwp)`` of a separable (``wp`` given) or depthwise convolution."""
+    """``(gx, gwd, gbd, gwp, gy_sum)`` of a separable (``wp`` given) or depthwise convolution:
+    ``gy_sum`` ``(O,)`` is ``gy`` summed over images and pixels (the pointwise bias
+    gradient), computed with ``gwp``; None where ``gwp`` is."""
     lib = _build.load()
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     separable = wp is not None
@@ -569,6 +571,7 @@ def backward_raw(x, wd, wp, gy, g: Geometry, need_x: bool, need_bd: bool, need_w
     gwd = torch.empty(mid * kernel_taps, dtype=acc)
     gbd = torch.empty(mid, dtype=acc) if need_bd else None
     gwp = torch.empty(g.O * (mid // g.G), dtype=acc) if (separable and need_wp) else None
+    gy_sum = torch.empty(g.O, dtype=acc) if gwp is not None else None
     wd = wd.contiguous()
     wp = None if wp is None else wp.contiguous()
     gys = (ctypes.c_int64 * 4)(*strides4(gy, g.rank))
@@ -587,11 +590,12 @@ def backward_raw(x, wd, wp, gy, g: Geometry, need_x: bool, need_bd: bool, need_w
             _ptr(gwd),
             _ptr(gbd),
             _ptr(gwp),
+            _ptr(gy_sum),
             geo,
             int(torch.are_deterministic_algorithms_enabled()),
         )
     )
-    return gx, gwd, gbd, gwp
+    return gx, gwd, gbd, gwp, gy_sum
 
 
 # ----------------------------------------------------------------------------- PyTorch path
@@ -653,11 +657,10 @@ class SeparableFunction(torch.autograd.Function):
                 None,
                 None,
             )
-        gx, gwd, gbd, gwp = backward_raw(
+        gx, gwd, gbd, gwp, gy_sum = backward_raw(
             x, wd, wp, gy, g, needs[0], needs[3] and bd is not None, needs[2]
         )
-        gy_sum = None
-        if (bp is not None and needs[4]) or (bd is not None and gwp is not None):
+        if gy_sum is None and bp is not None and needs[4]:  # (the kernel sums it with gwp)
             dims = (0, 2) if g.rank == 1 else (0, 2, 3)
             gy_sum = gy.sum(dim=dims, dtype=gwd.dtype)
         if gwp is not None and bd is not None:
@@ -693,7 +696,7 @@ class DepthwiseFunction(torch.autograd.Function):
                 None,
                 None,
             )
-        gx, gwd, gbd, _ = backward_raw(
+        gx, gwd, gbd, _, _ = backward_raw(
             x, wd, None, gy, g, needs[0], needs[2] and bd is not None, False
         )
         gwd = gwd.to(wd.dtype).view_as(wd) if needs[1] else None

@@ -170,22 +170,24 @@ int sepconv_dw_forward(int dtype, const void* x, const void* wd, const void* bd,
   return 1;
 }
 
-// Gradients: dwd (CM*T), dbd (CM or null), dwp (O*CMg or null, separable only) in float32
-// for dtype 0 and float64 for dtype 1. wp == null means depthwise alone. deterministic != 0:
-// the same results on every call with as many threads (torch.use_deterministic_algorithms).
+// Gradients: dwd (CM*T), dbd (CM or null), dwp (O*CMg or null, separable only), dbp (O or
+// null: the output gradient's sums, the pointwise bias gradient; computed with dwp only) in
+// float32 for dtype 0 and float64 for dtype 1. wp == null means depthwise alone.
+// deterministic != 0: the same results on every call with as many threads
+// (torch.use_deterministic_algorithms).
 int sepconv_backward(int dtype, const void* x, const void* wd, const void* wp, const void* gy,
                      const i64* gys, void* gx, const i64* gxs, void* dwd, void* dbd, void* dwp,
-                     const i64* geo, int deterministic) {
+                     void* dbp, const i64* geo, int deterministic) {
   switch (dtype) {
     case 0:
       backward<float>((const float*)x, (const float*)wd, (const float*)wp, (const float*)gy, gys,
-                      (float*)gx, gxs, (float*)dwd, (float*)dbd, (float*)dwp, geo,
+                      (float*)gx, gxs, (float*)dwd, (float*)dbd, (float*)dwp, (float*)dbp, geo,
                       deterministic != 0);
       return 0;
     case 1:
       backward<double>((const double*)x, (const double*)wd, (const double*)wp, (const double*)gy,
-                       gys, (double*)gx, gxs, (double*)dwd, (double*)dbd, (double*)dwp, geo,
-                       deterministic != 0);
+                       gys, (double*)gx, gxs, (double*)dwd, (double*)dbd, (double*)dwp,
+                       (double*)dbp, geo, deterministic != 0);
       return 0;
   }
   return 1;
