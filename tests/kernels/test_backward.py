@@ -38,10 +38,17 @@ def _grads(fn, inputs, seed=3, gy_like_output=False):
 
 
 def _compare(
-    case: Case, dtype: torch.dtype, rtol: float, depthwise_only: bool, gy_like_output=False
+    case: Case,
+    dtype: torch.dtype,
+    rtol: float,
+    depthwise_only: bool,
+    gy_like_output=False,
+    frozen_pointwise=False,
+    without_bp=False,
 ) -> None:
     x = case.input(dtype)
     wd, wp, bd, bp = case.weights(dtype)
+    bp = None if without_bp else bp
     plan = case.plan()
     if depthwise_only:
 
@@ -59,6 +66,14 @@ def _compare(
 
         inputs = (x, wd, wp, bd, bp)
         fast_type = _ops.SeparableFunction
+        if frozen_pointwise:  # (no weight gradient: gy's sums for the biases from PyTorch)
+
+            def fn(x_, wd_, bd_, bp_, wp_=wp):
+                return separable_forward(
+                    x_, wd_, wp_, bd_, bp_, case.stride, case.dilation, plan, case.mode
+                )
+
+            inputs = (x, wd, bd, bp)
     with env("on"):
         out, grad_fn, fast = _grads(fn, inputs, gy_like_output=gy_like_output)
     assert grad_fn.name() == fast_type.__name__ + "Backward", grad_fn.name()
@@ -94,6 +109,18 @@ def test_gradients_in_every_tile_gemm_mode(gemm, case, kernels_built):
     intermediate), MKL, or by layout."""
     with tile_gemm(gemm):
         _compare_float32(case)
+
+
+@pytest.mark.parametrize("frozen, without_bp", [(True, False), (False, True), (True, True)])
+@settings(max_examples=8)
+@given(case=cases(max_size=20))
+def test_bias_gradients_of_either_bias(frozen, without_bp, case, kernels_built):
+    """The output gradient's sums serve the pointwise bias's gradient and the depthwise
+    bias's share of the pointwise weight's: summed by the kernel with the weight's gradient,
+    by PyTorch without it (a frozen weight), and with either bias alone."""
+    case = replace(case, bias=True)
+    if output_fits(case):
+        _compare(case, torch.float32, 1e-4, False, frozen_pointwise=frozen, without_bp=without_bp)
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
@@ -370,13 +397,14 @@ before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(5):
     call()
 faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5
-grads = [t.clone() for t in (gx, gwd, gbd, gwp)]
+grads = [t.clone() for t in (gx, gwd, gbd, gwp, gbp)]
 kept = resident()
 kernels.release_memory()
 freed = kept - resident()
 call()  # allocates its buffers afresh
 # (the weight gradients' per-thread sums depend on which thread ran which block)
-assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-4) for a, b in zip(grads, (gx, gwd, gbd, gwp)))
+assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-4) for a, b in zip(grads, (gx, gwd, gbd, gwp, gbp)))
+assert torch.allclose(gbp, gy.sum(dim=(0, 2, 3)), rtol=1e-5, atol=1e-4)
 print(faults, freed)
 """
 

@@ -29,7 +29,7 @@ import torch
 SOURCE = Path(__file__).resolve().parent / "csrc" / "sepconv_kernels.cpp"
 #: Every file of the translation unit: the source and the parts it includes.
 SOURCES = (SOURCE, *sorted(SOURCE.parent.glob("*.h")))
-ABI_VERSION = 10
+ABI_VERSION = 11
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None

@@ -548,10 +548,12 @@ def _dense(t: Tensor, rank: int, channels_inner: bool) -> Tensor:
     return t.contiguous()
 
 
-def backward_raw(x, wd, wp, gy, g: Geometry, need_x: bool, need_bd: bool, need_wp: bool):
+def backward_raw(
+    x, wd, wp, gy, g: Geometry, need_x: bool, need_bd: bool, need_wp: bool, need_sum=False
+):
     """``(gx, gwd, gbd, gwp, gy_sum)`` of a separable (``wp`` given) or depthwise convolution:
     ``gy_sum`` ``(O,)`` is ``gy`` summed over images and pixels (the pointwise bias
-    gradient), computed with ``gwp``; None where ``gwp`` is."""
+    gradient), computed with ``gwp`` where ``need_sum``; else None."""
     lib = _build.load()
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     separable = wp is not None
@@ -571,7 +573,7 @@ def backward_raw(x, wd, wp, gy, g: Geometry, need_x: bool, need_bd: bool, need_w
     gwd = torch.empty(mid * kernel_taps, dtype=acc)
     gbd = torch.empty(mid, dtype=acc) if need_bd else None
     gwp = torch.empty(g.O * (mid // g.G), dtype=acc) if (separable and need_wp) else None
-    gy_sum = torch.empty(g.O, dtype=acc) if gwp is not None else None
+    gy_sum = torch.empty(g.O, dtype=acc) if gwp is not None and need_sum else None
     wd = wd.contiguous()
     wp = None if wp is None else wp.contiguous()
     gys = (ctypes.c_int64 * 4)(*strides4(gy, g.rank))
@@ -657,10 +659,13 @@ class SeparableFunction(torch.autograd.Function):
                 None,
                 None,
             )
+        need_bp = bp is not None and needs[4]
+        # (gy's sums: the pointwise bias gradient, and the depthwise bias's share of gwp)
+        need_sum = need_bp or (bd is not None and needs[2])
         gx, gwd, gbd, gwp, gy_sum = backward_raw(
-            x, wd, wp, gy, g, needs[0], needs[3] and bd is not None, needs[2]
+            x, wd, wp, gy, g, needs[0], needs[3] and bd is not None, needs[2], need_sum
         )
-        if gy_sum is None and bp is not None and needs[4]:  # (the kernel sums it with gwp)
+        if gy_sum is None and need_sum:  # (the kernel sums gy with gwp only)
             dims = (0, 2) if g.rank == 1 else (0, 2, 3)
             gy_sum = gy.sum(dim=dims, dtype=gwd.dtype)
         if gwp is not None and bd is not None:
@@ -673,7 +678,7 @@ class SeparableFunction(torch.autograd.Function):
         gwd = gwd.to(wd.dtype).view_as(wd) if needs[1] else None
         gwp = gwp.to(wp.dtype).view(wp.shape) if gwp is not None else None
         gbd = gbd.to(bd.dtype) if gbd is not None else None
-        gbp = gy_sum.to(bp.dtype) if (bp is not None and needs[4]) else None
+        gbp = gy_sum.to(bp.dtype) if need_bp else None
         return gx, gwd, gwp, gbd, gbp, None, None
 
 

@@ -74,7 +74,7 @@ int sep_forward_as(const void* x, const void* wd, const void* bd, const void* wp
 
 extern "C" {
 
-int sepconv_abi_version() { return 10; }
+int sepconv_abi_version() { return 11; }
 
 // Input bytes from which channels_last tiles touch their input first where the reads are on
 // (kTouchBytes): auto's training rule for channels_last 3x3 depthwise calls follows it.
