@@ -42,7 +42,7 @@ DISTURBED_SPREAD = 1.5
 #: kept PyTorch's 1.04 ms path for 8x144x56x56 -> 32 stride 2 channels_last run after run.
 #: With 3 ms, on 1x192x28x28 -> 768 7x7, whose kernel takes 1.6 ms in a loop, a sample was
 #: one call after the warm-up. That call took about 1.8 ms, while PyTorch's NCHW path took
-#: 1.8 ms against its 1.9-2.1 in a loop. So `auto` chose PyTorch in 4 of 14 fresh runs of
+#: 1.8 ms against its 1.9-2.1 in a loop. So ``auto`` chose PyTorch in 4 of 14 fresh runs of
 #: the benchmark's row; with 5 ms, in 0 of 14, with 8 ms in 1 of 14 (run AI). The cost: the
 #: first call of `mobilenet_v2` at batch 1 took 1.01 s instead of 0.63.)
 SAMPLE_SECONDS = 5e-3

@@ -460,9 +460,9 @@ void fold_nhwc(const Geo& g, i64 cin, const A* gbuf, const i64* ymap, const i64*
 
 // dbp[o] += the sum of gy over output rows [r0, r0 + rows) (OW pixels each) for the Og
 // outputs of one image's group at gyg (strides gys): the pointwise bias gradient, a band at a
-// time while the band is in cache. Each output's band in a sum of its own, then added (added
-// pixel by pixel to the running totals, channels_last sums over 8x128x56x56 were 15-20x
-// further from float64's than PyTorch's gy.sum, a review found).
+// time while the band is in cache. Each output's band is summed on its own, then added:
+// added pixel by pixel to the running totals, the channels_last sums over 8x128x56x56 were
+// 15-20x further from float64's than PyTorch's gy.sum (a review found).
 template <typename S, typename A>
 void add_band_sums(const S* gyg, const i64* gys, i64 Og, i64 r0, i64 rows, i64 OW, A* dbp) {
   if (gys[1] == 1) {  // channels_last: each pixel's outputs in a row
