@@ -549,7 +549,7 @@ def _dense(t: Tensor, rank: int, channels_inner: bool) -> Tensor:
 
 
 def backward_raw(
-    x, wd, wp, gy, g: Geometry, need_x: bool, need_bd: bool, need_wp: bool, need_sum=False
+    x, wd, wp, gy, g: Geometry, need_x: bool, need_bd: bool, need_wp: bool, need_sum: bool = False
 ):
     """``(gx, gwd, gbd, gwp, gy_sum)`` of a separable (``wp`` given) or depthwise convolution:
     ``gy_sum`` ``(O,)`` is ``gy`` summed over images and pixels (the pointwise bias
