@@ -498,6 +498,16 @@ void add_band_sums(const S* gyg, const i64* gys, i64 Og, i64 r0, i64 rows, i64 O
   }
 }
 
+// out[i] = the sum over threads t of per_thread[t * n + i], i in [0, n) (t in order).
+template <typename A>
+void sum_over_threads(const std::vector<A>& per_thread, i64 n, i64 nth, A* out) {
+  for (i64 i = 0; i < n; ++i) {
+    A s = 0;
+    for (i64 t = 0; t < nth; ++t) s += per_thread[t * n + i];
+    out[i] = s;
+  }
+}
+
 // Backward of separable (wp != null) or depthwise (wp == null) convolution.
 // gy: output gradient, strides gys[4]; gx (may be null): input gradient, strides gxs[4].
 // dwd (CM*T), dbd (CM, may be null), dwp (O*CMg, may be null): accumulator-type results.
@@ -784,23 +794,9 @@ void backward(const S* x, const S* wd, const S* wp, const S* gy, const i64* gys,
     });
   }
   // Reduce per-thread accumulators.
-  for (i64 i = 0; i < g.CM * g.T; ++i) {
-    A s = 0;
-    for (i64 t = 0; t < nth; ++t) s += dwd_t[t * g.CM * g.T + i];
-    dwd[i] = s;
-  }
-  if (dbd)
-    for (i64 i = 0; i < g.CM; ++i) {
-      A s = 0;
-      for (i64 t = 0; t < nth; ++t) s += dbd_t[t * g.CM + i];
-      dbd[i] = s;
-    }
-  if (dbp)
-    for (i64 o = 0; o < g.O; ++o) {
-      A s = 0;
-      for (i64 t = 0; t < nth; ++t) s += dbp_t[t * g.O + o];
-      dbp[o] = s;
-    }
+  sum_over_threads(dwd_t, g.CM * g.T, nth, dwd);
+  if (dbd) sum_over_threads(dbd_t, g.CM, nth, dbd);
+  if (dbp) sum_over_threads(dbp_t, g.O, nth, dbp);
   if (sep && dwp)
     for (i64 i = 0; i < g.O * g.CMg; ++i) {
       // (element i: o, j = i / CMg, i % CMg of a group, at j * Og + o when transposed)
