@@ -14,8 +14,9 @@ namespace {
 // code path on AMD CPUs; this register-blocked AVX-512 kernel (MR rows x NV vectors of C in
 // registers, B rows streamed from L1, A broadcast) reaches about twice its rate there (see
 // docs/performance.md). Without AVX-512, micro_avx2 below does the same in 16-column blocks
-// (8 for a last narrow one), K in blocks of kKC. With either, a last block of 1-4 columns is
-// dot products along K (tail_columns).
+// (8 for a last narrow one), each block of rows of A passing over a chunk of such blocks
+// (chunk_columns). With either, a last block of 1-4 columns is dot products along K
+// (tail_columns).
 // A: element (i, k) at a[i*lda + k]; B: row-major, row stride ldb; C: row-major, row stride
 // ldc. bias_row[i] or bias_col[j] (or neither) initialises C.
 // Only valid columns of B are read and of C written; bias_col is read by whole vectors
@@ -129,10 +130,12 @@ inline void store_lanes(float* p, __m256 v, i64 n) {
 // micro_f32<MR, 1> for CPUs without AVX-512, in intrinsics: GCC lowers the 64-byte vector
 // type through the stack there (vmovq/vpinsrq per lane), which ran the tile GEMMs at a sixth
 // of MKL's rate. 16 columns are two ymm registers; MR x 2 accumulators (12) fit the 16.
+// Always inlined: micro_blocks runs it on block after block in one loop.
 template <int MR, int NW = 2>
-inline void micro_avx2(i64 K, const float* a, i64 lda, const float* b, i64 ldb, float* c,
-                       i64 ldc, const float* bias_row, const float* bias_col, i64 nvalid,
-                       bool stream, bool accumulate, const float* clamp, const float* scale) {
+__attribute__((always_inline)) inline void micro_avx2(
+    i64 K, const float* a, i64 lda, const float* b, i64 ldb, float* c, i64 ldc,
+    const float* bias_row, const float* bias_col, i64 nvalid, bool stream, bool accumulate,
+    const float* clamp, const float* scale) {
   // NW ymm columns: 16 (NW = 2), or 8 for a last column block of 8 or fewer (an N of 24 as 16
   // + 16 did a quarter of its FMAs on zeros). accumulate: C += A B (a later block of K;
   // the biases were added with the first), else C = A B + biases.
@@ -215,6 +218,22 @@ inline void micro_avx2(i64 K, const float* a, i64 lda, const float* b, i64 ldb, 
   }
 }
 #define SEPCONV_MICRO_AVX2 1
+
+// micro_avx2<MR> on `count` whole 16-column blocks in one loop: block j's B at b + j * bstep
+// (16 for a plain B, the panel stride for packed panels), its C, bias_col and column scale
+// 16 columns on (a row scale, with bias_row, stays). One dispatch for the run: with a call
+// through gemm_f32's dispatch per block, the calls and their arguments took 18 % of a
+// 96 x 12544 x 16 GEMM (AMD Zen 2, docs/performance.md run AK).
+template <int MR>
+void micro_blocks(i64 count, i64 K, const float* a, i64 lda, const float* b, i64 bstep,
+                  i64 ldb, float* c, i64 ldc, const float* bias_row, const float* bias_col,
+                  bool stream, bool accumulate, const float* clamp, const float* scale) {
+  const i64 scale_step = bias_row ? 0 : 16;
+  for (i64 j = 0; j < count; ++j)
+    micro_avx2<MR, 2>(K, a, lda, b + j * bstep, ldb, c + j * 16, ldc, bias_row,
+                      bias_col ? bias_col + j * 16 : nullptr, 16, stream, accumulate, clamp,
+                      scale ? scale + j * scale_step : nullptr);
+}
 #endif
 
 #if defined(__AVX512F__) || defined(SEPCONV_MICRO_AVX2)
@@ -343,6 +362,22 @@ constexpr i64 kPanel = 64;  // 6 x 4 accumulators in 24 zmm
 constexpr i64 kPanel = 16;  // one vector of columns: micro_avx2 (6 x 4 vectors would be 48 ymm)
 #endif
 
+// Columns of B per chunk in gemm_f32, whose blocks of rows of A each pass over all of the
+// chunk's column blocks, its 6 rows of A in L1 while the chunk's columns of B stream from L2
+// (kChunkBytes of them). With micro_avx2: with one column block per chunk instead (the row
+// blocks passing over each), a call of the micro-kernel read its block of B across the
+// rows, a line a row, which the prefetchers do not follow (see docs/performance.md, run AK).
+// One block per chunk with AVX-512 (not measured there).
+constexpr i64 kChunkBytes = i64(192) << 10;
+inline i64 chunk_columns(i64 K) {
+#if defined(SEPCONV_MICRO_AVX2)
+  return std::clamp<i64>(kChunkBytes / std::max<i64>(4 * K, 1) / kPanel * kPanel, kPanel, 256);
+#else
+  (void)K;
+  return kPanel;
+#endif
+}
+
 // Panels of kPanel columns that hold n columns.
 constexpr i64 panel_count(i64 n) { return (n + kPanel - 1) / kPanel; }
 
@@ -396,13 +431,17 @@ void gemm_f32(i64 M, i64 N, i64 K, const float* a, i64 lda, const float* b_all, 
   // Rows of A in blocks that stay in L2 while all column blocks sweep past them, so a large
   // A (pointwise weight) is read from memory once per call, not once per column block.
   const i64 MB = std::max<i64>(MR, (kABlockBytes / std::max<i64>(K * 4, 1)) / MR * MR);
-  // A plain B's K in blocks of at most kKC with micro_avx2 (accumulating into C: the same
-  // sums in the same order), so that a column block of B (kc x 16 floats) stays in L1 while
-  // the row blocks pass: with K = 384-960, 8x576x14x14 -> 96 / 8x384x14x14 -> 1536 7x7
-  // took 0.94-0.95x the time (AMD Zen 3, L1 32 KiB). Packed panels too (see kPanel); not a
-  // plain B of fewer than 64 columns (1x768x7x7 -> 3072, 49 columns: 1.07x).
+  // (a plain B whose rows crowd into few cache sets: one block per chunk, and its panels
+  // below; in chunks, 128 x 1024 x 128 took 1.4x the time)
+  const i64 cw = !pstride && rows_crowd_l1(ldb, std::min(K, kKC)) ? kPanel : chunk_columns(K);
+  // One column block per chunk (AVX-512): a plain B's K in blocks of at most kKC with
+  // micro_avx2 (accumulating into C: the same sums in the same order), so that a column
+  // block of B (kc x 16 floats) stays in L1 while the row blocks pass: with K = 384-960,
+  // 8x576x14x14 -> 96 / 8x384x14x14 -> 1536 7x7 took 0.94-0.95x the time (AMD Zen 3, L1 32
+  // KiB). Packed panels too (see kPanel); not a plain B of fewer than 64 columns (1x768x7x7
+  // -> 3072, 49 columns: 1.07x). Chunks of several blocks read B from L2 anyway: K whole.
 #if defined(SEPCONV_MICRO_AVX2)
-  const i64 nk = !pstride && N < 64 ? 1 : std::max<i64>(1, (K + kKC - 1) / kKC);
+  const i64 nk = cw > kPanel || (!pstride && N < 64) ? 1 : std::max<i64>(1, (K + kKC - 1) / kKC);
 #else
   const i64 nk = 1;
 #endif
@@ -413,11 +452,12 @@ void gemm_f32(i64 M, i64 N, i64 K, const float* a, i64 lda, const float* b_all, 
   // A plain B's whole column blocks copied into a panel where their rows crowd into few L1
   // sets (rows_crowd_l1), K is blocked (a panel of kc x 16 floats in L1) and enough blocks
   // of A's rows reuse each copy (8: 24 x 3136 x 144, 4 blocks, took 1.04x the time with
-  // panels). With micro_avx2 only: AVX-512's 64-column blocks are four lines a row,
-  // unmeasured. The panel is a kept buffer, 64-byte aligned (whole lines per row).
+  // panels). With micro_avx2 and one column block per chunk only: AVX-512's 64-column
+  // blocks are four lines a row, unmeasured. The panel is a kept buffer, 64-byte aligned
+  // (whole lines per row).
 #if defined(SEPCONV_MICRO_AVX2)
-  const bool to_panel =
-      !pstride && kc <= kKC && std::min(M, MB) >= 8 * MR && rows_crowd_l1(ldb, kc);
+  const bool to_panel = cw == kPanel && !pstride && kc <= kKC && std::min(M, MB) >= 8 * MR &&
+                        rows_crowd_l1(ldb, kc);
 #else
   constexpr bool to_panel = false;
 #endif
@@ -434,52 +474,79 @@ void gemm_f32(i64 M, i64 N, i64 K, const float* a, i64 lda, const float* b_all, 
     // block must not straddle)
     const i64 lead =
         stream && !pstride ? ((64 - (reinterpret_cast<uintptr_t>(c) & 63)) & 63) / 4 : 0;
-    for (i64 n0 = 0, nb = 0; n0 < N; n0 += nb) {
-      nb = std::min(n0 == 0 && lead > 0 ? lead : kPanel, N - n0);
-      const float* bn = pstride ? b + (n0 / kPanel) * pstride + n0 % kPanel : b + n0;
-      i64 nw = nb;  // (the block's columns for the micro-kernels)
+    // Column block widths: `lead` first (if any), then kPanel.
+    auto block_width = [&](i64 n0) {
+      return std::min(n0 == 0 && lead > 0 ? lead : kPanel, N - n0);
+    };
+    i64 wend = N;  // (columns from wend on: tail_columns)
 #if defined(SEPCONV_TAIL_COLUMNS)
-      // The last block's columns past whole vectors (its own: with a lead block, not N's).
-      if (!bias_col && n0 + nb == N && nb % 16 != 0 && nb % 16 <= kTailColumns) {
-        const i64 nt = nb % 16;
-        nw = nb - nt;
-        if (i64(gathered.size()) < kTailColumns * K) gathered.resize(kTailColumns * K);
-        tail_columns(mend - mb0, K, a + mb0 * lda, lda, bn + nw, ldb, nt, c + mb0 * ldc + n0 + nw,
-                     ldc, bias_row ? bias_row + mb0 : nullptr, clamp,
-                     scale ? scale + mb0 : nullptr, gathered.data());
-        if (nw == 0) continue;
-      }
+    // The last block's columns past whole vectors (its own: with a lead block, not N's).
+    i64 last0 = 0;
+    while (last0 + block_width(last0) < N) last0 += block_width(last0);
+    const i64 nt = (N - last0) % 16;
+    if (!bias_col && nt != 0 && nt <= kTailColumns) {
+      wend = N - nt;
+      if (i64(gathered.size()) < kTailColumns * K) gathered.resize(kTailColumns * K);
+      const float* const bt = pstride ? b + (wend / kPanel) * pstride + wend % kPanel : b + wend;
+      tail_columns(mend - mb0, K, a + mb0 * lda, lda, bt, ldb, nt, c + mb0 * ldc + wend, ldc,
+                   bias_row ? bias_row + mb0 : nullptr, clamp, scale ? scale + mb0 : nullptr,
+                   gathered.data());
+    }
 #endif
-      const i64 nv = (nw + 15) / 16;
+    // Chunks of whole column blocks, [n1, n2), of at most cw columns (at least one block).
+    for (i64 n1 = 0, n2 = 0; n1 < wend; n1 = n2) {
+      do n2 += block_width(n2); while (n2 < wend && n2 - n1 + kPanel <= cw);
       for (i64 k0 = 0; k0 == 0 || k0 < K; k0 += kc) {  // (once for K = 0: C = biases)
         const i64 kn = std::min(kc, K - k0);
         const bool first = k0 == 0, last = k0 + kn == K;
-        const float* bk = bn + k0 * ldb;
-        i64 ldbk = ldb;
-        if (to_panel && nw == kPanel) {
-          copy_block(bk, ldb, kn, panel);
-          bk = panel, ldbk = kPanel;
-        }
+        // (the bias with the first block of K, or after the scale with the last)
+        const bool with_bias = scale ? last : first;
         for (i64 m0 = mb0, mr = 0; m0 < mend; m0 += mr) {
           // Blocks of 6 rows, the last few evened out (128 = 18 x 6 + 4 x 5, not 21 x 6 + 2): a
           // block of 1 or 2 rows has too few accumulator chains to cover the FMA latency.
           const i64 left = (mend - m0 + MR - 1) / MR;  // blocks left
           mr = (mend - m0 + left - 1) / left;
-          // (the bias with the first block of K, or after the scale with the last)
-          const bool with_bias = scale ? last : first;
           const float* br = bias_row && with_bias ? bias_row + m0 : nullptr;
-          const float* bc = bias_col && with_bias ? bias_col + n0 : nullptr;
-          const float* sc = scale && last ? scale + (bias_row ? m0 : n0) : nullptr;
+          const float* sc = scale && last && bias_row ? scale + m0 : nullptr;
           const float* am = a + m0 * lda + k0;
-          float* cm = c + m0 * ldc + n0;
-          const bool st = stream && last;
-          const float* cl = last ? clamp : nullptr;
-          with_constant<4>(nv, [&](auto nv_c) {
-            constexpr int NV = decltype(nv_c)::value;
-            // (C += A B for a later block of K: only with one vector, micro_avx2)
-            const bool accumulate = NV == 1 && !first;
-            micro_rows<NV>(mr, kn, am, lda, bk, ldbk, cm, ldc, br, bc, nw, st, accumulate, cl, sc);
-          });
+          for (i64 n0 = n1, nb = 0; n0 < n2; n0 += nb) {
+            nb = block_width(n0);
+            const i64 nw = std::min(nb, wend - n0);  // (the block's columns for the kernels)
+            if (nw <= 0) break;
+            const float* bk =
+                (pstride ? b + (n0 / kPanel) * pstride + n0 % kPanel : b + n0) + k0 * ldb;
+            i64 ldbk = ldb;
+            if (to_panel && nw == kPanel) {  // (one block per chunk: copied for the first rows)
+              if (m0 == mb0) copy_block(bk, ldb, kn, panel);
+              bk = panel, ldbk = kPanel;
+            }
+            const float* bc = bias_col && with_bias ? bias_col + n0 : nullptr;
+            const float* scb = scale && last && !bias_row ? scale + n0 : sc;
+            const bool st = stream && last;
+            const float* cl = last ? clamp : nullptr;
+            float* cm = c + m0 * ldc + n0;
+#if defined(SEPCONV_MICRO_AVX2)
+            if (nw == kPanel) {
+              // The run of whole blocks from here, in one loop (a panel copy: one block).
+              i64 run = 1;
+              while (!to_panel && n0 + (run + 1) * kPanel <= std::min(n2, wend)) ++run;
+              with_rows(mr, [&](auto mr_c) {
+                micro_blocks<decltype(mr_c)::value>(run, kn, am, lda, bk,
+                                                    pstride ? pstride : kPanel, ldbk, cm, ldc,
+                                                    br, bc, st, !first, cl, scb);
+              });
+              nb = run * kPanel;
+              continue;
+            }
+#endif
+            with_constant<4>((nw + 15) / 16, [&](auto nv_c) {
+              constexpr int NV = decltype(nv_c)::value;
+              // (C += A B for a later block of K: only with one vector, micro_avx2)
+              const bool accumulate = NV == 1 && !first;
+              micro_rows<NV>(mr, kn, am, lda, bk, ldbk, cm, ldc, br, bc, nw, st, accumulate, cl,
+                             scb);
+            });
+          }
         }
       }
     }
