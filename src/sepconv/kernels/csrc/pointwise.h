@@ -53,8 +53,11 @@ void norm_epilogue(const PwGeo& g, const float* b, const MidNorm<float>& n, floa
 }
 
 // Whether the 1x1 call writes its output around the caches (gemm_f32's stream): outputs of
-// a quarter of the L3 or more, bounded to 4-8 MiB (the sizes measured), which plain stores
-// first read from memory line by line.
+// half the L3 or more, bounded to 4-8 MiB (the sizes measured), which plain stores first
+// read from memory line by line. Run AF on AMD Zen 2 (below) took a quarter of the L3 (4
+// MiB there); after run AK's faster GEMM, half (8 MiB: MobileNetV2's 4.8 MB output at batch 1
+// stays in the L3 for the next layer) made that network 0.97x the time on one thread and
+// 1.00x on two (whose vCPUs there do not share an L3).
 // On AMD Zen 5 (32 MiB of L3: 8 MiB; run Z), bitwise the same: 8x16x112x112 -> 96 (38.5 MB)
 // 0.54-0.60x the time, channels_last 0.64x; 8x24x56x56 -> 144 (14.5 MB) 0.86x, channels_last
 // 0.79x; MobileNetV2 at batch 8 0.95-0.98x (its next layer reads the output from memory, not
@@ -65,7 +68,7 @@ void norm_epilogue(const PwGeo& g, const float* b, const MidNorm<float>& n, floa
 inline bool stream_pw_output(const PwGeo& g) {
   const bool lines = !g.nhwc || g.O % 16 == 0;
   return streaming_enabled() && lines &&
-         g.N * g.O * g.P * 4 >= std::clamp(l3_bytes() / 4, i64(4) << 20, i64(8) << 20);
+         g.N * g.O * g.P * 4 >= std::clamp(l3_bytes() / 2, i64(4) << 20, i64(8) << 20);
 }
 
 // Planar: each image's output planes are W (O x C) times its input planes (C x P), scaled and
