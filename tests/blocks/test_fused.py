@@ -565,7 +565,7 @@ def test_stems_beyond_27_weights_need_wide_vectors(monkeypatch, kernels_on):
 
 def _route_rows_to_the_kernel(monkeypatch) -> None:
     """``_linear_row`` takes the kernel whatever the CPU (on Intel it leaves the 1x1 forward
-    to MKL, without AVX-512 the GEMV to PyTorch: unmeasured there, but exact)."""
+    to MKL, without AVX2 the GEMV to PyTorch: unmeasured there, but exact)."""
     monkeypatch.setattr(fused_module, "_pointwise_kernel_on", lambda: True)
     monkeypatch.setattr(fused_module._build, "vector_bits", lambda: 512)
 
@@ -637,6 +637,20 @@ def test_linear_row_declines(name, monkeypatch, kernels_on):
         assert fused_module._linear_row(linear, x) is None
     x.requires_grad_(True)  # (and with autograd, whatever the module)
     assert fused_module._linear_row(nn.Linear(x.shape[-1] or 1, 5), x) is None
+
+
+@pytest.mark.parametrize("bits, taken", [(None, False), (128, False), (256, True), (512, True)])
+def test_linear_row_needs_avx2(bits, taken, monkeypatch, kernels_on):
+    """The GEMV's one column is gemm_f32's tail dot products, built with AVX2 or AVX-512."""
+    _route_rows_to_the_kernel(monkeypatch)
+    monkeypatch.setattr(fused_module._build, "vector_bits", lambda: bits)
+    linear, x = nn.Linear(12, 5), torch.randn(1, 12)
+    with torch.no_grad():
+        out = fused_module._linear_row(linear, x)
+        expected = linear(x)
+    assert (out is not None) == taken
+    if taken:
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("make", [mobilenet_v1, mobilenet_v2])
