@@ -99,6 +99,24 @@ def test_pointwise_matches_numpy(
     _run(n, c, o, h, w, channels_last, has_norm, affine, has_bias, clamp, seed, count=threads)
 
 
+@settings(max_examples=20, deadline=None)
+@given(
+    c=st.integers(1, 40),
+    o=st.integers(1, 70),
+    h=st.integers(14, 40),
+    w=st.integers(14, 40),
+    channels_last=st.booleans(),
+    threads=st.sampled_from([2, 3, 4]),
+    seed=st.integers(0, 2**16),
+)
+@example(c=24, o=30, h=28, w=28, channels_last=False, threads=2, seed=0)  # (bands 400, 384)
+def test_pointwise_batch_one_in_fixed_parts(c, o, h, w, channels_last, threads, seed):
+    """Batch 1 on a team: planar bands of pixels, or blocks of output channels where the
+    plane is small (fixed_split); channels_last blocks of pixel rows of equal size. Each
+    thread's part fixed from call to call."""
+    _run(1, c, o, h, w, channels_last, True, True, True, (0.0, 6.0), seed, count=threads)
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize(
     "shape",

@@ -71,6 +71,29 @@ inline bool stream_pw_output(const PwGeo& g) {
          g.N * g.O * g.P * 4 >= std::clamp(l3_bytes() / 2, i64(4) << 20, i64(8) << 20);
 }
 
+// The tasks of a planar 1x1 call of one image on a team of `threads` (pw_planar), taken
+// statically, so that each thread writes the same part of the output from call to call: in
+// turn (dynamic), neighbouring parts went to either thread, and on a VM whose two vCPUs sit
+// on different core complexes (AMD Zen 2, run AK) the lines a thread wrote in one call
+// belonged to the other's cache in the next: 1x24x56x56 -> 144 took 1.15x the time on two
+// threads that it took on one. Whole 16-column blocks, in chunks (cw: at most the caller's)
+// of about equal width, their count a multiple of the team (each thread one band of
+// pixels, as the fused tiles of batch 1 split the image); where the plane has fewer than
+// 16 blocks a thread, the output channels are split instead (rb blocks, chunks 1).
+inline void fixed_split(i64 P, i64 threads, i64& cw, i64& chunks, i64& rb) {
+  const i64 blocks = (P + 15) / 16;
+  if (blocks < 16 * threads) {
+    cw = P, chunks = 1, rb = threads;
+    return;
+  }
+  const i64 per = (blocks + threads - 1) / threads;  // blocks a thread
+  const i64 pieces = (per * 16 + cw - 1) / cw;       // chunks a thread
+  chunks = threads * pieces;
+  cw = (blocks + chunks - 1) / chunks * 16;
+  chunks = (P + cw - 1) / cw;
+  rb = 1;
+}
+
 // Planar: each image's output planes are W (O x C) times its input planes (C x P), scaled and
 // shifted (alpha, bf: null alpha without a norm), in tasks of (image, block of columns, block
 // of output channels); a task's input columns (C x cw) stay in L2 while the weight's rows
@@ -78,19 +101,25 @@ inline bool stream_pw_output(const PwGeo& g) {
 void pw_planar(const PwGeo& g, const float* x, const float* w, const float* alpha,
                const float* bf, float* out, bool stream) {
   i64 cw = std::min<i64>(1024, std::max<i64>(64, (i64(64) << 10) / g.C / 16 * 16));
-  const i64 wanted = 4 * g.threads;  // tasks, so that the threads end together
-  while (cw > 64 && g.N * ((g.P + cw - 1) / cw) < wanted) cw = std::max<i64>(64, cw / 2 / 16 * 16);
-  const i64 chunks = (g.P + cw - 1) / cw;
-  // Few columns (batch 1, small planes): blocks of output channels too, of at least 24 rows.
-  const i64 rb = std::max<i64>(1, std::min((wanted + g.N * chunks - 1) / (g.N * chunks),
-                                           (g.O + 23) / 24));
+  i64 chunks, rb;  // chunks of cw columns of each image, blocks of output channels
+  const bool fixed = g.N < g.threads;  // (a batch smaller than the team: fixed_split)
+  if (fixed) {
+    fixed_split(g.P, g.threads, cw, chunks, rb);
+  } else {
+    const i64 wanted = 4 * g.threads;  // tasks, so that the threads end together
+    while (cw > 64 && g.N * ((g.P + cw - 1) / cw) < wanted)
+      cw = std::max<i64>(64, cw / 2 / 16 * 16);
+    chunks = (g.P + cw - 1) / cw;
+    // Few columns (small planes): blocks of output channels too, of at least 24 rows.
+    rb = std::max<i64>(1, std::min((wanted + g.N * chunks - 1) / (g.N * chunks), (g.O + 23) / 24));
+  }
   const i64 rows = (g.O + rb - 1) / rb;
 #pragma omp parallel num_threads(g.threads)
   {
-    for_tasks(g.N * chunks * rb, image_a_thread(g.N, g.threads), [&](i64 t) {
+    for_tasks(g.N * chunks * rb, fixed || image_a_thread(g.N, g.threads), [&](i64 t) {
       const i64 n = t / (chunks * rb), p0 = (t / rb) % chunks * cw, o0 = t % rb * rows;
       const i64 pn = std::min(cw, g.P - p0), on = std::min(rows, g.O - o0);
-      if (on <= 0) return;
+      if (on <= 0 || pn <= 0) return;
       float* c = out + (n * g.O + o0) * g.P + p0;
       gemm_f32(on, pn, g.C, w + o0 * g.C, g.C, x + n * g.C * g.P + p0, g.P, c, g.P, bf + o0,
                nullptr, 0, stream, g.clamp_bounds(), alpha ? alpha + o0 : nullptr);
@@ -100,14 +129,18 @@ void pw_planar(const PwGeo& g, const float* x, const float* w, const float* alph
 }
 
 // channels_last: the pixels' rows (N*P x C) times W^T packed in panels (C x O), scaled and
-// shifted as in pw_planar, in blocks of rows; each block clamped while in cache.
+// shifted as in pw_planar, in blocks of rows; each block clamped while in cache. A batch
+// smaller than the team: blocks of equal size (at most 96 rows), each thread one run of them.
 void pw_nhwc(const PwGeo& g, const float* x, const float* panels, const float* alpha,
              const float* bf, float* out, bool stream) {
   const i64 rows = g.N * g.P;
-  const i64 rb = std::min<i64>(96, std::max<i64>(6, (rows + 4 * g.threads - 1) / (4 * g.threads)));
+  const bool fixed = g.N < g.threads;  // (as in pw_planar: equal blocks, each thread its own)
+  const i64 blocks = fixed ? g.threads * ((rows + 96 * g.threads - 1) / (96 * g.threads))
+                           : 4 * g.threads;  // (wanted: at least this many)
+  const i64 rb = std::min<i64>(96, std::max<i64>(6, (rows + blocks - 1) / blocks));
 #pragma omp parallel num_threads(g.threads)
   {
-    for_tasks((rows + rb - 1) / rb, image_a_thread(g.N, g.threads), [&](i64 t) {
+    for_tasks((rows + rb - 1) / rb, fixed || image_a_thread(g.N, g.threads), [&](i64 t) {
       const i64 r0 = t * rb, rn = std::min(rb, rows - r0);
       gemm_f32(rn, g.O, g.C, x + r0 * g.C, g.C, panels, kPanel, out + r0 * g.O, g.O, nullptr,
                bf, kPanel * g.C, stream, g.clamp_bounds(), alpha);
