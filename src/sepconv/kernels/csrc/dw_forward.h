@@ -69,7 +69,7 @@ void dw_forward(const S* x, const S* wd, const S* bd, S* out, const i64* geo) {
       const i64 Qmax = input_span(tl.TW, g.sx, g.KW, g.dx);
       std::vector<A> buf(Rmax * Qmax * g.CM);
       std::vector<S> tile_out(staged ? tl.TH * tl.TW * g.CM : 0);
-      for_tasks(tl.count, image_a_thread(g.N, g.threads), [&](i64 t) {
+      for_tasks(tl.count, true, [&](i64 t) {  // (one run of tiles a thread, as planar below)
         const Tile s = tile_at(tl, g, t);
         if (touch) touch_nhwc(x + s.n * g.xs[0], g, s.oy0, s.ox0, s.th, s.tw);
         S* o = out + s.n * g.os[0] + s.oy0 * g.os[2] + s.ox0 * g.os[3];
@@ -96,10 +96,11 @@ void dw_forward(const S* x, const S* wd, const S* bd, S* out, const i64* geo) {
   const Tiles tl = make_tiles(g1, i64(sizeof(A)) * g.sy * g.sx, 1);
   const i64 tasks = g.N * g.C * tl.ny * tl.nx;
   const bool direct = direct_ok(g, std::is_same<S, float>::value);
-  // Consecutive tasks per thread: within a chunk a task prefetches the next one's window
-  // (AheadLines); 16 rather than 4 took 0.97-0.98x the time (fewer cold chunk starts).
-  const i64 chunk = std::clamp<i64>(tasks / (4 * g.threads), 1, 16);
-  const bool by_image = image_a_thread(g.N, g.threads);
+  // One run of consecutive tasks a thread (static), each task prefetching the next one's
+  // window (AheadLines), at batch 1 too: taken in chunks of up to 16 in turn (dynamic), the
+  // planes went to either thread from call to call, and on a VM whose two vCPUs sit on
+  // different core complexes (AMD Zen 2, run AK) 1x144x56x56 3x3 took 1.10x the time,
+  // 1x960x7x7 1.18x, 1x384x14x14 1.06x (channels_last 1x144x56x56 1.10x, 1x960x7x7 1.16x).
   const auto plane = [&](i64 nc) { return x + nc / g.C * g.xs[0] + nc % g.C * g.xs[1]; };
 #pragma omp parallel num_threads(g.threads)
   {
@@ -109,21 +110,19 @@ void dw_forward(const S* x, const S* wd, const S* bd, S* out, const i64* geo) {
     std::vector<A> buf(Rmax * (((Qmax + g.sx - 1) / g.sx) * g.sx) + kSlack);
     std::vector<S> tile_out(staged ? g.M * tl.TH * tl.TW + kSlack : 0);
     i64 last = -2;  // (this thread's previous task)
-    for_tasks(tasks, by_image, [&](i64 t) {
+    for_tasks(tasks, true, [&](i64 t) {
       const auto [nc, oy0, ox0, th, tw, P, R, Q, r0, q0] = tile_at(tl, g, t);
       const i64 n = nc / g.C, c = nc % g.C, cm = c * g.M;
-      // (by image, a thread's tasks are one run: each reads the next one's window ahead)
-      const bool first = by_image ? t != last + 1 : t % chunk == 0;
-      const bool ahead = by_image || (t + 1) % chunk != 0;
+      const bool first = t != last + 1;  // (a thread's first task)
       last = t;
       if (g_reads == 1) {
         // The task's own window, touched first where the previous task did not prefetch it
-        // all (a chunk's or run's first task; loops that issue none); then the next one's,
+        // all (a run's first task; loops that issue none); then the next one's,
         // ahead. (Touching the next task's window in a burst was 1.05-1.2x slower: its
         // plane displaced this one's from L1.)
         if (first || t_ahead.rows > 0) touch_window(plane(nc), g, r0, R, q0, Q);
         t_ahead = AheadLines();
-        if (t + 1 < tasks && ahead) {
+        if (t + 1 < tasks) {
           const Tile s = tile_at(tl, g, t + 1);  // (s.n: image * C + channel)
           // (row blocks of up to 8 per column vector, as conv_planar_s1 and conv_direct_s1
           // call issue(); the latter's edge rows make a few more)
@@ -138,7 +137,7 @@ void dw_forward(const S* x, const S* wd, const S* bd, S* out, const i64* geo) {
                             staged ? tw : g.os[2]);
       for (i64 m = 0; staged && m < g.M; ++m)
         stream_rows(tile_out.data() + m * th * tw, tw, o + m * g.os[1], g.os[2], th, tw);
-    }, chunk);
+    });
     stream_fence();
     t_stream = false;
     t_ahead = AheadLines();
