@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from sepconv import reference
@@ -529,6 +529,29 @@ def test_direct_paths_on_every_width(k, stride, kernels_on):
             if width + left + right < k:
                 continue  # no output column
             check_depthwise(case)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    width=st.integers(9, 16),
+    height=st.integers(1, 20),
+    k=st.sampled_from([3, 5, 7]),
+    batch=st.integers(1, 2),
+    multiplier=st.integers(1, 2),
+    bias=st.booleans(),
+    count=st.sampled_from([1, 2]),
+)
+@example(width=16, height=14, k=3, batch=1, multiplier=1, bias=True, count=2)  # (16 columns)
+@example(width=14, height=14, k=7, batch=2, multiplier=2, bias=False, count=1)
+def test_planes_of_two_vectors(width, height, k, batch, multiplier, bias, count, kernels_built):
+    """Planes 9-16 columns wide with a centred filter: without AVX-512 two vectors a row
+    (conv_pair_s1: column windows across the two, zeros past the row, a second vector of
+    1-8 columns stored); output rows in blocks of 4, 2 and 1, rows outside the plane skipped."""
+    case = Case(2, batch, 3, multiplier, 5, 1, (height, width), (k, k), (1, 1), (1, 1),
+                k // 2, "zeros", "contiguous", bias)  # fmt: skip
+    with env("on"), thread_count(count):
+        check_separable(case)
+        check_depthwise(case)
 
 
 # Few tiles for two threads (batch 1, small planes): where the pointwise weight is at most

@@ -680,6 +680,98 @@ void conv_narrow_s1(const float* plane, i64 sh, const Geo& g, i64 oy0, i64 TH, c
 }
 #endif
 
+#if defined(SEPCONV_DIRECT) && !defined(__AVX512F__)
+// Planes of 9-16 columns on AVX2 ("pairs": two vectors a row, both at an edge, such as 14 x
+// 14), with a centred filter (pl = K / 2) over whole rows: conv_pair_s1. Through
+// conv_direct_s1's edge path they took about 10 TSC cycles an output vector (3x3, AMD Zen 2:
+// the 3 at the FMA peak; 28 % of 1x384x14x14 -> 64 on one thread, run AK).
+inline bool pair_ok(const Geo& g, i64 ox0, i64 TW) {
+  return g.W > 8 && g.W <= 16 && g.OW > 8 && g.OW <= 16 && ox0 == 0 && TW == g.OW &&
+         g.pl == g.KW / 2;
+}
+
+// Lanes [D, D + 8) of the concatenation a:b (D a constant, 0-8): one cross-half permute
+// and one byte shift within the halves.
+template <int D>
+__attribute__((always_inline)) inline __m256 lanes_of(__m256 a, __m256 b) {
+  if constexpr (D == 0) return a;
+  if constexpr (D == 8) return b;
+  const __m256 t = _mm256_permute2f128_ps(a, b, 0x21);  // a's upper half, b's lower half
+  if constexpr (D == 4) return t;
+  const __m256i ai = _mm256_castps_si256(a), bi = _mm256_castps_si256(b);
+  const __m256i ti = _mm256_castps_si256(t);
+  if constexpr (D < 4) return _mm256_castsi256_ps(_mm256_alignr_epi8(ti, ai, 4 * (D % 4)));
+  return _mm256_castsi256_ps(_mm256_alignr_epi8(bi, ti, 4 * (D % 4)));
+}
+
+// Columns [D, D + 8) of a row held as lo (columns 0-7) and hi (8-15), zeros outside them
+// (D a constant, -8 < D < 16).
+template <int D>
+__attribute__((always_inline)) inline __m256 columns(__m256 lo, __m256 hi) {
+  const __m256 zero = _mm256_setzero_ps();
+  if constexpr (D < 0) return lanes_of<D + 8>(zero, lo);
+  if constexpr (D < 8) return lanes_of<D>(lo, hi);
+  return lanes_of<D - 8>(hi, zero);
+}
+
+// f(std::integral_constant<int, I>()) for I = 0, 1, ..., N - 1 in turn.
+template <int... I, typename F>
+__attribute__((always_inline)) inline void each_constant(std::integer_sequence<int, I...>,
+                                                         F&& f) {
+  (f(std::integral_constant<int, I>()), ...);
+}
+
+// conv_narrow_s1 for planes of two vectors a row (pair_ok): each input row two loads (the
+// second masked: zeros past W), its K column windows for each output vector made by
+// columns(); rows outside the plane skipped. Blocks of up to 4 output rows (8 accumulators).
+template <int K, typename S>
+void conv_pair_s1(const float* plane, i64 sh, const Geo& g, i64 oy0, i64 TH, const float* w,
+                  float bias, S* dst, i64 drs) {
+  constexpr int PL = K / 2;
+  const LaneMask upper = lanes_inside(8, 8, g.W);
+  in_blocks<4>(0, TH, [&](i64 i, auto R) __attribute__((always_inline)) {
+    constexpr int RB = decltype(R)::value;
+    constexpr int CH = RB >= 4 ? 1 : RB >= 2 ? 2 : 4;  // (8 independent FMA chains)
+    __m256 acc[CH][RB][2];
+    for (int h = 0; h < CH; ++h)
+      for (int o = 0; o < RB; ++o)
+        acc[h][o][0] = acc[h][o][1] = h == 0 ? _mm256_set1_ps(bias) : _mm256_setzero_ps();
+    const i64 y0 = oy0 + i - g.pt;  // input row of the block's first window row
+#pragma GCC unroll 16
+    for (int r = 0; r < RB + K - 1; ++r) {
+      if (uint64_t(y0 + r) >= uint64_t(g.H)) continue;  // a zero row
+      const float* row = plane + (y0 + r) * sh;
+      const __m256 lo = _mm256_loadu_ps(row), hi = (__m256)load_inside(upper, row + 8);
+      each_constant(std::make_integer_sequence<int, K>(), [&](auto kx_c) {
+        constexpr int kx = decltype(kx_c)::value;
+        const __m256 a = columns<kx - PL>(lo, hi), b = columns<8 + kx - PL>(lo, hi);
+#pragma GCC unroll 8
+        for (int o = 0; o < RB; ++o) {
+          const int ky = r - o;
+          if (ky < 0 || ky >= K) continue;
+          const __m256 wk = _mm256_set1_ps(w[ky * K + kx]);
+          acc[kx % CH][o][0] = _mm256_fmadd_ps(wk, a, acc[kx % CH][o][0]);
+          acc[kx % CH][o][1] = _mm256_fmadd_ps(wk, b, acc[kx % CH][o][1]);
+        }
+      });
+    }
+    for (int o = 0; o < RB; ++o) {
+      __m256 va = acc[0][o][0], vb = acc[0][o][1];
+      for (int h = 1; h < CH; ++h) {
+        va = _mm256_add_ps(va, acc[h][o][0]);
+        vb = _mm256_add_ps(vb, acc[h][o][1]);
+      }
+      S* d = dst + (i + o) * drs;
+      vstOut(d, (V<float>::t)va);
+      if (g.OW == 16)  // (vstPart takes 1-7 lanes)
+        vstOut(d + 8, (V<float>::t)vb);
+      else
+        vstPart(d + 8, (V<float>::t)vb, g.OW - 8);
+    }
+  });
+}
+#endif
+
 // Whether conv_direct applies: float input, zero padding, unit column stride, and stride and
 // dilation 1 with a square 3, 5 or 7 filter, or stride 2 with a square 3x3 one (and with
 // AVX-512 a 5x5 or 7x7 one).
@@ -718,10 +810,19 @@ void conv_direct(const float* plane, const Geo& g, i64 oy0, i64 ox0, i64 TH, i64
 #endif
   }
   const bool narrow = narrow_ok(g, ox0, TW);
+#if !defined(__AVX512F__)
+  const bool pair = !narrow && pair_ok(g, ox0, TW);
+#else
+  constexpr bool pair = false;
+#endif
   by_width(g.KW, [&](auto k) {
     constexpr int K = decltype(k)::value;
     if (narrow)
       conv_narrow_s1<K, S>(plane, g.xs[2], g, oy0, TH, w, bias, dst, drs);
+#if !defined(__AVX512F__)
+    else if (pair)
+      conv_pair_s1<K, S>(plane, g.xs[2], g, oy0, TH, w, bias, dst, drs);
+#endif
     else
       conv_direct_s1<K, S>(plane, g.xs[2], g, oy0, ox0, TH, TW, w, bias, dst, drs);
   });
