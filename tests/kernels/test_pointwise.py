@@ -107,14 +107,16 @@ def test_pointwise_matches_numpy(
     w=st.integers(14, 40),
     channels_last=st.booleans(),
     threads=st.sampled_from([2, 3, 4]),
+    batch=st.integers(1, 3),
     seed=st.integers(0, 2**16),
 )
-@example(c=24, o=30, h=28, w=28, channels_last=False, threads=2, seed=0)  # (bands 400, 384)
-def test_pointwise_batch_one_in_fixed_parts(c, o, h, w, channels_last, threads, seed):
-    """Batch 1 on a team: planar bands of pixels, or blocks of output channels where the
-    plane is small (fixed_split); channels_last blocks of pixel rows of equal size. Each
-    thread's part fixed from call to call."""
-    _run(1, c, o, h, w, channels_last, True, True, True, (0.0, 6.0), seed, count=threads)
+@example(c=24, o=30, h=28, w=28, channels_last=False, threads=2, batch=1, seed=0)  # (384, 400)
+def test_pointwise_fewer_images_than_threads(c, o, h, w, channels_last, threads, batch, seed):
+    """One to three images on two to four threads. Fewer images than threads: planar bands
+    of pixels, or blocks of output channels where the plane is small (fixed_parts);
+    channels_last blocks of pixel rows of equal size; each thread's part fixed from call to
+    call."""
+    _run(batch, c, o, h, w, channels_last, True, True, True, (0.0, 6.0), seed, count=threads)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -125,7 +127,7 @@ def test_pointwise_batch_one_in_fixed_parts(c, o, h, w, channels_last, threads, 
         (1, 96, 7, 7, 576),  # few pixels, a large weight: row blocks / transposed
         (3, 5, 33, 31, 7),  # odd sizes, few output channels
         # outputs of 8 MiB or more, written around the caches (stream_pw_output: from 8 MiB,
-        # or from a quarter of a smaller L3): whole lines; planes of odd length (lines
+        # or from half a smaller L3): whole lines; planes of odd length (lines
         # straddle rows); channels_last rows of 200 channels, not whole lines, stored as usual
         (2, 16, 128, 128, 64),
         (1, 7, 97, 101, 224),

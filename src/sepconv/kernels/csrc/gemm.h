@@ -363,11 +363,12 @@ constexpr i64 kPanel = 16;  // one vector of columns: micro_avx2 (6 x 4 vectors 
 #endif
 
 // Columns of B per chunk in gemm_f32, whose blocks of rows of A each pass over all of the
-// chunk's column blocks, its 6 rows of A in L1 while the chunk's columns of B stream from L2
-// (kChunkBytes of them). With micro_avx2: with one column block per chunk instead (the row
-// blocks passing over each), a call of the micro-kernel read its block of B across the
-// rows, a line a row, which the prefetchers do not follow (see docs/performance.md, run AK).
-// One block per chunk with AVX-512 (not measured there).
+// chunk's column blocks, its 6 rows of A in L1 (up to K of about 1300) while the chunk's columns
+// of B stream from L2 (kChunkBytes of them). With micro_avx2, one column block per chunk (the
+// row blocks passing over each, the micro-kernel called through gemm_f32's dispatch per
+// block) ran 96 x 12544 x 16 at 54-56 % of the FMA peak, 128 x 224 x 128 at 86-88 %; now 76-78
+// and 91-94 % (AMD Zen 2, docs/performance.md run AK). One block per chunk with AVX-512 (not
+// measured there).
 constexpr i64 kChunkBytes = i64(192) << 10;
 inline i64 chunk_columns(i64 K) {
 #if defined(SEPCONV_MICRO_AVX2)
@@ -434,7 +435,8 @@ void gemm_f32(i64 M, i64 N, i64 K, const float* a, i64 lda, const float* b_all, 
   // (a plain B whose rows crowd into few cache sets: one block per chunk, and its panels
   // below; in chunks, 128 x 1024 x 128 took 1.4x the time)
   const i64 cw = !pstride && rows_crowd_l1(ldb, std::min(K, kKC)) ? kPanel : chunk_columns(K);
-  // One column block per chunk (AVX-512): a plain B's K in blocks of at most kKC with
+  // One column block per chunk (AVX2 where B's rows crowd the cache sets, or K beyond 1536,
+  // where chunk_columns gives one): a plain B's K in blocks of at most kKC with
   // micro_avx2 (accumulating into C: the same sums in the same order), so that a column
   // block of B (kc x 16 floats) stays in L1 while the row blocks pass: with K = 384-960,
   // 8x576x14x14 -> 96 / 8x384x14x14 -> 1536 7x7 took 0.94-0.95x the time (AMD Zen 3, L1 32

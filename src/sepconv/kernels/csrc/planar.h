@@ -692,26 +692,37 @@ inline bool pair_ok(const Geo& g, i64 ox0, i64 TW) {
 
 // Lanes [D, D + 8) of the concatenation a:b (D a constant, 0-8): one cross-half permute
 // and one byte shift within the halves.
+// (Chained with else: a discarded branch must not be compiled with an immediate out of
+// range, which clang rejects.)
 template <int D>
 __attribute__((always_inline)) inline __m256 lanes_of(__m256 a, __m256 b) {
-  if constexpr (D == 0) return a;
-  if constexpr (D == 8) return b;
-  const __m256 t = _mm256_permute2f128_ps(a, b, 0x21);  // a's upper half, b's lower half
-  if constexpr (D == 4) return t;
-  const __m256i ai = _mm256_castps_si256(a), bi = _mm256_castps_si256(b);
-  const __m256i ti = _mm256_castps_si256(t);
-  if constexpr (D < 4) return _mm256_castsi256_ps(_mm256_alignr_epi8(ti, ai, 4 * (D % 4)));
-  return _mm256_castsi256_ps(_mm256_alignr_epi8(bi, ti, 4 * (D % 4)));
+  static_assert(D >= 0 && D <= 8, "lanes_of: D in 0-8");
+  if constexpr (D == 0) {
+    return a;
+  } else if constexpr (D == 8) {
+    return b;
+  } else {
+    const __m256 t = _mm256_permute2f128_ps(a, b, 0x21);  // a's upper half, b's lower half
+    const __m256i ti = _mm256_castps_si256(t);
+    if constexpr (D == 4)
+      return t;
+    else if constexpr (D < 4)
+      return _mm256_castsi256_ps(_mm256_alignr_epi8(ti, _mm256_castps_si256(a), 4 * D));
+    else
+      return _mm256_castsi256_ps(_mm256_alignr_epi8(_mm256_castps_si256(b), ti, 4 * (D - 4)));
+  }
 }
 
 // Columns [D, D + 8) of a row held as lo (columns 0-7) and hi (8-15), zeros outside them
 // (D a constant, -8 < D < 16).
 template <int D>
 __attribute__((always_inline)) inline __m256 columns(__m256 lo, __m256 hi) {
-  const __m256 zero = _mm256_setzero_ps();
-  if constexpr (D < 0) return lanes_of<D + 8>(zero, lo);
-  if constexpr (D < 8) return lanes_of<D>(lo, hi);
-  return lanes_of<D - 8>(hi, zero);
+  if constexpr (D < 0)
+    return lanes_of<D + 8>(_mm256_setzero_ps(), lo);
+  else if constexpr (D < 8)
+    return lanes_of<D>(lo, hi);
+  else
+    return lanes_of<D - 8>(hi, _mm256_setzero_ps());
 }
 
 // f(std::integral_constant<int, I>()) for I = 0, 1, ..., N - 1 in turn.

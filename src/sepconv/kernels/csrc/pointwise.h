@@ -8,6 +8,8 @@
 // order; each includes the parts whose names it uses.
 #pragma once
 
+#include <utility>
+
 #include "vec.h"
 #include "geometry.h"
 #include "gemm.h"
@@ -71,27 +73,45 @@ inline bool stream_pw_output(const PwGeo& g) {
          g.N * g.O * g.P * 4 >= std::clamp(l3_bytes() / 2, i64(4) << 20, i64(8) << 20);
 }
 
-// The tasks of a planar 1x1 call of one image on a team of `threads` (pw_planar), taken
+// The parts of a planar 1x1 call's images (pw_planar): `chunks` column ranges an image
+// (range(c)), each in `rb` blocks of output channels; one task each.
+struct PwParts {
+  i64 P = 0, chunks = 1, rb = 1;
+  i64 cw = 0;                   // chunks of cw columns (the last one shorter), or:
+  i64 pieces = 0, threads = 1;  // each thread's band of 16-column blocks in `pieces` chunks
+
+  // Columns [first, second) of chunk c.
+  std::pair<i64, i64> range(i64 c) const {
+    if (pieces == 0) return {c * cw, std::min(P, (c + 1) * cw)};
+    const i64 blocks = (P + 15) / 16, t = c / pieces, j = c % pieces;
+    const i64 b0 = t * blocks / threads, b1 = (t + 1) * blocks / threads;
+    return {(b0 + j * (b1 - b0) / pieces) * 16,
+            std::min(P, (b0 + (j + 1) * (b1 - b0) / pieces) * 16)};
+  }
+};
+
+// The parts of one image on a team of `threads` (fewer images than threads), taken
 // statically, so that each thread writes the same part of the output from call to call: in
 // turn (dynamic), neighbouring parts went to either thread, and on a VM whose two vCPUs sit
 // on different core complexes (AMD Zen 2, run AK) the lines a thread wrote in one call
 // belonged to the other's cache in the next: 1x24x56x56 -> 144 took 1.15x the time on two
-// threads that it took on one. Whole 16-column blocks, in chunks (cw: at most the caller's)
-// of about equal width, their count a multiple of the team (each thread one band of
-// pixels, as the fused tiles of batch 1 split the image); where the plane has fewer than
-// 16 blocks a thread, the output channels are split instead (rb blocks, chunks 1).
-inline void fixed_split(i64 P, i64 threads, i64& cw, i64& chunks, i64& rb) {
+// threads that it took on one. Each thread one band of whole 16-column blocks (as the fused
+// tiles of batch 1 split the image), the bands differing by at most one block, in pieces of
+// at most cw columns; where the plane has fewer than 16 blocks a thread, one block of
+// output channels a thread instead.
+inline PwParts fixed_parts(i64 P, i64 threads, i64 cw) {
+  PwParts parts;
+  parts.P = P;
   const i64 blocks = (P + 15) / 16;
   if (blocks < 16 * threads) {
-    cw = P, chunks = 1, rb = threads;
-    return;
+    parts.cw = P, parts.rb = threads;
+    return parts;
   }
-  const i64 per = (blocks + threads - 1) / threads;  // blocks a thread
-  const i64 pieces = (per * 16 + cw - 1) / cw;       // chunks a thread
-  chunks = threads * pieces;
-  cw = (blocks + chunks - 1) / chunks * 16;
-  chunks = (P + cw - 1) / cw;
-  rb = 1;
+  const i64 per = (blocks + threads - 1) / threads;  // blocks a thread, at most
+  parts.pieces = (per * 16 + cw - 1) / cw;
+  parts.threads = threads;
+  parts.chunks = threads * parts.pieces;
+  return parts;
 }
 
 // Planar: each image's output planes are W (O x C) times its input planes (C x P), scaled and
@@ -101,24 +121,26 @@ inline void fixed_split(i64 P, i64 threads, i64& cw, i64& chunks, i64& rb) {
 void pw_planar(const PwGeo& g, const float* x, const float* w, const float* alpha,
                const float* bf, float* out, bool stream) {
   i64 cw = std::min<i64>(1024, std::max<i64>(64, (i64(64) << 10) / g.C / 16 * 16));
-  i64 chunks, rb;  // chunks of cw columns of each image, blocks of output channels
-  const bool fixed = g.N < g.threads;  // (a batch smaller than the team: fixed_split)
+  const bool fixed = g.N < g.threads;  // (a batch smaller than the team: fixed_parts)
+  PwParts parts;
   if (fixed) {
-    fixed_split(g.P, g.threads, cw, chunks, rb);
+    parts = fixed_parts(g.P, g.threads, cw);
   } else {
     const i64 wanted = 4 * g.threads;  // tasks, so that the threads end together
     while (cw > 64 && g.N * ((g.P + cw - 1) / cw) < wanted)
       cw = std::max<i64>(64, cw / 2 / 16 * 16);
-    chunks = (g.P + cw - 1) / cw;
+    parts.P = g.P, parts.cw = cw, parts.chunks = (g.P + cw - 1) / cw;
     // Few columns (small planes): blocks of output channels too, of at least 24 rows.
-    rb = std::max<i64>(1, std::min((wanted + g.N * chunks - 1) / (g.N * chunks), (g.O + 23) / 24));
+    const i64 tasks = g.N * parts.chunks;
+    parts.rb = std::max<i64>(1, std::min((wanted + tasks - 1) / tasks, (g.O + 23) / 24));
   }
-  const i64 rows = (g.O + rb - 1) / rb;
+  const i64 chunks = parts.chunks, rb = parts.rb, rows = (g.O + rb - 1) / rb;
 #pragma omp parallel num_threads(g.threads)
   {
     for_tasks(g.N * chunks * rb, fixed || image_a_thread(g.N, g.threads), [&](i64 t) {
-      const i64 n = t / (chunks * rb), p0 = (t / rb) % chunks * cw, o0 = t % rb * rows;
-      const i64 pn = std::min(cw, g.P - p0), on = std::min(rows, g.O - o0);
+      const i64 n = t / (chunks * rb), o0 = t % rb * rows;
+      const auto [p0, p1] = parts.range((t / rb) % chunks);
+      const i64 pn = p1 - p0, on = std::min(rows, g.O - o0);
       if (on <= 0 || pn <= 0) return;
       float* c = out + (n * g.O + o0) * g.P + p0;
       gemm_f32(on, pn, g.C, w + o0 * g.C, g.C, x + n * g.C * g.P + p0, g.P, c, g.P, bf + o0,

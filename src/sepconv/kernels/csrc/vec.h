@@ -372,16 +372,18 @@ inline bool image_a_thread(i64 N, i64 threads) { return N >= threads; }
 // came from the other thread's caches: on run AG's Zen 2 VM, whose two vCPUs sit on
 // different core complexes, MobileNetV2 at batch 8 took 0.92-0.94x the time of that
 // statically, MobileNetV1 0.93-0.97x. Else in turn, which evens out uneven tasks and a
-// thread that the machine slows (batch 1: the 1x1 tasks statically took 1.027x, run AF).
-// (The backward passes by_image also where each thread must take the same tasks on every
-// call: deterministic gradients. chunk: consecutive tasks taken at a time.)
+// thread that the machine slows (batch 1: the 1x1 call's tasks, unequal then, statically
+// took 1.027x, run AF). Callers pass by_image also where they made a batch-1 call's tasks
+// equal so that each thread's part stays the same from call to call (the 1x1 call and the
+// depthwise, run AK), and the backward where each thread must take the same tasks on every
+// call (deterministic gradients).
 template <typename F>
-inline void for_tasks(i64 count, bool by_image, F&& f, i64 chunk = 1) {
+inline void for_tasks(i64 count, bool by_image, F&& f) {
   if (by_image) {
 #pragma omp for schedule(static)
     for (i64 t = 0; t < count; ++t) f(t);
   } else {
-#pragma omp for schedule(dynamic, chunk)
+#pragma omp for schedule(dynamic, 1)
     for (i64 t = 0; t < count; ++t) f(t);
   }
 }
