@@ -683,8 +683,9 @@ void conv_narrow_s1(const float* plane, i64 sh, const Geo& g, i64 oy0, i64 TH, c
 #if defined(SEPCONV_DIRECT) && !defined(__AVX512F__)
 // Planes of 9-16 columns on AVX2 ("pairs": two vectors a row, both at an edge, such as 14 x
 // 14), with a centred filter (pl = K / 2) over whole rows: conv_pair_s1. Through
-// conv_direct_s1's edge path they took about 10 TSC cycles an output vector (3x3, AMD Zen 2:
-// the 3 at the FMA peak; 28 % of 1x384x14x14 -> 64 on one thread, run AK).
+// conv_direct_s1's edge path a 14 x 14 3x3 plane took 16.0 TSC cycles an output vector in
+// L1 (3.0 at the FMA peak; AMD Zen 2), 7x7 45.5 (16.4), and the depthwise 28 % of
+// 1x384x14x14 -> 64's time on one thread; conv_pair_s1 7.6 and 27.5 (run AK).
 inline bool pair_ok(const Geo& g, i64 ox0, i64 TW) {
   return g.W > 8 && g.W <= 16 && g.OW > 8 && g.OW <= 16 && ox0 == 0 && TW == g.OW &&
          g.pl == g.KW / 2;
@@ -703,13 +704,14 @@ __attribute__((always_inline)) inline __m256 lanes_of(__m256 a, __m256 b) {
     return b;
   } else {
     const __m256 t = _mm256_permute2f128_ps(a, b, 0x21);  // a's upper half, b's lower half
-    const __m256i ti = _mm256_castps_si256(t);
     if constexpr (D == 4)
       return t;
     else if constexpr (D < 4)
-      return _mm256_castsi256_ps(_mm256_alignr_epi8(ti, _mm256_castps_si256(a), 4 * D));
+      return _mm256_castsi256_ps(
+          _mm256_alignr_epi8(_mm256_castps_si256(t), _mm256_castps_si256(a), 4 * D));
     else
-      return _mm256_castsi256_ps(_mm256_alignr_epi8(_mm256_castps_si256(b), ti, 4 * (D - 4)));
+      return _mm256_castsi256_ps(
+          _mm256_alignr_epi8(_mm256_castps_si256(b), _mm256_castps_si256(t), 4 * (D - 4)));
   }
 }
 
