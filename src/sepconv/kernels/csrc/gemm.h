@@ -480,6 +480,8 @@ void gemm_f32(i64 M, i64 N, i64 K, const float* a, i64 lda, const float* b_all, 
     auto block_width = [&](i64 n0) {
       return std::min(n0 == 0 && lead > 0 ? lead : kPanel, N - n0);
     };
+    // Column n of B's first row (packed: in panel n / kPanel).
+    auto column = [&](i64 n) { return pstride ? b + (n / kPanel) * pstride + n % kPanel : b + n; };
     i64 wend = N;  // (columns from wend on: tail_columns, after the blocks)
 #if defined(SEPCONV_TAIL_COLUMNS)
     // The last block's columns past whole vectors (its own: with a lead block, not N's).
@@ -496,29 +498,27 @@ void gemm_f32(i64 M, i64 N, i64 K, const float* a, i64 lda, const float* b_all, 
         const bool first = k0 == 0, last = k0 + kn == K;
         // (the bias with the first block of K, or after the scale with the last)
         const bool with_bias = scale ? last : first;
+        const bool st = stream && last;
+        const float* cl = last ? clamp : nullptr;
         for (i64 m0 = mb0, mr = 0; m0 < mend; m0 += mr) {
           // Blocks of 6 rows, the last few evened out (128 = 18 x 6 + 4 x 5, not 21 x 6 + 2): a
           // block of 1 or 2 rows has too few accumulator chains to cover the FMA latency.
           const i64 left = (mend - m0 + MR - 1) / MR;  // blocks left
           mr = (mend - m0 + left - 1) / left;
           const float* br = bias_row && with_bias ? bias_row + m0 : nullptr;
-          const float* sc = scale && last && bias_row ? scale + m0 : nullptr;
           const float* am = a + m0 * lda + k0;
           for (i64 n0 = n1, nb = 0; n0 < n2; n0 += nb) {
             nb = block_width(n0);
             const i64 nw = std::min(nb, wend - n0);  // (the block's columns for the kernels)
             if (nw <= 0) break;
-            const float* bk =
-                (pstride ? b + (n0 / kPanel) * pstride + n0 % kPanel : b + n0) + k0 * ldb;
+            const float* bk = column(n0) + k0 * ldb;
             i64 ldbk = ldb;
             if (to_panel && nw == kPanel) {  // (one block per chunk: copied for the first rows)
               if (m0 == mb0) copy_block(bk, ldb, kn, panel);
               bk = panel, ldbk = kPanel;
             }
             const float* bc = bias_col && with_bias ? bias_col + n0 : nullptr;
-            const float* scb = scale && last && !bias_row ? scale + n0 : sc;
-            const bool st = stream && last;
-            const float* cl = last ? clamp : nullptr;
+            const float* sc = scale && last ? scale + (bias_row ? m0 : n0) : nullptr;
             float* cm = c + m0 * ldc + n0;
 #if defined(SEPCONV_MICRO_AVX2)
             if (nw == kPanel) {
@@ -528,7 +528,7 @@ void gemm_f32(i64 M, i64 N, i64 K, const float* a, i64 lda, const float* b_all, 
               with_rows(mr, [&](auto mr_c) {
                 micro_blocks<decltype(mr_c)::value>(run, kn, am, lda, bk,
                                                     pstride ? pstride : kPanel, ldbk, cm, ldc,
-                                                    br, bc, st, !first, cl, scb);
+                                                    br, bc, st, !first, cl, sc);
               });
               nb = run * kPanel;
               continue;
@@ -539,7 +539,7 @@ void gemm_f32(i64 M, i64 N, i64 K, const float* a, i64 lda, const float* b_all, 
               // (C += A B for a later block of K: only with one vector, micro_avx2)
               const bool accumulate = NV == 1 && !first;
               micro_rows<NV>(mr, kn, am, lda, bk, ldbk, cm, ldc, br, bc, nw, st, accumulate, cl,
-                             scb);
+                             sc);
             });
           }
         }
@@ -550,9 +550,8 @@ void gemm_f32(i64 M, i64 N, i64 K, const float* a, i64 lda, const float* b_all, 
     // a time, and MobileNetV2's tails took 4 % of its time at batch 1 instead of 1 %)
     if (wend < N) {
       if (i64(gathered.size()) < kTailColumns * K) gathered.resize(kTailColumns * K);
-      const float* const bt = pstride ? b + (wend / kPanel) * pstride + wend % kPanel : b + wend;
-      tail_columns(mend - mb0, K, a + mb0 * lda, lda, bt, ldb, N - wend, c + mb0 * ldc + wend,
-                   ldc, bias_row ? bias_row + mb0 : nullptr, clamp,
+      tail_columns(mend - mb0, K, a + mb0 * lda, lda, column(wend), ldb, N - wend,
+                   c + mb0 * ldc + wend, ldc, bias_row ? bias_row + mb0 : nullptr, clamp,
                    scale ? scale + mb0 : nullptr, gathered.data());
     }
 #endif
