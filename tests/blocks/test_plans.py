@@ -34,8 +34,10 @@ def _model(seed: int = 0) -> nn.Module:
     return _randomise_norms(mobilenet_v2_small(input_size=8, width_mult=0.5), seed).eval()
 
 
+@pytest.mark.parametrize("programs", ["on", "off"])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_second_call_replays_the_first(channels_last, monkeypatch, kernels_on):
+def test_second_call_replays_the_first(channels_last, programs, monkeypatch, kernels_on):
+    monkeypatch.setenv("SEPCONV_KERNELS_PROGRAMS", programs)
     model = _model()
     x = torch.randn(2, 3, 8, 8)
     if channels_last:
@@ -46,8 +48,10 @@ def test_second_call_replays_the_first(channels_last, monkeypatch, kernels_on):
         first = model(x)
         assert replays[0] == 0
         second = model(x)
+    # The features and the classifier; replayed in Python, the blocks' plans taken in too
+    # (a program runs their steps itself: sepconv.kernels.programs).
     blocks = sum(isinstance(m, InvertedResidual) for m in model.modules())
-    assert replays[0] == blocks + 2  # (and the features, and the classifier)
+    assert replays[0] == 2 + (blocks if programs == "off" else 0)
     assert torch.equal(first, second)
     assert torch.equal(second, afresh(model, x, monkeypatch))
 

@@ -16,6 +16,7 @@ from sepconv.blocks.fused import (
     norm_act_inplace,
     run_sequential,
 )
+from sepconv.kernels import programs
 from sepconv.layers import plans
 from sepconv.layers.fusion import UNFUSED, eager_mode, inference_mid_stage, plain_module
 from sepconv.layers.norm_act import LayerSpec, create_norm
@@ -243,3 +244,12 @@ def _replayed(plan: plans.Plan, residual: bool, fresh: bool, x: Tensor) -> Tenso
     """``plan``'s output for ``x``, plus ``x`` where ``residual``, as the blocks' forwards
     add it (into the output where ``fresh``, :func:`~sepconv.blocks.fused.add_residual`)."""
     return add_residual(x if residual else None, plan.run(x), fresh)
+
+
+@programs.lowers(_replayed)
+def _lower_replayed(step: functools.partial, builder: programs.Builder, x: programs.Value):
+    """A block's plan taken into a sequence's (:mod:`sepconv.kernels.programs`): its steps,
+    then the shortcut added into their output."""
+    plan, residual, _fresh = step.args
+    out = builder.lower(plan.steps, x)
+    return builder.add(out, x) if out is not None and residual else out

@@ -29,7 +29,7 @@ import torch
 SOURCE = Path(__file__).resolve().parent / "csrc" / "sepconv_kernels.cpp"
 #: Every file of the translation unit: the source and the parts it includes.
 SOURCES = (SOURCE, *sorted(SOURCE.parent.glob("*.h")))
-ABI_VERSION = 11
+ABI_VERSION = 12
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -237,6 +237,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.sepconv_dense_forward.restype = c_int
     lib.sepconv_dw_forward.argtypes = [c_int, p, p, p, p, i64p]
     lib.sepconv_dw_forward.restype = c_int
+    lib.sepconv_run_program.argtypes = [p, ctypes.c_int64, p, p, p, p]
+    lib.sepconv_run_program.restype = c_int
     lib.sepconv_backward.argtypes = [c_int, p, p, p, p, i64p, p, i64p, p, p, p, p, i64p, c_int]
     lib.sepconv_backward.restype = c_int
     lib.sepconv_set_own_gemm.argtypes = [c_int]

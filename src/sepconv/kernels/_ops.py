@@ -469,19 +469,41 @@ def dense_forward_raw(
     Returns:
         ``(N, O, OH, OW)`` in ``x``'s layout.
     """
-    n, c, h, w = x.shape
-    o, _, kh, kw = weight.shape
+    nhwc = not x.is_contiguous()
+    geo, shape, strides, nbytes = dense_launch(
+        tuple(x.shape),
+        nhwc,
+        tuple(weight.shape),
+        stride,
+        padding,
+        dilation,
+        tuple(mid),
+        torch.get_num_threads(),
+        x.dtype,
+    )
+    out = pooled_empty(shape, strides, x.dtype, nbytes)
+    lib = _build.load()
+    return _conv_norm_act_call(lib.sepconv_dense_forward, x, weight, bias, norm, out, geo)
+
+
+@functools.lru_cache(maxsize=256)
+def dense_launch(
+    shape, nhwc: bool, weight_shape, stride, padding, dilation, mid: MidParams, threads: int, dtype
+) -> tuple:
+    """The geometry array of :func:`dense_forward_raw` and its output's shape, strides and
+    bytes (in the input's layout), worked out once per problem."""
+    n, c, h, w = shape
+    o, _, kh, kw = weight_shape
     (sy, sx), (py, px), (dy, dx) = stride, padding, dilation
     oh = (h + 2 * py - dy * (kh - 1) - 1) // sy + 1
     ow = (w + 2 * px - dx * (kw - 1) - 1) // sx + 1
-    out = conv_output(x, o, oh, ow)
-    nhwc = not x.is_contiguous()
     flags, *bits = _mid_values(mid)
     sizes = (n, c, h, w, o, oh, ow, kh, kw, sy, sx, py, px, dy, dx, nhwc, nhwc)
-    values = (*sizes, torch.get_num_threads(), flags, *bits)
-    geo = (ctypes.c_int64 * len(values))(*values)
-    lib = _build.load()
-    return _conv_norm_act_call(lib.sepconv_dense_forward, x, weight, bias, norm, out, geo)
+    values = (*sizes, threads, flags, *bits)
+    out_shape = (n, o, oh, ow)
+    strides = _layout_strides(out_shape, 2, nhwc)
+    nbytes = storage_bytes(out_shape, strides, dtype)
+    return (ctypes.c_int64 * len(values))(*values), out_shape, strides, nbytes
 
 
 def conv_output(x: Tensor, o: int, oh: int, ow: int) -> Tensor:

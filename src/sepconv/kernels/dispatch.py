@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from sepconv.functional.padding import PaddingPlan, pad_pairs
-from sepconv.kernels import _build, _ops
+from sepconv.kernels import _build, _ops, programs
 
 _MODES = ("auto", "on", "off")
 _warned: set[str] = set()
@@ -486,6 +486,22 @@ def _raw_separable_stages(tensors, launch, x):
 _SEPARABLE_STAGES = (None, _raw_separable_stages)
 
 
+@programs.lowers(_raw_separable)
+@programs.lowers(_raw_separable_stages)
+def _lower_separable(step: partial, builder: programs.Builder, x: programs.Value):
+    """A fused separable step of a plan (:mod:`sepconv.kernels.programs`), as
+    :func:`_ops.separable_forward_raw` calls the library."""
+    tensors, launch = step.args
+    wd, wp, bd, bp = tensors[:4]
+    norms = programs.Norms(tensors[4:12]) if len(tensors) > 4 else _ops._NO_NORMS
+    args = [x, wd, bd, wp, bp, programs.OUT, launch.geo, norms]
+    return builder.call(programs.OP_SEP, args, _out_like(launch, x), _ops.DTYPE_CODE[x.like.dtype])
+
+
+def _out_like(launch: _ops.Launch, x: programs.Value):
+    return programs.meta_like(launch.out_shape, launch.out_strides, x.like.dtype)
+
+
 def _reference_call(reference, tensors, conv_args, x):
     return reference(x, *tensors, *conv_args)
 
@@ -565,6 +581,15 @@ def _raw_depthwise(tensors, launch, x):
 
 
 _DEPTHWISE = (_apply_depthwise, _raw_depthwise)
+
+
+@programs.lowers(_raw_depthwise)
+def _lower_depthwise(step: partial, builder: programs.Builder, x: programs.Value):
+    """A depthwise step of a plan, as :func:`_ops.depthwise_forward_raw` calls the library."""
+    (wd, bd), launch = step.args
+    args = [x, wd, bd, programs.OUT, launch.geo]
+    code = _ops.DTYPE_CODE[x.like.dtype]
+    return builder.call(programs.OP_DEPTHWISE, args, _out_like(launch, x), code)
 
 
 def _plan_depthwise(x, weight, stride, dilation, plan, padding_mode):

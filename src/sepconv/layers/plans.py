@@ -37,13 +37,13 @@ from __future__ import annotations
 import operator
 import weakref
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from itertools import chain
 
 import torch
 from torch import Tensor, nn
 
-from sepconv.kernels import dispatch
+from sepconv.kernels import dispatch, programs
 from sepconv.layers.fusion import eager_mode, hooked
 
 Step = Callable[[Tensor], Tensor]
@@ -141,8 +141,20 @@ class Plan:
     steps: list[Step]
     fresh: bool  # the last step's output is a fresh tensor of the plan's own
     watch: _Watch
+    # The steps as one library call (sepconv.kernels.programs), compiled at the first replay;
+    # None where they cannot be.
+    program: programs.Program | None = field(default=None, compare=False, repr=False)
+    compiled: bool = field(default=False, compare=False, repr=False)
 
     def run(self, x: Tensor) -> Tensor:
+        if not self.compiled:
+            shape, strides, dtype = self.key[:3]
+            self.program = programs.compile_steps(
+                self.steps, programs.meta_like(shape, strides, dtype)
+            )
+            self.compiled = True
+        if self.program is not None:
+            return self.program.run(x)
         for step in self.steps:
             x = step(x)
         return x

@@ -7,10 +7,10 @@
 // and channels_last depthwise loops (planar.h, nhwc.h), output tiles (tiles.h, nhwc_tile.h),
 // packed weights (pack.h), the forwards (sep_forward.h, the 1x1 one in pointwise.h, a stem's
 // dense one in dense.h, dw_forward.h) and the backward (backward.h), with the buffers a thread
-// keeps from call to call (kept.h); the C ABI is at the end of this file. Tensors arrive as
-// raw pointers plus int64 strides; the pointwise GEMM goes to the BLAS that libtorch_cpu
-// already carries (MKL: sgemm_, dgemm_, cblas_gemm_bf16bf16f32). Threads: OpenMP, as many as
-// torch.get_num_threads().
+// keeps from call to call (kept.h), and a replayed plan's calls as one program (program.h);
+// the C ABI is at the end of this file. Tensors arrive as raw pointers plus int64 strides;
+// the pointwise GEMM goes to the BLAS that libtorch_cpu already carries (MKL: sgemm_, dgemm_,
+// cblas_gemm_bf16bf16f32). Threads: OpenMP, as many as torch.get_num_threads().
 //
 // Everything is done as 2d: a 1d convolution is a 2d one with H = 1.
 //
@@ -52,6 +52,7 @@
 #include "dense.h"
 #include "dw_forward.h"
 #include "backward.h"
+#include "program.h"
 
 // ------------------------------------------------------------------ C ABI
 // dtype codes: 0 float32, 1 float64, 2 bfloat16.
@@ -74,7 +75,7 @@ int sep_forward_as(const void* x, const void* wd, const void* bd, const void* wp
 
 extern "C" {
 
-int sepconv_abi_version() { return 11; }
+int sepconv_abi_version() { return 12; }
 
 // Input bytes from which channels_last tiles touch their input first where the reads are on
 // (kTouchBytes): auto's training rule for channels_last 3x3 depthwise calls follows it.
@@ -191,5 +192,42 @@ int sepconv_backward(int dtype, const void* x, const void* wd, const void* wp, c
       return 0;
   }
   return 1;
+}
+
+// A replayed plan's calls in one call (program.h): `count` steps of kStepWords words; table:
+// the pointers references of kind 1 and 4 name; input, output: the plan's; arena: the
+// buffers between its steps. Returns the first nonzero code of a step (2: an unknown op).
+int sepconv_run_program(const i64* steps, i64 count, void* const* table, void* input,
+                        void* output, void* arena) {
+  const ProgramFrame frame{table, input, output, (char*)arena};
+  for (i64 s = 0; s < count; ++s) {
+    const i64* step = steps + s * kStepWords;
+    void* a[kStepArgs];
+    for (int i = 0; i < kStepArgs; ++i) a[i] = resolve(step[4 + i], frame);
+    const int code = (int)step[1];
+    int rc = 2;
+    switch (step[0]) {
+      case kOpSep:
+        rc = sepconv_sep_forward(code, a[0], a[1], a[2], a[3], a[4], a[5], (const i64*)a[6],
+                                 (const void* const*)a[7]);
+        break;
+      case kOpPointwise:
+        rc = sepconv_pw_forward(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], (const i64*)a[8]);
+        break;
+      case kOpDense:
+        rc = sepconv_dense_forward(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7],
+                                   (const i64*)a[8]);
+        break;
+      case kOpDepthwise:
+        rc = sepconv_dw_forward(code, a[0], a[1], a[2], a[3], (const i64*)a[4]);
+        break;
+      case kOpAdd:
+        add_into((float*)a[0], (const float*)a[1], step[2], (int)step[3]);
+        rc = 0;
+        break;
+    }
+    if (rc != 0) return rc;
+  }
+  return 0;
 }
 }

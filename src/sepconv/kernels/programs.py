@@ -1,0 +1,294 @@
+"""A replayed plan's kernel calls as one library call (``csrc/program.h``).
+
+A plan (:mod:`sepconv.layers.plans`) replays a sequence's steps in Python. For each kernel
+call that is its tensors' pointers, an output from the pool and the ctypes call: 35-60 us
+between two calls inside MobileNetV2 at batch 1, whose kernels evict that Python from the
+caches (1.3 ms of an 8.7 ms forward on two threads; docs/performance.md, run AL).
+
+Where every step of a plan is a kernel call that registered a lowering (:func:`lowers`), the
+plan compiles once into a :class:`Program`: a table of steps the library runs in one call.
+Each step's arguments refer to the program's input, its output (a fresh tensor per call), a
+buffer of an arena (the values between steps, packed by their lifetimes, taken from the
+output pool per call) or an entry of a table of pointers: the weights' pointers, which
+:meth:`Program.run` reads on every call, and constants (the launches' geometry arrays).
+The same kernels run on the same pointers as in the Python replay, so the results are the
+same bits. ``SEPCONV_KERNELS_PROGRAMS=off`` keeps the Python replay.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from sepconv.kernels import _build, _ops
+
+OP_SEP, OP_POINTWISE, OP_DENSE, OP_DEPTHWISE, OP_ADD = 1, 2, 3, 4, 5
+STEP_WORDS = 13  # op, dtype code, element count, threads, nine argument references
+_ARGS = STEP_WORDS - 4
+# Kinds of argument references, (value << 3) | kind: as csrc/program.h reads them.
+_NULL, _TABLE, _ARENA, _ENDPOINT, _TABLE_ADDRESS = 0, 1, 2, 3, 4
+_ALIGN = 64  # bytes: buffers in the arena start on cache lines, as the allocator's do
+
+
+@dataclass(eq=False)
+class Value:
+    """A tensor a program computes, or its input: ``like`` is a meta tensor of its shape,
+    strides and dtype. Compared by identity (an in-place step hands back the same one)."""
+
+    like: Tensor
+
+
+class Norms(tuple):
+    """The eight norm tensors (or None) of a separable call, passed as the address of eight
+    consecutive table entries."""
+
+
+#: Where a call's output goes in :meth:`Builder.call`'s arguments.
+OUT = object()
+
+Lowering = Callable[[functools.partial, "Builder", Value], "Value | None"]
+_LOWERINGS: dict[Callable, Lowering] = {}
+
+
+def lowers(func: Callable) -> Callable[[Lowering], Lowering]:
+    """Register the decorated ``lowering(step, builder, x)`` for plan steps that are
+    ``functools.partial(func, ...)``: it adds the step's calls to ``builder`` and returns the
+    step's output, or None where the step cannot be lowered (the plan then stays in Python)."""
+
+    def register(lowering: Lowering) -> Lowering:
+        _LOWERINGS[func] = lowering
+        return lowering
+
+    return register
+
+
+def meta_like(shape: Sequence[int], strides: Sequence[int], dtype: torch.dtype) -> Tensor:
+    """A meta tensor of ``shape``, ``strides`` and ``dtype`` (a :class:`Value`'s ``like``)."""
+    return torch.empty_strided(tuple(shape), tuple(strides), dtype=dtype, device="meta")
+
+
+@dataclass
+class _Op:
+    op: int
+    args: list  # Value, Tensor, ctypes array, Norms or None each
+    writes: Value | None  # the value it computes (None: it writes its first argument)
+    code: int = 0
+    count: int = 0
+    threads: int = 0
+
+
+class Builder:
+    """Collects a program's calls as a plan's steps are lowered, from an input like ``x``."""
+
+    def __init__(self, x_like: Tensor) -> None:
+        self.input = Value(x_like)
+        self.ops: list[_Op] = []
+
+    def lower(self, steps: Iterable[Callable], x: Value) -> Value | None:
+        """The value ``steps`` compute from ``x``, their calls added; None where a step has
+        no lowering or declines."""
+        for step in steps:
+            lowering = _LOWERINGS.get(step.func) if isinstance(step, functools.partial) else None
+            x = None if lowering is None else lowering(step, self, x)
+            if x is None:
+                return None
+        return x
+
+    def call(self, op: int, args: list, out_like: Tensor, code: int = 0) -> Value:
+        """A kernel call ``op`` on ``args`` (:data:`OUT` where its output goes); its output."""
+        out = Value(out_like)
+        self.ops.append(_Op(op, [out if a is OUT else a for a in args], out, code))
+        return out
+
+    def add(self, out: Value, residual: Value) -> Value | None:
+        """``out += residual`` in place (float32, the same layout), or None."""
+        a, b = out.like, residual.like
+        same = a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype
+        if not same or a.dtype != torch.float32 or not _dense(a) or out is residual:
+            return None
+        count = a.numel()
+        self.ops.append(_Op(OP_ADD, [out, residual], None, count=count, threads=_threads()))
+        return out
+
+    def finish(self, output: Value) -> Program | None:
+        """The program computing ``output``, or None where it would compute nothing."""
+        if output is self.input or not self.ops:
+            return None
+        return Program(self.ops, self.input, output)
+
+
+def _dense(t: Tensor) -> bool:
+    """The tensor's elements fill its storage without gaps (any dimension order)."""
+    return t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last)
+
+
+def _threads() -> int:
+    return torch.get_num_threads()
+
+
+class Program:
+    """A plan's calls as one library call; :meth:`run` computes the plan's output."""
+
+    def __init__(self, ops: list[_Op], input: Value, output: Value) -> None:
+        self.output_like = output.like
+        self.output_nbytes = _ops.storage_bytes(
+            tuple(output.like.shape), output.like.stride(), output.like.dtype
+        )
+        offsets, self.arena_bytes = _arena(ops, output)
+        table: list[int] = []
+        self.tensors: list[Tensor] = []  # the weights, read on every call
+        self.tensor_slots: list[int] = []  # their entries in the table
+        self.constants: list[ctypes.Array] = []  # kept alive: the table holds their addresses
+
+        def entry(item) -> int:
+            table.append(0)
+            if isinstance(item, Tensor):
+                self.tensors.append(item)
+                self.tensor_slots.append(len(table) - 1)
+            elif item is not None:
+                self.constants.append(item)
+                table[-1] = ctypes.addressof(item)
+            return len(table) - 1
+
+        def reference(item) -> int:
+            if item is None:
+                return _NULL
+            if isinstance(item, Value):
+                if item is input or item is output:
+                    return (int(item is output) << 3) | _ENDPOINT
+                return (offsets[id(item)] << 3) | _ARENA
+            if isinstance(item, Norms):
+                first = len(table)
+                for t in item:
+                    entry(t)
+                return (first << 3) | _TABLE_ADDRESS
+            return (entry(item) << 3) | _TABLE
+
+        words: list[int] = []
+        for op in ops:
+            refs = [reference(a) for a in op.args]
+            words += [op.op, op.code, op.count, op.threads, *refs, *[0] * (_ARGS - len(refs))]
+        self.steps = (ctypes.c_int64 * len(words))(*words)
+        self.count = len(ops)
+        self.table = (ctypes.c_void_p * max(1, len(table)))(*table)
+        self.bound: list[int] | None = None
+
+    def run(self, x: Tensor) -> Tensor:
+        """The plan's output for ``x`` (of the plan's key): a fresh tensor."""
+        tensors = self.tensors
+        if not all(map(Tensor.is_contiguous, tensors)):
+            # (a channels_last model's stem weight: contiguous copies for this call, as the
+            # Python replay makes them)
+            tensors = [t.contiguous() for t in tensors]
+        pointers = list(map(Tensor.data_ptr, tensors))
+        if pointers != self.bound:  # (the first call, a weight's data replaced, copies)
+            for slot, pointer in zip(self.tensor_slots, pointers):
+                self.table[slot] = pointer
+            self.bound = pointers
+        like = self.output_like
+        out = _ops.pooled_empty(tuple(like.shape), like.stride(), like.dtype, self.output_nbytes)
+        arena = _ops.pooled_empty((self.arena_bytes,), (1,), torch.uint8, self.arena_bytes)
+        lib = _build.load()
+        args = (self.table, x.data_ptr(), out.data_ptr(), arena.data_ptr())
+        _ops._check(lib.sepconv_run_program(self.steps, self.count, *args))
+        return out
+
+
+def _arena(ops: list[_Op], output: Value) -> tuple[dict[int, int], int]:
+    """Byte offsets in one arena of the values between the steps (by ``id``), and its size:
+    each value takes the first buffer no live value holds (the largest it needs), freed after
+    its last reader, so a chain of blocks needs about three buffers."""
+    last: dict[int, int] = {}
+    for i, op in enumerate(ops):
+        for a in op.args:
+            if isinstance(a, Value):
+                last[id(a)] = i
+    buffers: list[list] = []  # [bytes, id of the value in it, or None]
+    placed: dict[int, int] = {}
+    for i, op in enumerate(ops):
+        for buffer in buffers:
+            if buffer[1] is not None and last[buffer[1]] < i:
+                buffer[1] = None
+        written = op.writes
+        if written is None or written is output:
+            continue
+        like = written.like
+        nbytes = _ops.storage_bytes(tuple(like.shape), like.stride(), like.dtype)
+        free = next((j for j, b in enumerate(buffers) if b[1] is None), None)
+        if free is None:
+            buffers.append([0, None])
+            free = len(buffers) - 1
+        buffers[free][0] = max(buffers[free][0], -(-nbytes // _ALIGN) * _ALIGN)
+        buffers[free][1] = id(written)
+        placed[id(written)] = free
+    starts, total = [], 0
+    for size, _ in buffers:
+        starts.append(total)
+        total += size
+    return {value: starts[j] for value, j in placed.items()}, total
+
+
+def enabled() -> bool:
+    """``SEPCONV_KERNELS_PROGRAMS`` is not ``off``/``0`` (read on every compile)."""
+    return os.environ.get("SEPCONV_KERNELS_PROGRAMS", "").strip().lower() not in ("off", "0")
+
+
+def compile_steps(steps: Sequence[Callable], x_like: Tensor) -> Program | None:
+    """The program of a plan's ``steps`` for inputs like ``x_like``, or None where a step has
+    no lowering, the input is not float32 or programs are off."""
+    if not enabled() or x_like.dtype != torch.float32:
+        return None
+    builder = Builder(x_like)
+    output = builder.lower(steps, builder.input)
+    return None if output is None else builder.finish(output)
+
+
+# ----------------------------------------------------------------------------- lowerings of
+# the library's own calls (the dispatcher's and the blocks' register theirs where they are)
+
+
+@lowers(_ops.pointwise_forward_raw)
+def _lower_pointwise(step: functools.partial, builder: Builder, x: Value) -> Value | None:
+    """A 1x1 conv-norm-act step (``sepconv.blocks.fused._folded_gemm``'s partial)."""
+    kw = step.keywords
+    if step.args or x.like.dim() != 4:
+        return None
+    weight = kw["weight"]
+    geo, shape, strides, _ = _ops._pointwise_launch(
+        tuple(x.like.shape),
+        not x.like.is_contiguous(),
+        weight.shape[0],
+        tuple(kw["mid"]),
+        _threads(),
+        x.like.dtype,
+    )
+    args = [x, weight, kw.get("bias"), *kw.get("norm", _ops._NO_NORM), OUT, geo]
+    return builder.call(OP_POINTWISE, args, meta_like(shape, strides, x.like.dtype))
+
+
+@lowers(_ops.dense_forward_raw)
+def _lower_dense(step: functools.partial, builder: Builder, x: Value) -> Value | None:
+    """A stem's conv-norm-act step (``sepconv.blocks.fused._conv_norm_act``'s partial)."""
+    kw = step.keywords
+    if step.args or x.like.dim() != 4:
+        return None
+    weight = kw["weight"]
+    geo, shape, strides, _ = _ops.dense_launch(
+        tuple(x.like.shape),
+        not x.like.is_contiguous(),
+        tuple(weight.shape),
+        kw["stride"],
+        kw["padding"],
+        kw["dilation"],
+        tuple(kw["mid"]),
+        _threads(),
+        x.like.dtype,
+    )
+    args = [x, weight, kw.get("bias"), *kw.get("norm", _ops._NO_NORM), OUT, geo]
+    return builder.call(OP_DENSE, args, meta_like(shape, strides, x.like.dtype))

@@ -1,0 +1,225 @@
+"""Programs (``sepconv.kernels.programs``): a replayed plan's kernel calls run as one library
+call. Their output is the Python replay's, bit for bit (the same kernels on the same
+pointers), and the modules' own within float32 rounding; the arena never lets two values
+that are alive together share bytes."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from sepconv.blocks import ConvNormAct, DepthwiseSeparableBlock, InvertedResidual
+from sepconv.blocks.fused import run_sequential
+from sepconv.kernels import _build, programs
+from sepconv.layers import plans
+from sepconv.models import mobilenet_v2_small
+from tests.blocks.test_fused import _module_by_module, _randomise_norms
+
+
+def _close(out: torch.Tensor, reference: torch.Tensor) -> None:
+    scale = max(1.0, reference.abs().max().item())
+    assert (out - reference).abs().max().item() <= 1e-4 * scale
+
+
+def _library_calls(monkeypatch) -> dict[str, int]:
+    """Calls of the library's forward entries from now on, by name."""
+    lib = _build.load()
+    calls: dict[str, int] = {}
+
+    class Counting:
+        def __getattr__(self, name):
+            entry = getattr(lib, name)
+            if not name.endswith(("_forward", "_program")):
+                return entry
+
+            def counted(*args):
+                calls[name] = calls.get(name, 0) + 1
+                return entry(*args)
+
+            return counted
+
+    monkeypatch.setattr(_build, "_lib", Counting())
+    return calls
+
+
+def _replayed_without_programs(seq: nn.Module, x: torch.Tensor, monkeypatch) -> torch.Tensor:
+    """``seq``'s output from its plan replayed in Python (a plan recorded afresh)."""
+    with monkeypatch.context() as patch, torch.no_grad():
+        patch.setenv("SEPCONV_KERNELS_PROGRAMS", "off")
+        plans._slot_of(seq).plan = None
+        run_sequential(seq, x)
+        out = run_sequential(seq, x)
+        assert plans.plan_of(seq).program is None
+        plans._slot_of(seq).plan = None
+        return out
+
+
+def test_network_features_run_as_one_call(monkeypatch, kernels_on):
+    torch.manual_seed(0)
+    model = _randomise_norms(mobilenet_v2_small(input_size=32, width_mult=0.5)).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        model(x)  # (records the plans)
+        calls = _library_calls(monkeypatch)
+        out = model(x)
+    assert calls.pop("sepconv_run_program") == 1
+    assert calls == {"sepconv_pw_forward": 1}  # (the classifier's own plan: a module step)
+    assert plans.plan_of(model.features).program is not None
+    _close(out, _module_by_module(model, x))
+
+
+def _sequence(spec: list[tuple], c0: int, seed: int) -> nn.Sequential:
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = [ConvNormAct(3, c0, 3, 2, act_layer="relu6")]
+    c = c0
+    for kind, out, stride, kernel, expand in spec:
+        if kind == "v2":
+            layers.append(InvertedResidual(c, out, stride, expand, kernel))
+        else:
+            layers.append(DepthwiseSeparableBlock(c, out, kernel, stride, residual=c == out))
+        c = out
+    layers.append(ConvNormAct(c, 2 * c, 1))
+    return _randomise_norms(nn.Sequential(*layers), seed).eval()
+
+
+_BLOCK = st.tuples(
+    st.sampled_from(["v1", "v2"]),
+    st.sampled_from([8, 12, 16]),
+    st.sampled_from([1, 1, 2]),
+    st.sampled_from([3, 5]),
+    st.sampled_from([1, 2, 6]),
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    spec=st.lists(_BLOCK, min_size=1, max_size=5),
+    c0=st.sampled_from([8, 16]),
+    batch=st.integers(1, 3),
+    size=st.integers(9, 20),
+    channels_last=st.booleans(),
+    threads=st.sampled_from([1, 2]),
+    seed=st.integers(0, 2**16),
+)
+def test_program_equals_python_replay(
+    spec, c0, batch, size, channels_last, threads, seed, kernels_built
+):
+    seq = _sequence(spec, c0, seed)
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    if channels_last:
+        seq = seq.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    before = x.clone()
+    count = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as monkeypatch, torch.no_grad():
+        monkeypatch.setenv("SEPCONV_KERNELS", "on")
+        torch.set_num_threads(threads)
+        try:
+            run_sequential(seq, x)  # (records)
+            first = run_sequential(seq, x)
+            assert plans.plan_of(seq).program is not None
+            second = run_sequential(seq, x)
+            expected = _replayed_without_programs(seq, x, monkeypatch)
+        finally:
+            torch.set_num_threads(count)
+    assert torch.equal(first, expected) and torch.equal(second, expected)
+    assert first.data_ptr() != second.data_ptr()  # (each call's output is its own)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    assert first.is_contiguous(memory_format=layout)
+    assert torch.equal(x, before)
+    _close(first, _module_by_module(seq, x))
+
+
+def test_weight_made_non_contiguous_in_place_is_copied(monkeypatch, kernels_on):
+    seq = _sequence([("v2", 16, 1, 3, 1)], 16, 0)  # (expand ratio 1: no expansion)
+    x = torch.randn(1, 3, 12, 12)
+    with torch.no_grad():
+        run_sequential(seq, x)
+        run_sequential(seq, x)
+        program = plans.plan_of(seq).program
+        square = seq[1].conv[1].weight  # the projection's (16, 16, 1, 1): the same shape
+        square.transpose_(0, 1)
+        out = run_sequential(seq, x)
+        assert plans.plan_of(seq).program is program  # (the plan holds: a copy is read)
+        square.transpose_(0, 1)
+        back = run_sequential(seq, x)
+    _close(back, _module_by_module(seq, x))
+    square.data = square.data.transpose(0, 1)
+    _close(out, _module_by_module(seq, x))
+
+
+def test_weight_data_replaced_is_read(kernels_on):
+    seq = _sequence([("v1", 8, 1, 3, 1)], 8, 0)
+    x = torch.randn(2, 3, 10, 10)
+    with torch.no_grad():
+        run_sequential(seq, x)
+        run_sequential(seq, x)
+        conv = seq[-1][0]
+        conv.weight.data = torch.randn_like(conv.weight)  # (another pointer, the same tables)
+        out = run_sequential(seq, x)
+    _close(out, _module_by_module(seq, x))
+
+
+def test_programs_off(monkeypatch, kernels_on):
+    monkeypatch.setenv("SEPCONV_KERNELS_PROGRAMS", "off")
+    seq = _sequence([("v2", 8, 2, 3, 6)], 8, 0)
+    x = torch.randn(1, 3, 12, 12)
+    with torch.no_grad():
+        run_sequential(seq, x)
+        run_sequential(seq, x)
+    assert plans.plan_of(seq).compiled and plans.plan_of(seq).program is None
+
+
+def test_library_error_raises(kernels_built):
+    like = programs.meta_like((1, 4), (4, 1), torch.float32)
+    builder = programs.Builder(like)
+    out = builder.call(99, [builder.input, programs.OUT], like)  # (no such op)
+    program = builder.finish(out)
+    with pytest.raises(RuntimeError, match="error code 2"):
+        program.run(torch.zeros(1, 4))
+
+
+# ----------------------------------------------------------------------------- the arena
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_arena_never_shares_bytes_between_live_values(data):
+    """Random programs: each op reads one or two earlier values and writes a new one (or adds
+    into one in place); values alive at the same op occupy disjoint bytes."""
+    like = programs.meta_like((1,), (1,), torch.float32)
+    builder = programs.Builder(like)
+    values = [builder.input]
+    for _ in range(data.draw(st.integers(1, 12), label="ops")):
+        reads = data.draw(st.lists(st.sampled_from(values), min_size=1, max_size=2))
+        n = data.draw(st.integers(1, 300), label="elements")
+        if data.draw(st.booleans()) and reads[0] is not builder.input:
+            builder.ops.append(programs._Op(programs.OP_ADD, [reads[0], *reads[1:]], None))
+            continue
+        out = builder.call(1, [*reads, programs.OUT], programs.meta_like((n,), (1,), torch.float32))
+        values.append(out)
+    output = values[-1]
+    offsets, total = programs._arena(builder.ops, output)
+    spans = {
+        id(v): (offsets[id(v)], offsets[id(v)] + 4 * v.like.numel())
+        for v in values
+        if id(v) in offsets
+    }
+    assert all(end <= total for _, end in spans.values())
+    first = {}
+    last = {}
+    for i, op in enumerate(builder.ops):
+        for a in op.args:
+            if id(a) in spans:
+                first.setdefault(id(a), i)
+                last[id(a)] = i
+    for i in range(len(builder.ops)):
+        live = [spans[v] for v in spans if first.get(v, -1) <= i <= last.get(v, -1)]
+        live.sort()
+        assert all(a[1] <= b[0] for a, b in itertools.pairwise(live))
+    assert id(output) not in offsets  # (the output is the caller's fresh tensor)
