@@ -5,6 +5,7 @@ that are alive together share bytes."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
 
 import pytest
@@ -223,3 +224,22 @@ def test_arena_never_shares_bytes_between_live_values(data):
         live.sort()
         assert all(a[1] <= b[0] for a, b in itertools.pairwise(live))
     assert id(output) not in offsets  # (the output is the caller's fresh tensor)
+
+
+def test_concurrent_calls_with_copied_weights(kernels_on):
+    """Two Python threads replaying a channels_last sequence (its stem weight is copied per
+    call, in a table of the call's own) get the single-threaded result every time."""
+    seq = _sequence([("v2", 16, 1, 3, 6), ("v1", 16, 2, 3, 1)], 16, 0)
+    seq = seq.to(memory_format=torch.channels_last)
+    x = torch.randn(1, 3, 14, 14).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        run_sequential(seq, x)
+        expected = run_sequential(seq, x)
+        assert not seq[0][0].weight.is_contiguous() and plans.plan_of(seq).program is not None
+
+    def calls() -> bool:
+        with torch.no_grad():
+            return all(torch.equal(run_sequential(seq, x), expected) for _ in range(20))
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        assert all(f.result() for f in [pool.submit(calls) for _ in range(2)])

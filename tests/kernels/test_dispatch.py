@@ -9,7 +9,7 @@ import torch
 
 from sepconv import DepthwiseConv1d, DepthwiseConv2d, SeparableConv1d, SeparableConv2d
 from sepconv.functional.padding import resolve_padding
-from sepconv.kernels import _build, _ops, dispatch
+from sepconv.kernels import _build, _ops, dispatch, programs
 from tests.kernels.helpers import Case, env
 
 
@@ -39,6 +39,14 @@ def count_calls(monkeypatch):
 
     monkeypatch.setattr(_ops, "separable_forward_raw", sep_counted)
     monkeypatch.setattr(_ops, "depthwise_forward_raw", dw_counted)
+    run = programs.Program.run
+
+    def program_counted(self, x):  # (a replayed layer's call runs as a program)
+        calls["separable"] += self.kinds.count(programs.OP_SEP)
+        calls["depthwise"] += self.kinds.count(programs.OP_DEPTHWISE)
+        return run(self, x)
+
+    monkeypatch.setattr(programs.Program, "run", program_counted)
     return calls
 
 

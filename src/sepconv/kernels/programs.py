@@ -176,28 +176,39 @@ class Program:
             words += [op.op, op.code, op.count, op.threads, *refs, *[0] * (_ARGS - len(refs))]
         self.steps = (ctypes.c_int64 * len(words))(*words)
         self.count = len(ops)
-        self.table = (ctypes.c_void_p * max(1, len(table)))(*table)
-        self.bound: list[int] | None = None
+        self.kinds = [op.op for op in ops]  # (OP_SEP...: what a call runs)
+        self.entries = table  # the constants' addresses, zeros for the weights
+        # The weights' pointers and the table holding them, swapped as one (a concurrent
+        # call keeps the table it took).
+        self.bound: tuple[list[int] | None, ctypes.Array | None] = (None, None)
 
     def run(self, x: Tensor) -> Tensor:
         """The plan's output for ``x`` (of the plan's key): a fresh tensor."""
         tensors = self.tensors
         if not all(map(Tensor.is_contiguous, tensors)):
             # (a channels_last model's stem weight: contiguous copies for this call, as the
-            # Python replay makes them)
+            # Python replay makes them, in a table of this call's own)
             tensors = [t.contiguous() for t in tensors]
-        pointers = list(map(Tensor.data_ptr, tensors))
-        if pointers != self.bound:  # (the first call, a weight's data replaced, copies)
-            for slot, pointer in zip(self.tensor_slots, pointers):
-                self.table[slot] = pointer
-            self.bound = pointers
+            table = self._table(list(map(Tensor.data_ptr, tensors)))
+        else:
+            pointers = list(map(Tensor.data_ptr, tensors))
+            bound, table = self.bound
+            if pointers != bound:  # (the first call, or a weight's data replaced)
+                table = self._table(pointers)
+                self.bound = (pointers, table)
         like = self.output_like
         out = _ops.pooled_empty(tuple(like.shape), like.stride(), like.dtype, self.output_nbytes)
-        arena = _ops.pooled_empty((self.arena_bytes,), (1,), torch.uint8, self.arena_bytes)
-        lib = _build.load()
-        args = (self.table, x.data_ptr(), out.data_ptr(), arena.data_ptr())
-        _ops._check(lib.sepconv_run_program(self.steps, self.count, *args))
+        size = self.arena_bytes  # (none for one call: a layer's plan)
+        arena = _ops.pooled_empty((size,), (1,), torch.uint8, size) if size else None
+        args = (table, x.data_ptr(), out.data_ptr(), arena.data_ptr() if size else None)
+        _ops._check(_build.load().sepconv_run_program(self.steps, self.count, *args))
         return out
+
+    def _table(self, pointers: list[int]) -> ctypes.Array:
+        table = (ctypes.c_void_p * max(1, len(self.entries)))(*self.entries)
+        for slot, pointer in zip(self.tensor_slots, pointers):
+            table[slot] = pointer
+        return table
 
 
 def _arena(ops: list[_Op], output: Value) -> tuple[dict[int, int], int]:
