@@ -97,7 +97,7 @@ _BLOCK = st.tuples(
 )
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
     spec=st.lists(_BLOCK, min_size=1, max_size=5),
     c0=st.sampled_from([8, 16]),

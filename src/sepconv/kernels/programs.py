@@ -109,7 +109,7 @@ class Builder:
     def add(self, out: Value, residual: Value) -> Value | None:
         """``out += residual`` in place (float32, the same layout), or None."""
         a, b = out.like, residual.like
-        same = a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype
+        same = a.shape == b.shape and _same_offsets(a, b) and a.dtype == b.dtype
         if not same or a.dtype != torch.float32 or not _dense(a) or out is residual:
             return None
         count = a.numel()
@@ -121,6 +121,12 @@ class Builder:
         if output is self.input or not self.ops:
             return None
         return Program(self.ops, self.input, output)
+
+
+def _same_offsets(a: Tensor, b: Tensor) -> bool:
+    """Every element sits at the same offset in both (strides of size-1 dimensions aside: a
+    1x1 plane is contiguous and channels_last at once)."""
+    return all(n == 1 or i == j for n, i, j in zip(a.shape, a.stride(), b.stride()))
 
 
 def _dense(t: Tensor) -> bool:
