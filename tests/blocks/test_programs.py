@@ -192,7 +192,17 @@ def test_library_error_raises(kernels_built):
 @given(st.data())
 def test_arena_never_shares_bytes_between_live_values(data):
     """Random programs: each op reads one or two earlier values and writes a new one (or adds
-    into one in place); values alive at the same op occupy disjoint bytes."""
+    into one in place); values alive at the same op occupy disjoint bytes, whatever sizes
+    count as streamed and whatever the window before their buffers' reuse."""
+    streamed = data.draw(st.sampled_from([1, 400, 10**9]), label="streamed bytes")
+    window = data.draw(st.sampled_from([0, 1000, 10**9]), label="window")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setattr(programs, "_STREAMED", streamed)
+        monkeypatch.setattr(programs, "_window", lambda: window)
+        _check_random_arena(data)
+
+
+def _check_random_arena(data) -> None:
     like = programs.meta_like((1,), (1,), torch.float32)
     builder = programs.Builder(like)
     values = [builder.input]
@@ -243,3 +253,22 @@ def test_concurrent_calls_with_copied_weights(kernels_on):
 
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         assert all(f.result() for f in [pool.submit(calls) for _ in range(2)])
+
+
+def _chain(n: int, elements: int) -> tuple[list, programs.Value]:
+    builder = programs.Builder(programs.meta_like((1,), (1,), torch.float32))
+    x = builder.input
+    for _ in range(n):
+        x = builder.call(1, [x, programs.OUT], programs.meta_like((elements,), (1,), torch.float32))
+    return builder.ops, x
+
+
+def test_arena_reuses_cold_buffers_only(monkeypatch):
+    """A chain of 7 calls: small values take 3 buffers (not the one the step before read);
+    large ones wait for the window of writes (32 MiB: 4 values of 8 MiB, so 6 buffers)."""
+    monkeypatch.setattr(programs, "_window", lambda: 32 << 20)
+    ops, out = _chain(7, 256)
+    assert programs._arena(ops, out)[1] == 3 * 4096
+    ops, out = _chain(7, 2 << 20)  # (8 MiB each: streamed)
+    offsets, total = programs._arena(ops, out)
+    assert total == 6 * (8 << 20) and len(set(offsets.values())) == 6
