@@ -193,11 +193,11 @@ def test_library_error_raises(kernels_built):
 def test_arena_never_shares_bytes_between_live_values(data):
     """Random programs: each op reads one or two earlier values and writes a new one (or adds
     into one in place); values alive at the same op occupy disjoint bytes, whatever sizes
-    count as streamed and whatever the window before their buffers' reuse."""
-    streamed = data.draw(st.sampled_from([1, 400, 10**9]), label="streamed bytes")
+    count as large and whatever the window before their buffers' reuse."""
+    large = data.draw(st.sampled_from([1, 400, 10**9]), label="large bytes")
     window = data.draw(st.sampled_from([0, 1000, 10**9]), label="window")
     with pytest.MonkeyPatch.context() as monkeypatch:
-        monkeypatch.setattr(programs, "_STREAMED", streamed)
+        monkeypatch.setattr(programs, "_LARGE", large)
         monkeypatch.setattr(programs, "_window", lambda: window)
         _check_random_arena(data)
 
@@ -269,6 +269,6 @@ def test_arena_reuses_cold_buffers_only(monkeypatch):
     monkeypatch.setattr(programs, "_window", lambda: 32 << 20)
     ops, out = _chain(7, 256)
     assert programs._arena(ops, out)[1] == 3 * 4096
-    ops, out = _chain(7, 2 << 20)  # (8 MiB each: streamed)
+    ops, out = _chain(7, 2 << 20)  # (8 MiB each: large)
     offsets, total = programs._arena(ops, out)
     assert total == 6 * (8 << 20) and len(set(offsets.values())) == 6

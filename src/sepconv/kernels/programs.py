@@ -222,11 +222,11 @@ def _arena(ops: list[_Op], output: Value) -> tuple[dict[int, int], int]:
 
     A value takes the free buffer read longest ago (grown to the largest value it holds),
     else a new one. Free: its value was last read before the step before, and, for a value
-    of :data:`_STREAMED` bytes or more, :func:`_window` bytes of values were written since.
+    of :data:`_LARGE` bytes or more, :func:`_window` bytes of values were written since.
     A buffer reused at once still had its lines in the caches, both core complexes', when
-    the next value's streamed stores reached them: MobileNetV1's batch-8 layers took up to
-    1.34x their time (run AL). Small values reuse warm buffers (MobileNetV2 at batch 1 on
-    one thread: 0.94x the time of no reuse)."""
+    the next value's (streamed) stores reached them: MobileNetV1's batch-8 layers took up
+    to 1.34x their time, MobileNetV2's batch-8 forward 1.01-1.04x with buffers of 1-4 MiB
+    reused after one step (run AL). Small values reuse warm buffers."""
     last: dict[int, int] = {}  # a value's last reader
     for i, op in enumerate(ops):
         for a in op.args:
@@ -243,7 +243,7 @@ def _arena(ops: list[_Op], output: Value) -> tuple[dict[int, int], int]:
         if value is None or value is output:
             continue
         nbytes = _nbytes(value)
-        limit = written[i] - (window if nbytes >= _STREAMED else 0)
+        limit = written[i] - (window if nbytes >= _LARGE else 0)
         ready = [
             j for j, (_, read) in enumerate(buffers) if read < i - 1 and written[read + 1] <= limit
         ]
@@ -259,9 +259,8 @@ def _arena(ops: list[_Op], output: Value) -> tuple[dict[int, int], int]:
     return {value: starts[j] for value, j in placed.items()}, total
 
 
-#: Values from this size are written with streamed (non-temporal) stores by the kernels'
-#: large outputs (the tile GEMMs' from 4 MiB): their buffers wait for :func:`_window`.
-_STREAMED = 4 << 20
+#: Values from this size wait for :func:`_window` before their buffers are reused.
+_LARGE = 1 << 20
 
 
 def _nbytes(value: Value) -> int:
