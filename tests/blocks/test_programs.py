@@ -16,7 +16,7 @@ from torch import nn
 
 from sepconv.blocks import ConvNormAct, DepthwiseSeparableBlock, InvertedResidual
 from sepconv.blocks.fused import run_sequential
-from sepconv.kernels import _build, programs
+from sepconv.kernels import _build, dispatch, programs
 from sepconv.layers import plans
 from sepconv.models import mobilenet_v2_small
 from tests.blocks.test_fused import _module_by_module, _randomise_norms
@@ -48,15 +48,24 @@ def _library_calls(monkeypatch) -> dict[str, int]:
     return calls
 
 
+def _forget_plans(seq: nn.Module) -> None:
+    for module in seq.modules():
+        if plans.plan_of(module) is not None:
+            plans._slot_of(module).plan = None
+
+
 def _replayed_without_programs(seq: nn.Module, x: torch.Tensor, monkeypatch) -> torch.Tensor:
-    """``seq``'s output from its plan replayed in Python (a plan recorded afresh)."""
+    """``seq``'s output from its plans replayed in Python (recorded afresh, the blocks' too)."""
     with monkeypatch.context() as patch, torch.no_grad():
         patch.setenv("SEPCONV_KERNELS_PROGRAMS", "off")
-        plans._slot_of(seq).plan = None
+        _forget_plans(seq)
+        run_sequential(seq, x)
         run_sequential(seq, x)
         out = run_sequential(seq, x)
-        assert plans.plan_of(seq).program is None
-        plans._slot_of(seq).plan = None
+        assert not any(
+            plans.plan_of(m).compiled_programs for m in seq.modules() if plans.plan_of(m)
+        )
+        _forget_plans(seq)
         return out
 
 
@@ -66,11 +75,12 @@ def test_network_features_run_as_one_call(monkeypatch, kernels_on):
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         model(x)  # (records the plans)
+        model(x)  # (replays them in Python, compiles them)
         calls = _library_calls(monkeypatch)
         out = model(x)
     assert calls.pop("sepconv_run_program") == 1
     assert calls == {"sepconv_pw_forward": 1}  # (the classifier's own plan: a module step)
-    assert plans.plan_of(model.features).program is not None
+    assert len(plans.plan_of(model.features).compiled_programs) == 1
     _close(out, _module_by_module(model, x))
 
 
@@ -123,7 +133,7 @@ def test_program_equals_python_replay(
         try:
             run_sequential(seq, x)  # (records)
             first = run_sequential(seq, x)
-            assert plans.plan_of(seq).program is not None
+            assert len(plans.plan_of(seq).compiled_programs) == 1
             second = run_sequential(seq, x)
             expected = _replayed_without_programs(seq, x, monkeypatch)
         finally:
@@ -142,15 +152,52 @@ def test_weight_made_non_contiguous_in_place_is_copied(monkeypatch, kernels_on):
     with torch.no_grad():
         run_sequential(seq, x)
         run_sequential(seq, x)
-        program = plans.plan_of(seq).program
+        (program,) = plans.plan_of(seq).compiled_programs
         square = seq[1].conv[1].weight  # the projection's (16, 16, 1, 1): the same shape
         square.transpose_(0, 1)
         out = run_sequential(seq, x)
-        assert plans.plan_of(seq).program is program  # (the plan holds: a copy is read)
+        assert plans.plan_of(seq).compiled_programs == [program]  # (a copy is read)
         square.transpose_(0, 1)
         back = run_sequential(seq, x)
     _close(back, _module_by_module(seq, x))
     square.data = square.data.transpose(0, 1)
+    _close(out, _module_by_module(seq, x))
+
+
+def test_steps_that_do_not_lower_split_the_program(monkeypatch, kernels_on):
+    """A block that runs as a module (hooked) between others: a program before it, the
+    block, a program after it; the result is the Python replay's."""
+    seq = _sequence([("v2", 8, 1, 3, 6), ("v1", 16, 2, 3, 1), ("v2", 16, 1, 5, 2)], 8, 0)
+    seq[2].register_forward_hook(lambda m, i, o: o * 0.5)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        run_sequential(seq, x)
+        run_sequential(seq, x)  # (compiles)
+        calls = _library_calls(monkeypatch)
+        out = run_sequential(seq, x)
+    plan = plans.plan_of(seq)
+    first, second = plan.compiled_programs
+    assert plan.runners == [first.run, plan.steps[2], second.run]
+    assert calls["sepconv_run_program"] == 2  # (the hooked block: its fused call alone)
+    monkeypatch.undo()
+    assert torch.equal(out, _replayed_without_programs(seq, x, monkeypatch))
+    _close(out, _module_by_module(seq, x))
+
+
+def test_block_lowered_in_part_adds_nothing(monkeypatch, kernels_on):
+    """A block whose plan lowers up to a step that does not (here its fused call, its
+    lowering taken away) stays a Python step, and the program before it ends before it."""
+    monkeypatch.setitem(programs._LOWERINGS, dispatch._raw_separable_stages, lambda *a: None)
+    seq = _sequence([("v2", 8, 1, 3, 6)], 8, 0)
+    x = torch.randn(1, 3, 12, 12)
+    with torch.no_grad():
+        run_sequential(seq, x)
+        run_sequential(seq, x)
+        out = run_sequential(seq, x)
+    plan = plans.plan_of(seq)
+    first, second = plan.compiled_programs
+    assert plan.runners == [first.run, plan.steps[1], second.run]
+    assert first.kinds == [programs.OP_DENSE] and second.kinds == [programs.OP_POINTWISE]
     _close(out, _module_by_module(seq, x))
 
 
@@ -160,10 +207,30 @@ def test_weight_data_replaced_is_read(kernels_on):
     with torch.no_grad():
         run_sequential(seq, x)
         run_sequential(seq, x)
+        (program,) = plans.plan_of(seq).compiled_programs
         conv = seq[-1][0]
         conv.weight.data = torch.randn_like(conv.weight)  # (another pointer, the same tables)
         out = run_sequential(seq, x)
+        assert plans.plan_of(seq).compiled_programs == [program]
     _close(out, _module_by_module(seq, x))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_large_values(channels_last, monkeypatch, kernels_on):
+    """Values of 1 MiB and more (their buffers wait for the window): the Python replay's
+    bits."""
+    seq = _sequence([("v2", 32, 1, 3, 2), ("v2", 32, 1, 3, 2), ("v1", 32, 1, 3, 1)], 32, 0)
+    x = torch.randn(4, 3, 112, 112)
+    if channels_last:
+        seq = seq.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        run_sequential(seq, x)
+        run_sequential(seq, x)
+        out = run_sequential(seq, x)
+    (program,) = plans.plan_of(seq).compiled_programs
+    assert program.arena_bytes >= 4 * (4 * 32 * 56 * 56 * 4)  # (no buffer reused in time)
+    assert torch.equal(out, _replayed_without_programs(seq, x, monkeypatch))
 
 
 def test_programs_off(monkeypatch, kernels_on):
@@ -173,7 +240,8 @@ def test_programs_off(monkeypatch, kernels_on):
     with torch.no_grad():
         run_sequential(seq, x)
         run_sequential(seq, x)
-    assert plans.plan_of(seq).compiled and plans.plan_of(seq).program is None
+    plan = plans.plan_of(seq)
+    assert plan.runners == plan.steps and plan.compiled_programs == []
 
 
 def test_library_error_raises(kernels_built):
@@ -245,7 +313,8 @@ def test_concurrent_calls_with_copied_weights(kernels_on):
     with torch.no_grad():
         run_sequential(seq, x)
         expected = run_sequential(seq, x)
-        assert not seq[0][0].weight.is_contiguous() and plans.plan_of(seq).program is not None
+        assert not seq[0][0].weight.is_contiguous()
+        assert len(plans.plan_of(seq).compiled_programs) == 1
 
     def calls() -> bool:
         with torch.no_grad():

@@ -247,9 +247,12 @@ def _replayed(plan: plans.Plan, residual: bool, fresh: bool, x: Tensor) -> Tenso
 
 
 @programs.lowers(_replayed)
-def _lower_replayed(step: functools.partial, builder: programs.Builder, x: programs.Value):
+def _lower_replayed(
+    step: functools.partial, builder: programs.Builder, x: programs.Value
+) -> programs.Value | None:
     """A block's plan taken into a sequence's (:mod:`sepconv.kernels.programs`): its steps,
-    then the shortcut added into their output."""
+    then the shortcut added into their output (in place whether or not the plan's output is
+    fresh: a program's values are its own)."""
     plan, residual, _fresh = step.args
     out = builder.lower(plan.steps, x)
     return builder.add(out, x) if out is not None and residual else out

@@ -488,7 +488,7 @@ _SEPARABLE_STAGES = (None, _raw_separable_stages)
 
 @programs.lowers(_raw_separable)
 @programs.lowers(_raw_separable_stages)
-def _lower_separable(step: partial, builder: programs.Builder, x: programs.Value):
+def _lower_separable(step: partial, builder: programs.Builder, x: programs.Value) -> programs.Value:
     """A fused separable step of a plan (:mod:`sepconv.kernels.programs`), as
     :func:`_ops.separable_forward_raw` calls the library."""
     tensors, launch = step.args
@@ -498,7 +498,7 @@ def _lower_separable(step: partial, builder: programs.Builder, x: programs.Value
     return builder.call(programs.OP_SEP, args, _out_like(launch, x), _ops.DTYPE_CODE[x.like.dtype])
 
 
-def _out_like(launch: _ops.Launch, x: programs.Value):
+def _out_like(launch: _ops.Launch, x: programs.Value) -> Tensor:
     return programs.meta_like(launch.out_shape, launch.out_strides, x.like.dtype)
 
 
@@ -584,7 +584,7 @@ _DEPTHWISE = (_apply_depthwise, _raw_depthwise)
 
 
 @programs.lowers(_raw_depthwise)
-def _lower_depthwise(step: partial, builder: programs.Builder, x: programs.Value):
+def _lower_depthwise(step: partial, builder: programs.Builder, x: programs.Value) -> programs.Value:
     """A depthwise step of a plan, as :func:`_ops.depthwise_forward_raw` calls the library."""
     (wd, bd), launch = step.args
     args = [x, wd, bd, programs.OUT, launch.geo]

@@ -5,8 +5,9 @@ call that is its tensors' pointers, an output from the pool and the ctypes call:
 between two calls inside MobileNetV2 at batch 1, whose kernels evict that Python from the
 caches (1.3 ms of an 8.7 ms forward on two threads; docs/performance.md, run AL).
 
-Where every step of a plan is a kernel call that registered a lowering (:func:`lowers`), the
-plan compiles once into a :class:`Program`: a table of steps the library runs in one call.
+After a plan's first replay, each run of its steps that are kernel calls with a registered
+lowering (:func:`lowers`) compiles into a :class:`Program`: a table of steps the library runs
+in one call (:func:`compile_steps`; the other steps stay as they are).
 Each step's arguments refer to the program's input, its output (a fresh tensor per call), a
 buffer of an arena (the values between steps, packed by their lifetimes, taken from the
 output pool per call) or an entry of a table of pointers: the weights' pointers, which
@@ -59,7 +60,8 @@ _LOWERINGS: dict[Callable, Lowering] = {}
 def lowers(func: Callable) -> Callable[[Lowering], Lowering]:
     """Register the decorated ``lowering(step, builder, x)`` for plan steps that are
     ``functools.partial(func, ...)``: it adds the step's calls to ``builder`` and returns the
-    step's output, or None where the step cannot be lowered (the plan then stays in Python)."""
+    step's output, or None where the step cannot be lowered (it then runs as it is, between
+    programs)."""
 
     def register(lowering: Lowering) -> Lowering:
         _LOWERINGS[func] = lowering
@@ -94,11 +96,20 @@ class Builder:
         """The value ``steps`` compute from ``x``, their calls added; None where a step has
         no lowering or declines."""
         for step in steps:
-            lowering = _LOWERINGS.get(step.func) if isinstance(step, functools.partial) else None
-            x = None if lowering is None else lowering(step, self, x)
+            x = self.lower_step(step, x)
             if x is None:
                 return None
         return x
+
+    def lower_step(self, step: Callable, x: Value) -> Value | None:
+        """The value ``step`` computes from ``x``, its calls added; None (and nothing added)
+        where it has no lowering or declines."""
+        lowering = _LOWERINGS.get(step.func) if isinstance(step, functools.partial) else None
+        count = len(self.ops)
+        out = None if lowering is None else lowering(step, self, x)
+        if out is None:
+            del self.ops[count:]  # (a block's plan lowered up to a step that declined)
+        return out
 
     def call(self, op: int, args: list, out_like: Tensor, code: int = 0) -> Value:
         """A kernel call ``op`` on ``args`` (:data:`OUT` where its output goes); its output."""
@@ -141,7 +152,7 @@ def _threads() -> int:
 class Program:
     """A plan's calls as one library call; :meth:`run` computes the plan's output."""
 
-    def __init__(self, ops: list[_Op], input: Value, output: Value) -> None:
+    def __init__(self, ops: list[_Op], source: Value, output: Value) -> None:
         self.output_like = output.like
         self.output_nbytes = _ops.storage_bytes(
             tuple(output.like.shape), output.like.stride(), output.like.dtype
@@ -166,7 +177,7 @@ class Program:
             if item is None:
                 return _NULL
             if isinstance(item, Value):
-                if item is input or item is output:
+                if item is source or item is output:
                     return (int(item is output) << 3) | _ENDPOINT
                 return (offsets[id(item)] << 3) | _ARENA
             if isinstance(item, Norms):
@@ -179,6 +190,7 @@ class Program:
         words: list[int] = []
         for op in ops:
             refs = [reference(a) for a in op.args]
+            assert len(refs) <= _ARGS, f"a step of {len(refs)} arguments (at most {_ARGS})"
             words += [op.op, op.code, op.count, op.threads, *refs, *[0] * (_ARGS - len(refs))]
         self.steps = (ctypes.c_int64 * len(words))(*words)
         self.count = len(ops)
@@ -268,6 +280,7 @@ def _nbytes(value: Value) -> int:
     return _ops.storage_bytes(tuple(like.shape), like.stride(), like.dtype)
 
 
+@functools.cache
 def _window() -> int:
     """Bytes of values written between a large buffer's last read and its reuse: twice the
     last-level cache (32 MiB where sysfs does not say)."""
@@ -281,56 +294,67 @@ def enabled() -> bool:
     return os.environ.get("SEPCONV_KERNELS_PROGRAMS", "").strip().lower() not in ("off", "0")
 
 
-def compile_steps(steps: Sequence[Callable], x_like: Tensor) -> Program | None:
-    """The program of a plan's ``steps`` for inputs like ``x_like``, or None where a step has
-    no lowering, the input is not float32 or programs are off."""
-    if not enabled() or x_like.dtype != torch.float32:
-        return None
-    builder = Builder(x_like)
-    output = builder.lower(steps, builder.input)
-    return None if output is None else builder.finish(output)
+def meta_of(t: Tensor) -> Tensor:
+    """A meta tensor of ``t``'s shape, strides and dtype."""
+    return meta_like(t.shape, t.stride(), t.dtype)
+
+
+def compile_steps(steps: Sequence[Callable], likes: Sequence[Tensor]) -> list[Callable]:
+    """What replays a plan's ``steps``: each run of steps that lower (float32 inputs) as one
+    program's ``run``, the others as they are. ``likes[i]``: meta tensors like step ``i``'s
+    input (:func:`meta_of`). All the steps as they are where programs are off."""
+    if not enabled():
+        return list(steps)
+    runners: list[Callable] = []
+    i = 0
+    while i < len(steps):
+        builder = Builder(likes[i])
+        x, j = builder.input, i
+        while j < len(steps) and likes[i].dtype == torch.float32:
+            y = builder.lower_step(steps[j], x)
+            if y is None:
+                break
+            x, j = y, j + 1
+        program = builder.finish(x) if j > i else None
+        runners += [program.run] if program is not None else steps[i : max(j, i + 1)]
+        i = max(j, i + 1)
+    return runners
 
 
 # ----------------------------------------------------------------------------- lowerings of
 # the library's own calls (the dispatcher's and the blocks' register theirs where they are)
 
 
-@lowers(_ops.pointwise_forward_raw)
-def _lower_pointwise(step: functools.partial, builder: Builder, x: Value) -> Value | None:
-    """A 1x1 conv-norm-act step (``sepconv.blocks.fused._folded_gemm``'s partial)."""
-    kw = step.keywords
-    if step.args or x.like.dim() != 4:
-        return None
-    weight = kw["weight"]
-    geo, shape, strides, _ = _ops._pointwise_launch(
-        tuple(x.like.shape),
-        not x.like.is_contiguous(),
-        weight.shape[0],
-        tuple(kw["mid"]),
-        _threads(),
-        x.like.dtype,
-    )
-    args = [x, weight, kw.get("bias"), *kw.get("norm", _ops._NO_NORM), OUT, geo]
-    return builder.call(OP_POINTWISE, args, meta_like(shape, strides, x.like.dtype))
+def _conv_norm_act(op: int, launch: Callable[[dict, Tensor], tuple]) -> Lowering:
+    """The lowering of a conv-norm-act step ``partial(raw, weight=..., bias=..., mid=...,
+    norm=...)`` whose call is ``op(x, weight, bias, *norm, out, geo)``; ``launch(keywords,
+    x_like)`` gives the raw call's geometry array and output shape, strides and bytes."""
+
+    def lower(step: functools.partial, builder: Builder, x: Value) -> Value | None:
+        kw = step.keywords
+        if step.args or x.like.dim() != 4:
+            return None
+        geo, shape, strides, _ = launch(kw, x.like)
+        args = [x, kw["weight"], kw.get("bias"), *kw.get("norm", _ops._NO_NORM), OUT, geo]
+        return builder.call(op, args, meta_like(shape, strides, x.like.dtype))
+
+    return lower
 
 
-@lowers(_ops.dense_forward_raw)
-def _lower_dense(step: functools.partial, builder: Builder, x: Value) -> Value | None:
-    """A stem's conv-norm-act step (``sepconv.blocks.fused._conv_norm_act``'s partial)."""
-    kw = step.keywords
-    if step.args or x.like.dim() != 4:
-        return None
-    weight = kw["weight"]
-    geo, shape, strides, _ = _ops.dense_launch(
-        tuple(x.like.shape),
-        not x.like.is_contiguous(),
-        tuple(weight.shape),
-        kw["stride"],
-        kw["padding"],
-        kw["dilation"],
-        tuple(kw["mid"]),
-        _threads(),
-        x.like.dtype,
+def _pointwise_geometry(kw: dict, like: Tensor) -> tuple:
+    """As ``pointwise_forward_raw`` works it out (``sepconv.blocks.fused._folded_gemm``)."""
+    o, nhwc = kw["weight"].shape[0], not like.is_contiguous()
+    return _ops._pointwise_launch(
+        tuple(like.shape), nhwc, o, tuple(kw["mid"]), _threads(), like.dtype
     )
-    args = [x, weight, kw.get("bias"), *kw.get("norm", _ops._NO_NORM), OUT, geo]
-    return builder.call(OP_DENSE, args, meta_like(shape, strides, x.like.dtype))
+
+
+def _dense_geometry(kw: dict, like: Tensor) -> tuple:
+    """As ``dense_forward_raw`` works it out (a stem, ``sepconv.blocks.fused._conv_norm_act``)."""
+    conv = (kw["stride"], kw["padding"], kw["dilation"], tuple(kw["mid"]))
+    shape, nhwc = tuple(like.shape), not like.is_contiguous()
+    return _ops.dense_launch(shape, nhwc, tuple(kw["weight"].shape), *conv, _threads(), like.dtype)
+
+
+lowers(_ops.pointwise_forward_raw)(_conv_norm_act(OP_POINTWISE, _pointwise_geometry))
+lowers(_ops.dense_forward_raw)(_conv_norm_act(OP_DENSE, _dense_geometry))

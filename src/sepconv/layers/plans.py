@@ -141,23 +141,31 @@ class Plan:
     steps: list[Step]
     fresh: bool  # the last step's output is a fresh tensor of the plan's own
     watch: _Watch
-    # The steps as one library call (sepconv.kernels.programs), compiled at the first replay;
-    # None where they cannot be.
-    program: programs.Program | None = field(default=None, compare=False, repr=False)
-    compiled: bool = field(default=False, compare=False, repr=False)
+    # What replays the steps: runs of them as programs (one library call each,
+    # sepconv.kernels.programs), compiled at the first replay.
+    runners: list[Step] | None = field(default=None, compare=False, repr=False)
 
     def run(self, x: Tensor) -> Tensor:
-        if not self.compiled:
-            shape, strides, dtype = self.key[:3]
-            self.program = programs.compile_steps(
-                self.steps, programs.meta_like(shape, strides, dtype)
-            )
-            self.compiled = True
-        if self.program is not None:
-            return self.program.run(x)
+        if self.runners is not None:
+            for runner in self.runners:
+                x = runner(x)
+            return x
+        likes = [programs.meta_of(x)]  # (the steps' inputs and output, as they come)
         for step in self.steps:
             x = step(x)
+            likes.append(programs.meta_of(x))
+        self.runners = programs.compile_steps(self.steps, likes)
         return x
+
+    @property
+    def compiled_programs(self) -> list[programs.Program]:
+        """The programs replaying runs of the steps (empty before the first replay)."""
+        methods = self.runners or []
+        return [
+            r.__self__
+            for r in methods
+            if isinstance(getattr(r, "__self__", None), programs.Program)
+        ]
 
 
 class _Slot:
