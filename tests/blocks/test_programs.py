@@ -177,7 +177,7 @@ def test_steps_that_do_not_lower_split_the_program(monkeypatch, kernels_on):
         out = run_sequential(seq, x)
     plan = plans.plan_of(seq)
     first, second = plan.compiled_programs
-    assert plan.runners == [first.run, plan.steps[2], second.run]
+    assert [r for _, r in plan.runners] == [first.run, plan.steps[2], second.run]
     assert calls["sepconv_run_program"] == 2  # (the hooked block: its fused call alone)
     monkeypatch.undo()
     assert torch.equal(out, _replayed_without_programs(seq, x, monkeypatch))
@@ -196,9 +196,40 @@ def test_block_lowered_in_part_adds_nothing(monkeypatch, kernels_on):
         out = run_sequential(seq, x)
     plan = plans.plan_of(seq)
     first, second = plan.compiled_programs
-    assert plan.runners == [first.run, plan.steps[1], second.run]
+    assert [r for _, r in plan.runners] == [first.run, plan.steps[1], second.run]
     assert first.kinds == [programs.OP_DENSE] and second.kinds == [programs.OP_POINTWISE]
     _close(out, _module_by_module(seq, x))
+
+
+class _Flipping(nn.Module):
+    """Hands its input on, on every other call channels_last (or one column narrower)."""
+
+    def __init__(self, narrow: bool) -> None:
+        super().__init__()
+        self.narrow, self.calls = narrow, 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls % 2:
+            return x
+        return x[..., :-1] if self.narrow else x.contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("programs_on", ["on", "off"])
+@pytest.mark.parametrize("narrow", [False, True])
+def test_step_after_a_module_that_changes_its_output(narrow, programs_on, monkeypatch, kernels_on):
+    """A module step that returns another layout or shape than when recorded: the steps after
+    it, recorded for the old one, do not run (before run AL the blocks read the new layout
+    with the old strides); the modules after it do, and the plan is recorded afresh."""
+    monkeypatch.setenv("SEPCONV_KERNELS_PROGRAMS", programs_on)
+    seq = _sequence([("v1", 8, 1, 3, 1), ("v2", 8, 1, 3, 6)], 8, 0)
+    seq.insert(1, _Flipping(narrow))
+    x = torch.randn(1, 3, 12, 12)
+    with torch.no_grad():
+        outs = [run_sequential(seq, x) for _ in range(6)]
+    for i, out in enumerate(outs):
+        seq[1].calls = i  # (the reference takes the same branch)
+        _close(out, _module_by_module(seq, x))
 
 
 def test_weight_data_replaced_is_read(kernels_on):
@@ -241,7 +272,7 @@ def test_programs_off(monkeypatch, kernels_on):
         run_sequential(seq, x)
         run_sequential(seq, x)
     plan = plans.plan_of(seq)
-    assert plan.runners == plan.steps and plan.compiled_programs == []
+    assert [r for _, r in plan.runners] == plan.steps and plan.compiled_programs == []
 
 
 def test_library_error_raises(kernels_built):

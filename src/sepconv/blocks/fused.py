@@ -259,7 +259,7 @@ def run_sequential(layers: nn.Sequential, x: Tensor, residual: Tensor | None = N
     plan = plans.lookup(layers, x, mode)
     if plan is not None:
         return add_residual(residual, plan.run(x), plan.fresh)
-    recorder = plans.Recorder(layers, x, mode)
+    recorder = plans.Recorder(layers, x, mode, sequence=True)
     modules = list(layers._modules.values())
     i, fresh = 0, False
     while i < len(modules):
@@ -272,18 +272,18 @@ def run_sequential(layers: nn.Sequential, x: Tensor, residual: Tensor | None = N
                 out = _fused_pair(modules[i], modules[i + 1], x, post)
             if out is not None:
                 taken = modules[i : i + (2 if post is None else 3)]
-                recorder.fused(recorded, [*taken, *_children(modules[i])])
+                recorder.fused(recorded, [*taken, *_children(modules[i])], x, i)
                 x, i, fresh = out, i + len(taken), True
                 continue
         with dispatch.capture() as recorded:
             out = _conv_norm_act(modules[i], x) if inference else _linear_row(modules[i], x)
         fresh = out is not None
         if fresh:
-            recorder.fused(recorded, [modules[i], *_children(modules[i])])
+            recorder.fused(recorded, [modules[i], *_children(modules[i])], x, i)
         else:
             with dispatch.uncaptured():
                 out = modules[i](x)
-            recorder.module(modules[i], x)
+            recorder.module(modules[i], x, i)
         x, i = out, i + 1
     recorder.finish(fresh)
     return add_residual(residual, x, fresh)

@@ -134,6 +134,10 @@ class Builder:
         return Program(self.ops, self.input, output)
 
 
+def _layout(t: Tensor) -> tuple:
+    return (t.shape, t.stride(), t.dtype)
+
+
 def _same_offsets(a: Tensor, b: Tensor) -> bool:
     """Every element sits at the same offset in both (strides of size-1 dimensions aside: a
     1x1 plane is contiguous and channels_last at once)."""
@@ -153,6 +157,7 @@ class Program:
     """A plan's calls as one library call; :meth:`run` computes the plan's output."""
 
     def __init__(self, ops: list[_Op], source: Value, output: Value) -> None:
+        self.input_layout = _layout(source.like)
         self.output_like = output.like
         self.output_nbytes = _ops.storage_bytes(
             tuple(output.like.shape), output.like.stride(), output.like.dtype
@@ -201,7 +206,9 @@ class Program:
         self.bound: tuple[list[int] | None, ctypes.Array | None] = (None, None)
 
     def run(self, x: Tensor) -> Tensor:
-        """The plan's output for ``x`` (of the plan's key): a fresh tensor."""
+        """The steps' output for ``x`` (of the layout compiled for): a fresh tensor."""
+        if _layout(x) != self.input_layout:  # (plans check it before: Plan.run)
+            raise ValueError(f"input of layout {_layout(x)}, compiled for {self.input_layout}")
         tensors = self.tensors
         if not all(map(Tensor.is_contiguous, tensors)):
             # (a channels_last model's stem weight: contiguous copies for this call, as the
@@ -294,29 +301,30 @@ def enabled() -> bool:
     return os.environ.get("SEPCONV_KERNELS_PROGRAMS", "").strip().lower() not in ("off", "0")
 
 
-def meta_of(t: Tensor) -> Tensor:
-    """A meta tensor of ``t``'s shape, strides and dtype."""
-    return meta_like(t.shape, t.stride(), t.dtype)
-
-
-def compile_steps(steps: Sequence[Callable], likes: Sequence[Tensor]) -> list[Callable]:
-    """What replays a plan's ``steps``: each run of steps that lower (float32 inputs) as one
-    program's ``run``, the others as they are. ``likes[i]``: meta tensors like step ``i``'s
-    input (:func:`meta_of`). All the steps as they are where programs are off."""
+def compile_steps(
+    steps: Sequence[Callable], layouts: Sequence[tuple]
+) -> list[tuple[int, Callable]]:
+    """What replays a plan's ``steps``, as (index of the first step, callable): each run of
+    steps that lower (float32 inputs) as one program's ``run``, the others as they are.
+    ``layouts[i]``: step ``i``'s input (shape, strides, dtype). All the steps as they are
+    where programs are off."""
     if not enabled():
-        return list(steps)
-    runners: list[Callable] = []
+        return list(enumerate(steps))
+    runners: list[tuple[int, Callable]] = []
     i = 0
     while i < len(steps):
-        builder = Builder(likes[i])
+        builder = Builder(meta_like(*layouts[i]))
         x, j = builder.input, i
-        while j < len(steps) and likes[i].dtype == torch.float32:
+        while j < len(steps) and layouts[i][2] == torch.float32:
             y = builder.lower_step(steps[j], x)
             if y is None:
                 break
             x, j = y, j + 1
         program = builder.finish(x) if j > i else None
-        runners += [program.run] if program is not None else steps[i : max(j, i + 1)]
+        if program is not None:
+            runners.append((i, program.run))
+        else:
+            runners += [(k, steps[k]) for k in range(i, max(j, i + 1))]
         i = max(j, i + 1)
     return runners
 

@@ -141,26 +141,45 @@ class Plan:
     steps: list[Step]
     fresh: bool  # the last step's output is a fresh tensor of the plan's own
     watch: _Watch
-    # What replays the steps: runs of them as programs (one library call each,
-    # sepconv.kernels.programs), compiled at the first replay.
-    runners: list[Step] | None = field(default=None, compare=False, repr=False)
+    layouts: list[tuple]  # each step's input (shape, strides, dtype) when recorded
+    starts: list[int]  # the index of the first of the owner's modules each step computes
+    owner: weakref.ref  # (weak: a plan must not keep its owner alive)
+    sequence: bool  # the owner runs its modules in order (a divergence can go on with them)
+    # What replays the steps: (index of its first step, callable), runs of the steps as
+    # programs (one library call each, sepconv.kernels.programs), compiled at the first replay.
+    runners: list[tuple[int, Step]] | None = field(default=None, compare=False, repr=False)
 
     def run(self, x: Tensor) -> Tensor:
-        if self.runners is not None:
-            for runner in self.runners:
-                x = runner(x)
-            return x
-        likes = [programs.meta_of(x)]  # (the steps' inputs and output, as they come)
-        for step in self.steps:
-            x = step(x)
-            likes.append(programs.meta_of(x))
-        self.runners = programs.compile_steps(self.steps, likes)
+        runners = self.runners
+        if runners is None:
+            runners = self.runners = programs.compile_steps(self.steps, self.layouts)
+        layouts = self.layouts
+        for index, runner in runners:
+            if (x.shape, x.stride(), x.dtype) != layouts[index]:
+                return self._diverged(index, x)
+            x = runner(x)
         return x
+
+    def _diverged(self, index: int, x: Tensor) -> Tensor:
+        """Step ``index``'s input differs from the one it was recorded for (a module step
+        before it returned another layout, shape or dtype than when recorded): the owner's
+        modules from that step on run as modules, and the plan is dropped, to be recorded
+        afresh. (The steps after a module step assume what it returned: replayed on another
+        layout, MobileNet blocks read it with the recorded strides, run AL.)"""
+        owner = self.owner()
+        if not self.sequence or owner is None:  # (a layer's plan: its key fixes its input)
+            raise RuntimeError(f"sepconv plan replayed on an input of another layout: {x.shape}")
+        slot = _own_slot(owner)
+        if slot is not None and slot.plan is self:
+            slot.plan = None
+        for module in list(owner._modules.values())[self.starts[index] :]:
+            x = module(x)
+        return x.clone() if self.fresh else x  # (the caller may add into a fresh output)
 
     @property
     def compiled_programs(self) -> list[programs.Program]:
         """The programs replaying runs of the steps (empty before the first replay)."""
-        methods = self.runners or []
+        methods = [runner for _, runner in self.runners or []]
         return [
             r.__self__
             for r in methods
@@ -242,32 +261,43 @@ class Recorder:
     plan if every step was recorded. Inactive (records nothing) where :func:`_key` says no
     plan may be made."""
 
-    def __init__(self, owner: nn.Module, x: Tensor, mode: str) -> None:
-        self.owner, self.key, self.mode = owner, _key(x, mode), mode
+    def __init__(self, owner: nn.Module, x: Tensor, mode: str, sequence: bool = False) -> None:
+        self.owner, self.key, self.mode, self.sequence = owner, _key(x, mode), mode, sequence
         self.steps: list[Step] = []
+        self.layouts: list[tuple] = []  # each step's input layout
+        self.starts: list[int] = []  # the index of the first module each step computes
         self.skipped: list[nn.Module] = [owner]  # modules whose forward the steps replace
         self.inlined: list[_Watch] = []  # the watches of blocks' plans taken in
         self.complete = self.key is not None
 
-    def fused(self, recorded: list[Step], modules: Iterable[nn.Module]) -> None:
-        """A fused call that replaced ``modules``' forwards; ``recorded``: what its
-        :func:`~sepconv.kernels.dispatch.capture` collected (one step, else incomplete)."""
+    def fused(
+        self, recorded: list[Step], modules: Iterable[nn.Module], x: Tensor, start: int = 0
+    ) -> None:
+        """A fused call on ``x`` that replaced ``modules``' forwards (the owner's from index
+        ``start`` on); ``recorded``: what its :func:`~sepconv.kernels.dispatch.capture`
+        collected (one step, else incomplete)."""
         if len(recorded) != 1:
             self.complete = False
             return
-        self.steps.append(recorded[0])
+        self._step(recorded[0], x, start)
         self.skipped.extend(modules)
 
-    def module(self, module: nn.Module, x: Tensor) -> None:
-        """A module just run as a whole on ``x`` (its own ``forward``, hooks and all); a
-        block that offers it (``plan_step``, see :func:`_block_step`) is taken in as its
-        plan's steps instead, so that a replay skips its call and its own check."""
+    def _step(self, step: Step, x: Tensor, start: int) -> None:
+        self.steps.append(step)
+        self.layouts.append((x.shape, x.stride(), x.dtype))
+        self.starts.append(start)
+
+    def module(self, module: nn.Module, x: Tensor, start: int = 0) -> None:
+        """A module (the owner's at index ``start``) just run as a whole on ``x`` (its own
+        ``forward``, hooks and all); a block that offers it (``plan_step``, see
+        :func:`_block_step`) is taken in as its plan's steps instead, so that a replay skips
+        its call and its own check."""
         taken = _block_step(module, x, self.mode) if self.complete else None
         if taken is None:
-            self.steps.append(module)
+            self._step(module, x, start)
             return
         step, plan = taken
-        self.steps.append(step)
+        self._step(step, x, start)
         self.skipped.append(module)
         self.inlined.append(plan.watch)
 
@@ -275,7 +305,8 @@ class Recorder:
         if self.complete:
             slot = _slot_of(self.owner)  # (first: the watch sees it among the dict's entries)
             watch = _Watch.of(self.skipped).merged(self.inlined)
-            slot.plan = Plan(self.key, self.steps, fresh, watch)
+            where = (self.layouts, self.starts, weakref.ref(self.owner), self.sequence)
+            slot.plan = Plan(self.key, self.steps, fresh, watch, *where)
 
 
 def planned(
@@ -299,7 +330,7 @@ def planned(
     with dispatch.capture() as recorded:
         out, one_call = run(x)
     if one_call:
-        recorder.fused(recorded, skipped)
+        recorder.fused(recorded, skipped, x)
         recorder.finish(fresh=True)
     return out
 
