@@ -16,7 +16,7 @@ from torch import nn
 
 from sepconv.blocks import ConvNormAct, DepthwiseSeparableBlock, InvertedResidual
 from sepconv.blocks.fused import run_sequential
-from sepconv.kernels import _build, dispatch, programs
+from sepconv.kernels import _build, _ops, dispatch, programs
 from sepconv.layers import plans
 from sepconv.models import mobilenet_v2_small
 from tests.blocks.test_fused import _module_by_module, _randomise_norms
@@ -262,6 +262,24 @@ def test_large_values(channels_last, monkeypatch, kernels_on):
     (program,) = plans.plan_of(seq).compiled_programs
     assert program.arena_bytes >= 4 * (4 * 32 * 56 * 56 * 4)  # (no buffer reused in time)
     assert torch.equal(out, _replayed_without_programs(seq, x, monkeypatch))
+
+
+def test_no_program_whose_arena_outgrows_the_pool(monkeypatch, kernels_on):
+    """An arena larger than a quarter of the output pool would be a fresh allocation on
+    every call: those steps replay in Python."""
+    seq = _sequence([("v2", 8, 1, 3, 6)], 8, 0)
+    x = torch.randn(1, 3, 64, 64)  # (the arena: 256 KiB)
+    monkeypatch.setattr(_ops, "_pool_limit", lambda: (1 << 20) - 64)
+    with torch.no_grad():
+        run_sequential(seq, x)
+        run_sequential(seq, x)
+    assert len(plans.plan_of(seq).compiled_programs) == 0
+    monkeypatch.setattr(_ops, "_pool_limit", lambda: 1 << 20)
+    plans._slot_of(seq).plan = None
+    with torch.no_grad():
+        run_sequential(seq, x)
+        run_sequential(seq, x)
+    assert len(plans.plan_of(seq).compiled_programs) == 1
 
 
 def test_programs_off(monkeypatch, kernels_on):

@@ -307,7 +307,9 @@ def compile_steps(
     """What replays a plan's ``steps``, as (index of the first step, callable): each run of
     steps that lower (float32 inputs) as one program's ``run``, the others as they are.
     ``layouts[i]``: step ``i``'s input (shape, strides, dtype). All the steps as they are
-    where programs are off."""
+    where programs are off, and a run whose arena would take more than a quarter of the
+    output pool (``SEPCONV_KERNELS_POOL_MB``; 128 MiB by default: `mobilenet_v2` at batch 8
+    takes 123 MiB), which would otherwise be allocated afresh and page-faulted every call."""
     if not enabled():
         return list(enumerate(steps))
     runners: list[tuple[int, Callable]] = []
@@ -321,7 +323,7 @@ def compile_steps(
                 break
             x, j = y, j + 1
         program = builder.finish(x) if j > i else None
-        if program is not None:
+        if program is not None and program.arena_bytes <= _ops._pool_limit() // 4:
             runners.append((i, program.run))
         else:
             runners += [(k, steps[k]) for k in range(i, max(j, i + 1))]
