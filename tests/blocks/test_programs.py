@@ -75,7 +75,7 @@ def test_network_features_run_as_one_call(monkeypatch, kernels_on):
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         model(x)  # (records the plans)
-        model(x)  # (replays them in Python, compiles them)
+        model(x)  # (the first replay compiles them into a program)
         calls = _library_calls(monkeypatch)
         out = model(x)
     assert calls.pop("sepconv_run_program") == 1

@@ -5,7 +5,7 @@ call that is its tensors' pointers, an output from the pool and the ctypes call:
 between two calls inside MobileNetV2 at batch 1, whose kernels evict that Python from the
 caches (1.3 ms of an 8.7 ms forward on two threads; docs/performance.md, run AL).
 
-After a plan's first replay, each run of its steps that are kernel calls with a registered
+At a plan's first replay, each run of its steps that are kernel calls with a registered
 lowering (:func:`lowers`) compiles into a :class:`Program`: a table of steps the library runs
 in one call (:func:`compile_steps`; the other steps stay as they are).
 Each step's arguments refer to the program's input, its output (a fresh tensor per call), a
