@@ -1,7 +1,8 @@
-"""Programs (``sepconv.kernels.programs``): a replayed plan's kernel calls run as one library
-call. Their output is the Python replay's, bit for bit (the same kernels on the same
-pointers), and the modules' own within float32 rounding; the arena never lets two values
-that are alive together share bytes."""
+"""Programs (``sepconv.kernels.programs``): runs of a replayed plan's kernel calls as one
+library call each. Their output is the Python replay's, bit for bit (the same kernels on the
+same pointers), and the modules' own within float32 rounding; the arena never lets two
+values that are alive together share bytes; steps after a module step that changes what it
+returns run as modules."""
 
 from __future__ import annotations
 
