@@ -137,7 +137,8 @@ void pw_planar(const PwGeo& g, const float* x, const float* w, const float* alph
   const i64 chunks = parts.chunks, rb = parts.rb, rows = (g.O + rb - 1) / rb;
 #pragma omp parallel num_threads(g.threads)
   {
-    for_tasks(g.N * chunks * rb, fixed || image_a_thread(g.N, g.threads), [&](i64 t) {
+    // (static: an image a thread, or fewer images than threads in fixed parts)
+    for_tasks(g.N * chunks * rb, true, [&](i64 t) {
       const i64 n = t / (chunks * rb), o0 = t % rb * rows;
       const auto [p0, p1] = parts.range((t / rb) % chunks);
       const i64 pn = p1 - p0, on = std::min(rows, g.O - o0);
@@ -162,7 +163,7 @@ void pw_nhwc(const PwGeo& g, const float* x, const float* panels, const float* a
   const i64 rb = std::min<i64>(96, std::max<i64>(6, (rows + blocks - 1) / blocks));
 #pragma omp parallel num_threads(g.threads)
   {
-    for_tasks((rows + rb - 1) / rb, fixed || image_a_thread(g.N, g.threads), [&](i64 t) {
+    for_tasks((rows + rb - 1) / rb, true, [&](i64 t) {  // (static, as in pw_planar)
       const i64 r0 = t * rb, rn = std::min(rb, rows - r0);
       gemm_f32(rn, g.O, g.C, x + r0 * g.C, g.C, panels, kPanel, out + r0 * g.O, g.O, nullptr,
                bf, kPanel * g.C, stream, g.clamp_bounds(), alpha);
