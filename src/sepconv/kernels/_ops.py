@@ -423,7 +423,7 @@ def pointwise_forward_raw(
         ``(N, O, H, W)``.
     """
     nhwc = not x.is_contiguous()
-    geo, shape, strides, nbytes = _pointwise_launch(
+    geo, shape, strides, nbytes = pointwise_launch(
         x.shape, nhwc, weight.shape[0], tuple(mid), torch.get_num_threads(), x.dtype
     )
     out = pooled_empty(shape, strides, x.dtype, nbytes)
@@ -431,7 +431,7 @@ def pointwise_forward_raw(
 
 
 @functools.lru_cache(maxsize=256)
-def _pointwise_launch(shape, nhwc: bool, o: int, mid: MidParams, threads: int, dtype) -> tuple:
+def pointwise_launch(shape, nhwc: bool, o: int, mid: MidParams, threads: int, dtype) -> tuple:
     """The geometry array of :func:`pointwise_forward_raw` and its output's shape,
     strides and bytes, worked out once per problem (a call's Python is part of a batch-1
     network's time)."""

@@ -354,7 +354,7 @@ def _conv_norm_act(op: int, launch: Callable[[dict, Tensor], tuple]) -> Lowering
 def _pointwise_geometry(kw: dict, like: Tensor) -> tuple:
     """As ``pointwise_forward_raw`` works it out (``sepconv.blocks.fused._folded_gemm``)."""
     o, nhwc = kw["weight"].shape[0], not like.is_contiguous()
-    return _ops._pointwise_launch(
+    return _ops.pointwise_launch(
         tuple(like.shape), nhwc, o, tuple(kw["mid"]), _threads(), like.dtype
     )
 
