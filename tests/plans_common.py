@@ -24,6 +24,13 @@ def afresh(module: nn.Module, x: torch.Tensor, monkeypatch) -> torch.Tensor:
         return module(x)
 
 
+def close_to(out: torch.Tensor, reference: torch.Tensor) -> None:
+    """``out`` equals the modules' own ``reference`` within float32 rounding: 1e-4 of its
+    largest magnitude (at least 1)."""
+    scale = max(1.0, reference.abs().max().item())
+    assert (out - reference).abs().max().item() <= 1e-4 * scale
+
+
 def count_replays(monkeypatch) -> list[int]:
     """A one-element list counting the plans replayed from now on."""
     calls = [0]

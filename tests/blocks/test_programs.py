@@ -21,11 +21,7 @@ from sepconv.kernels import _build, _ops, dispatch, programs
 from sepconv.layers import plans
 from sepconv.models import mobilenet_v2_small
 from tests.blocks.test_fused import _module_by_module, _randomise_norms
-
-
-def _close(out: torch.Tensor, reference: torch.Tensor) -> None:
-    scale = max(1.0, reference.abs().max().item())
-    assert (out - reference).abs().max().item() <= 1e-4 * scale
+from tests.plans_common import close_to
 
 
 def _library_calls(monkeypatch) -> dict[str, int]:
@@ -82,7 +78,7 @@ def test_network_features_run_as_one_call(monkeypatch, kernels_on):
     assert calls.pop("sepconv_run_program") == 1
     assert calls == {"sepconv_pw_forward": 1}  # (the classifier's own plan: a module step)
     assert len(plans.plan_of(model.features).compiled_programs) == 1
-    _close(out, _module_by_module(model, x))
+    close_to(out, _module_by_module(model, x))
 
 
 def _sequence(spec: list[tuple], c0: int, seed: int) -> nn.Sequential:
@@ -144,7 +140,7 @@ def test_program_equals_python_replay(
     layout = torch.channels_last if channels_last else torch.contiguous_format
     assert first.is_contiguous(memory_format=layout)
     assert torch.equal(x, before)
-    _close(first, _module_by_module(seq, x))
+    close_to(first, _module_by_module(seq, x))
 
 
 def test_weight_made_non_contiguous_in_place_is_copied(monkeypatch, kernels_on):
@@ -160,9 +156,9 @@ def test_weight_made_non_contiguous_in_place_is_copied(monkeypatch, kernels_on):
         assert plans.plan_of(seq).compiled_programs == [program]  # (a copy is read)
         square.transpose_(0, 1)
         back = run_sequential(seq, x)
-    _close(back, _module_by_module(seq, x))
+    close_to(back, _module_by_module(seq, x))
     square.data = square.data.transpose(0, 1)
-    _close(out, _module_by_module(seq, x))
+    close_to(out, _module_by_module(seq, x))
 
 
 def test_steps_that_do_not_lower_split_the_program(monkeypatch, kernels_on):
@@ -182,7 +178,7 @@ def test_steps_that_do_not_lower_split_the_program(monkeypatch, kernels_on):
     assert calls["sepconv_run_program"] == 2  # (the hooked block: its fused call alone)
     monkeypatch.undo()
     assert torch.equal(out, _replayed_without_programs(seq, x, monkeypatch))
-    _close(out, _module_by_module(seq, x))
+    close_to(out, _module_by_module(seq, x))
 
 
 def test_block_lowered_in_part_adds_nothing(monkeypatch, kernels_on):
@@ -199,7 +195,7 @@ def test_block_lowered_in_part_adds_nothing(monkeypatch, kernels_on):
     first, second = plan.compiled_programs
     assert [r for _, r in plan.runners] == [first.run, plan.steps[1], second.run]
     assert first.kinds == [programs.OP_DENSE] and second.kinds == [programs.OP_POINTWISE]
-    _close(out, _module_by_module(seq, x))
+    close_to(out, _module_by_module(seq, x))
 
 
 class _Flipping(nn.Module):
@@ -230,7 +226,7 @@ def test_step_after_a_module_that_changes_its_output(narrow, programs_on, monkey
         outs = [run_sequential(seq, x) for _ in range(6)]
     for i, out in enumerate(outs):
         seq[1].calls = i  # (the reference takes the same branch)
-        _close(out, _module_by_module(seq, x))
+        close_to(out, _module_by_module(seq, x))
 
 
 def test_weight_data_replaced_is_read(kernels_on):
@@ -244,7 +240,7 @@ def test_weight_data_replaced_is_read(kernels_on):
         conv.weight.data = torch.randn_like(conv.weight)  # (another pointer, the same tables)
         out = run_sequential(seq, x)
         assert plans.plan_of(seq).compiled_programs == [program]
-    _close(out, _module_by_module(seq, x))
+    close_to(out, _module_by_module(seq, x))
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
